@@ -1,0 +1,126 @@
+//! `echonet bench`: times the forward pass (median and p90 ms/frame, frames/s) for a device,
+//! dtype, batch size and thread count, on a bundle or on an untrained network of the same shape
+//! (speed does not depend on the weights' values).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use echonet_edge::model::{
+    import::probe_batch, read_bundle, Architecture, EchoNetModel, InputSpec, Manifest, Provenance,
+    StorageDtype, WeightStore,
+};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Bundle to time; default: an untrained network of `--width` at `--input-size`.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Width multiplier of the untrained network (1.0 = EchoNet's InceptionResNet-v1).
+    #[arg(long, default_value_t = 1.0)]
+    pub width: f64,
+    /// Square input size of the untrained network, pixels.
+    #[arg(long, default_value_t = 299)]
+    pub input_size: usize,
+    /// Frames per forward call.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Untimed forward calls first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed forward calls.
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub run: super::RunArgs,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.batch > 0 && args.iters > 0, "--batch and --iters must be at least 1");
+    let (model, source) = match &args.model {
+        Some(path) => {
+            let bundle = read_bundle(path)?;
+            let (opts, threads) = args.run.open(bundle.manifest.dtype.candle())?;
+            (EchoNetModel::from_bundle(&bundle, &opts)?, (path.display().to_string(), threads))
+        }
+        None => {
+            let (opts, threads) = args.run.open(candle_core::DType::F32)?;
+            let manifest = Manifest {
+                format: echonet_edge::model::bundle::BUNDLE_FORMAT.into(),
+                format_version: echonet_edge::model::bundle::BUNDLE_FORMAT_VERSION,
+                architecture: Architecture::new(args.width, None),
+                input: InputSpec::facenet(args.input_size, 3),
+                tasks: vec![],
+                dtype: StorageDtype::F32,
+                intended_use: "benchmark only: untrained weights".into(),
+                provenance: Provenance {
+                    source: "synthetic".into(),
+                    data: "none".into(),
+                    created: String::new(),
+                    tool: "echonet bench".into(),
+                    metrics: Default::default(),
+                    notes: String::new(),
+                },
+                content_hash: String::new(),
+            };
+            let store = WeightStore::synthetic(1);
+            (EchoNetModel::from_store(manifest, &store, &opts)?, (format!("untrained width {}", args.width), threads))
+        }
+    };
+    let spec = model.manifest().input.clone();
+    let batch = probe_batch(args.batch, &spec)?.to_device(model.device())?;
+    for _ in 0..args.warmup {
+        model.forward(&batch)?;
+    }
+    let mut per_frame_ms = Vec::with_capacity(args.iters);
+    for _ in 0..args.iters {
+        let t = Instant::now();
+        let (features, _) = model.forward(&batch)?;
+        // forward returns host data, so the device has finished when it returns.
+        drop(features);
+        per_frame_ms.push(t.elapsed().as_secs_f64() * 1000.0 / args.batch as f64);
+    }
+    per_frame_ms.sort_by(|a, b| a.total_cmp(b));
+    let median = percentile(&per_frame_ms, 0.5);
+    let p90 = percentile(&per_frame_ms, 0.9);
+    let report = serde_json::json!({
+        "model": source.0,
+        "device": args.run.device,
+        "dtype": format!("{:?}", model.dtype()).to_lowercase(),
+        "threads": source.1,
+        "batch": args.batch,
+        "input": [spec.channels, spec.height, spec.width],
+        "conv_kernel": model.network().kernel_name(),
+        "iters": args.iters,
+        "median_ms_per_frame": median,
+        "p90_ms_per_frame": p90,
+        "frames_per_s": 1000.0 / median,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} on {} ({}, batch {}, {} threads, {}x{}x{}): median {:.2} ms/frame, p90 {:.2} ms/frame, {:.1} frames/s",
+            source.0,
+            args.run.device,
+            report["dtype"].as_str().unwrap_or("?"),
+            args.batch,
+            source.1,
+            spec.channels,
+            spec.height,
+            spec.width,
+            median,
+            p90,
+            1000.0 / median
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,8 @@
+//! echonet-edge: the EchoNet echocardiography model (InceptionResNet-v1, Ghorbani et al.) as a
+//! bedside runtime. `model` holds the network, bundles and weight import; `runtime` the device and
+//! thread set-up; `input` turns files into normalised batches; `config` the deployment profiles.
+
+pub mod config;
+pub mod input;
+pub mod model;
+pub mod runtime;

@@ -1,0 +1,48 @@
+//! `echonet`: the command-line edge of echonet-edge. Errors become `anyhow` here and nowhere else.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "echonet", version, about = "EchoNet echocardiography model at the bedside")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a bundle on a frame (PNG/JPEG) or a normalised float32 .npy batch; JSON on stdout.
+    Infer(cli::infer::Args),
+    /// Turn a PyTorch state dict (.pt/.pth) or plain safetensors into a model bundle.
+    Convert(cli::convert::Args),
+    /// Time one forward pass: median and p90 ms/frame, frames/s.
+    Bench(cli::bench::Args),
+    /// Check devices, CUDA, bundles and configuration.
+    Doctor(cli::doctor::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ECHONET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Infer(a) => cli::infer::run(a),
+        Command::Convert(a) => cli::convert::run(a),
+        Command::Bench(a) => cli::bench::run(a),
+        Command::Doctor(a) => cli::doctor::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

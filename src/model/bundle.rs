@@ -1,0 +1,388 @@
+//! Model bundles: one safetensors file whose metadata entry `echonet.manifest` (JSON) says what
+//! the network is, how to preprocess for it, which tasks it answers, what it is for and where it
+//! came from, plus a SHA-256 content hash over manifest and tensors that the loader verifies.
+//!
+//! Tensors keep facenet-pytorch's names (`conv2d_1a.conv.weight`, `repeat_2.3.branch1.1.bn.running_var`,
+//! ...) in unfolded form, so a bundle stays a faithful copy of the trained weights; folding happens
+//! at load time in f32.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::arch::{Architecture, MIN_INPUT_SIZE};
+use super::error::{ModelError, Result};
+use super::heads::TaskSpec;
+use super::weights::WeightStore;
+
+pub const BUNDLE_FORMAT: &str = "echonet-bundle";
+pub const BUNDLE_FORMAT_VERSION: u32 = 1;
+/// safetensors metadata key holding the manifest JSON.
+pub const MANIFEST_KEY: &str = "echonet.manifest";
+
+/// Storage precision of a bundle's tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl StorageDtype {
+    pub fn candle(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::F16 => DType::F16,
+            Self::Bf16 => DType::BF16,
+        }
+    }
+    fn safetensors(self) -> StDtype {
+        match self {
+            Self::F32 => StDtype::F32,
+            Self::F16 => StDtype::F16,
+            Self::Bf16 => StDtype::BF16,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for StorageDtype {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!("dtype {other:?}: expected f32, f16 or bf16")),
+        }
+    }
+}
+
+/// How a frame becomes the network's input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// Pixels; the frame (the cropped scan sector) is resized to height x width.
+    pub height: usize,
+    pub width: usize,
+    /// 3 for an RGB stem (a grey frame is fed exactly, see `InceptionResnetV1`), 1 for a grey stem.
+    pub channels: usize,
+    /// Per channel: `normalised = (pixel / 255 - mean) / std`.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl InputSpec {
+    /// facenet-pytorch's `fixed_image_standardization`, (x - 127.5) / 128, in the form above.
+    pub fn facenet(size: usize, channels: usize) -> Self {
+        Self {
+            height: size,
+            width: size,
+            channels,
+            mean: vec![127.5 / 255.0; channels],
+            std: vec![128.0 / 255.0; channels],
+        }
+    }
+
+    fn check(&self) -> std::result::Result<(), (String, String)> {
+        if self.channels != 1 && self.channels != 3 {
+            return Err(("input.channels".into(), format!("is {}, expected 1 or 3", self.channels)));
+        }
+        for (field, v) in [("input.mean", &self.mean), ("input.std", &self.std)] {
+            if v.len() != self.channels {
+                return Err((field.into(), format!("has {} values, expected one per channel ({})", v.len(), self.channels)));
+            }
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err((field.into(), "contains a non-finite value".into()));
+            }
+        }
+        if self.std.iter().any(|&s| s <= 0.0) {
+            return Err(("input.std".into(), "values must be > 0".into()));
+        }
+        if self.height < MIN_INPUT_SIZE || self.width < MIN_INPUT_SIZE {
+            return Err((
+                "input.height/width".into(),
+                format!("{}x{} is below the network's minimum {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}", self.height, self.width),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    /// Where the weights came from (a training run, a converted file).
+    pub source: String,
+    /// What data they were trained on.
+    pub data: String,
+    /// UTC date the bundle was written (YYYY-MM-DD).
+    pub created: String,
+    /// The program that wrote the bundle.
+    pub tool: String,
+    /// Evaluation metrics on held-out data, by name (e.g. `ef_mae`), if any.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub notes: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub architecture: Architecture,
+    pub input: InputSpec,
+    pub tasks: Vec<TaskSpec>,
+    pub dtype: StorageDtype,
+    /// Shown wherever the model's numbers are shown, e.g. "demo, trained on synthetic phantom, not
+    /// for clinical use".
+    pub intended_use: String,
+    pub provenance: Provenance,
+    /// `sha256:<hex>` over this manifest (with this field empty) and every tensor.
+    #[serde(default)]
+    pub content_hash: String,
+}
+
+impl Manifest {
+    /// Checks every field a reader relies on; the error names the field.
+    pub fn check(&self, file: &Path) -> Result<()> {
+        let bad = |field: &str, reason: String| ModelError::Metadata {
+            file: file.to_path_buf(),
+            field: field.to_string(),
+            reason,
+        };
+        if self.format != BUNDLE_FORMAT {
+            return Err(bad("format", format!("is {:?}, expected {BUNDLE_FORMAT:?}", self.format)));
+        }
+        if self.format_version != BUNDLE_FORMAT_VERSION {
+            return Err(bad(
+                "format_version",
+                format!("is {}, this build reads version {BUNDLE_FORMAT_VERSION}", self.format_version),
+            ));
+        }
+        self.architecture.check().map_err(|r| bad("architecture", r))?;
+        self.input.check().map_err(|(f, r)| bad(&f, r))?;
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &self.tasks {
+            t.check().map_err(|r| bad("tasks", r))?;
+            if !seen.insert(&t.name) {
+                return Err(bad("tasks", format!("task {:?} listed twice", t.name)));
+            }
+        }
+        if self.intended_use.trim().is_empty() {
+            return Err(bad("intended_use", "is empty: every bundle must say what it may be used for".into()));
+        }
+        Ok(())
+    }
+
+    pub fn task_names(&self) -> Vec<&str> {
+        self.tasks.iter().map(|t| t.name.as_str()).collect()
+    }
+}
+
+/// A bundle read from disk and verified: manifest plus its tensors (f32, CPU, unfolded).
+pub struct Bundle {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+    pub store: WeightStore,
+}
+
+fn hash_contents<'a>(manifest: &Manifest, tensors: impl Iterator<Item = (&'a str, &'a str, &'a [usize], &'a [u8])>) -> String {
+    let mut unhashed = manifest.clone();
+    unhashed.content_hash.clear();
+    let mut h = Sha256::new();
+    h.update(b"echonet-bundle/1\0");
+    // serde_json writes struct fields in declaration order and maps sorted (BTreeMap): stable.
+    h.update(serde_json::to_vec(&unhashed).unwrap_or_default());
+    for (name, dtype, shape, data) in tensors {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(dtype.as_bytes());
+        h.update((shape.len() as u64).to_le_bytes());
+        for d in shape {
+            h.update((*d as u64).to_le_bytes());
+        }
+        h.update((data.len() as u64).to_le_bytes());
+        h.update(data);
+    }
+    let digest = h.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+fn dtype_name(d: StDtype) -> String {
+    format!("{d:?}").to_lowercase()
+}
+
+/// Reads, checks and verifies a bundle. Every failure names the file and the field or tensor.
+pub fn read_bundle(path: &Path) -> Result<Bundle> {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { file: path.to_path_buf(), source })?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Format {
+        file: path.to_path_buf(),
+        reason: format!("{e:?} — the file may be truncated or not a safetensors file"),
+    })?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| ModelError::Format {
+        file: path.to_path_buf(),
+        reason: format!("{e:?}"),
+    })?;
+    let missing_manifest = || ModelError::Metadata {
+        file: path.to_path_buf(),
+        field: MANIFEST_KEY.into(),
+        reason: "absent: this is a plain safetensors file, not an echonet bundle (make one with `echonet convert`)".into(),
+    };
+    let json = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(MANIFEST_KEY))
+        .ok_or_else(missing_manifest)?;
+    let manifest: Manifest = serde_json::from_str(json).map_err(|e| ModelError::Metadata {
+        file: path.to_path_buf(),
+        field: MANIFEST_KEY.into(),
+        reason: format!("invalid manifest JSON: {e}"),
+    })?;
+    manifest.check(path)?;
+
+    let expected_dtype = manifest.dtype.safetensors();
+    let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
+    names.sort();
+    let mut views = Vec::with_capacity(names.len());
+    for name in &names {
+        let view = st.tensor(name).map_err(|e| ModelError::Format {
+            file: path.to_path_buf(),
+            reason: format!("tensor `{name}`: {e:?}"),
+        })?;
+        if view.dtype() != expected_dtype {
+            return Err(ModelError::DtypeMismatch {
+                file: path.to_path_buf(),
+                name: name.clone(),
+                expected: dtype_name(expected_dtype),
+                found: dtype_name(view.dtype()),
+            });
+        }
+        views.push(view);
+    }
+    let dname = dtype_name(expected_dtype);
+    let computed = hash_contents(
+        &manifest,
+        names
+            .iter()
+            .zip(&views)
+            .map(|(n, v)| (n.as_str(), dname.as_str(), v.shape(), v.data())),
+    );
+    if computed != manifest.content_hash {
+        return Err(ModelError::HashMismatch {
+            file: path.to_path_buf(),
+            expected: manifest.content_hash.clone(),
+            computed,
+        });
+    }
+    let mut tensors = BTreeMap::new();
+    for (name, view) in names.into_iter().zip(views) {
+        let t = Tensor::from_raw_buffer(view.data(), manifest.dtype.candle(), view.shape(), &Device::Cpu)?;
+        tensors.insert(name, t);
+    }
+    let store = WeightStore::new(path, tensors)?;
+    Ok(Bundle {
+        path: path.to_path_buf(),
+        manifest,
+        store,
+    })
+}
+
+fn tensor_bytes(t: &Tensor, dtype: StorageDtype) -> Result<Vec<u8>> {
+    let flat = t.to_device(&Device::Cpu)?.flatten_all()?;
+    Ok(match dtype {
+        StorageDtype::F32 => flat.to_dtype(DType::F32)?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        StorageDtype::F16 => flat.to_dtype(DType::F16)?.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        StorageDtype::Bf16 => flat.to_dtype(DType::BF16)?.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    })
+}
+
+/// Writes `tensors` in `manifest.dtype` with the manifest as metadata; fills in and returns the
+/// manifest with its content hash. Writes to a temporary file first so a crash never leaves a
+/// half-written bundle under the final name.
+pub fn write_bundle(path: &Path, manifest: &Manifest, tensors: &BTreeMap<String, Tensor>) -> Result<Manifest> {
+    manifest.check(path)?;
+    let mut encoded: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        encoded.push((name.clone(), t.dims().to_vec(), tensor_bytes(t, manifest.dtype)?));
+    }
+    let dname = dtype_name(manifest.dtype.safetensors());
+    let mut manifest = manifest.clone();
+    manifest.content_hash = hash_contents(
+        &manifest,
+        encoded.iter().map(|(n, s, d)| (n.as_str(), dname.as_str(), s.as_slice(), d.as_slice())),
+    );
+    let mut views = Vec::with_capacity(encoded.len());
+    for (name, shape, data) in &encoded {
+        let view = TensorView::new(manifest.dtype.safetensors(), shape.clone(), data).map_err(|e| ModelError::Format {
+            file: path.to_path_buf(),
+            reason: format!("tensor `{name}`: {e:?}"),
+        })?;
+        views.push((name.clone(), view));
+    }
+    let json = serde_json::to_string(&manifest).map_err(|e| ModelError::Metadata {
+        file: path.to_path_buf(),
+        field: MANIFEST_KEY.into(),
+        reason: e.to_string(),
+    })?;
+    let metadata: HashMap<String, String> = [(MANIFEST_KEY.to_string(), json)].into_iter().collect();
+    let bytes = safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| ModelError::Format {
+        file: path.to_path_buf(),
+        reason: format!("{e:?}"),
+    })?;
+    let tmp = path.with_extension("safetensors.partial");
+    let io = |source| ModelError::Io { file: path.to_path_buf(), source };
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(manifest)
+}
+
+/// Today's UTC date as YYYY-MM-DD (for `provenance.created`).
+pub fn utc_date_today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Gregorian (year, month, day) of a day count since 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::civil_from_days;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_419), (2025, 11, 26));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}

@@ -1,0 +1,169 @@
+//! The EchoNet model: an immutable, shareable plan (InceptionResNet-v1 trunk in inference form,
+//! task heads, and the bundle manifest that says how to feed and read it).
+
+pub mod arch;
+pub mod bundle;
+pub mod catalog;
+pub mod conv;
+pub mod error;
+pub mod heads;
+pub mod import;
+pub mod network;
+pub mod weights;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+pub use arch::Architecture;
+pub use bundle::{read_bundle, write_bundle, Bundle, InputSpec, Manifest, Provenance, StorageDtype};
+pub use conv::{CandleConv, ConvKernel};
+pub use error::{ModelError, Result};
+pub use heads::{TaskKind, TaskSpec};
+pub use network::InceptionResnetV1;
+pub use weights::WeightStore;
+
+/// Where and how a model runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub device: Device,
+    /// None: the bundle's storage dtype.
+    pub dtype: Option<DType>,
+    pub kernel: Arc<dyn ConvKernel>,
+}
+
+impl RunOptions {
+    pub fn cpu() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: None,
+            kernel: Arc::new(CandleConv),
+        }
+    }
+}
+
+/// One frame's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrameOutput {
+    /// Task name -> reported value (regression in its unit, binary as a probability).
+    pub outputs: BTreeMap<String, f64>,
+    /// The pooled trunk features, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<f32>>,
+}
+
+#[derive(Debug)]
+pub struct EchoNetModel {
+    manifest: Manifest,
+    network: InceptionResnetV1,
+    heads: heads::Heads,
+    device: Device,
+    dtype: DType,
+}
+
+impl EchoNetModel {
+    pub fn from_bundle(bundle: &Bundle, opts: &RunOptions) -> Result<Self> {
+        Self::from_store(bundle.manifest.clone(), &bundle.store, opts)
+    }
+
+    /// Builds the model from `manifest` and the named tensors in `store`; every tensor must be used.
+    pub fn from_store(manifest: Manifest, store: &WeightStore, opts: &RunOptions) -> Result<Self> {
+        manifest.check(store.origin())?;
+        let dtype = opts.dtype.unwrap_or(manifest.dtype.candle());
+        let network = InceptionResnetV1::load(
+            &manifest.architecture,
+            manifest.input.channels,
+            store,
+            &opts.device,
+            dtype,
+            opts.kernel.clone(),
+        )?;
+        let heads = heads::Heads::load(
+            &manifest.tasks,
+            manifest.architecture.head_input_dim(),
+            store,
+            &opts.device,
+            dtype,
+        )?;
+        store.ensure_all_taken()?;
+        Ok(Self {
+            manifest,
+            network,
+            heads,
+            device: opts.device.clone(),
+            dtype,
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    pub fn network(&self) -> &InceptionResnetV1 {
+        &self.network
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Checks a normalised batch's shape before it reaches the network.
+    pub fn check_batch_shape(&self, dims: &[usize]) -> Result<()> {
+        let stem = self.manifest.input.channels;
+        let &[n, c, h, w] = dims else {
+            return Err(ModelError::Input(format!("expected a [N, C, H, W] tensor, got shape {dims:?}")));
+        };
+        if n == 0 {
+            return Err(ModelError::Input("the batch holds no frames (N = 0)".into()));
+        }
+        if !(c == stem || (c == 1 && stem == 3)) {
+            return Err(ModelError::Input(format!(
+                "{c} channels, but the model's stem takes {stem}{}",
+                if stem == 3 { " (or 1 for a grey frame)" } else { "" }
+            )));
+        }
+        if h < arch::MIN_INPUT_SIZE || w < arch::MIN_INPUT_SIZE {
+            return Err(ModelError::Input(format!(
+                "frames of {h}x{w} are below the network's minimum {0}x{0}",
+                arch::MIN_INPUT_SIZE
+            )));
+        }
+        Ok(())
+    }
+
+    /// Pooled features `[N, c7]` (f32, CPU) and raw head outputs, one row per frame.
+    pub fn forward(&self, batch: &Tensor) -> Result<(Tensor, Vec<Vec<f32>>)> {
+        self.check_batch_shape(batch.dims())?;
+        let x = batch.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let features = self.network.features(&x)?;
+        let raw = self.heads.raw(&self.network.head_input(&features)?)?;
+        let features = features.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        Ok((features, raw))
+    }
+
+    /// Per-frame reported outputs for a normalised batch `[N, C, H, W]`.
+    pub fn infer(&self, batch: &Tensor, with_features: bool) -> Result<Vec<FrameOutput>> {
+        let (features, raw) = self.forward(batch)?;
+        let features = if with_features {
+            Some(features.to_vec2::<f32>()?)
+        } else {
+            None
+        };
+        let tasks = self.heads.tasks();
+        Ok(raw
+            .into_iter()
+            .enumerate()
+            .map(|(i, row)| FrameOutput {
+                outputs: tasks
+                    .iter()
+                    .zip(row)
+                    .map(|(t, r)| (t.name.clone(), t.finish(r as f64)))
+                    .collect(),
+                features: features.as_ref().map(|f| f[i].clone()),
+            })
+            .collect())
+    }
+}

@@ -5,7 +5,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use echonet_edge::model::{
     bundle::{BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION},
     import::probe_batch,
-    Architecture, EchoNetModel, InputSpec, Manifest, Provenance, RunOptions, StorageDtype, WeightStore,
+    Architecture, EchoNetModel, InputSpec, Manifest, Provenance, RunOptions, StorageDtype,
+    WeightStore,
 };
 
 fn untrained_model() -> EchoNetModel {

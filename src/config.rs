@@ -87,7 +87,8 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_its_path() {
-        let err = Config::from_toml_str("[model]\ndevise = \"cpu\"\n", Path::new("x.toml")).unwrap_err();
+        let err =
+            Config::from_toml_str("[model]\ndevise = \"cpu\"\n", Path::new("x.toml")).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("x.toml") && msg.contains("devise"), "{msg}");
     }

@@ -42,11 +42,15 @@ pub fn load_npy(path: &Path) -> Result<Tensor, InputError> {
     if !path.exists() {
         return Err(invalid(path, "no such file"));
     }
-    let t = Tensor::read_npy(path).map_err(|e| invalid(path, format!("not a readable .npy file: {e}")))?;
+    let t = Tensor::read_npy(path)
+        .map_err(|e| invalid(path, format!("not a readable .npy file: {e}")))?;
     if t.dtype() != DType::F32 {
         return Err(invalid(
             path,
-            format!("dtype is {:?}, expected float32 (numpy `astype(np.float32)`)", t.dtype()),
+            format!(
+                "dtype is {:?}, expected float32 (numpy `astype(np.float32)`)",
+                t.dtype()
+            ),
         ));
     }
     let t = match t.rank() {

@@ -5,7 +5,11 @@ mod cli;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "echonet", version, about = "EchoNet echocardiography model at the bedside")]
+#[command(
+    name = "echonet",
+    version,
+    about = "EchoNet echocardiography model at the bedside"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

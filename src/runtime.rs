@@ -85,7 +85,9 @@ pub fn check_dtype_for_device(dtype: DType, device: &Device) -> Result<(), Runti
 
 /// Cores this process may run on (affinity and cgroup quota respected by the standard library).
 pub fn available_cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Sizes candle's and rayon's CPU pools; `requested` of None or 0 means every available core.
@@ -97,13 +99,19 @@ pub fn configure_cpu_threads(requested: Option<usize>) -> usize {
         _ => available,
     };
     if threads > available {
-        tracing::warn!(threads, available, "more CPU threads than available cores: expect slowdowns");
+        tracing::warn!(
+            threads,
+            available,
+            "more CPU threads than available cores: expect slowdowns"
+        );
     }
     // candle reads these when it first sizes its pools.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
     // Already built (by an earlier call) is fine: the first size stands.
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
     threads
 }
 
@@ -114,8 +122,14 @@ mod tests {
     #[test]
     fn device_names() {
         assert_eq!("cpu".parse::<DeviceChoice>().ok(), Some(DeviceChoice::Cpu));
-        assert_eq!("cuda".parse::<DeviceChoice>().ok(), Some(DeviceChoice::Cuda(0)));
-        assert_eq!("cuda:2".parse::<DeviceChoice>().ok(), Some(DeviceChoice::Cuda(2)));
+        assert_eq!(
+            "cuda".parse::<DeviceChoice>().ok(),
+            Some(DeviceChoice::Cuda(0))
+        );
+        assert_eq!(
+            "cuda:2".parse::<DeviceChoice>().ok(),
+            Some(DeviceChoice::Cuda(2))
+        );
         assert!("gpu".parse::<DeviceChoice>().is_err());
         assert!("cuda:x".parse::<DeviceChoice>().is_err());
     }

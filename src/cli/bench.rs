@@ -44,12 +44,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(args.batch > 0 && args.iters > 0, "--batch and --iters must be at least 1");
+    anyhow::ensure!(
+        args.batch > 0 && args.iters > 0,
+        "--batch and --iters must be at least 1"
+    );
     let (model, source) = match &args.model {
         Some(path) => {
             let bundle = read_bundle(path)?;
             let (opts, threads) = args.run.open(bundle.manifest.dtype.candle())?;
-            (EchoNetModel::from_bundle(&bundle, &opts)?, (path.display().to_string(), threads))
+            (
+                EchoNetModel::from_bundle(&bundle, &opts)?,
+                (path.display().to_string(), threads),
+            )
         }
         None => {
             let (opts, threads) = args.run.open(candle_core::DType::F32)?;
@@ -72,7 +78,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 content_hash: String::new(),
             };
             let store = WeightStore::synthetic(1);
-            (EchoNetModel::from_store(manifest, &store, &opts)?, (format!("untrained width {}", args.width), threads))
+            (
+                EchoNetModel::from_store(manifest, &store, &opts)?,
+                (format!("untrained width {}", args.width), threads),
+            )
         }
     };
     let spec = model.manifest().input.clone();

@@ -32,10 +32,13 @@ struct Report {
 impl Report {
     fn add(&mut self, name: &str, result: Result<Value, String>) {
         match result {
-            Ok(detail) => self.checks.push(json!({"check": name, "ok": true, "detail": detail})),
+            Ok(detail) => self
+                .checks
+                .push(json!({"check": name, "ok": true, "detail": detail})),
             Err(e) => {
                 self.failed = true;
-                self.checks.push(json!({"check": name, "ok": false, "error": e}));
+                self.checks
+                    .push(json!({"check": name, "ok": false, "error": e}));
             }
         }
     }
@@ -60,7 +63,10 @@ fn check_bundle(path: &PathBuf) -> Result<Value, String> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let threads = runtime::configure_cpu_threads(None);
-    let mut r = Report { checks: Vec::new(), failed: false };
+    let mut r = Report {
+        checks: Vec::new(),
+        failed: false,
+    };
     r.add(
         "build",
         Ok(json!({
@@ -68,7 +74,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "cuda_feature": cfg!(feature = "cuda"),
         })),
     );
-    r.add("cpu", Ok(json!({"available_cores": runtime::available_cores(), "threads": threads})));
+    r.add(
+        "cpu",
+        Ok(json!({"available_cores": runtime::available_cores(), "threads": threads})),
+    );
     let cuda = match runtime::open_device(DeviceChoice::Cuda(0)) {
         Ok(_) => Ok(json!("cuda:0 usable")),
         // Not having CUDA is a fact about the machine, not a failure of the installation.
@@ -122,13 +131,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&json!({"ok": !r.failed, "checks": r.checks}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"ok": !r.failed, "checks": r.checks}))?
+        );
     } else {
         for c in &r.checks {
             let ok = c["ok"].as_bool().unwrap_or(false);
-            let body = if ok { c["detail"].to_string() } else { c["error"].to_string() };
-            println!("[{}] {}: {}", if ok { " ok " } else { "FAIL" }, c["check"].as_str().unwrap_or("?"), body);
+            let body = if ok {
+                c["detail"].to_string()
+            } else {
+                c["error"].to_string()
+            };
+            println!(
+                "[{}] {}: {}",
+                if ok { " ok " } else { "FAIL" },
+                c["check"].as_str().unwrap_or("?"),
+                body
+            );
         }
     }
-    Ok(if r.failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if r.failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

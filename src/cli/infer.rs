@@ -38,9 +38,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             spec.width
         );
     }
-    let frames = model
-        .infer(&batch, args.features)
-        .with_context(|| format!("running {} on {}", args.model.display(), args.input.display()))?;
+    let frames = model.infer(&batch, args.features).with_context(|| {
+        format!(
+            "running {} on {}",
+            args.model.display(),
+            args.input.display()
+        )
+    })?;
     let out = serde_json::json!({ "frames": frames });
     println!("{}", serde_json::to_string(&out)?);
     Ok(ExitCode::SUCCESS)

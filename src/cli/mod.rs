@@ -5,11 +5,9 @@ pub mod convert;
 pub mod doctor;
 pub mod infer;
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use candle_core::DType;
-use echonet_edge::model::{CandleConv, RunOptions};
+use echonet_edge::model::{conv_kernel_named, RunOptions};
 use echonet_edge::runtime::{self, DeviceChoice};
 
 /// Device, dtype and threads, shared by the commands that run the model.
@@ -24,6 +22,9 @@ pub struct RunArgs {
     /// CPU threads; default: every core this process may use.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Convolution kernel: `auto`, `cpu-gemm` or `candle`.
+    #[arg(long, default_value = "auto")]
+    pub conv: String,
 }
 
 impl RunArgs {
@@ -42,7 +43,9 @@ impl RunArgs {
             RunOptions {
                 device,
                 dtype: Some(dtype),
-                kernel: Arc::new(CandleConv),
+                kernel: conv_kernel_named(&self.conv).ok_or_else(|| {
+                    anyhow::anyhow!("--conv {:?}: expected auto, cpu-gemm or candle", self.conv)
+                })?,
             },
             threads,
         ))

@@ -171,7 +171,10 @@ mod tests {
     #[test]
     fn width_eighth_matches_the_golden_script() {
         let c = Channels::for_width(0.125);
-        assert_eq!((c.c1a, c.c3b, c.c4a, c.c4b, c.c6, c.c7), (4, 10, 24, 32, 112, 224));
+        assert_eq!(
+            (c.c1a, c.c3b, c.c4a, c.c4b, c.c6, c.c7),
+            (4, 10, 24, 32, 112, 224)
+        );
     }
 
     #[test]

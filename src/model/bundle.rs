@@ -97,11 +97,21 @@ impl InputSpec {
 
     fn check(&self) -> std::result::Result<(), (String, String)> {
         if self.channels != 1 && self.channels != 3 {
-            return Err(("input.channels".into(), format!("is {}, expected 1 or 3", self.channels)));
+            return Err((
+                "input.channels".into(),
+                format!("is {}, expected 1 or 3", self.channels),
+            ));
         }
         for (field, v) in [("input.mean", &self.mean), ("input.std", &self.std)] {
             if v.len() != self.channels {
-                return Err((field.into(), format!("has {} values, expected one per channel ({})", v.len(), self.channels)));
+                return Err((
+                    field.into(),
+                    format!(
+                        "has {} values, expected one per channel ({})",
+                        v.len(),
+                        self.channels
+                    ),
+                ));
             }
             if v.iter().any(|x| !x.is_finite()) {
                 return Err((field.into(), "contains a non-finite value".into()));
@@ -113,7 +123,10 @@ impl InputSpec {
         if self.height < MIN_INPUT_SIZE || self.width < MIN_INPUT_SIZE {
             return Err((
                 "input.height/width".into(),
-                format!("{}x{} is below the network's minimum {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}", self.height, self.width),
+                format!(
+                    "{}x{} is below the network's minimum {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}",
+                    self.height, self.width
+                ),
             ));
         }
         Ok(())
@@ -165,15 +178,23 @@ impl Manifest {
             reason,
         };
         if self.format != BUNDLE_FORMAT {
-            return Err(bad("format", format!("is {:?}, expected {BUNDLE_FORMAT:?}", self.format)));
+            return Err(bad(
+                "format",
+                format!("is {:?}, expected {BUNDLE_FORMAT:?}", self.format),
+            ));
         }
         if self.format_version != BUNDLE_FORMAT_VERSION {
             return Err(bad(
                 "format_version",
-                format!("is {}, this build reads version {BUNDLE_FORMAT_VERSION}", self.format_version),
+                format!(
+                    "is {}, this build reads version {BUNDLE_FORMAT_VERSION}",
+                    self.format_version
+                ),
             ));
         }
-        self.architecture.check().map_err(|r| bad("architecture", r))?;
+        self.architecture
+            .check()
+            .map_err(|r| bad("architecture", r))?;
         self.input.check().map_err(|(f, r)| bad(&f, r))?;
         let mut seen = std::collections::BTreeSet::new();
         for t in &self.tasks {
@@ -183,7 +204,10 @@ impl Manifest {
             }
         }
         if self.intended_use.trim().is_empty() {
-            return Err(bad("intended_use", "is empty: every bundle must say what it may be used for".into()));
+            return Err(bad(
+                "intended_use",
+                "is empty: every bundle must say what it may be used for".into(),
+            ));
         }
         Ok(())
     }
@@ -200,7 +224,10 @@ pub struct Bundle {
     pub store: WeightStore,
 }
 
-fn hash_contents<'a>(manifest: &Manifest, tensors: impl Iterator<Item = (&'a str, &'a str, &'a [usize], &'a [u8])>) -> String {
+fn hash_contents<'a>(
+    manifest: &Manifest,
+    tensors: impl Iterator<Item = (&'a str, &'a str, &'a [usize], &'a [u8])>,
+) -> String {
     let mut unhashed = manifest.clone();
     unhashed.content_hash.clear();
     let mut h = Sha256::new();
@@ -229,7 +256,10 @@ fn dtype_name(d: StDtype) -> String {
 
 /// Reads, checks and verifies a bundle. Every failure names the file and the field or tensor.
 pub fn read_bundle(path: &Path) -> Result<Bundle> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { file: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        file: path.to_path_buf(),
+        source,
+    })?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Format {
         file: path.to_path_buf(),
         reason: format!("{e:?} — the file may be truncated or not a safetensors file"),
@@ -238,10 +268,12 @@ pub fn read_bundle(path: &Path) -> Result<Bundle> {
         file: path.to_path_buf(),
         reason: format!("{e:?}"),
     })?;
-    let missing_manifest = || ModelError::Metadata {
+    let missing_manifest = || {
+        ModelError::Metadata {
         file: path.to_path_buf(),
         field: MANIFEST_KEY.into(),
         reason: "absent: this is a plain safetensors file, not an echonet bundle (make one with `echonet convert`)".into(),
+    }
     };
     let json = meta
         .metadata()
@@ -291,7 +323,12 @@ pub fn read_bundle(path: &Path) -> Result<Bundle> {
     }
     let mut tensors = BTreeMap::new();
     for (name, view) in names.into_iter().zip(views) {
-        let t = Tensor::from_raw_buffer(view.data(), manifest.dtype.candle(), view.shape(), &Device::Cpu)?;
+        let t = Tensor::from_raw_buffer(
+            view.data(),
+            manifest.dtype.candle(),
+            view.shape(),
+            &Device::Cpu,
+        )?;
         tensors.insert(name, t);
     }
     let store = WeightStore::new(path, tensors)?;
@@ -305,33 +342,61 @@ pub fn read_bundle(path: &Path) -> Result<Bundle> {
 fn tensor_bytes(t: &Tensor, dtype: StorageDtype) -> Result<Vec<u8>> {
     let flat = t.to_device(&Device::Cpu)?.flatten_all()?;
     Ok(match dtype {
-        StorageDtype::F32 => flat.to_dtype(DType::F32)?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        StorageDtype::F16 => flat.to_dtype(DType::F16)?.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        StorageDtype::Bf16 => flat.to_dtype(DType::BF16)?.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        StorageDtype::F32 => flat
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        StorageDtype::F16 => flat
+            .to_dtype(DType::F16)?
+            .to_vec1::<half::f16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        StorageDtype::Bf16 => flat
+            .to_dtype(DType::BF16)?
+            .to_vec1::<half::bf16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
     })
 }
 
 /// Writes `tensors` in `manifest.dtype` with the manifest as metadata; fills in and returns the
 /// manifest with its content hash. Writes to a temporary file first so a crash never leaves a
 /// half-written bundle under the final name.
-pub fn write_bundle(path: &Path, manifest: &Manifest, tensors: &BTreeMap<String, Tensor>) -> Result<Manifest> {
+pub fn write_bundle(
+    path: &Path,
+    manifest: &Manifest,
+    tensors: &BTreeMap<String, Tensor>,
+) -> Result<Manifest> {
     manifest.check(path)?;
     let mut encoded: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
-        encoded.push((name.clone(), t.dims().to_vec(), tensor_bytes(t, manifest.dtype)?));
+        encoded.push((
+            name.clone(),
+            t.dims().to_vec(),
+            tensor_bytes(t, manifest.dtype)?,
+        ));
     }
     let dname = dtype_name(manifest.dtype.safetensors());
     let mut manifest = manifest.clone();
     manifest.content_hash = hash_contents(
         &manifest,
-        encoded.iter().map(|(n, s, d)| (n.as_str(), dname.as_str(), s.as_slice(), d.as_slice())),
+        encoded
+            .iter()
+            .map(|(n, s, d)| (n.as_str(), dname.as_str(), s.as_slice(), d.as_slice())),
     );
     let mut views = Vec::with_capacity(encoded.len());
     for (name, shape, data) in &encoded {
-        let view = TensorView::new(manifest.dtype.safetensors(), shape.clone(), data).map_err(|e| ModelError::Format {
-            file: path.to_path_buf(),
-            reason: format!("tensor `{name}`: {e:?}"),
-        })?;
+        let view =
+            TensorView::new(manifest.dtype.safetensors(), shape.clone(), data).map_err(|e| {
+                ModelError::Format {
+                    file: path.to_path_buf(),
+                    reason: format!("tensor `{name}`: {e:?}"),
+                }
+            })?;
         views.push((name.clone(), view));
     }
     let json = serde_json::to_string(&manifest).map_err(|e| ModelError::Metadata {
@@ -339,13 +404,18 @@ pub fn write_bundle(path: &Path, manifest: &Manifest, tensors: &BTreeMap<String,
         field: MANIFEST_KEY.into(),
         reason: e.to_string(),
     })?;
-    let metadata: HashMap<String, String> = [(MANIFEST_KEY.to_string(), json)].into_iter().collect();
-    let bytes = safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| ModelError::Format {
-        file: path.to_path_buf(),
-        reason: format!("{e:?}"),
-    })?;
+    let metadata: HashMap<String, String> =
+        [(MANIFEST_KEY.to_string(), json)].into_iter().collect();
+    let bytes =
+        safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| ModelError::Format {
+            file: path.to_path_buf(),
+            reason: format!("{e:?}"),
+        })?;
     let tmp = path.with_extension("safetensors.partial");
-    let io = |source| ModelError::Io { file: path.to_path_buf(), source };
+    let io = |source| ModelError::Io {
+        file: path.to_path_buf(),
+        source,
+    };
     std::fs::write(&tmp, bytes).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
     Ok(manifest)
@@ -382,7 +452,7 @@ mod tests {
     #[test]
     fn civil_dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_419), (2025, 11, 26));
+        assert_eq!(civil_from_days(20_419), (2025, 11, 27));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
     }
 }

@@ -30,7 +30,10 @@ pub struct CatalogEntry {
 
 impl Catalog {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { file: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+            file: path.to_path_buf(),
+            source,
+        })?;
         let catalog: Catalog = toml::from_str(&text).map_err(|e| ModelError::Metadata {
             file: path.to_path_buf(),
             field: "MANIFEST.toml".into(),

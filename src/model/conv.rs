@@ -114,7 +114,10 @@ impl BatchNormParams {
 }
 
 /// A bias-free convolution followed by BatchNorm, as one weight and bias (f32, CPU).
-pub fn fold_conv_bn(weight: &Tensor, bn: &BatchNormParams) -> candle_core::Result<(Tensor, Tensor)> {
+pub fn fold_conv_bn(
+    weight: &Tensor,
+    bn: &BatchNormParams,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let (scale, shift) = bn.scale_shift()?;
     let out = weight.dims()[0];
     let w = weight.broadcast_mul(&scale.reshape((out, 1, 1, 1))?)?;
@@ -155,9 +158,18 @@ pub struct FoldedLinear {
 }
 
 impl FoldedLinear {
-    pub fn new(weight: &Tensor, bias: &Tensor, device: &Device, dtype: DType) -> candle_core::Result<Self> {
+    pub fn new(
+        weight: &Tensor,
+        bias: &Tensor,
+        device: &Device,
+        dtype: DType,
+    ) -> candle_core::Result<Self> {
         Ok(Self {
-            weight_t: weight.t()?.contiguous()?.to_dtype(dtype)?.to_device(device)?,
+            weight_t: weight
+                .t()?
+                .contiguous()?
+                .to_dtype(dtype)?
+                .to_device(device)?,
             bias: bias.to_dtype(dtype)?.to_device(device)?,
         })
     }

@@ -45,12 +45,36 @@ impl TaskSpec {
     /// EchoNet's tasks with their units, as named in the paper; `None` for other names.
     pub fn echonet_default(name: &str) -> Option<Self> {
         let (kind, unit, description) = match name {
-            "ef" => (TaskKind::Regression, "%", "left-ventricular ejection fraction"),
-            "esv" => (TaskKind::Regression, "mL", "left-ventricular end-systolic volume"),
-            "edv" => (TaskKind::Regression, "mL", "left-ventricular end-diastolic volume"),
-            "pacemaker" => (TaskKind::Binary, "probability", "pacemaker or defibrillator lead present"),
-            "la_dilation" => (TaskKind::Binary, "probability", "severe left-atrial dilation"),
-            "lv_wall_normal" => (TaskKind::Binary, "probability", "normal left-ventricular wall thickness"),
+            "ef" => (
+                TaskKind::Regression,
+                "%",
+                "left-ventricular ejection fraction",
+            ),
+            "esv" => (
+                TaskKind::Regression,
+                "mL",
+                "left-ventricular end-systolic volume",
+            ),
+            "edv" => (
+                TaskKind::Regression,
+                "mL",
+                "left-ventricular end-diastolic volume",
+            ),
+            "pacemaker" => (
+                TaskKind::Binary,
+                "probability",
+                "pacemaker or defibrillator lead present",
+            ),
+            "la_dilation" => (
+                TaskKind::Binary,
+                "probability",
+                "severe left-atrial dilation",
+            ),
+            "lv_wall_normal" => (
+                TaskKind::Binary,
+                "probability",
+                "normal left-ventricular wall thickness",
+            ),
             "age" => (TaskKind::Regression, "years", "patient age"),
             "sex" => (TaskKind::Binary, "probability", "patient sex is male"),
             "weight" => (TaskKind::Regression, "kg", "patient weight"),
@@ -164,7 +188,10 @@ impl Heads {
     pub fn raw(&self, head_input: &Tensor) -> Result<Vec<Vec<f32>>> {
         match &self.linear {
             None => Ok(vec![Vec::new(); head_input.dim(0)?]),
-            Some(l) => Ok(l.forward(head_input)?.to_dtype(DType::F32)?.to_vec2::<f32>()?),
+            Some(l) => Ok(l
+                .forward(head_input)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?),
         }
     }
 }

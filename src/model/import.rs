@@ -11,7 +11,10 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::arch::{Architecture, Channels};
-use super::bundle::{utc_date_today, InputSpec, Manifest, Provenance, StorageDtype, BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION};
+use super::bundle::{
+    utc_date_today, InputSpec, Manifest, Provenance, StorageDtype, BUNDLE_FORMAT,
+    BUNDLE_FORMAT_VERSION,
+};
 use super::error::{ModelError, Result};
 use super::heads::{TaskKind, TaskSpec};
 use super::weights::WeightStore;
@@ -36,7 +39,10 @@ fn is_safetensors(path: &Path) -> bool {
 pub fn read_state_dict(path: &Path) -> Result<StateDict> {
     let raw: Vec<(String, Tensor)> = if is_safetensors(path) {
         candle_core::safetensors::load(path, &Device::Cpu)
-            .map_err(|e| ModelError::Format { file: path.to_path_buf(), reason: e.to_string() })?
+            .map_err(|e| ModelError::Format {
+                file: path.to_path_buf(),
+                reason: e.to_string(),
+            })?
             .into_iter()
             .collect()
     } else {
@@ -46,7 +52,10 @@ pub fn read_state_dict(path: &Path) -> Result<StateDict> {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
             });
         }
-        let pickle_err = |e: candle_core::Error| ModelError::Pickle { file: path.to_path_buf(), reason: e.to_string() };
+        let pickle_err = |e: candle_core::Error| ModelError::Pickle {
+            file: path.to_path_buf(),
+            reason: e.to_string(),
+        };
         let mut found = candle_core::pickle::read_all(path).map_err(pickle_err)?;
         for key in NESTED_KEYS {
             if !found.is_empty() {
@@ -73,16 +82,23 @@ pub fn read_state_dict(path: &Path) -> Result<StateDict> {
         }
         tensors.insert(name, t);
     }
-    Ok(StateDict { path: path.to_path_buf(), tensors, dropped })
+    Ok(StateDict {
+        path: path.to_path_buf(),
+        tensors,
+        dropped,
+    })
 }
 
 /// Architecture implied by the tensor shapes: width from `conv2d_1a`, bottleneck from `last_linear`.
 pub fn infer_architecture(sd: &StateDict) -> Result<(Architecture, usize)> {
-    let stem = sd.tensors.get("conv2d_1a.conv.weight").ok_or_else(|| ModelError::MissingTensor {
-        file: sd.path.clone(),
-        name: "conv2d_1a.conv.weight".into(),
-        expected: vec![32, 3, 3, 3],
-    })?;
+    let stem =
+        sd.tensors
+            .get("conv2d_1a.conv.weight")
+            .ok_or_else(|| ModelError::MissingTensor {
+                file: sd.path.clone(),
+                name: "conv2d_1a.conv.weight".into(),
+                expected: vec![32, 3, 3, 3],
+            })?;
     let dims = stem.dims();
     if dims.len() != 4 {
         return Err(ModelError::ShapeMismatch {
@@ -94,7 +110,11 @@ pub fn infer_architecture(sd: &StateDict) -> Result<(Architecture, usize)> {
     }
     let width = dims[0] as f64 / 32.0;
     if Channels::for_width(width).c1a != dims[0] {
-        return Err(ModelError::Unsupported(format!("{}: cannot infer a width multiplier from conv2d_1a with {} channels", sd.path.display(), dims[0])));
+        return Err(ModelError::Unsupported(format!(
+            "{}: cannot infer a width multiplier from conv2d_1a with {} channels",
+            sd.path.display(),
+            dims[0]
+        )));
     }
     let embedding = sd.tensors.get("last_linear.weight").map(|t| t.dims()[0]);
     Ok((Architecture::new(width, embedding), dims[1]))
@@ -163,14 +183,18 @@ impl TaskOverride {
                 .or_else(|| base.map(|b| b.description))
                 .unwrap_or_default(),
         };
-        spec.check().map_err(|r| ModelError::Input(format!("{spec_file}: {r}")))?;
+        spec.check()
+            .map_err(|r| ModelError::Input(format!("{spec_file}: {r}")))?;
         Ok(spec)
     }
 }
 
 impl ConvertSpec {
     pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { file: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+            file: path.to_path_buf(),
+            source,
+        })?;
         toml::from_str(&text).map_err(|e| ModelError::Input(format!("{}: {e}", path.display())))
     }
 }
@@ -199,22 +223,36 @@ pub fn probe_batch(n: usize, input: &InputSpec) -> Result<Tensor> {
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
     let data: Vec<f32> = (0..len)
         .map(|_| {
-            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             // Uniform on [-sqrt(3), sqrt(3)]: variance 1.
             (((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * 1.732_050_8
         })
         .collect();
-    Ok(Tensor::from_vec(data, (n, input.channels, input.height, input.width), &Device::Cpu)?)
+    Ok(Tensor::from_vec(
+        data,
+        (n, input.channels, input.height, input.width),
+        &Device::Cpu,
+    )?)
 }
 
 pub fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((*x - *y) as f64).powi(2)).sum();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((*x - *y) as f64).powi(2))
+        .sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den.max(f64::MIN_POSITIVE)).sqrt()
 }
 
 /// Measures `reduced` against `reference` on a probe batch.
-pub fn measure_deviation(reference: &EchoNetModel, reduced: &EchoNetModel, frames: usize) -> Result<Deviation> {
+pub fn measure_deviation(
+    reference: &EchoNetModel,
+    reduced: &EchoNetModel,
+    frames: usize,
+) -> Result<Deviation> {
     let probe = probe_batch(frames, &reference.manifest().input)?;
     let a = reference.infer(&probe, true)?;
     let b = reduced.infer(&probe, true)?;
@@ -233,7 +271,11 @@ pub fn measure_deviation(reference: &EchoNetModel, reduced: &EchoNetModel, frame
     Ok(Deviation {
         dtype: format!("{:?}", reduced.dtype()).to_lowercase(),
         probe_frames: frames,
-        features_max_abs: fa.iter().zip(&fb).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max),
+        features_max_abs: fa
+            .iter()
+            .zip(&fb)
+            .map(|(x, y)| (x - y).abs() as f64)
+            .fold(0.0, f64::max),
         features_rel_l2: relative_l2(&fb, &fa),
         outputs_max_abs,
     })
@@ -249,7 +291,12 @@ pub struct ConvertOptions {
 }
 
 /// Converts `input` to a bundle at `output`.
-pub fn convert(input: &Path, output: &Path, spec: &ConvertSpec, opts: &ConvertOptions) -> Result<Converted> {
+pub fn convert(
+    input: &Path,
+    output: &Path,
+    spec: &ConvertSpec,
+    opts: &ConvertOptions,
+) -> Result<Converted> {
     let sd = read_state_dict(input)?;
     let (architecture, stem_channels) = infer_architecture(&sd)?;
     let spec_name = "convert options";
@@ -260,13 +307,22 @@ pub fn convert(input: &Path, output: &Path, spec: &ConvertSpec, opts: &ConvertOp
     }
     for name in &opts.extra_tasks {
         if !tasks.iter().any(|t| &t.name == name) {
-            tasks.push(TaskOverride { name: name.clone(), ..Default::default() }.resolve(spec_name)?);
+            tasks.push(
+                TaskOverride {
+                    name: name.clone(),
+                    ..Default::default()
+                }
+                .resolve(spec_name)?,
+            );
         }
     }
     if tasks.is_empty() {
         // No tasks declared: take every head present whose name EchoNet defines; others must be declared.
         for name in sd.tensors.keys() {
-            if let Some(task) = name.strip_prefix("heads.").and_then(|r| r.strip_suffix(".weight")) {
+            if let Some(task) = name
+                .strip_prefix("heads.")
+                .and_then(|r| r.strip_suffix(".weight"))
+            {
                 let t = TaskSpec::echonet_default(task).ok_or_else(|| {
                     ModelError::Input(format!(
                         "{}: head `heads.{task}` is not an EchoNet task; declare it in the --config TOML ([[task]] with kind and unit)",
@@ -278,7 +334,10 @@ pub fn convert(input: &Path, output: &Path, spec: &ConvertSpec, opts: &ConvertOp
         }
     }
 
-    let mut input_spec = spec.input.clone().unwrap_or_else(|| InputSpec::facenet(299, stem_channels));
+    let mut input_spec = spec
+        .input
+        .clone()
+        .unwrap_or_else(|| InputSpec::facenet(299, stem_channels));
     if let Some(size) = opts.input_size {
         input_spec.height = size;
         input_spec.width = size;
@@ -294,7 +353,9 @@ pub fn convert(input: &Path, output: &Path, spec: &ConvertSpec, opts: &ConvertOp
         .intended_use
         .clone()
         .or_else(|| spec.intended_use.clone())
-        .unwrap_or_else(|| "unvalidated converted weights: research use only, not for clinical use".into());
+        .unwrap_or_else(|| {
+            "unvalidated converted weights: research use only, not for clinical use".into()
+        });
     let manifest = Manifest {
         format: BUNDLE_FORMAT.into(),
         format_version: BUNDLE_FORMAT_VERSION,
@@ -304,8 +365,16 @@ pub fn convert(input: &Path, output: &Path, spec: &ConvertSpec, opts: &ConvertOp
         dtype: opts.dtype,
         intended_use,
         provenance: Provenance {
-            source: spec.provenance.source.clone().unwrap_or_else(|| format!("converted from {}", input.display())),
-            data: spec.provenance.data.clone().unwrap_or_else(|| "not stated".into()),
+            source: spec
+                .provenance
+                .source
+                .clone()
+                .unwrap_or_else(|| format!("converted from {}", input.display())),
+            data: spec
+                .provenance
+                .data
+                .clone()
+                .unwrap_or_else(|| "not stated".into()),
             created: utc_date_today(),
             tool: format!("echonet-edge {} convert", env!("CARGO_PKG_VERSION")),
             metrics: spec.provenance.metrics.clone(),
@@ -316,7 +385,14 @@ pub fn convert(input: &Path, output: &Path, spec: &ConvertSpec, opts: &ConvertOp
 
     // Loading the f32 model proves every tensor is present, shaped right and used.
     let store = WeightStore::new(input, sd.tensors)?;
-    let reference = EchoNetModel::from_store(manifest.clone(), &store, &RunOptions { dtype: Some(DType::F32), ..RunOptions::cpu() })?;
+    let reference = EchoNetModel::from_store(
+        manifest.clone(),
+        &store,
+        &RunOptions {
+            dtype: Some(DType::F32),
+            ..RunOptions::cpu()
+        },
+    )?;
     let deviation = if opts.dtype == StorageDtype::F32 {
         None
     } else {
@@ -327,9 +403,20 @@ pub fn convert(input: &Path, output: &Path, spec: &ConvertSpec, opts: &ConvertOp
             rounded.insert(name, t.to_dtype(opts.dtype.candle())?);
         }
         let rounded = WeightStore::new(input, rounded)?;
-        let reduced = EchoNetModel::from_store(manifest.clone(), &rounded, &RunOptions { dtype: Some(opts.dtype.candle()), ..RunOptions::cpu() })?;
+        let reduced = EchoNetModel::from_store(
+            manifest.clone(),
+            &rounded,
+            &RunOptions {
+                dtype: Some(opts.dtype.candle()),
+                ..RunOptions::cpu()
+            },
+        )?;
         Some(measure_deviation(&reference, &reduced, opts.probe_frames)?)
     };
     let manifest = super::bundle::write_bundle(output, &manifest, &store.snapshot())?;
-    Ok(Converted { manifest, dropped: sd.dropped, deviation })
+    Ok(Converted {
+        manifest,
+        dropped: sd.dropped,
+        deviation,
+    })
 }

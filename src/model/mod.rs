@@ -5,6 +5,7 @@ pub mod arch;
 pub mod bundle;
 pub mod catalog;
 pub mod conv;
+pub mod cpu_conv;
 pub mod error;
 pub mod heads;
 pub mod import;
@@ -18,7 +19,9 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 pub use arch::Architecture;
-pub use bundle::{read_bundle, write_bundle, Bundle, InputSpec, Manifest, Provenance, StorageDtype};
+pub use bundle::{
+    read_bundle, write_bundle, Bundle, InputSpec, Manifest, Provenance, StorageDtype,
+};
 pub use conv::{CandleConv, ConvKernel};
 pub use error::{ModelError, Result};
 pub use heads::{TaskKind, TaskSpec};
@@ -39,8 +42,19 @@ impl RunOptions {
         Self {
             device: Device::Cpu,
             dtype: None,
-            kernel: Arc::new(CandleConv),
+            kernel: conv_kernel_named("auto").unwrap_or_else(|| Arc::new(CandleConv)),
         }
+    }
+}
+
+/// Convolution kernels by name: `candle` (candle's own conv2d everywhere), `cpu-gemm` (the
+/// in-place/im2col GEMM kernel for f32 on the CPU, candle elsewhere), `auto` (the fastest known:
+/// currently `cpu-gemm`).
+pub fn conv_kernel_named(name: &str) -> Option<Arc<dyn ConvKernel>> {
+    match name {
+        "candle" => Some(Arc::new(CandleConv)),
+        "cpu-gemm" | "auto" => Some(Arc::new(cpu_conv::CpuGemmConv)),
+        _ => None,
     }
 }
 
@@ -114,15 +128,23 @@ impl EchoNetModel {
     pub fn check_batch_shape(&self, dims: &[usize]) -> Result<()> {
         let stem = self.manifest.input.channels;
         let &[n, c, h, w] = dims else {
-            return Err(ModelError::Input(format!("expected a [N, C, H, W] tensor, got shape {dims:?}")));
+            return Err(ModelError::Input(format!(
+                "expected a [N, C, H, W] tensor, got shape {dims:?}"
+            )));
         };
         if n == 0 {
-            return Err(ModelError::Input("the batch holds no frames (N = 0)".into()));
+            return Err(ModelError::Input(
+                "the batch holds no frames (N = 0)".into(),
+            ));
         }
         if !(c == stem || (c == 1 && stem == 3)) {
             return Err(ModelError::Input(format!(
                 "{c} channels, but the model's stem takes {stem}{}",
-                if stem == 3 { " (or 1 for a grey frame)" } else { "" }
+                if stem == 3 {
+                    " (or 1 for a grey frame)"
+                } else {
+                    ""
+                }
             )));
         }
         if h < arch::MIN_INPUT_SIZE || w < arch::MIN_INPUT_SIZE {

@@ -35,21 +35,42 @@ impl Loader<'_> {
         Ok(BatchNormParams {
             gamma: self.store.take(&format!("{prefix}.weight"), &[channels])?,
             beta: self.store.take(&format!("{prefix}.bias"), &[channels])?,
-            mean: self.store.take(&format!("{prefix}.running_mean"), &[channels])?,
-            var: self.store.take(&format!("{prefix}.running_var"), &[channels])?,
+            mean: self
+                .store
+                .take(&format!("{prefix}.running_mean"), &[channels])?,
+            var: self
+                .store
+                .take(&format!("{prefix}.running_var"), &[channels])?,
         })
     }
 
     /// A facenet `BasicConv2d` (bias-free conv + BatchNorm) folded to (weight, bias), f32 on the CPU.
-    fn basic(&self, prefix: &str, cin: usize, cout: usize, kh: usize, kw: usize) -> Result<(Tensor, Tensor)> {
-        let w = self.store.take(&format!("{prefix}.conv.weight"), &[cout, cin, kh, kw])?;
+    fn basic(
+        &self,
+        prefix: &str,
+        cin: usize,
+        cout: usize,
+        kh: usize,
+        kw: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let w = self
+            .store
+            .take(&format!("{prefix}.conv.weight"), &[cout, cin, kh, kw])?;
         let bn = self.bn(&format!("{prefix}.bn"), cout)?;
         Ok(fold_conv_bn(&w, &bn)?)
     }
 
     /// A plain biased conv (the residual up-projection), multiplied by the block's residual scale.
-    fn scaled_up(&self, prefix: &str, cin: usize, cout: usize, scale: f32) -> Result<(Tensor, Tensor)> {
-        let w = self.store.take(&format!("{prefix}.weight"), &[cout, cin, 1, 1])?;
+    fn scaled_up(
+        &self,
+        prefix: &str,
+        cin: usize,
+        cout: usize,
+        scale: f32,
+    ) -> Result<(Tensor, Tensor)> {
+        let w = self
+            .store
+            .take(&format!("{prefix}.weight"), &[cout, cin, 1, 1])?;
         let b = self.store.take(&format!("{prefix}.bias"), &[cout])?;
         Ok(((w * scale as f64)?, (b * scale as f64)?))
     }
@@ -58,7 +79,14 @@ impl Loader<'_> {
         Ok(place(wb, geometry, relu, self.device, self.dtype)?)
     }
 
-    fn conv(&self, prefix: &str, cin: usize, cout: usize, k: (usize, usize), g: Geometry) -> Result<FoldedConv> {
+    fn conv(
+        &self,
+        prefix: &str,
+        cin: usize,
+        cout: usize,
+        k: (usize, usize),
+        g: Geometry,
+    ) -> Result<FoldedConv> {
         let wb = self.basic(prefix, cin, cout, k.0, k.1)?;
         self.place(wb, g, true)
     }
@@ -103,7 +131,11 @@ impl Block35 {
             branch1_1: l.conv(&format!("{p}.branch1.1"), b, b, (3, 3), Geometry::pad(1, 1))?,
             branch2_1: l.conv(&format!("{p}.branch2.1"), b, b, (3, 3), Geometry::pad(1, 1))?,
             branch2_2: l.conv(&format!("{p}.branch2.2"), b, b, (3, 3), Geometry::pad(1, 1))?,
-            up: l.place(l.scaled_up(&format!("{p}.conv2d"), 3 * b, c.c4b, BLOCK35_SCALE)?, Geometry::unit(), false)?,
+            up: l.place(
+                l.scaled_up(&format!("{p}.conv2d"), 3 * b, c.c4b, BLOCK35_SCALE)?,
+                Geometry::unit(),
+                false,
+            )?,
             width: b,
         })
     }
@@ -141,7 +173,11 @@ impl Block17 {
             entry: l.place(entry, Geometry::unit(), true)?,
             branch1_1: l.conv(&format!("{p}.branch1.1"), b, b, (1, 7), Geometry::pad(0, 3))?,
             branch1_2: l.conv(&format!("{p}.branch1.2"), b, b, (7, 1), Geometry::pad(3, 0))?,
-            up: l.place(l.scaled_up(&format!("{p}.conv2d"), 2 * b, c.c6, BLOCK17_SCALE)?, Geometry::unit(), false)?,
+            up: l.place(
+                l.scaled_up(&format!("{p}.conv2d"), 2 * b, c.c6, BLOCK17_SCALE)?,
+                Geometry::unit(),
+                false,
+            )?,
             width: b,
         })
     }
@@ -178,7 +214,11 @@ impl Block8 {
             entry: l.place(entry, Geometry::unit(), true)?,
             branch1_1: l.conv(&format!("{p}.branch1.1"), b, b, (1, 3), Geometry::pad(0, 1))?,
             branch1_2: l.conv(&format!("{p}.branch1.2"), b, b, (3, 1), Geometry::pad(1, 0))?,
-            up: l.place(l.scaled_up(&format!("{p}.conv2d"), 2 * b, c.c7, scale)?, Geometry::unit(), false)?,
+            up: l.place(
+                l.scaled_up(&format!("{p}.conv2d"), 2 * b, c.c7, scale)?,
+                Geometry::unit(),
+                false,
+            )?,
             width: b,
             relu,
         })
@@ -211,10 +251,34 @@ pub struct Mixed6a {
 impl Mixed6a {
     fn load(l: &Loader, c: &Channels) -> Result<Self> {
         Ok(Self {
-            branch0: l.conv("mixed_6a.branch0", c.c4b, c.m6a_b0, (3, 3), Geometry::stride(2))?,
-            branch1_0: l.conv("mixed_6a.branch1.0", c.c4b, c.m6a_b1_mid, (1, 1), Geometry::unit())?,
-            branch1_1: l.conv("mixed_6a.branch1.1", c.m6a_b1_mid, c.m6a_b1_mid, (3, 3), Geometry::pad(1, 1))?,
-            branch1_2: l.conv("mixed_6a.branch1.2", c.m6a_b1_mid, c.m6a_b1_out, (3, 3), Geometry::stride(2))?,
+            branch0: l.conv(
+                "mixed_6a.branch0",
+                c.c4b,
+                c.m6a_b0,
+                (3, 3),
+                Geometry::stride(2),
+            )?,
+            branch1_0: l.conv(
+                "mixed_6a.branch1.0",
+                c.c4b,
+                c.m6a_b1_mid,
+                (1, 1),
+                Geometry::unit(),
+            )?,
+            branch1_1: l.conv(
+                "mixed_6a.branch1.1",
+                c.m6a_b1_mid,
+                c.m6a_b1_mid,
+                (3, 3),
+                Geometry::pad(1, 1),
+            )?,
+            branch1_2: l.conv(
+                "mixed_6a.branch1.2",
+                c.m6a_b1_mid,
+                c.m6a_b1_out,
+                (3, 3),
+                Geometry::stride(2),
+            )?,
         })
     }
 
@@ -248,10 +312,28 @@ impl Mixed7a {
         ])?;
         Ok(Self {
             entry: l.place(entry, Geometry::unit(), true)?,
-            branch0_1: l.conv("mixed_7a.branch0.1", m, c.m7a_b0_out, (3, 3), Geometry::stride(2))?,
-            branch1_1: l.conv("mixed_7a.branch1.1", m, c.m7a_b1_out, (3, 3), Geometry::stride(2))?,
+            branch0_1: l.conv(
+                "mixed_7a.branch0.1",
+                m,
+                c.m7a_b0_out,
+                (3, 3),
+                Geometry::stride(2),
+            )?,
+            branch1_1: l.conv(
+                "mixed_7a.branch1.1",
+                m,
+                c.m7a_b1_out,
+                (3, 3),
+                Geometry::stride(2),
+            )?,
             branch2_1: l.conv("mixed_7a.branch2.1", m, m, (3, 3), Geometry::pad(1, 1))?,
-            branch2_2: l.conv("mixed_7a.branch2.2", m, c.m7a_b2_out, (3, 3), Geometry::stride(2))?,
+            branch2_2: l.conv(
+                "mixed_7a.branch2.2",
+                m,
+                c.m7a_b2_out,
+                (3, 3),
+                Geometry::stride(2),
+            )?,
             mid: m,
         })
     }
@@ -261,7 +343,10 @@ impl Mixed7a {
         let m = self.mid;
         let b0 = k.forward(&e.narrow(1, 0, m)?, &self.branch0_1)?;
         let b1 = k.forward(&e.narrow(1, m, m)?, &self.branch1_1)?;
-        let b2 = k.forward(&k.forward(&e.narrow(1, 2 * m, m)?, &self.branch2_1)?, &self.branch2_2)?;
+        let b2 = k.forward(
+            &k.forward(&e.narrow(1, 2 * m, m)?, &self.branch2_1)?,
+            &self.branch2_2,
+        )?;
         let b3 = max_pool_3s2(x)?;
         Tensor::cat(&[&b0, &b1, &b2, &b3], 1)
     }
@@ -303,7 +388,11 @@ impl InceptionResnetV1 {
         kernel: Arc<dyn ConvKernel>,
     ) -> Result<Self> {
         let c = arch.channels();
-        let l = Loader { store, device, dtype };
+        let l = Loader {
+            store,
+            device,
+            dtype,
+        };
         let stem = l.basic("conv2d_1a", input_channels, c.c1a, 3, 3)?;
         let conv2d_1a_grey = if input_channels > 1 {
             let w = stem.0.sum_keepdim(1)?;

@@ -91,7 +91,9 @@ impl WeightStore {
             (Some(t), _) => t,
             (None, Some(state)) => {
                 let t = self.make_up(state, name, shape)?;
-                self.tensors.borrow_mut().insert(name.to_string(), t.clone());
+                self.tensors
+                    .borrow_mut()
+                    .insert(name.to_string(), t.clone());
                 t
             }
             (None, None) => {

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what building and testing echonet-edge needs on a fresh Debian machine, and nothing
+# when it is already there. Called by `make run` and `make test` (and so by .ci/run).
+set -euo pipefail
+need=()
+# bindgen (used by the v4l capture crate) needs libclang; cc for crates that build C.
+dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "install-deps: installing ${need[*]}" >&2
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps: cargo not found; install the Rust toolchain (rustup) first" >&2
+  exit 1
+fi

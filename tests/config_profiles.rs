@@ -1,0 +1,41 @@
+//! Every shipped deployment profile parses, and a misspelt key in one is an error naming it.
+
+use std::path::Path;
+
+use echonet_edge::config::Config;
+
+#[test]
+fn every_profile_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware-config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 4, "expected the default, jetson, clinic and demo profiles, found {seen}");
+}
+
+#[test]
+fn misspelt_key_names_its_path() {
+    let text = "[model]\ndevice = \"cpu\"\nthreds = 2\n";
+    let e = Config::from_toml_str(text, Path::new("p.toml")).unwrap_err().to_string();
+    assert!(e.contains("p.toml") && e.contains("threds") && e.contains("model"), "{e}");
+}
+
+#[test]
+fn doctor_passes_on_this_checkout() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_echonet"))
+        .args(["doctor", "--json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor prints JSON");
+    assert_eq!(v["ok"], true, "{v}");
+    let names: Vec<&str> = v["checks"].as_array().unwrap().iter().filter_map(|c| c["check"].as_str()).collect();
+    for expected in ["build", "cpu", "cuda", "model catalog", "config"] {
+        assert!(names.contains(&expected), "doctor lacks {expected}: {names:?}");
+    }
+}

@@ -15,14 +15,22 @@ fn every_profile_parses() {
             seen += 1;
         }
     }
-    assert!(seen >= 4, "expected the default, jetson, clinic and demo profiles, found {seen}");
+    assert!(
+        seen >= 4,
+        "expected the default, jetson, clinic and demo profiles, found {seen}"
+    );
 }
 
 #[test]
 fn misspelt_key_names_its_path() {
     let text = "[model]\ndevice = \"cpu\"\nthreds = 2\n";
-    let e = Config::from_toml_str(text, Path::new("p.toml")).unwrap_err().to_string();
-    assert!(e.contains("p.toml") && e.contains("threds") && e.contains("model"), "{e}");
+    let e = Config::from_toml_str(text, Path::new("p.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("p.toml") && e.contains("threds") && e.contains("model"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -34,8 +42,16 @@ fn doctor_passes_on_this_checkout() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor prints JSON");
     assert_eq!(v["ok"], true, "{v}");
-    let names: Vec<&str> = v["checks"].as_array().unwrap().iter().filter_map(|c| c["check"].as_str()).collect();
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["check"].as_str())
+        .collect();
     for expected in ["build", "cpu", "cuda", "model catalog", "config"] {
-        assert!(names.contains(&expected), "doctor lacks {expected}: {names:?}");
+        assert!(
+            names.contains(&expected),
+            "doctor lacks {expected}: {names:?}"
+        );
     }
 }

@@ -21,11 +21,12 @@ fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(128))]
     #[test]
     fn gemm_kernel_matches_candle(
-        n in 1usize..3, cin in 1usize..9, cout in 1usize..9,
-        h in 3usize..12, w in 3usize..12,
+        n in 1usize..3, cin in 1usize..13, cout in 1usize..9,
+        h in 3usize..30, w in 3usize..30,
+        tile_bytes in prop::sample::select(vec![64usize, 1000, 8192, echonet_edge::model::cpu_conv::DEFAULT_TILE_BYTES]),
         kh in prop::sample::select(vec![1usize, 3, 7]), kw in prop::sample::select(vec![1usize, 3, 7]),
         stride in 1usize..3, pad_h in 0usize..4, pad_w in 0usize..4,
         relu in any::<bool>(), slice_extra in 0usize..3, seed in any::<u64>(),
@@ -47,7 +48,7 @@ proptest! {
             geometry: Geometry { stride, pad_h, pad_w },
             relu,
         };
-        let fast = CpuGemmConv.forward(&x, &conv).unwrap();
+        let fast = CpuGemmConv::with_tile_bytes(tile_bytes).forward(&x, &conv).unwrap();
         let reference = CandleConv.forward(&x, &conv).unwrap();
         prop_assert_eq!(fast.dims(), reference.dims());
         let d = max_rel_diff(&fast, &reference);
@@ -65,7 +66,7 @@ fn non_f32_falls_back_to_candle() {
         geometry: Geometry::pad(1, 1),
         relu: true,
     };
-    let y = CpuGemmConv.forward(&x, &conv).unwrap();
+    let y = CpuGemmConv::default().forward(&x, &conv).unwrap();
     assert_eq!(y.dtype(), DType::F16);
     // Centre pixel sees the full 3x3 window over 2 channels of ones.
     let centre = y

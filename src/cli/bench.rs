@@ -4,11 +4,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use echonet_edge::model::{
-    import::probe_batch, read_bundle, Architecture, EchoNetModel, InputSpec, Manifest, Provenance,
-    StorageDtype, WeightStore,
+    import::probe_batch, profile::ProfiledKernel, read_bundle, Architecture, EchoNetModel,
+    InputSpec, Manifest, Provenance, RunOptions, StorageDtype, WeightStore,
 };
 
 #[derive(clap::Args, Debug)]
@@ -34,6 +35,9 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also time every convolution by shape (adds a little overhead) and print the table.
+    #[arg(long)]
+    pub profile: bool,
     #[command(flatten)]
     pub run: super::RunArgs,
 }
@@ -48,17 +52,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.batch > 0 && args.iters > 0,
         "--batch and --iters must be at least 1"
     );
+    let mut profiler = None;
+    let mut open = |dtype| -> anyhow::Result<(RunOptions, usize)> {
+        let (mut opts, threads) = args.run.open(dtype)?;
+        if args.profile {
+            let p = Arc::new(ProfiledKernel::new(opts.kernel.clone()));
+            opts.kernel = p.clone();
+            profiler = Some(p);
+        }
+        Ok((opts, threads))
+    };
     let (model, source) = match &args.model {
         Some(path) => {
             let bundle = read_bundle(path)?;
-            let (opts, threads) = args.run.open(bundle.manifest.dtype.candle())?;
+            let (opts, threads) = open(bundle.manifest.dtype.candle())?;
             (
                 EchoNetModel::from_bundle(&bundle, &opts)?,
                 (path.display().to_string(), threads),
             )
         }
         None => {
-            let (opts, threads) = args.run.open(candle_core::DType::F32)?;
+            let (opts, threads) = open(candle_core::DType::F32)?;
             let manifest = Manifest {
                 format: echonet_edge::model::bundle::BUNDLE_FORMAT.into(),
                 format_version: echonet_edge::model::bundle::BUNDLE_FORMAT_VERSION,
@@ -88,6 +102,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let batch = probe_batch(args.batch, &spec)?.to_device(model.device())?;
     for _ in 0..args.warmup {
         model.forward(&batch)?;
+    }
+    if let Some(p) = &profiler {
+        p.reset();
     }
     let mut per_frame_ms = Vec::with_capacity(args.iters);
     for _ in 0..args.iters {
@@ -130,6 +147,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             p90,
             1000.0 / median
         );
+    }
+    if let Some(p) = &profiler {
+        let total_ms: f64 = per_frame_ms.iter().sum::<f64>() * args.batch as f64;
+        let rows = p.report();
+        let conv_ms: f64 = rows
+            .iter()
+            .map(|(_, s)| s.time.as_secs_f64() * 1000.0)
+            .sum();
+        eprintln!("convolutions: {conv_ms:.1} ms of {total_ms:.1} ms timed ({:.0}%); the rest is pooling, concatenation, residual adds", 100.0 * conv_ms / total_ms);
+        eprintln!(
+            "{:<40} {:>6} {:>10} {:>8} {:>9}",
+            "kernel shape (cin->cout)", "calls", "ms/iter", "share", "GFLOP/s"
+        );
+        for (shape, s) in rows {
+            let ms = s.time.as_secs_f64() * 1000.0;
+            eprintln!(
+                "{shape:<40} {:>6} {:>10.2} {:>7.1}% {:>9.1}",
+                s.calls / args.iters,
+                ms / args.iters as f64,
+                100.0 * ms / total_ms,
+                s.flops / s.time.as_secs_f64().max(1e-12) / 1e9
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

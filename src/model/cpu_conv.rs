@@ -8,12 +8,32 @@ use rayon::prelude::*;
 
 use super::conv::{CandleConv, ConvKernel, FoldedConv};
 
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CpuGemmConv;
+#[derive(Debug, Clone, Copy)]
+pub struct CpuGemmConv {
+    /// Size of one tile's im2col block; sets how many output columns a tile covers.
+    tile_bytes: usize,
+}
 
-/// Rows of im2col (or of output) handled per rayon task; small enough to split work over cores,
-/// large enough that task overhead stays negligible.
-const ROWS_PER_TASK: usize = 8;
+/// 128 KiB of im2col per tile: fastest of 64 KiB..2 MiB on the 2-core development machine
+/// (`echonet bench`, full network, 299x299, f32).
+pub const DEFAULT_TILE_BYTES: usize = 128 * 1024;
+
+impl Default for CpuGemmConv {
+    fn default() -> Self {
+        Self {
+            tile_bytes: DEFAULT_TILE_BYTES,
+        }
+    }
+}
+
+impl CpuGemmConv {
+    /// A kernel with a different tile size (tests use tiny tiles to exercise the tiled path).
+    pub fn with_tile_bytes(tile_bytes: usize) -> Self {
+        Self {
+            tile_bytes: tile_bytes.max(4),
+        }
+    }
+}
 
 fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout) -> Option<&'a [f32]> {
     match storage {
@@ -74,65 +94,53 @@ impl ConvKernel for CpuGemmConv {
         let batch_stride = x_layout.stride()[0];
         let direct = kh == 1 && kw == 1 && g.stride == 1 && g.pad_h == 0 && g.pad_w == 0;
         let threads = rayon::current_num_threads();
+        let tile = tile_columns(self.tile_bytes, k);
 
         let mut out = vec![0f32; n * cout * ohw];
-        let mut col = if direct {
-            Vec::new()
-        } else {
-            vec![0f32; k * ohw]
-        };
         for (b, dst) in out.chunks_exact_mut(cout * ohw).enumerate() {
-            let src = &xs[b * batch_stride..b * batch_stride + cin * h * w];
-            let rhs: &[f32] = if direct {
-                src
-            } else {
-                im2col(
-                    src, &mut col, cin, h, w, kh, kw, g.stride, g.pad_h, g.pad_w, oh, ow,
-                );
-                &col
+            let job = FrameConv {
+                src: &xs[b * batch_stride..b * batch_stride + cin * h * w],
+                h,
+                w,
+                kh,
+                kw,
+                stride: g.stride,
+                pad_h: g.pad_h,
+                pad_w: g.pad_w,
+                ow,
+                ohw,
+                k,
+                cout,
+                weight: &ws[..cout * k],
+                bias: &bias,
+                relu: conv.relu,
+                direct,
             };
-            // SAFETY: dst is cout x ohw (row-major), weight cout x k, rhs k x ohw, all dense and
-            // in bounds as sized above; gemm writes only dst.
-            unsafe {
-                gemm::gemm(
-                    cout,
-                    ohw,
-                    k,
-                    dst.as_mut_ptr(),
-                    1,
-                    ohw as isize,
-                    false,
-                    ws.as_ptr(),
-                    1,
-                    k as isize,
-                    rhs.as_ptr(),
-                    1,
-                    ohw as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    if threads > 1 {
-                        gemm::Parallelism::Rayon(threads)
-                    } else {
-                        gemm::Parallelism::None
-                    },
-                );
+            let dst = OutPtr(dst.as_mut_ptr());
+            let tiles = ohw.div_ceil(tile);
+            if threads > 1 && tiles >= 2 * threads {
+                // Many output columns: tiles in parallel, each im2col tile cache-sized and its GEMM
+                // single-threaded; bias and ReLU applied while the tile is still in cache.
+                (0..tiles)
+                    .into_par_iter()
+                    .for_each_init(Vec::new, |col, t| {
+                        let start = t * tile;
+                        job.run_tile(
+                            col,
+                            start,
+                            tile.min(ohw - start),
+                            dst,
+                            gemm::Parallelism::None,
+                        );
+                    });
+            } else {
+                let par = if threads > 1 {
+                    gemm::Parallelism::Rayon(threads)
+                } else {
+                    gemm::Parallelism::None
+                };
+                job.run_tile(&mut Vec::new(), 0, ohw, dst, par);
             }
-            let relu = conv.relu;
-            dst.par_chunks_mut(ohw * ROWS_PER_TASK)
-                .enumerate()
-                .for_each(|(chunk, rows)| {
-                    for (r, row) in rows.chunks_exact_mut(ohw).enumerate() {
-                        let bias = bias[chunk * ROWS_PER_TASK + r];
-                        if relu {
-                            row.iter_mut().for_each(|v| *v = (*v + bias).max(0.0));
-                        } else {
-                            row.iter_mut().for_each(|v| *v += bias);
-                        }
-                    }
-                });
         }
         drop(x_storage);
         drop(w_storage);
@@ -140,12 +148,23 @@ impl ConvKernel for CpuGemmConv {
     }
 }
 
-/// Unfolds one frame `[C, H, W]` into `[C*kh*kw, oh*ow]` with zero padding.
-#[allow(clippy::too_many_arguments)]
-fn im2col(
-    src: &[f32],
-    col: &mut [f32],
-    cin: usize,
+/// Output columns per tile: `tile_bytes` of im2col rows, so a tile stays in cache while its GEMM
+/// and epilogue run.
+fn tile_columns(tile_bytes: usize, k: usize) -> usize {
+    (tile_bytes / 4 / k.max(1)).clamp(1, 4096)
+}
+
+/// The output buffer of one frame, shared by tiles that write disjoint column ranges.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tiles write disjoint columns of the buffer (see `run_tile`), and the buffer outlives
+// the parallel loop that uses it.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// One frame's convolution: input `[C, H, W]` dense, weight `[cout, k]`, output `[cout, ohw]`.
+struct FrameConv<'a> {
+    src: &'a [f32],
     h: usize,
     w: usize,
     kh: usize,
@@ -153,45 +172,124 @@ fn im2col(
     stride: usize,
     pad_h: usize,
     pad_w: usize,
-    oh: usize,
     ow: usize,
-) {
-    let ohw = oh * ow;
-    col.par_chunks_mut(ohw * ROWS_PER_TASK)
-        .enumerate()
-        .for_each(|(chunk, rows)| {
-            for (r, row) in rows.chunks_exact_mut(ohw).enumerate() {
-                let idx = chunk * ROWS_PER_TASK + r;
-                let (c, ky, kx) = (idx / (kh * kw), (idx / kw) % kh, idx % kw);
-                debug_assert!(c < cin);
-                let plane = &src[c * h * w..(c + 1) * h * w];
-                for oy in 0..oh {
-                    let out = &mut row[oy * ow..(oy + 1) * ow];
-                    let iy = (oy * stride + ky) as isize - pad_h as isize;
-                    if iy < 0 || iy >= h as isize {
-                        out.fill(0.0);
-                        continue;
+    ohw: usize,
+    k: usize,
+    cout: usize,
+    weight: &'a [f32],
+    bias: &'a [f32],
+    relu: bool,
+    direct: bool,
+}
+
+impl FrameConv<'_> {
+    /// Computes output columns `start..start+len` of every output channel.
+    fn run_tile(
+        &self,
+        col: &mut Vec<f32>,
+        start: usize,
+        len: usize,
+        dst: OutPtr,
+        par: gemm::Parallelism,
+    ) {
+        let (rhs, rhs_rs) = if self.direct {
+            // 1x1, stride 1, no padding: the input planes are the GEMM's right-hand rows.
+            (self.src[start..].as_ptr(), (self.h * self.w) as isize)
+        } else {
+            col.resize(self.k * len, 0.0);
+            self.im2col(col, start, len, matches!(par, gemm::Parallelism::Rayon(_)));
+            (col.as_ptr(), len as isize)
+        };
+        // SAFETY: weight is cout x k dense; rhs rows are k x len within src/col (for the direct
+        // case row r spans src[r*hw + start .. + len], inside the frame as start+len <= hw); dst
+        // columns start..start+len of cout rows of length ohw lie inside the frame's output, and
+        // no other tile writes them.
+        unsafe {
+            let d = dst.0.add(start);
+            gemm::gemm(
+                self.cout,
+                len,
+                self.k,
+                d,
+                1,
+                self.ohw as isize,
+                false,
+                self.weight.as_ptr(),
+                1,
+                self.k as isize,
+                rhs,
+                1,
+                rhs_rs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+            for (r, &b) in self.bias.iter().enumerate() {
+                let row = std::slice::from_raw_parts_mut(d.add(r * self.ohw), len);
+                if self.relu {
+                    row.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+                } else {
+                    row.iter_mut().for_each(|v| *v += b);
+                }
+            }
+        }
+    }
+
+    /// Unfolds output columns `start..start+len` into `col` `[k, len]`, zero-padding the border.
+    fn im2col(&self, col: &mut [f32], start: usize, len: usize, parallel: bool) {
+        let fill_row = |idx: usize, row: &mut [f32]| {
+            let (c, ky, kx) = (
+                idx / (self.kh * self.kw),
+                (idx / self.kw) % self.kh,
+                idx % self.kw,
+            );
+            let plane = &self.src[c * self.h * self.w..(c + 1) * self.h * self.w];
+            let mut p = start;
+            let end = start + len;
+            while p < end {
+                let (oy, ox0) = (p / self.ow, p % self.ow);
+                let ox1 = self.ow.min(ox0 + (end - p));
+                let out = &mut row[p - start..p - start + (ox1 - ox0)];
+                p += ox1 - ox0;
+                let iy = (oy * self.stride + ky) as isize - self.pad_h as isize;
+                if iy < 0 || iy >= self.h as isize {
+                    out.fill(0.0);
+                    continue;
+                }
+                let line = &plane[iy as usize * self.w..(iy as usize + 1) * self.w];
+                if self.stride == 1 {
+                    // Output columns ox whose input column ox + kx - pad_w lies inside the line.
+                    let lo = self.pad_w.saturating_sub(kx).clamp(ox0, ox1);
+                    let hi = (self.w + self.pad_w).saturating_sub(kx).clamp(lo, ox1);
+                    out[..lo - ox0].fill(0.0);
+                    out[hi - ox0..].fill(0.0);
+                    if hi > lo {
+                        let s = lo + kx - self.pad_w;
+                        out[lo - ox0..hi - ox0].copy_from_slice(&line[s..s + (hi - lo)]);
                     }
-                    let line = &plane[iy as usize * w..(iy as usize + 1) * w];
-                    if stride == 1 {
-                        // Output columns whose input column ox + kx - pad_w lies inside the row.
-                        let lo = pad_w.saturating_sub(kx).min(ow);
-                        let hi = (w + pad_w).saturating_sub(kx).min(ow).max(lo);
-                        out[..lo].fill(0.0);
-                        out[hi..].fill(0.0);
-                        let start = lo + kx - pad_w;
-                        out[lo..hi].copy_from_slice(&line[start..start + (hi - lo)]);
-                    } else {
-                        for (ox, o) in out.iter_mut().enumerate() {
-                            let ix = (ox * stride + kx) as isize - pad_w as isize;
-                            *o = if ix >= 0 && (ix as usize) < w {
-                                line[ix as usize]
-                            } else {
-                                0.0
-                            };
-                        }
+                } else {
+                    for (o, ox) in out.iter_mut().zip(ox0..ox1) {
+                        let ix = (ox * self.stride + kx) as isize - self.pad_w as isize;
+                        *o = if ix >= 0 && (ix as usize) < self.w {
+                            line[ix as usize]
+                        } else {
+                            0.0
+                        };
                     }
                 }
             }
-        });
+        };
+        if parallel {
+            col.par_chunks_mut(len)
+                .enumerate()
+                .for_each(|(i, row)| fill_row(i, row));
+        } else {
+            col.chunks_mut(len)
+                .enumerate()
+                .for_each(|(i, row)| fill_row(i, row));
+        }
+    }
 }

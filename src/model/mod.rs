@@ -10,6 +10,7 @@ pub mod error;
 pub mod heads;
 pub mod import;
 pub mod network;
+pub mod profile;
 pub mod weights;
 
 use std::collections::BTreeMap;
@@ -53,7 +54,7 @@ impl RunOptions {
 pub fn conv_kernel_named(name: &str) -> Option<Arc<dyn ConvKernel>> {
     match name {
         "candle" => Some(Arc::new(CandleConv)),
-        "cpu-gemm" | "auto" => Some(Arc::new(cpu_conv::CpuGemmConv)),
+        "cpu-gemm" | "auto" => Some(Arc::new(cpu_conv::CpuGemmConv::default())),
         _ => None,
     }
 }

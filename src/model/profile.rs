@@ -1,0 +1,84 @@
+//! A [`ConvKernel`] wrapper that times every convolution by shape, for `echonet bench --profile`:
+//! where the milliseconds go, and at what rate each convolution shape runs.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+
+use super::conv::{ConvKernel, FoldedConv};
+
+#[derive(Debug, Default, Clone)]
+pub struct ShapeStats {
+    pub calls: usize,
+    pub time: Duration,
+    /// Multiply-adds, counted as 2 flops each.
+    pub flops: f64,
+}
+
+#[derive(Debug)]
+pub struct ProfiledKernel {
+    inner: Arc<dyn ConvKernel>,
+    stats: Mutex<BTreeMap<String, ShapeStats>>,
+}
+
+impl ProfiledKernel {
+    pub fn new(inner: Arc<dyn ConvKernel>) -> Self {
+        Self {
+            inner,
+            stats: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn reset(&self) {
+        if let Ok(mut s) = self.stats.lock() {
+            s.clear();
+        }
+    }
+
+    /// Per-shape statistics, slowest first.
+    pub fn report(&self) -> Vec<(String, ShapeStats)> {
+        let mut rows: Vec<_> = self
+            .stats
+            .lock()
+            .map(|s| s.clone().into_iter().collect())
+            .unwrap_or_default();
+        rows.sort_by(|a: &(String, ShapeStats), b| b.1.time.cmp(&a.1.time));
+        rows
+    }
+}
+
+impl ConvKernel for ProfiledKernel {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn forward(&self, x: &Tensor, conv: &FoldedConv) -> candle_core::Result<Tensor> {
+        let start = Instant::now();
+        let y = self.inner.forward(x, conv)?;
+        let elapsed = start.elapsed();
+        let w = conv.weight.dims();
+        let yd = y.dims();
+        let key = format!(
+            "{}x{} s{} p{},{} {:>4}->{:<4} out {}x{}",
+            w[2],
+            w[3],
+            conv.geometry.stride,
+            conv.geometry.pad_h,
+            conv.geometry.pad_w,
+            w[1],
+            w[0],
+            yd[2],
+            yd[3]
+        );
+        let flops = 2.0 * (yd.iter().product::<usize>() * w[1] * w[2] * w[3]) as f64;
+        if let Ok(mut s) = self.stats.lock() {
+            let e = s.entry(key).or_default();
+            e.calls += 1;
+            e.time += elapsed;
+            e.flops += flops;
+        }
+        Ok(y)
+    }
+}

@@ -174,7 +174,8 @@ fn plain_safetensors_is_not_a_bundle() {
 fn manifest_field_errors_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = fixture_bundle(dir.path());
-    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    type ManifestEdit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(ManifestEdit, &str)> = vec![
         (
             Box::new(|m| m["surprise"] = 1.into()),
             "unknown field `surprise`",

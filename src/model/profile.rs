@@ -44,7 +44,7 @@ impl ProfiledKernel {
             .lock()
             .map(|s| s.clone().into_iter().collect())
             .unwrap_or_default();
-        rows.sort_by(|a: &(String, ShapeStats), b| b.1.time.cmp(&a.1.time));
+        rows.sort_by_key(|r: &(String, ShapeStats)| std::cmp::Reverse(r.1.time));
         rows
     }
 }

@@ -3,6 +3,7 @@
 //! thread set-up; `input` turns files into normalised batches; `config` the deployment profiles.
 
 pub mod config;
+pub mod frame;
 pub mod input;
 pub mod model;
 pub mod runtime;

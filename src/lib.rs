@@ -2,9 +2,11 @@
 //! bedside runtime. `model` holds the network, bundles and weight import; `runtime` the device and
 //! thread set-up; `input` turns files into normalised batches; `config` the deployment profiles.
 
+pub mod aggregate;
 pub mod capture;
 pub mod config;
 pub mod frame;
 pub mod input;
 pub mod model;
 pub mod runtime;
+pub mod sampler;

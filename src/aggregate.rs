@@ -1,0 +1,343 @@
+//! From per-frame predictions to the published estimate: a rolling window of the last 20 sampled
+//! frames (the paper's 20 frames at 10 fps), the mean of each head over the valid frames (the
+//! paper's aggregation), the per-frame spread as an uncertainty figure, EF recomputed from the
+//! ESV and EDV means when both heads exist, and the decision to withhold when too few frames in
+//! the window were fit to use.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::TaskSpec;
+
+/// The paper's window: 20 frames, one every 100 ms.
+pub const PAPER_WINDOW: usize = 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Sampled frames per estimate. Default 20 (the paper).
+    #[serde(default = "default_window")]
+    pub frames: usize,
+    /// Valid frames needed in the window to publish a number; fewer and the estimate is withheld
+    /// with its reasons. Default 16 (80 % of the window).
+    #[serde(default = "default_min_valid")]
+    pub min_valid_frames: usize,
+}
+
+fn default_window() -> usize {
+    PAPER_WINDOW
+}
+fn default_min_valid() -> usize {
+    16
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        Self {
+            frames: default_window(),
+            min_valid_frames: default_min_valid(),
+        }
+    }
+}
+
+/// What became of one sampled frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// The model ran: task name -> reported value.
+    Valid(BTreeMap<String, f64>),
+    /// The frame was unfit to feed an estimate, for these reasons (e.g. "frozen", "no_sector").
+    Invalid(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct FramePrediction {
+    pub seq: u64,
+    pub media_time: Duration,
+    pub captured_at: Instant,
+    pub captured_wall: SystemTime,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Withheld,
+    Stale,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskEstimate {
+    pub value: f64,
+    pub unit: String,
+    /// Sample standard deviation of the per-frame values in the window (same unit); None when it
+    /// cannot be computed (one frame, or a derived figure).
+    pub spread: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WindowQuality {
+    pub valid_frames: usize,
+    pub window: usize,
+    /// Invalid frames in the window by reason.
+    pub reasons: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Estimate {
+    pub status: Status,
+    pub withheld_reason: Option<String>,
+    pub estimates: BTreeMap<String, TaskEstimate>,
+    pub quality: WindowQuality,
+    /// The newest frame of the window: the estimate's capture time and sequence number.
+    pub newest_seq: u64,
+    pub captured_at: Instant,
+    pub captured_wall: SystemTime,
+}
+
+#[derive(Debug)]
+pub struct RollingWindow {
+    config: WindowConfig,
+    frames: VecDeque<FramePrediction>,
+}
+
+fn mean_and_spread(values: &[f64]) -> (f64, Option<f64>) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let spread = (values.len() > 1).then(|| {
+        (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    });
+    (mean, spread)
+}
+
+impl RollingWindow {
+    pub fn new(config: WindowConfig) -> Self {
+        let capacity = config.frames.max(1);
+        Self {
+            config,
+            frames: VecDeque::with_capacity(capacity),
+        }
+    }
+
+    pub fn config(&self) -> &WindowConfig {
+        &self.config
+    }
+
+    pub fn push(&mut self, p: FramePrediction) {
+        if self.frames.len() == self.config.frames.max(1) {
+            self.frames.pop_front();
+        }
+        self.frames.push_back(p);
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.frames.len() >= self.config.frames.max(1)
+    }
+
+    /// Empties the window (after the source was lost: frames before and after a gap must not mix).
+    pub fn clear(&mut self) {
+        self.frames.clear();
+    }
+
+    /// The estimate over the current window, or None while it is empty.
+    pub fn estimate(&self, tasks: &[TaskSpec]) -> Option<Estimate> {
+        let newest = self.frames.back()?;
+        let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
+        let mut per_task: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        let mut valid = 0;
+        for f in &self.frames {
+            match &f.verdict {
+                Verdict::Valid(outputs) => {
+                    valid += 1;
+                    for t in tasks {
+                        if let Some(v) = outputs.get(&t.name) {
+                            per_task.entry(t.name.as_str()).or_default().push(*v);
+                        }
+                    }
+                }
+                Verdict::Invalid(rs) => {
+                    for r in rs {
+                        *reasons.entry(r.clone()).or_default() += 1;
+                    }
+                }
+            }
+        }
+        let quality = WindowQuality {
+            valid_frames: valid,
+            window: self.config.frames,
+            reasons,
+        };
+        let mut estimate = Estimate {
+            status: Status::Ok,
+            withheld_reason: None,
+            estimates: BTreeMap::new(),
+            quality,
+            newest_seq: newest.seq,
+            captured_at: newest.captured_at,
+            captured_wall: newest.captured_wall,
+        };
+        if valid < self.config.min_valid_frames {
+            let why: Vec<String> = estimate
+                .quality
+                .reasons
+                .iter()
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect();
+            estimate.status = Status::Withheld;
+            estimate.withheld_reason = Some(format!(
+                "only {valid} of {} frames usable (need {}){}",
+                self.frames.len(),
+                self.config.min_valid_frames,
+                if why.is_empty() { String::new() } else { format!(": {}", why.join(", ")) }
+            ));
+            return Some(estimate);
+        }
+        for t in tasks {
+            let Some(values) = per_task.get(t.name.as_str()) else {
+                continue;
+            };
+            if values.iter().any(|v| !v.is_finite()) {
+                estimate.status = Status::Withheld;
+                estimate.withheld_reason = Some(format!("model output for {} is not finite", t.name));
+                estimate.estimates.clear();
+                return Some(estimate);
+            }
+            let (value, spread) = mean_and_spread(values);
+            estimate.estimates.insert(
+                t.name.clone(),
+                TaskEstimate {
+                    value,
+                    unit: t.unit.clone(),
+                    spread,
+                },
+            );
+        }
+        if let (Some(esv), Some(edv)) = (estimate.estimates.get("esv"), estimate.estimates.get("edv")) {
+            if edv.value > 0.0 && esv.value >= 0.0 {
+                let ef = 100.0 * (edv.value - esv.value) / edv.value;
+                estimate.estimates.insert(
+                    "ef_from_volumes".into(),
+                    TaskEstimate {
+                        value: ef,
+                        unit: "%".into(),
+                        spread: None,
+                    },
+                );
+            }
+        }
+        Some(estimate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tasks() -> Vec<TaskSpec> {
+        ["ef", "esv", "edv"]
+            .iter()
+            .filter_map(|n| TaskSpec::echonet_default(n))
+            .collect()
+    }
+
+    fn frame(seq: u64, verdict: Verdict) -> FramePrediction {
+        FramePrediction {
+            seq,
+            media_time: Duration::from_millis(seq * 100),
+            captured_at: Instant::now(),
+            captured_wall: SystemTime::now(),
+            verdict,
+        }
+    }
+
+    fn valid(ef: f64, esv: f64, edv: f64) -> Verdict {
+        Verdict::Valid(
+            [("ef", ef), ("esv", esv), ("edv", edv)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn mean_spread_and_ef_from_volumes() {
+        let mut w = RollingWindow::new(WindowConfig::default());
+        for i in 0..20 {
+            let d = if i % 2 == 0 { 1.0 } else { -1.0 };
+            w.push(frame(i, valid(50.0 + d, 50.0 + d, 100.0 + d)));
+        }
+        let e = w.estimate(&tasks()).unwrap();
+        assert_eq!(e.status, Status::Ok);
+        assert!((e.estimates["ef"].value - 50.0).abs() < 1e-12);
+        // Sample std of +-1 over 20 frames: sqrt(20/19).
+        assert!((e.estimates["ef"].spread.unwrap() - (20.0f64 / 19.0).sqrt()).abs() < 1e-12);
+        assert!((e.estimates["ef_from_volumes"].value - 50.0).abs() < 1e-12);
+        assert_eq!(e.estimates["edv"].unit, "mL");
+        assert_eq!(e.newest_seq, 19);
+    }
+
+    #[test]
+    fn window_rolls_over_the_last_20() {
+        let mut w = RollingWindow::new(WindowConfig::default());
+        for i in 0..40 {
+            w.push(frame(i, valid(i as f64, 1.0, 2.0)));
+        }
+        assert_eq!(w.len(), 20);
+        // Mean of 20..39.
+        assert!((w.estimate(&tasks()).unwrap().estimates["ef"].value - 29.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn too_few_valid_frames_withholds_with_reasons() {
+        let mut w = RollingWindow::new(WindowConfig::default());
+        for i in 0..20 {
+            let v = match i % 4 {
+                0 => Verdict::Invalid(vec!["frozen".into()]),
+                1 => Verdict::Invalid(vec!["no_sector".into()]),
+                _ => valid(55.0, 40.0, 90.0),
+            };
+            w.push(frame(i, v));
+        }
+        let e = w.estimate(&tasks()).unwrap();
+        assert_eq!(e.status, Status::Withheld);
+        assert!(e.estimates.is_empty());
+        assert_eq!(e.quality.valid_frames, 10);
+        assert_eq!(e.quality.reasons["frozen"], 5);
+        let why = e.withheld_reason.unwrap();
+        assert!(why.contains("only 10 of 20") && why.contains("frozen 5") && why.contains("no_sector 5"), "{why}");
+    }
+
+    #[test]
+    fn invalid_frames_below_the_limit_do_not_bias_the_mean() {
+        let mut w = RollingWindow::new(WindowConfig::default());
+        for i in 0..20 {
+            let v = if i < 3 { Verdict::Invalid(vec!["low_signal".into()]) } else { valid(60.0, 30.0, 75.0) };
+            w.push(frame(i, v));
+        }
+        let e = w.estimate(&tasks()).unwrap();
+        assert_eq!(e.status, Status::Ok);
+        assert_eq!(e.estimates["ef"].value, 60.0);
+        assert_eq!(e.quality.reasons["low_signal"], 3);
+    }
+
+    #[test]
+    fn non_finite_output_is_never_published() {
+        let mut w = RollingWindow::new(WindowConfig::default());
+        for i in 0..20 {
+            w.push(frame(i, valid(if i == 7 { f64::NAN } else { 50.0 }, 1.0, 2.0)));
+        }
+        let e = w.estimate(&tasks()).unwrap();
+        assert_eq!(e.status, Status::Withheld);
+        assert!(e.estimates.is_empty());
+    }
+}

@@ -7,6 +7,7 @@ pub mod capture;
 pub mod config;
 pub mod frame;
 pub mod input;
+pub mod metrics;
 pub mod model;
 pub mod runtime;
 pub mod sampler;

@@ -8,6 +8,8 @@ pub mod config;
 pub mod frame;
 pub mod input;
 pub mod metrics;
+pub mod publish;
 pub mod model;
 pub mod runtime;
 pub mod sampler;
+pub mod timefmt;

@@ -1,0 +1,93 @@
+//! JSON Lines publisher: one record per line to stdout or a file, flushed per line so a consumer
+//! (or a crash) never sees half a record and nothing published is held back in a buffer.
+
+use std::fs::OpenOptions;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JsonlError {
+    #[error("{target}: cannot write: {source}")]
+    Io {
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub struct JsonlWriter {
+    target: String,
+    out: Box<dyn Write + Send>,
+}
+
+impl JsonlWriter {
+    pub fn stdout() -> Self {
+        Self {
+            target: "stdout".into(),
+            out: Box::new(std::io::stdout()),
+        }
+    }
+
+    /// Appends to `path` (created if absent): a restarted daemon never overwrites earlier results.
+    pub fn append_to(path: &Path) -> Result<Self, JsonlError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| JsonlError::Io {
+                target: path.display().to_string(),
+                source,
+            })?;
+        Ok(Self {
+            target: path.display().to_string(),
+            out: Box::new(BufWriter::new(file)),
+        })
+    }
+
+    pub fn write(&mut self, record: &serde_json::Value) -> Result<(), JsonlError> {
+        let io = |source| JsonlError::Io {
+            target: self.target.clone(),
+            source,
+        };
+        let mut line = record.to_string();
+        line.push('\n');
+        self.out.write_all(line.as_bytes()).map_err(io)?;
+        self.out.flush().map_err(|source| JsonlError::Io {
+            target: self.target.clone(),
+            source,
+        })
+    }
+}
+
+/// Where JSON Lines go: `-` for stdout, else a file path.
+pub fn open_target(target: &str) -> Result<JsonlWriter, JsonlError> {
+    if target == "-" {
+        Ok(JsonlWriter::stdout())
+    } else {
+        JsonlWriter::append_to(&PathBuf::from(target))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_one_line_per_record_and_never_truncates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let mut w = JsonlWriter::append_to(&path).unwrap();
+        w.write(&serde_json::json!({"a": 1})).unwrap();
+        drop(w);
+        let mut w = JsonlWriter::append_to(&path).unwrap();
+        w.write(&serde_json::json!({"a": 2})).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"a\":1}\n{\"a\":2}\n");
+    }
+
+    #[test]
+    fn unwritable_target_is_named() {
+        let e = JsonlWriter::append_to(Path::new("/nonexistent-dir/x.jsonl")).err().unwrap();
+        assert!(e.to_string().contains("/nonexistent-dir/x.jsonl"));
+    }
+}

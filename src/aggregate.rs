@@ -106,9 +106,8 @@ pub struct RollingWindow {
 fn mean_and_spread(values: &[f64]) -> (f64, Option<f64>) {
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
-    let spread = (values.len() > 1).then(|| {
-        (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-    });
+    let spread = (values.len() > 1)
+        .then(|| (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
     (mean, spread)
 }
 
@@ -198,7 +197,11 @@ impl RollingWindow {
                 "only {valid} of {} frames usable (need {}){}",
                 self.frames.len(),
                 self.config.min_valid_frames,
-                if why.is_empty() { String::new() } else { format!(": {}", why.join(", ")) }
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", why.join(", "))
+                }
             ));
             return Some(estimate);
         }
@@ -208,7 +211,8 @@ impl RollingWindow {
             };
             if values.iter().any(|v| !v.is_finite()) {
                 estimate.status = Status::Withheld;
-                estimate.withheld_reason = Some(format!("model output for {} is not finite", t.name));
+                estimate.withheld_reason =
+                    Some(format!("model output for {} is not finite", t.name));
                 estimate.estimates.clear();
                 return Some(estimate);
             }
@@ -222,7 +226,9 @@ impl RollingWindow {
                 },
             );
         }
-        if let (Some(esv), Some(edv)) = (estimate.estimates.get("esv"), estimate.estimates.get("edv")) {
+        if let (Some(esv), Some(edv)) =
+            (estimate.estimates.get("esv"), estimate.estimates.get("edv"))
+        {
             if edv.value > 0.0 && esv.value >= 0.0 {
                 let ef = 100.0 * (edv.value - esv.value) / edv.value;
                 estimate.estimates.insert(
@@ -314,14 +320,23 @@ mod tests {
         assert_eq!(e.quality.valid_frames, 10);
         assert_eq!(e.quality.reasons["frozen"], 5);
         let why = e.withheld_reason.unwrap();
-        assert!(why.contains("only 10 of 20") && why.contains("frozen 5") && why.contains("no_sector 5"), "{why}");
+        assert!(
+            why.contains("only 10 of 20")
+                && why.contains("frozen 5")
+                && why.contains("no_sector 5"),
+            "{why}"
+        );
     }
 
     #[test]
     fn invalid_frames_below_the_limit_do_not_bias_the_mean() {
         let mut w = RollingWindow::new(WindowConfig::default());
         for i in 0..20 {
-            let v = if i < 3 { Verdict::Invalid(vec!["low_signal".into()]) } else { valid(60.0, 30.0, 75.0) };
+            let v = if i < 3 {
+                Verdict::Invalid(vec!["low_signal".into()])
+            } else {
+                valid(60.0, 30.0, 75.0)
+            };
             w.push(frame(i, v));
         }
         let e = w.estimate(&tasks()).unwrap();
@@ -334,7 +349,10 @@ mod tests {
     fn non_finite_output_is_never_published() {
         let mut w = RollingWindow::new(WindowConfig::default());
         for i in 0..20 {
-            w.push(frame(i, valid(if i == 7 { f64::NAN } else { 50.0 }, 1.0, 2.0)));
+            w.push(frame(
+                i,
+                valid(if i == 7 { f64::NAN } else { 50.0 }, 1.0, 2.0),
+            ));
         }
         let e = w.estimate(&tasks()).unwrap();
         assert_eq!(e.status, Status::Withheld);

@@ -35,12 +35,14 @@ pub struct Image {
 impl Image {
     /// `None` when `data` does not hold exactly `width * height * channels` bytes.
     pub fn new(width: usize, height: usize, format: PixelFormat, data: Vec<u8>) -> Option<Self> {
-        (data.len() == width * height * format.channels() && width > 0 && height > 0).then_some(Self {
-            width,
-            height,
-            format,
-            data,
-        })
+        (data.len() == width * height * format.channels() && width > 0 && height > 0).then_some(
+            Self {
+                width,
+                height,
+                format,
+                data,
+            },
+        )
     }
 
     pub fn gray(width: usize, height: usize, data: Vec<u8>) -> Option<Self> {
@@ -54,7 +56,9 @@ impl Image {
             PixelFormat::Rgb8 => self
                 .data
                 .chunks_exact(3)
-                .map(|p| ((p[0] as u32 * 299 + p[1] as u32 * 587 + p[2] as u32 * 114 + 500) / 1000) as u8)
+                .map(|p| {
+                    ((p[0] as u32 * 299 + p[1] as u32 * 587 + p[2] as u32 * 114 + 500) / 1000) as u8
+                })
                 .collect(),
         }
     }

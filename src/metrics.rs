@@ -118,7 +118,10 @@ impl PipelineMetrics {
     }
 
     pub fn invalid_frames(&self) -> BTreeMap<String, u64> {
-        self.invalid_frames.lock().map(|d| d.clone()).unwrap_or_default()
+        self.invalid_frames
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default()
     }
 
     /// Prometheus text exposition format.
@@ -130,26 +133,84 @@ impl PipelineMetrics {
             let _ = writeln!(out, "echonet_{name} {v}");
         };
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter(&mut out, "frames_captured_total", "Frames received from the source.", load(&self.frames_captured));
-        counter(&mut out, "frames_sampled_total", "Frames picked by the 10 fps sampler.", load(&self.frames_sampled));
-        counter(&mut out, "frames_inferred_total", "Frames run through the model.", load(&self.frames_inferred));
-        counter(&mut out, "estimates_published_total", "Estimates published with a number.", load(&self.estimates_published));
-        counter(&mut out, "estimates_withheld_total", "Estimates published as withheld.", load(&self.estimates_withheld));
-        counter(&mut out, "stale_published_total", "Stale notices published.", load(&self.stale_published));
-        counter(&mut out, "source_errors_total", "Errors reported by the source.", load(&self.source_errors));
-        counter(&mut out, "source_reconnects_total", "Times the source was reopened.", load(&self.reconnects));
+        counter(
+            &mut out,
+            "frames_captured_total",
+            "Frames received from the source.",
+            load(&self.frames_captured),
+        );
+        counter(
+            &mut out,
+            "frames_sampled_total",
+            "Frames picked by the 10 fps sampler.",
+            load(&self.frames_sampled),
+        );
+        counter(
+            &mut out,
+            "frames_inferred_total",
+            "Frames run through the model.",
+            load(&self.frames_inferred),
+        );
+        counter(
+            &mut out,
+            "estimates_published_total",
+            "Estimates published with a number.",
+            load(&self.estimates_published),
+        );
+        counter(
+            &mut out,
+            "estimates_withheld_total",
+            "Estimates published as withheld.",
+            load(&self.estimates_withheld),
+        );
+        counter(
+            &mut out,
+            "stale_published_total",
+            "Stale notices published.",
+            load(&self.stale_published),
+        );
+        counter(
+            &mut out,
+            "source_errors_total",
+            "Errors reported by the source.",
+            load(&self.source_errors),
+        );
+        counter(
+            &mut out,
+            "source_reconnects_total",
+            "Times the source was reopened.",
+            load(&self.reconnects),
+        );
         let _ = writeln!(out, "# HELP echonet_frames_dropped_total Frames dropped, by reason.\n# TYPE echonet_frames_dropped_total counter");
         for (reason, n) in self.drops() {
-            let _ = writeln!(out, "echonet_frames_dropped_total{{reason=\"{reason}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "echonet_frames_dropped_total{{reason=\"{reason}\"}} {n}"
+            );
         }
         let _ = writeln!(out, "# HELP echonet_frames_invalid_total Sampled frames unfit for an estimate, by reason.\n# TYPE echonet_frames_invalid_total counter");
         for (reason, n) in self.invalid_frames() {
-            let _ = writeln!(out, "echonet_frames_invalid_total{{reason=\"{reason}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "echonet_frames_invalid_total{{reason=\"{reason}\"}} {n}"
+            );
         }
         let _ = writeln!(out, "# HELP echonet_stage_latency_seconds Per-stage latency.\n# TYPE echonet_stage_latency_seconds histogram");
-        self.latency_preprocess.render(&mut out, "echonet_stage_latency_seconds", "stage=\"preprocess\"");
-        self.latency_inference.render(&mut out, "echonet_stage_latency_seconds", "stage=\"inference\"");
-        self.latency_capture_to_publish.render(&mut out, "echonet_stage_latency_seconds", "stage=\"capture_to_publish\"");
+        self.latency_preprocess.render(
+            &mut out,
+            "echonet_stage_latency_seconds",
+            "stage=\"preprocess\"",
+        );
+        self.latency_inference.render(
+            &mut out,
+            "echonet_stage_latency_seconds",
+            "stage=\"inference\"",
+        );
+        self.latency_capture_to_publish.render(
+            &mut out,
+            "echonet_stage_latency_seconds",
+            "stage=\"capture_to_publish\"",
+        );
         out
     }
 }

@@ -151,10 +151,17 @@ mod tests {
         for (fps, every) in [(25.0, 2.5), (30.0, 3.0), (60.0, 6.0)] {
             let frame_ms = 1000.0 / fps;
             let (taken, c) = run(frame_ms, 10.0);
-            assert!((taken.len() as i64 - 100).abs() <= 1, "{fps} fps: {}", taken.len());
+            assert!(
+                (taken.len() as i64 - 100).abs() <= 1,
+                "{fps} fps: {}",
+                taken.len()
+            );
             assert_on_grid(&taken, frame_ms);
             let ratio = c.seen as f64 / c.taken as f64;
-            assert!((ratio - every).abs() / every < 0.02, "{fps} fps: one frame in {ratio}");
+            assert!(
+                (ratio - every).abs() / every < 0.02,
+                "{fps} fps: one frame in {ratio}"
+            );
             assert_eq!(c.empty_slots, 0);
         }
     }

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("{source_name}: no frame within {timeout:?}")]
-    Timeout { source_name: String, timeout: Duration },
+    Timeout {
+        source_name: String,
+        timeout: Duration,
+    },
     #[error("{source_name}: device lost: {reason}")]
     Disconnected { source_name: String, reason: String },
     #[error("{source_name}: frame {seq} could not be decoded: {reason}")]
@@ -66,7 +69,10 @@ pub struct ReplayClock {
 
 impl ReplayClock {
     pub fn new(pacing: Pacing) -> Self {
-        Self { pacing, start: None }
+        Self {
+            pacing,
+            start: None,
+        }
     }
 
     /// Blocks until `media_time` after the first call (real time), or returns at once.

@@ -87,7 +87,9 @@ mod tests {
 
     #[test]
     fn unwritable_target_is_named() {
-        let e = JsonlWriter::append_to(Path::new("/nonexistent-dir/x.jsonl")).err().unwrap();
+        let e = JsonlWriter::append_to(Path::new("/nonexistent-dir/x.jsonl"))
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("/nonexistent-dir/x.jsonl"));
     }
 }

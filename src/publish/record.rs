@@ -35,7 +35,10 @@ pub fn estimate_record(
     model: &ModelInfo,
     source: &SourceSummary,
 ) -> Value {
-    let latency_ms = published_at.saturating_duration_since(e.captured_at).as_secs_f64() * 1000.0;
+    let latency_ms = published_at
+        .saturating_duration_since(e.captured_at)
+        .as_secs_f64()
+        * 1000.0;
     json!({
         "schema": SCHEMA,
         "seq": e.newest_seq,

@@ -1,0 +1,391 @@
+//! The live pipeline end to end on scripted sources: estimates per sampled frame once the window
+//! fills, withheld and stale states, drop-oldest under overload, and prompt shutdown. The model is
+//! the parity fixture (width 0.125, 75x75), so numbers are meaningless but real.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use echonet_edge::aggregate::WindowConfig;
+use echonet_edge::capture::{FrameSource, SourceError, SourceInfo};
+use echonet_edge::frame::{Frame, Image, SourceGeometry};
+use echonet_edge::metrics::PipelineMetrics;
+use echonet_edge::model::{read_bundle, EchoNetModel, InputSpec, RunOptions, StorageDtype};
+use echonet_edge::pipeline::{
+    EstimateSink, FramePreparer, Pipeline, PipelineConfig, Prepared, RunLimits,
+};
+
+/// What a scripted source does at each step.
+#[derive(Clone, Copy)]
+enum Step {
+    Frame,
+    Timeout,
+    Lost,
+}
+
+struct ScriptedSource {
+    steps: Vec<Step>,
+    next: usize,
+    seq: u64,
+    frame_ms: f64,
+    /// Real sleep per frame, to make the run take time.
+    pace: Duration,
+    starts: Arc<Mutex<u32>>,
+}
+
+impl ScriptedSource {
+    fn frames(n: usize, frame_ms: f64) -> Self {
+        Self {
+            steps: vec![Step::Frame; n],
+            next: 0,
+            seq: 0,
+            frame_ms,
+            pace: Duration::ZERO,
+            starts: Arc::default(),
+        }
+    }
+}
+
+impl FrameSource for ScriptedSource {
+    fn info(&self) -> SourceInfo {
+        SourceInfo {
+            kind: "scripted",
+            name: "test".into(),
+            format: "GRAY 80x80".into(),
+            nominal_fps: Some(1000.0 / self.frame_ms),
+            frame_count: Some(self.steps.len() as u64),
+        }
+    }
+    fn start(&mut self) -> Result<(), SourceError> {
+        *self.starts.lock().unwrap() += 1;
+        Ok(())
+    }
+    fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
+        let Some(step) = self.steps.get(self.next).copied() else {
+            return Ok(None);
+        };
+        self.next += 1;
+        if !self.pace.is_zero() {
+            std::thread::sleep(self.pace);
+        }
+        let seq = self.seq;
+        self.seq += 1;
+        match step {
+            Step::Timeout => Err(SourceError::Timeout {
+                source_name: "test".into(),
+                timeout: Duration::from_millis(10),
+            }),
+            Step::Lost => Err(SourceError::Disconnected {
+                source_name: "test".into(),
+                reason: "unplugged".into(),
+            }),
+            Step::Frame => {
+                let v = (seq % 200) as u8;
+                Ok(Some(Frame {
+                    seq,
+                    media_time: Duration::from_secs_f64(seq as f64 * self.frame_ms / 1000.0),
+                    captured_at: Instant::now(),
+                    captured_wall: SystemTime::now(),
+                    image: Image::gray(80, 80, vec![v; 6400]).unwrap(),
+                    geometry: Arc::new(SourceGeometry::default()),
+                }))
+            }
+        }
+    }
+}
+
+/// Crops the grey frame to the model size; frames whose first pixel is odd are "frozen".
+struct TestPreparer {
+    delay: Duration,
+    mark_invalid: bool,
+}
+
+impl FramePreparer for TestPreparer {
+    fn prepare(&mut self, frame: &Frame, spec: &InputSpec) -> Prepared {
+        std::thread::sleep(self.delay);
+        if self.mark_invalid && frame.image.data[0] % 2 == 1 {
+            return Prepared {
+                input: None,
+                reasons: vec!["frozen".into()],
+                outline: None,
+            };
+        }
+        let (h, w) = (spec.height, spec.width);
+        let data: Vec<f32> = (0..h * w)
+            .map(|i| frame.image.data[(i / w) * 80 + i % w] as f32 / 128.0 - 1.0)
+            .collect();
+        Prepared {
+            input: Some((data, [1, h, w])),
+            reasons: vec![],
+            outline: None,
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<serde_json::Value>>>);
+
+impl EstimateSink for Collector {
+    fn publish(&mut self, record: &serde_json::Value) {
+        self.0.lock().unwrap().push(record.clone());
+    }
+}
+
+fn fixture_model_builder(
+    dir: &std::path::Path,
+) -> impl FnOnce() -> anyhow::Result<EchoNetModel> + Send + 'static {
+    let bundle = convert_fixture("irv1_w0125.pth", dir, StorageDtype::F32);
+    move || {
+        let b = read_bundle(&bundle)?;
+        Ok(EchoNetModel::from_bundle(&b, &RunOptions::cpu())?)
+    }
+}
+
+fn pipeline(config: PipelineConfig, limits: RunLimits) -> Pipeline {
+    Pipeline {
+        config,
+        window: WindowConfig::default(),
+        limits,
+        metrics: Arc::new(PipelineMetrics::default()),
+        stop: Arc::new(AtomicBool::new(false)),
+    }
+}
+
+#[test]
+fn one_estimate_per_sampled_frame_once_the_window_fills() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Collector::default();
+    let p = pipeline(
+        PipelineConfig {
+            queue_depth: 1000,
+            ..Default::default()
+        },
+        RunLimits::default(),
+    );
+    // 100 frames at 30 fps = 3.3 s of media: 34 samples at 10 fps, so 34 - 20 + 1 estimates.
+    let summary = p
+        .run(
+            Box::new(ScriptedSource::frames(100, 1000.0 / 30.0)),
+            Box::new(TestPreparer {
+                delay: Duration::ZERO,
+                mark_invalid: false,
+            }),
+            fixture_model_builder(dir.path()),
+            vec![Box::new(sink.clone())],
+        )
+        .unwrap();
+    assert_eq!(summary.frames_captured, 100);
+    assert_eq!(summary.frames_sampled, 34);
+    assert_eq!(summary.frames_inferred, 34);
+    let records: Vec<_> = sink
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == "ok")
+        .cloned()
+        .collect();
+    assert_eq!(records.len(), 15, "{:?}", summary);
+    for r in &records {
+        assert_eq!(r["schema"], "echonet.estimate/1");
+        assert!(r["latency_ms"].as_f64().unwrap() >= 0.0);
+        assert_eq!(r["quality"]["valid_frames"], 20);
+        assert!(r["estimates"]["ef"]["value"].is_number());
+        assert_eq!(r["estimates"]["ef"]["unit"], "%");
+        assert!(r["model"]["intended_use"]
+            .as_str()
+            .unwrap()
+            .contains("test fixture"));
+    }
+    // Estimates are for successive sampled frames: every third frame at 30 fps.
+    let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] - w[0] == 3), "{seqs:?}");
+    assert_eq!(summary.latency_p99_ms.is_some(), true);
+}
+
+#[test]
+fn too_many_invalid_frames_are_published_as_withheld() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Collector::default();
+    let p = pipeline(
+        PipelineConfig {
+            queue_depth: 1000,
+            ..Default::default()
+        },
+        RunLimits::default(),
+    );
+    // Pixel value = seq % 200; sampling every 3rd frame alternates odd/even: half the window invalid.
+    p.run(
+        Box::new(ScriptedSource::frames(90, 1000.0 / 30.0)),
+        Box::new(TestPreparer {
+            delay: Duration::ZERO,
+            mark_invalid: true,
+        }),
+        fixture_model_builder(dir.path()),
+        vec![Box::new(sink.clone())],
+    )
+    .unwrap();
+    let records = sink.0.lock().unwrap().clone();
+    let withheld: Vec<_> = records
+        .iter()
+        .filter(|r| r["status"] == "withheld")
+        .collect();
+    assert!(!withheld.is_empty());
+    for r in withheld {
+        assert_eq!(
+            r["estimates"],
+            serde_json::json!({}),
+            "a withheld record carries no number"
+        );
+        assert!(r["withheld_reason"].as_str().unwrap().contains("frozen"));
+        assert!(r["quality"]["reasons"]["frozen"].as_u64().unwrap() >= 5);
+    }
+    assert!(records.iter().all(|r| r["status"] != "ok"));
+}
+
+#[test]
+fn lost_device_publishes_stale_and_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Collector::default();
+    let starts = Arc::new(Mutex::new(0));
+    let mut steps = vec![Step::Frame; 90];
+    steps.extend([Step::Lost, Step::Timeout]);
+    steps.extend(vec![Step::Frame; 90]);
+    let source = ScriptedSource {
+        steps,
+        next: 0,
+        seq: 0,
+        frame_ms: 1000.0 / 30.0,
+        pace: Duration::from_millis(2),
+        starts: starts.clone(),
+    };
+    let p = pipeline(
+        PipelineConfig {
+            queue_depth: 1000,
+            stale_after_ms: 100,
+            reconnect_max_ms: 300,
+            ..Default::default()
+        },
+        RunLimits::default(),
+    );
+    let summary = p
+        .run(
+            Box::new(source),
+            Box::new(TestPreparer {
+                delay: Duration::ZERO,
+                mark_invalid: false,
+            }),
+            fixture_model_builder(dir.path()),
+            vec![Box::new(sink.clone())],
+        )
+        .unwrap();
+    assert_eq!(*starts.lock().unwrap(), 2, "reopened once after the loss");
+    assert_eq!(summary.frames_captured, 180);
+    let records = sink.0.lock().unwrap().clone();
+    let stale: Vec<_> = records.iter().filter(|r| r["status"] == "stale").collect();
+    assert!(
+        stale.iter().any(
+            |r| r["withheld_reason"].as_str().unwrap().contains("unplugged")
+                || r["withheld_reason"].as_str().unwrap().contains("no frame")
+        ),
+        "{stale:?}"
+    );
+    assert!(stale
+        .iter()
+        .all(|r| r["estimates"] == serde_json::json!({})));
+    // The window restarted after the gap: no estimate mixes frames from both sides.
+    let ok_after: Vec<u64> = records
+        .iter()
+        .filter(|r| r["status"] == "ok")
+        .filter_map(|r| r["seq"].as_u64())
+        .filter(|s| *s > 92)
+        .collect();
+    assert!(ok_after.iter().all(|s| *s >= 92 + 19 * 3), "{ok_after:?}");
+}
+
+#[test]
+fn overload_drops_oldest_and_counts_every_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline(
+        PipelineConfig {
+            queue_depth: 2,
+            ..Default::default()
+        },
+        RunLimits::default(),
+    );
+    // 3000 frames offered instantly at 60 fps media time; preprocessing takes 2 ms per sample.
+    let summary = p
+        .run(
+            Box::new(ScriptedSource::frames(3000, 1000.0 / 60.0)),
+            Box::new(TestPreparer {
+                delay: Duration::from_millis(2),
+                mark_invalid: false,
+            }),
+            fixture_model_builder(dir.path()),
+            vec![Box::new(Collector::default())],
+        )
+        .unwrap();
+    assert_eq!(summary.frames_captured, 3000);
+    let dropped: u64 = summary.drops.values().sum();
+    assert!(dropped > 0, "{summary:?}");
+    assert!(summary
+        .drops
+        .keys()
+        .all(|k| k.starts_with("queue_full") || k == "duplicate_timestamp"));
+}
+
+#[test]
+fn stop_flag_ends_an_endless_source_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Collector::default();
+    let p = pipeline(PipelineConfig::default(), RunLimits::default());
+    let stop = p.stop.clone();
+    let mut source = ScriptedSource::frames(1_000_000, 1000.0 / 30.0);
+    source.pace = Duration::from_millis(1);
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let t0 = Instant::now();
+    let summary = p
+        .run(
+            Box::new(source),
+            Box::new(TestPreparer {
+                delay: Duration::ZERO,
+                mark_invalid: false,
+            }),
+            fixture_model_builder(dir.path()),
+            vec![Box::new(sink)],
+        )
+        .unwrap();
+    stopper.join().unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert!(summary.frames_captured > 100);
+}
+
+#[test]
+fn run_limits_bound_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline(
+        PipelineConfig::default(),
+        RunLimits {
+            duration: None,
+            frames: Some(50),
+        },
+    );
+    let summary = p
+        .run(
+            Box::new(ScriptedSource::frames(1000, 33.3)),
+            Box::new(TestPreparer {
+                delay: Duration::ZERO,
+                mark_invalid: false,
+            }),
+            fixture_model_builder(dir.path()),
+            vec![],
+        )
+        .unwrap();
+    assert_eq!(summary.frames_captured, 50);
+}

@@ -23,6 +23,155 @@ pub enum ConfigError {
 pub struct Config {
     #[serde(default)]
     pub model: ModelConfig,
+    #[serde(default)]
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub pipeline: crate::pipeline::PipelineConfig,
+    #[serde(default)]
+    pub window: crate::aggregate::WindowConfig,
+    #[serde(default)]
+    pub publish: PublishConfig,
+}
+
+/// Which source feeds the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// The V4L2 device when its node exists, else the built-in phantom.
+    Auto,
+    Phantom,
+    Dicom,
+    Images,
+    V4l2,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `auto`, `phantom`, `dicom`, `images` or `v4l2`. Default `auto`.
+    #[serde(default = "default_kind")]
+    pub kind: SourceKind,
+    /// Replay sources: `real_time` or `as_fast_as_possible`. Default `real_time`.
+    #[serde(default = "default_pacing")]
+    pub pacing: crate::capture::Pacing,
+    /// Replay sources start over at the end. Default true.
+    #[serde(default = "default_true")]
+    pub loop_playback: bool,
+    #[serde(default)]
+    pub v4l2: crate::capture::v4l2::V4l2Config,
+    #[serde(default)]
+    pub dicom: DicomSourceConfig,
+    #[serde(default)]
+    pub images: ImagesSourceConfig,
+    #[serde(default)]
+    pub phantom: PhantomSourceConfig,
+}
+
+fn default_kind() -> SourceKind {
+    SourceKind::Auto
+}
+fn default_pacing() -> crate::capture::Pacing {
+    crate::capture::Pacing::RealTime
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            kind: default_kind(),
+            pacing: default_pacing(),
+            loop_playback: true,
+            v4l2: Default::default(),
+            dicom: Default::default(),
+            images: Default::default(),
+            phantom: Default::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DicomSourceConfig {
+    /// Files or folders (a folder plays its .dcm files in name order). No default.
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesSourceConfig {
+    /// Folder of PNG/JPEG frames, played in name order. No default.
+    #[serde(default)]
+    pub folder: Option<PathBuf>,
+    /// Frames per second of the folder. Default 30.
+    #[serde(default = "default_images_fps")]
+    pub fps: f64,
+}
+
+fn default_images_fps() -> f64 {
+    30.0
+}
+
+impl Default for ImagesSourceConfig {
+    fn default() -> Self {
+        Self {
+            folder: None,
+            fps: default_images_fps(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhantomSourceConfig {
+    /// Seed of the synthetic patient (EDV, ESV, heart rate, image details). Default 1.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Frames per second. Default 30.
+    #[serde(default = "default_images_fps")]
+    pub fps: f64,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+impl Default for PhantomSourceConfig {
+    fn default() -> Self {
+        Self {
+            seed: default_seed(),
+            fps: default_images_fps(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// JSON Lines target: `-` for stdout, or a file appended to. Default `-`.
+    #[serde(default = "default_jsonl")]
+    pub jsonl: String,
+    /// Address of the bedside display server (`host:port`), or `off`. Default `127.0.0.1:8080`.
+    #[serde(default = "default_http")]
+    pub http: String,
+}
+
+fn default_jsonl() -> String {
+    "-".into()
+}
+fn default_http() -> String {
+    "127.0.0.1:8080".into()
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            jsonl: default_jsonl(),
+            http: default_http(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,13 +209,32 @@ impl Default for ModelConfig {
     }
 }
 
+/// The default profile, compiled in: the daemon runs on it with no files around.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../firmware-config/default.toml");
+
 impl Config {
     pub fn from_toml_str(text: &str, file: &Path) -> Result<Self, ConfigError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+        Self::from_toml_with_overrides(text, file, &[])
+    }
+
+    /// Parses `text`, then applies `overrides` (`section.key=value`, value in TOML syntax, or a
+    /// bare string) before checking it: every setting can be overridden on the command line.
+    pub fn from_toml_with_overrides(
+        text: &str,
+        file: &Path,
+        overrides: &[String],
+    ) -> Result<Self, ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse {
             file: file.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+            message,
+        };
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        for o in overrides {
+            apply_override(&mut table, o).map_err(|m| parse_err(format!("override {o:?}: {m}")))?;
+        }
+        serde_path_to_error::deserialize(table).map_err(|e| ConfigError::Parse {
             file: file.to_path_buf(),
             message: format!("at `{}`: {}", e.path(), e.inner()),
         })
@@ -81,6 +249,33 @@ impl Config {
     }
 }
 
+fn apply_override(table: &mut toml::Table, spec: &str) -> Result<(), String> {
+    let (path, raw) = spec.split_once('=').ok_or("expected section.key=value")?;
+    let keys: Vec<&str> = path.trim().split('.').collect();
+    if keys.iter().any(|k| k.is_empty()) {
+        return Err("empty key in the path".into());
+    }
+    let raw = raw.trim();
+    // TOML syntax first (numbers, booleans, arrays, quoted strings); otherwise a bare string.
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let (last, parents) = keys.split_last().ok_or("empty path")?;
+    let mut cur = table;
+    for k in parents {
+        let entry = cur
+            .entry(k.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{k}` is not a section"))?;
+    }
+    cur.insert(last.to_string(), value);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +286,31 @@ mod tests {
             Config::from_toml_str("[model]\ndevise = \"cpu\"\n", Path::new("x.toml")).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("x.toml") && msg.contains("devise"), "{msg}");
+    }
+
+    #[test]
+    fn overrides_reach_any_setting_and_are_checked() {
+        let c = Config::from_toml_with_overrides(
+            EMBEDDED_DEFAULT,
+            Path::new("embedded"),
+            &[
+                "source.kind=dicom".into(),
+                "window.min_valid_frames=12".into(),
+                "source.dicom.paths=[\"a.dcm\"]".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.source.kind, SourceKind::Dicom);
+        assert_eq!(c.window.min_valid_frames, 12);
+        assert_eq!(c.source.dicom.paths, vec![PathBuf::from("a.dcm")]);
+        let e =
+            Config::from_toml_with_overrides("", Path::new("x"), &["window.min_valid=3".into()])
+                .unwrap_err();
+        assert!(e.to_string().contains("window.min_valid"), "{e}");
+        let e =
+            Config::from_toml_with_overrides("", Path::new("x"), &["source.kind=bluetooth".into()])
+                .unwrap_err();
+        assert!(e.to_string().contains("source.kind"), "{e}");
     }
 
     #[test]

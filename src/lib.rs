@@ -9,6 +9,7 @@ pub mod frame;
 pub mod input;
 pub mod metrics;
 pub mod model;
+pub mod offline;
 pub mod pipeline;
 pub mod publish;
 pub mod runtime;

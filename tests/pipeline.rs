@@ -389,3 +389,54 @@ fn run_limits_bound_the_run() {
         .unwrap();
     assert_eq!(summary.frames_captured, 50);
 }
+
+fn clip_frames(n: usize, frame_ms: f64) -> Vec<Frame> {
+    let mut s = ScriptedSource::frames(n, frame_ms);
+    (0..n).map(|_| s.next_frame().unwrap().unwrap()).collect()
+}
+
+#[test]
+fn offline_clip_with_76ms_frames_uses_20_frames_at_10fps_by_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture_model_builder(dir.path())().unwrap();
+    let frames = clip_frames(40, 76.0);
+    let mut prep = TestPreparer {
+        delay: Duration::ZERO,
+        mark_invalid: false,
+    };
+    let r = echonet_edge::offline::predict_clip(
+        "clip76.dcm",
+        &frames,
+        &model,
+        &mut prep,
+        &WindowConfig::default(),
+    );
+    assert_eq!(r.status, "ok", "{r:?}");
+    assert_eq!(r.frames_used.len(), 20);
+    for (k, t) in r.frame_times_ms.iter().enumerate() {
+        assert!((t - 100.0 * k as f64).abs() <= 38.0, "sample {k} at {t} ms");
+    }
+    // Frame indices, not every other frame: 0, 1, 3, 4, 5, 7, ... (76 ms frames at 100 ms slots).
+    assert_eq!(&r.frames_used[..6], &[0, 1, 3, 4, 5, 7]);
+    assert!(r.estimates.contains_key("ef"));
+}
+
+#[test]
+fn offline_short_clip_is_withheld_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture_model_builder(dir.path())().unwrap();
+    let mut prep = TestPreparer {
+        delay: Duration::ZERO,
+        mark_invalid: false,
+    };
+    let r = echonet_edge::offline::predict_clip(
+        "one.dcm",
+        &clip_frames(2, 33.0),
+        &model,
+        &mut prep,
+        &WindowConfig::default(),
+    );
+    assert_eq!(r.status, "withheld");
+    assert!(r.estimates.is_empty());
+    assert!(r.reason.unwrap().contains("clip too short"));
+}

@@ -1,0 +1,139 @@
+//! Offline studies (`echonet predict`): one result per clip, from the paper's 20 frames at 10 fps
+//! taken from the clip's start, through the same sampler, preprocessing, model and window as the
+//! live daemon. A clip too short for 20 frames at 10 fps, or with too few usable frames, is
+//! withheld with its reasons; a file that cannot be read is refused with the reason.
+
+use std::time::Duration;
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use crate::aggregate::{
+    FramePrediction, RollingWindow, Status, TaskEstimate, Verdict, WindowConfig, WindowQuality,
+};
+use crate::frame::Frame;
+use crate::model::EchoNetModel;
+use crate::pipeline::FramePreparer;
+use crate::sampler::{Decision, Sampler};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClipResult {
+    pub file: String,
+    /// "ok", "withheld" or "refused".
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub estimates: std::collections::BTreeMap<String, TaskEstimate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<WindowQuality>,
+    /// Source frame indices used (the sampled frames), and their media times in ms.
+    pub frames_used: Vec<u64>,
+    pub frame_times_ms: Vec<f64>,
+    pub source_frames: usize,
+}
+
+impl ClipResult {
+    pub fn refused(file: &str, reason: String) -> Self {
+        Self {
+            file: file.to_string(),
+            status: "refused".into(),
+            reason: Some(reason),
+            estimates: Default::default(),
+            quality: None,
+            frames_used: vec![],
+            frame_times_ms: vec![],
+            source_frames: 0,
+        }
+    }
+}
+
+/// Runs one clip. `frames` are in display order with their media times.
+pub fn predict_clip(
+    file: &str,
+    frames: &[Frame],
+    model: &EchoNetModel,
+    preparer: &mut dyn FramePreparer,
+    window: &WindowConfig,
+) -> ClipResult {
+    let mut sampler = Sampler::paper();
+    let mut ring = RollingWindow::new(window.clone());
+    let spec = model.manifest().input.clone();
+    let mut used = Vec::new();
+    let mut times = Vec::new();
+    for frame in frames {
+        if used.len() >= window.frames {
+            break;
+        }
+        if sampler.offer(frame.media_time) != Decision::Take {
+            continue;
+        }
+        used.push(frame.seq);
+        times.push(frame.media_time.as_secs_f64() * 1000.0);
+        let prepared = preparer.prepare(frame, &spec);
+        let verdict = match prepared.input {
+            None => Verdict::Invalid(prepared.reasons),
+            Some((data, [c, h, w])) => {
+                match Tensor::from_vec(data, (1, c, h, w), &Device::Cpu)
+                    .map_err(crate::model::ModelError::from)
+                    .and_then(|x| model.infer(&x, false))
+                {
+                    Ok(mut out) if !out.is_empty() => Verdict::Valid(out.swap_remove(0).outputs),
+                    Ok(_) => Verdict::Invalid(vec!["inference_error".into()]),
+                    Err(e) => {
+                        tracing::error!("{file}: frame {}: inference failed: {e}", frame.seq);
+                        Verdict::Invalid(vec!["inference_error".into()])
+                    }
+                }
+            }
+        };
+        ring.push(FramePrediction {
+            seq: frame.seq,
+            media_time: frame.media_time,
+            captured_at: frame.captured_at,
+            captured_wall: frame.captured_wall,
+            verdict,
+        });
+    }
+    let base = ClipResult {
+        file: file.to_string(),
+        status: "withheld".into(),
+        reason: None,
+        estimates: Default::default(),
+        quality: None,
+        frames_used: used.clone(),
+        frame_times_ms: times,
+        source_frames: frames.len(),
+    };
+    if used.len() < window.frames {
+        let span = frames
+            .last()
+            .map(|f| f.media_time)
+            .unwrap_or(Duration::ZERO);
+        return ClipResult {
+            reason: Some(format!(
+                "clip too short: {} frames over {:.2} s give {} of the {} frames needed at 10 fps",
+                frames.len(),
+                span.as_secs_f64(),
+                used.len(),
+                window.frames
+            )),
+            ..base
+        };
+    }
+    match ring.estimate(&model.manifest().tasks) {
+        None => ClipResult {
+            reason: Some("no frames".into()),
+            ..base
+        },
+        Some(e) => ClipResult {
+            status: match e.status {
+                Status::Ok => "ok".into(),
+                _ => "withheld".into(),
+            },
+            reason: e.withheld_reason,
+            estimates: e.estimates,
+            quality: Some(e.quality),
+            ..base
+        },
+    }
+}

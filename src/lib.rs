@@ -2,6 +2,9 @@
 //! bedside runtime. `model` holds the network, bundles and weight import; `runtime` the device and
 //! thread set-up; `input` turns files into normalised batches; `config` the deployment profiles.
 
+// Nothing on the frame path may panic: bad input is an error value, handled once.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod aggregate;
 pub mod capture;
 pub mod config;

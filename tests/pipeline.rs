@@ -203,7 +203,7 @@ fn one_estimate_per_sampled_frame_once_the_window_fills() {
     // Estimates are for successive sampled frames: every third frame at 30 fps.
     let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[1] - w[0] == 3), "{seqs:?}");
-    assert_eq!(summary.latency_p99_ms.is_some(), true);
+    assert!(summary.latency_p99_ms.is_some());
 }
 
 #[test]

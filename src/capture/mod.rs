@@ -2,6 +2,7 @@
 //! then yields frames until the end of its stream. Replay sources (DICOM, images, phantom) can run
 //! in real time or as fast as possible, so the whole pipeline is testable without hardware.
 
+pub mod dicom;
 pub mod images;
 pub mod v4l2;
 

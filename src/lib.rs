@@ -1,6 +1,8 @@
 //! echonet-edge: the EchoNet echocardiography model (InceptionResNet-v1, Ghorbani et al.) as a
 //! bedside runtime. `model` holds the network, bundles and weight import; `runtime` the device and
-//! thread set-up; `input` turns files into normalised batches; `config` the deployment profiles.
+//! thread set-up; `input` turns files into normalised batches; `preprocess` finds the scanning
+//! sector, checks frame quality and prepares live frames for the model; `config` the deployment
+//! profiles.
 
 // Nothing on the frame path may panic: bad input is an error value, handled once.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -15,6 +17,7 @@ pub mod model;
 pub mod offline;
 pub mod pipeline;
 pub mod publish;
+pub mod preprocess;
 pub mod runtime;
 pub mod sampler;
 pub mod timefmt;

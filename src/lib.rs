@@ -1,7 +1,9 @@
 //! echonet-edge: the EchoNet echocardiography model (InceptionResNet-v1, Ghorbani et al.) as a
 //! bedside runtime. `model` holds the network, bundles and weight import; `runtime` the device and
-//! thread set-up; `input` turns files into normalised batches; `preprocess` finds the scanning
-//! sector, checks frame quality and prepares live frames for the model; `config` the deployment
+//! thread set-up; `input` turns files into normalised batches; `capture` the frame sources;
+//! `preprocess` finds the scanning sector, checks frame quality and prepares frames for the model;
+//! `sampler`, `aggregate` and `pipeline` make the live 10 fps window and its estimates; `publish`
+//! JSON Lines and the bedside display (HTTP server, live page, SSE); `config` the deployment
 //! profiles.
 
 // Nothing on the frame path may panic: bad input is an error value, handled once.

@@ -1,5 +1,15 @@
-//! Publishing estimates: JSON Lines (stdout or file) and the record schema they share with the
-//! bedside display.
+//! Publishing estimates: the record schema (`record`), JSON Lines to stdout or a file (`jsonl`),
+//! and the bedside display — a `DisplayHub` the publisher feeds (estimates, the live frame,
+//! metrics) and an HTTP server that serves a live page, an SSE stream, the trend history,
+//! Prometheus metrics and a health check from it (`hub`, `http`).
 
+pub mod http;
+pub mod hub;
 pub mod jsonl;
 pub mod record;
+
+pub use http::{DisplayServer, ServerConfig, ServerError, DEFAULT_PORT};
+pub use hub::{
+    DisplayHub, EstimateError, EstimateStatus, FrameError, Health, HubConfig, HubEvent,
+    Subscription, TrendPoint, ESTIMATE_SCHEMA,
+};

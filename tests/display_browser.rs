@@ -1,0 +1,159 @@
+//! The display page in a real browser: headless Chromium driven through chromedriver's W3C
+//! WebDriver API. Checks what a person at the bedside would see: live values that follow the
+//! estimates, a withheld estimate showing its reason and no number, STALE when updates stop, the
+//! intended use, the live frame, the trend, and the polling fallback.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (scripts/install-deps.sh installs them); the
+//! test fails, and says so, when they are missing.
+
+mod display_support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use display_support::webdriver::{require_browser, Browser};
+use display_support::{estimate, start, withheld, INTENDED_USE};
+use echonet_edge::frame::Image;
+use echonet_edge::publish::{DisplayHub, HubConfig, ServerConfig};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Publishes the current estimate (with a rising seq) and a frame five times a second, like the
+/// runtime does; `set(None)` stops it, as a hung pipeline would.
+struct Feeder {
+    current: Arc<Mutex<Option<Value>>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Feeder {
+    fn start(hub: Arc<DisplayHub>) -> Self {
+        let current: Arc<Mutex<Option<Value>>> = Arc::new(Mutex::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (current.clone(), stop.clone());
+        let handle = std::thread::spawn(move || {
+            let (w, h) = (400usize, 300usize);
+            let pixels: Vec<u8> = (0..w * h).map(|i| ((i % w + i / w) % 256) as u8).collect();
+            let image = Image::gray(w, h, pixels).unwrap();
+            let outline = vec![(200.0, 10.0), (20.0, 280.0), (200.0, 295.0), (380.0, 280.0)];
+            let mut seq = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                let next = c.lock().unwrap().clone();
+                if let Some(mut e) = next {
+                    seq += 1;
+                    e["seq"] = json!(seq);
+                    hub.publish_estimate(e).unwrap();
+                    hub.publish_frame(&image, Some(outline.clone())).unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        Self {
+            current,
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn set(&self, estimate: Option<Value>) {
+        *self.current.lock().unwrap() = estimate;
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn has_digit(s: &str) -> bool {
+    s.chars().any(|c| c.is_ascii_digit())
+}
+
+#[test]
+fn display_page_in_headless_chromium() {
+    require_browser();
+    let (hub, server) = start(HubConfig::default(), ServerConfig::default());
+    let feeder = Feeder::start(hub.clone());
+    let browser = Browser::start(1280, 800);
+    browser.goto(&server.url());
+
+    // Before anything arrives: no number, waiting.
+    browser.wait_text("status", WAIT, "WAITING", |t| t == "WAITING");
+    assert!(!has_digit(&browser.text("ef-value")));
+
+    feeder.set(Some(estimate(0, 41.0)));
+    browser.wait_text("ef-value", WAIT, "EF 41", |t| t == "41");
+    assert_eq!(browser.text("status"), "LIVE");
+    assert_eq!(browser.text("esv-value"), "48");
+    assert_eq!(browser.text("edv-value"), "107");
+    assert_eq!(browser.text("ef-spread"), "± 3.2 %");
+    assert!(browser.text("intended-use").contains(INTENDED_USE));
+    assert!(browser.text("demo-flag").contains("NOT FOR CLINICAL USE"));
+    assert_eq!(browser.text("latency"), "47 ms");
+    assert_eq!(browser.text("valid-frames"), "18 / 20 (frozen 2)");
+
+    // The live update, over the stream.
+    feeder.set(Some(estimate(0, 63.0)));
+    browser.wait_text("ef-value", WAIT, "EF 63", |t| t == "63");
+    assert_eq!(browser.text("transport"), "live stream");
+    browser.wait_text("frame-note", WAIT, "a live frame", |t| t.is_empty());
+    let frame_seq = browser.attribute("frame-canvas", "data-frame-seq");
+    assert!(frame_seq.is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n >= 1)));
+    let points = browser
+        .attribute("trend-canvas", "data-points")
+        .unwrap_or_default();
+    assert!(
+        points.parse::<u64>().is_ok_and(|n| n >= 2),
+        "trend points {points:?}"
+    );
+
+    // Withheld: the number goes, the reason shows.
+    let reason = "too few valid frames (9/20)";
+    feeder.set(Some(withheld(0, reason)));
+    browser.wait_text("status", WAIT, "WITHHELD", |t| t == "WITHHELD");
+    assert!(
+        !has_digit(&browser.text("ef-value")),
+        "EF shown while withheld"
+    );
+    assert!(!has_digit(&browser.text("esv-value")) && !has_digit(&browser.text("edv-value")));
+    assert_eq!(browser.text("withheld-reason"), reason);
+
+    // Back to live, then the publisher stops: STALE within a few seconds, number hidden.
+    feeder.set(Some(estimate(0, 57.0)));
+    browser.wait_text("ef-value", WAIT, "EF 57", |t| t == "57");
+    assert_eq!(browser.text("withheld-reason"), "");
+    feeder.set(None);
+    browser.wait_text("status", WAIT, "STALE", |t| t == "STALE");
+    assert!(
+        !has_digit(&browser.text("ef-value")),
+        "a stale EF is still shown"
+    );
+    assert!(browser.text("status-detail").contains("no update for"));
+    assert!(
+        browser.text("intended-use").contains(INTENDED_USE),
+        "intended use gone when stale"
+    );
+
+    // A publisher that itself reports stale input is STALE at once.
+    let mut reported = estimate(0, 50.0);
+    reported["status"] = json!("stale");
+    feeder.set(Some(reported));
+    browser.wait_text("status-detail", WAIT, "the runtime's stale report", |t| {
+        t.contains("reports stale input")
+    });
+    assert!(!has_digit(&browser.text("ef-value")));
+
+    // The polling fallback (forced; it is what the page does when the stream fails).
+    browser.goto(&format!("{}?transport=poll", server.url()));
+    feeder.set(Some(estimate(0, 44.0)));
+    browser.wait_text("ef-value", WAIT, "EF 44 by polling", |t| t == "44");
+    assert_eq!(browser.text("transport"), "polling");
+    drop(feeder);
+}

@@ -2,6 +2,8 @@
 //! then yields frames until the end of its stream. Replay sources (DICOM, images, phantom) can run
 //! in real time or as fast as possible, so the whole pipeline is testable without hardware.
 
+pub mod phantom;
+
 use std::time::{Duration, Instant};
 
 /// Why a source could not give a frame. The pipeline handles each kind differently: a timeout or

@@ -25,6 +25,8 @@ enum Command {
     Bench(cli::bench::Args),
     /// Check devices, CUDA, bundles and configuration.
     Doctor(cli::doctor::Args),
+    /// Write synthetic apical-4-chamber clips (multi-frame DICOM) with their ground-truth CSVs.
+    Phantom(cli::phantom::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +43,7 @@ fn main() -> std::process::ExitCode {
         Command::Convert(a) => cli::convert::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Doctor(a) => cli::doctor::run(a),
+        Command::Phantom(a) => cli::phantom::run(a),
     };
     match result {
         Ok(code) => code,

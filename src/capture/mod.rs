@@ -4,6 +4,7 @@
 
 pub mod dicom;
 pub mod images;
+pub mod phantom;
 pub mod v4l2;
 
 use std::time::{Duration, Instant};

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod convert;
 pub mod doctor;
 pub mod infer;
+pub mod phantom;
 
 use anyhow::Context;
 use candle_core::DType;

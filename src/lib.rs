@@ -7,7 +7,10 @@
 //! profiles.
 
 // Nothing on the frame path may panic: bad input is an error value, handled once.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod aggregate;
 pub mod capture;
@@ -18,8 +21,8 @@ pub mod metrics;
 pub mod model;
 pub mod offline;
 pub mod pipeline;
-pub mod publish;
 pub mod preprocess;
+pub mod publish;
 pub mod runtime;
 pub mod sampler;
 pub mod timefmt;

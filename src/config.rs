@@ -30,6 +30,8 @@ pub struct Config {
     #[serde(default)]
     pub window: crate::aggregate::WindowConfig,
     #[serde(default)]
+    pub preprocess: crate::preprocess::PreprocessConfig,
+    #[serde(default)]
     pub publish: PublishConfig,
 }
 
@@ -153,7 +155,7 @@ pub struct PublishConfig {
     /// JSON Lines target: `-` for stdout, or a file appended to. Default `-`.
     #[serde(default = "default_jsonl")]
     pub jsonl: String,
-    /// Address of the bedside display server (`host:port`), or `off`. Default `127.0.0.1:8080`.
+    /// Address of the bedside display server (`host:port`), or `off`. Default `127.0.0.1:8470`.
     #[serde(default = "default_http")]
     pub http: String,
 }
@@ -162,7 +164,7 @@ fn default_jsonl() -> String {
     "-".into()
 }
 fn default_http() -> String {
-    "127.0.0.1:8080".into()
+    "127.0.0.1:8470".into()
 }
 
 impl Default for PublishConfig {

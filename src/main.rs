@@ -27,6 +27,10 @@ enum Command {
     Doctor(cli::doctor::Args),
     /// Write synthetic apical-4-chamber clips (multi-frame DICOM) with their ground-truth CSVs.
     Phantom(cli::phantom::Args),
+    /// The bedside daemon: live capture to rolling EF/ESV/EDV estimates, JSON Lines and display.
+    Run(cli::run::Args),
+    /// Offline studies: one JSON result per DICOM clip (20 frames at 10 fps from its start).
+    Predict(cli::predict::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +48,8 @@ fn main() -> std::process::ExitCode {
         Command::Bench(a) => cli::bench::run(a),
         Command::Doctor(a) => cli::doctor::run(a),
         Command::Phantom(a) => cli::phantom::run(a),
+        Command::Run(a) => cli::run::run(a),
+        Command::Predict(a) => cli::predict::run(a),
     };
     match result {
         Ok(code) => code,

@@ -5,6 +5,8 @@ pub mod convert;
 pub mod doctor;
 pub mod infer;
 pub mod phantom;
+pub mod predict;
+pub mod run;
 
 use anyhow::Context;
 use candle_core::DType;

@@ -109,14 +109,22 @@ pub fn predict_clip(
             .last()
             .map(|f| f.media_time)
             .unwrap_or(Duration::ZERO);
+        // The frames there were still went through the quality gate: say what it found too.
+        let quality = ring.estimate(&model.manifest().tasks).map(|e| e.quality);
+        let found: Vec<String> = quality
+            .iter()
+            .flat_map(|q| q.reasons.iter().map(|(r, n)| format!("{r} {n}")))
+            .collect();
         return ClipResult {
             reason: Some(format!(
-                "clip too short: {} frames over {:.2} s give {} of the {} frames needed at 10 fps",
+                "clip too short: {} frames over {:.2} s give {} of the {} frames needed at 10 fps{}",
                 frames.len(),
                 span.as_secs_f64(),
                 used.len(),
-                window.frames
+                window.frames,
+                if found.is_empty() { String::new() } else { format!("; unusable frames: {}", found.join(", ")) }
             )),
+            quality,
             ..base
         };
     }

@@ -11,7 +11,8 @@ use echonet_edge::model::StorageDtype;
 
 fn echonet() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_echonet"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR")).env("ECHONET_LOG", "warn");
+    c.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("ECHONET_LOG", "warn");
     c
 }
 
@@ -21,13 +22,28 @@ fn run_on_the_phantom_publishes_estimates_with_latency_and_a_summary() {
     let bundle = convert_fixture("irv1_w0125.pth", dir.path(), StorageDtype::F32);
     let summary = dir.path().join("summary.json");
     let out = echonet()
-        .args(["run", "--source", "phantom", "--duration", "5", "--http", "127.0.0.1:0", "--threads", "1", "--model"])
+        .args([
+            "run",
+            "--source",
+            "phantom",
+            "--duration",
+            "5",
+            "--http",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "--model",
+        ])
         .arg(&bundle)
         .arg("--summary")
         .arg(&summary)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -42,22 +58,42 @@ fn run_on_the_phantom_publishes_estimates_with_latency_and_a_summary() {
         assert_eq!(r["source"]["kind"], "phantom");
         assert!(r["estimates"]["ef"]["value"].is_number());
     }
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
     assert!(s["latency_p99_ms"].as_f64().unwrap() > 0.0);
     assert!(s["rss_end_mb"].as_f64().unwrap() > 0.0);
-    assert_eq!(s["frames_sampled"].as_u64().unwrap(), s["frames_inferred"].as_u64().unwrap());
+    assert_eq!(
+        s["frames_sampled"].as_u64().unwrap(),
+        s["frames_inferred"].as_u64().unwrap()
+    );
 }
 
 #[test]
 fn run_refuses_a_missing_or_damaged_bundle_clearly() {
-    let out = echonet().args(["run", "--source", "phantom", "--duration", "1", "--http", "off", "--model", "/nonexistent/m.safetensors"]).output().unwrap();
+    let out = echonet()
+        .args([
+            "run",
+            "--source",
+            "phantom",
+            "--duration",
+            "1",
+            "--http",
+            "off",
+            "--model",
+            "/nonexistent/m.safetensors",
+        ])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/m.safetensors"));
 }
 
 #[test]
 fn run_rejects_an_unknown_setting_by_its_path() {
-    let out = echonet().args(["run", "--set", "window.min_valid=3", "--model", "x"]).output().unwrap();
+    let out = echonet()
+        .args(["run", "--set", "window.min_valid=3", "--model", "x"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("window.min_valid"));
 }
@@ -67,19 +103,45 @@ fn predict_never_publishes_an_ef_for_the_real_non_cardiac_fixtures() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = convert_fixture("irv1_w0125.pth", dir.path(), StorageDtype::F32);
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom");
-    let out = echonet().arg("predict").arg(&fixtures).arg("--model").arg(&bundle).args(["--threads", "1"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let results: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let out = echonet()
+        .arg("predict")
+        .arg(&fixtures)
+        .arg("--model")
+        .arg(&bundle)
+        .args(["--threads", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(results.len(), 5, "{results:?}");
     for r in &results {
         let file = r["file"].as_str().unwrap();
         assert_ne!(r["status"], "ok", "{file} got an estimate");
         assert_eq!(r["estimates"], serde_json::json!({}), "{file}");
-        assert!(!r["reason"].as_str().unwrap_or("").is_empty(), "{file} has no reason");
+        assert!(
+            !r["reason"].as_str().unwrap_or("").is_empty(),
+            "{file} has no reason"
+        );
     }
-    let by_name = |n: &str| results.iter().find(|r| r["file"].as_str().unwrap().ends_with(n)).unwrap();
+    let by_name = |n: &str| {
+        results
+            .iter()
+            .find(|r| r["file"].as_str().unwrap().ends_with(n))
+            .unwrap()
+    };
     assert_eq!(by_name("MR_truncated.dcm")["status"], "refused");
-    assert!(by_name("US1_J2KR.dcm")["reason"].as_str().unwrap().contains("JPEG 2000"));
+    assert!(by_name("US1_J2KR.dcm")["reason"]
+        .as_str()
+        .unwrap()
+        .contains("JPEG 2000"));
 }
 
 #[test]
@@ -87,11 +149,39 @@ fn predict_gives_an_estimate_for_a_phantom_clip() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = convert_fixture("irv1_w0125.pth", dir.path(), StorageDtype::F32);
     let clips = dir.path().join("clips");
-    let out = echonet().args(["phantom", "--clips", "1", "--seed", "5", "--frames", "75", "--out"]).arg(&clips).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = echonet().arg("predict").arg(&clips).arg("--model").arg(&bundle).args(["--threads", "1"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let r: serde_json::Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().lines().next().unwrap()).unwrap();
+    let out = echonet()
+        .args([
+            "phantom", "--clips", "1", "--seed", "5", "--frames", "75", "--out",
+        ])
+        .arg(&clips)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = echonet()
+        .arg("predict")
+        .arg(&clips)
+        .arg("--model")
+        .arg(&bundle)
+        .args(["--threads", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(r["status"], "ok", "{r}");
     assert_eq!(r["frames_used"].as_array().unwrap().len(), 20);
     assert!(r["estimates"]["ef"]["value"].is_number());

@@ -36,9 +36,17 @@ fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
     for p in paths {
         if p.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(p)
-                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|f| f.is_file()).collect())
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|f| f.is_file())
+                        .collect()
+                })
                 .unwrap_or_default();
-            files.retain(|f| f.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("dcm")));
+            files.retain(|f| {
+                f.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| e.eq_ignore_ascii_case("dcm"))
+            });
             files.sort();
             out.extend(files);
         } else {
@@ -70,21 +78,29 @@ fn load_frames(path: &Path) -> Result<(DicomClip, Vec<Frame>), String> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut overrides = args.overrides.clone();
     if let Some(m) = &args.model {
-        overrides.push(format!("model.bundle={}", toml::Value::String(m.display().to_string())));
+        overrides.push(format!(
+            "model.bundle={}",
+            toml::Value::String(m.display().to_string())
+        ));
     }
     let config = super::run::load_config(args.config.as_ref(), &overrides)?;
     let bundle = read_bundle(&super::run::resolve_bundle(&config)?)?;
     let (opts, _) = args.run.open(bundle.manifest.dtype.candle())?;
     let model = EchoNetModel::from_bundle(&bundle, &opts)?;
     let files = expand(&args.paths);
-    anyhow::ensure!(!files.is_empty(), "no DICOM files found in {:?}", args.paths);
+    anyhow::ensure!(
+        !files.is_empty(),
+        "no DICOM files found in {:?}",
+        args.paths
+    );
     for file in files {
         let name = file.display().to_string();
         let result = match load_frames(&file) {
             Err(reason) => ClipResult::refused(&name, reason),
             Ok((clip, frames)) => {
                 let facts = clip.facts();
-                let is_us = facts.is_ultrasound_sop_class || facts.modality.as_deref() == Some("US");
+                let is_us =
+                    facts.is_ultrasound_sop_class || facts.modality.as_deref() == Some("US");
                 if !is_us {
                     let mut r = ClipResult::refused(
                         &name,

@@ -75,8 +75,14 @@ fn quoted(s: &str) -> String {
 /// The profile with every command-line override applied, checked.
 pub fn load_config(path: Option<&PathBuf>, overrides: &[String]) -> anyhow::Result<Config> {
     let (text, name) = match path {
-        Some(p) => (std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?, p.clone()),
-        None => (EMBEDDED_DEFAULT.to_string(), PathBuf::from("<embedded default profile>")),
+        Some(p) => (
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            p.clone(),
+        ),
+        None => (
+            EMBEDDED_DEFAULT.to_string(),
+            PathBuf::from("<embedded default profile>"),
+        ),
     };
     Ok(Config::from_toml_with_overrides(&text, &name, overrides)?)
 }
@@ -117,7 +123,11 @@ pub fn resolve_bundle(config: &Config) -> anyhow::Result<PathBuf> {
     }
     let dir = Catalog::default_dir();
     let catalog = Catalog::load(&dir.join("MANIFEST.toml"))?;
-    match catalog.default.as_ref().and_then(|id| catalog.models.iter().find(|m| &m.id == id)) {
+    match catalog
+        .default
+        .as_ref()
+        .and_then(|id| catalog.models.iter().find(|m| &m.id == id))
+    {
         Some(entry) => Ok(Catalog::entry_path(&dir, entry)),
         None => bail!(
             "no model bundle: {} names no default model; pass --model BUNDLE or set model.bundle",
@@ -130,11 +140,17 @@ pub fn build_source(config: &Config, inputs: &[PathBuf]) -> anyhow::Result<Box<d
     let s = &config.source;
     let kind = match s.kind {
         SourceKind::Auto => {
-            let device = inputs.first().cloned().unwrap_or_else(|| s.v4l2.device.clone());
+            let device = inputs
+                .first()
+                .cloned()
+                .unwrap_or_else(|| s.v4l2.device.clone());
             if device.exists() {
                 SourceKind::V4l2
             } else {
-                tracing::info!("no capture device at {}: using the built-in phantom", device.display());
+                tracing::info!(
+                    "no capture device at {}: using the built-in phantom",
+                    device.display()
+                );
                 SourceKind::Phantom
             }
         }
@@ -142,19 +158,33 @@ pub fn build_source(config: &Config, inputs: &[PathBuf]) -> anyhow::Result<Box<d
     };
     Ok(match kind {
         SourceKind::Phantom => {
-            let params = PhantomParams { fps: s.phantom.fps, ..PhantomParams::random(s.phantom.seed) };
+            let params = PhantomParams {
+                fps: s.phantom.fps,
+                ..PhantomParams::random(s.phantom.seed)
+            };
             Box::new(PhantomSource::new(params, s.pacing)?)
         }
         SourceKind::Dicom => {
-            let paths: Vec<PathBuf> = if inputs.is_empty() { s.dicom.paths.clone() } else { inputs.to_vec() };
+            let paths: Vec<PathBuf> = if inputs.is_empty() {
+                s.dicom.paths.clone()
+            } else {
+                inputs.to_vec()
+            };
             if paths.is_empty() {
-                bail!("source.kind is dicom but no files are given (source.dicom.paths or --input)");
+                bail!(
+                    "source.kind is dicom but no files are given (source.dicom.paths or --input)"
+                );
             }
             Box::new(DicomSource::from_paths(&paths, s.pacing, s.loop_playback)?)
         }
         SourceKind::Images => {
             let folder = inputs.first().cloned().or_else(|| s.images.folder.clone()).context("source.kind is images but no folder is given (source.images.folder or --input)")?;
-            Box::new(ImagesSource::new(&folder, s.images.fps, s.pacing, s.loop_playback))
+            Box::new(ImagesSource::new(
+                &folder,
+                s.images.fps,
+                s.pacing,
+                s.loop_playback,
+            ))
         }
         SourceKind::V4l2 | SourceKind::Auto => {
             let mut cfg = s.v4l2.clone();
@@ -205,7 +235,8 @@ impl EstimateSink for DisplaySink {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = load_config(args.config.as_ref(), &args.overrides())?;
-    let threads = echonet_edge::runtime::configure_cpu_threads(Some(config.model.threads).filter(|t| *t > 0));
+    let threads =
+        echonet_edge::runtime::configure_cpu_threads(Some(config.model.threads).filter(|t| *t > 0));
     let bundle_path = resolve_bundle(&config)?;
     // Read and verify the bundle before anything starts, so a bad file fails fast and clearly.
     let bundle = read_bundle(&bundle_path)?;
@@ -220,15 +251,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     preprocessor.set_source_fps(source.info().nominal_fps);
 
     let metrics = Arc::new(PipelineMetrics::default());
-    let mut sinks: Vec<Box<dyn EstimateSink>> = vec![Box::new(JsonlSink { writer: open_target(&config.publish.jsonl)?, failures: 0 })];
+    let mut sinks: Vec<Box<dyn EstimateSink>> = vec![Box::new(JsonlSink {
+        writer: open_target(&config.publish.jsonl)?,
+        failures: 0,
+    })];
     let server = if config.publish.http != "off" {
-        let addr = config.publish.http.parse().with_context(|| format!("publish.http {:?}: expected host:port or off", config.publish.http))?;
+        let addr = config.publish.http.parse().with_context(|| {
+            format!(
+                "publish.http {:?}: expected host:port or off",
+                config.publish.http
+            )
+        })?;
         let hub = DisplayHub::new(HubConfig::default());
         let metrics_for_hub = metrics.clone();
         hub.set_metrics_provider(move || metrics_for_hub.render_prometheus());
-        let server = DisplayServer::start(hub.clone(), ServerConfig { addr, ..Default::default() })?;
+        let server = DisplayServer::start(
+            hub.clone(),
+            ServerConfig {
+                addr,
+                ..Default::default()
+            },
+        )?;
         tracing::info!("bedside display at {}", server.url());
-        sinks.push(Box::new(DisplaySink { hub, metrics: metrics.clone() }));
+        sinks.push(Box::new(DisplaySink {
+            hub,
+            metrics: metrics.clone(),
+        }));
         Some(server)
     } else {
         None
@@ -236,12 +284,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone()).context("installing the signal handler")?;
+        signal_hook::flag::register(signal, stop.clone())
+            .context("installing the signal handler")?;
     }
     let pipeline = Pipeline {
         config: config.pipeline.clone(),
         window: config.window.clone(),
-        limits: RunLimits { duration: args.duration.map(Duration::from_secs_f64), frames: args.frames },
+        limits: RunLimits {
+            duration: args.duration.map(Duration::from_secs_f64),
+            frames: args.frames,
+        },
         metrics: metrics.clone(),
         stop,
     };
@@ -252,7 +304,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let bundle = Arc::new(Mutex::new(Some(bundle)));
     let build = move || -> anyhow::Result<EchoNetModel> {
-        let b = bundle.lock().map_err(|_| anyhow::anyhow!("bundle lock poisoned"))?.take().context("model built twice")?;
+        let b = bundle
+            .lock()
+            .map_err(|_| anyhow::anyhow!("bundle lock poisoned"))?
+            .take()
+            .context("model built twice")?;
         Ok(EchoNetModel::from_bundle(&b, &opts)?)
     };
     let summary = pipeline.run(source, Box::new(preprocessor), build, sinks)?;

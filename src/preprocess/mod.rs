@@ -670,7 +670,12 @@ impl crate::pipeline::FramePreparer for Preprocessor {
         match self.process(frame, spec) {
             Ok(p) => crate::pipeline::Prepared {
                 input: p.input.map(|i| (i.data, [i.channels, i.height, i.width])),
-                reasons: p.quality.reasons.iter().map(|r| r.as_str().to_string()).collect(),
+                reasons: p
+                    .quality
+                    .reasons
+                    .iter()
+                    .map(|r| r.as_str().to_string())
+                    .collect(),
                 outline: p.sector.map(|s| s.outline()),
             },
             Err(e) => {

@@ -1382,10 +1382,15 @@ impl Sector {
                 let steps = (f.span_deg() / 2.0).ceil().max(1.0) as usize;
                 let point = |r: f64, deg: f64| {
                     let a = deg.to_radians();
-                    ((f.apex_x + r * a.cos()) as f32, (f.apex_y + r * a.sin()) as f32)
+                    (
+                        (f.apex_x + r * a.cos()) as f32,
+                        (f.apex_y + r * a.sin()) as f32,
+                    )
                 };
                 let angle = |i: usize| f.start_deg + f.span_deg() * i as f64 / steps as f64;
-                let mut pts: Vec<(f32, f32)> = (0..=steps).map(|i| point(f.outer_radius, angle(i))).collect();
+                let mut pts: Vec<(f32, f32)> = (0..=steps)
+                    .map(|i| point(f.outer_radius, angle(i)))
+                    .collect();
                 if f.inner_radius > 0.0 {
                     pts.extend((0..=steps).rev().map(|i| point(f.inner_radius, angle(i))));
                 } else {
@@ -1399,7 +1404,10 @@ impl Sector {
                 (r.x1 as f32, r.y1 as f32),
                 (r.x0 as f32, r.y1 as f32),
             ],
-            SectorShape::Convex { vertices } => vertices.iter().map(|(x, y)| (*x as f32, *y as f32)).collect(),
+            SectorShape::Convex { vertices } => vertices
+                .iter()
+                .map(|(x, y)| (*x as f32, *y as f32))
+                .collect(),
         }
     }
 }

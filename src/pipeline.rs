@@ -188,6 +188,8 @@ pub fn rss_mb(field: &str) -> Option<f64> {
 }
 
 pub struct Pipeline {
+    /// Names the model in every record; default: the bundle's provenance source.
+    pub model_id: Option<String>,
     pub config: PipelineConfig,
     pub window: WindowConfig,
     pub limits: RunLimits,
@@ -226,6 +228,7 @@ impl Pipeline {
         let view_threshold = self.config.view_threshold;
         let pub_tx_infer = pub_tx.clone();
         let pub_rx_infer = pub_rx_keep.clone();
+        let model_id = self.model_id.clone();
         let inference = thread::Builder::new()
             .name("inference".into())
             .spawn(move || {
@@ -247,7 +250,7 @@ impl Pipeline {
                 };
                 let manifest = model.manifest().clone();
                 let info = ModelInfo {
-                    id: manifest.provenance.source.clone(),
+                    id: model_id.unwrap_or_else(|| manifest.provenance.source.clone()),
                     intended_use: manifest.intended_use.clone(),
                     content_hash: manifest.content_hash.clone(),
                 };

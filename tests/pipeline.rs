@@ -146,6 +146,7 @@ fn fixture_model_builder(
 
 fn pipeline(config: PipelineConfig, limits: RunLimits) -> Pipeline {
     Pipeline {
+        model_id: Some("fixture".into()),
         config,
         window: WindowConfig::default(),
         limits,
@@ -191,6 +192,7 @@ fn one_estimate_per_sampled_frame_once_the_window_fills() {
     assert_eq!(records.len(), 15, "{:?}", summary);
     for r in &records {
         assert_eq!(r["schema"], "echonet.estimate/1");
+        assert_eq!(r["model"]["id"], "fixture");
         assert!(r["latency_ms"].as_f64().unwrap() >= 0.0);
         assert_eq!(r["quality"]["valid_frames"], 20);
         assert!(r["estimates"]["ef"]["value"].is_number());

@@ -288,6 +288,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .context("installing the signal handler")?;
     }
     let pipeline = Pipeline {
+        model_id: bundle_path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned()),
         config: config.pipeline.clone(),
         window: config.window.clone(),
         limits: RunLimits {

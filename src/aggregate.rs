@@ -217,6 +217,17 @@ impl RollingWindow {
                 return Some(estimate);
             }
             let (value, spread) = mean_and_spread(values);
+            if let Some((lo, hi)) = t.plausible_range() {
+                if !(lo..=hi).contains(&value) {
+                    estimate.status = Status::Withheld;
+                    estimate.withheld_reason = Some(format!(
+                        "implausible {} {value:.1} {} (possible range {lo}-{hi}): the model is not reading this image",
+                        t.name, t.unit
+                    ));
+                    estimate.estimates.clear();
+                    return Some(estimate);
+                }
+            }
             estimate.estimates.insert(
                 t.name.clone(),
                 TaskEstimate {
@@ -343,6 +354,18 @@ mod tests {
         assert_eq!(e.status, Status::Ok);
         assert_eq!(e.estimates["ef"].value, 60.0);
         assert_eq!(e.quality.reasons["low_signal"], 3);
+    }
+
+    #[test]
+    fn implausible_means_are_never_published() {
+        let mut w = RollingWindow::new(WindowConfig::default());
+        for i in 0..20 {
+            w.push(frame(i, valid(-1.0, 30.0, 60.0)));
+        }
+        let e = w.estimate(&tasks()).unwrap();
+        assert_eq!(e.status, Status::Withheld);
+        assert!(e.estimates.is_empty());
+        assert!(e.withheld_reason.unwrap().contains("implausible ef -1.0 %"));
     }
 
     #[test]

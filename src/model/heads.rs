@@ -123,6 +123,22 @@ impl TaskSpec {
         Ok(())
     }
 
+    /// The physiologically possible range of a reported value, where one is known (EchoNet's
+    /// tasks and probabilities). A window mean outside it is never published as a number.
+    pub fn plausible_range(&self) -> Option<(f64, f64)> {
+        if self.kind == TaskKind::Binary {
+            return Some((0.0, 1.0));
+        }
+        match self.name.as_str() {
+            "ef" => Some((0.0, 100.0)),
+            "esv" | "edv" => Some((0.0, 1000.0)),
+            "age" => Some((0.0, 130.0)),
+            "weight" => Some((0.0, 500.0)),
+            "height" => Some((0.0, 260.0)),
+            _ => None,
+        }
+    }
+
     pub fn weight_name(&self) -> String {
         format!("heads.{}.weight", self.name)
     }

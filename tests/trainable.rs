@@ -391,7 +391,17 @@ fn parameter_names_are_facenet_names() {
         flat(&a["repeat_3.1.conv2d.weight"]),
         flat(&b["repeat_3.1.conv2d.weight"])
     );
-    assert!(TrainableIrv1::new(&arch, 3, &tasks(), &varmap, 2, &Device::Cpu, DType::F32).is_ok());
+    // Built again on the same map with another seed: the map's parameters are reused as they are.
+    TrainableIrv1::new(&arch, 3, &tasks(), &varmap, 2, &Device::Cpu, DType::F32).unwrap();
+    let reused = net.export(&varmap).unwrap();
+    assert_eq!(
+        flat(&a["conv2d_1a.conv.weight"]),
+        flat(&reused["conv2d_1a.conv.weight"])
+    );
+    // ... and a parameter of the wrong shape (another width) or dtype is an error, not a silent swap.
+    let wider = Architecture::new(0.25, Some(64));
+    assert!(TrainableIrv1::new(&wider, 3, &tasks(), &varmap, 2, &Device::Cpu, DType::F32).is_err());
+    assert!(TrainableIrv1::new(&arch, 3, &tasks(), &varmap, 2, &Device::Cpu, DType::F64).is_err());
     assert!(net
         .forward_t(&uniform(&[1, 3, 75, 75], 1, DType::F32), true)
         .is_err());

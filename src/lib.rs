@@ -26,3 +26,4 @@ pub mod publish;
 pub mod runtime;
 pub mod sampler;
 pub mod timefmt;
+pub mod train;

@@ -354,6 +354,33 @@ impl Preprocessor {
     }
 }
 
+/// The live pipeline's preprocessing stage. A malformed frame or a configuration that cannot
+/// apply to it is logged and the frame marked unusable (`bad_frame`), never a panic.
+impl crate::pipeline::FramePreparer for Preprocessor {
+    fn prepare(&mut self, frame: &Frame, spec: &InputSpec) -> crate::pipeline::Prepared {
+        match self.process(frame, spec) {
+            Ok(p) => crate::pipeline::Prepared {
+                input: p.input.map(|i| (i.data, [i.channels, i.height, i.width])),
+                reasons: p
+                    .quality
+                    .reasons
+                    .iter()
+                    .map(|r| r.as_str().to_string())
+                    .collect(),
+                outline: p.sector.map(|s| s.outline()),
+            },
+            Err(e) => {
+                tracing::warn!("frame {}: {e}", frame.seq);
+                crate::pipeline::Prepared {
+                    input: None,
+                    reasons: vec!["bad_frame".into()],
+                    outline: None,
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant, SystemTime};
@@ -660,32 +687,5 @@ mod tests {
             toml::from_str::<PreprocessConfig>("").unwrap(),
             PreprocessConfig::default()
         );
-    }
-}
-
-/// The live pipeline's preprocessing stage. A malformed frame or a configuration that cannot
-/// apply to it is logged and the frame marked unusable (`bad_frame`), never a panic.
-impl crate::pipeline::FramePreparer for Preprocessor {
-    fn prepare(&mut self, frame: &Frame, spec: &InputSpec) -> crate::pipeline::Prepared {
-        match self.process(frame, spec) {
-            Ok(p) => crate::pipeline::Prepared {
-                input: p.input.map(|i| (i.data, [i.channels, i.height, i.width])),
-                reasons: p
-                    .quality
-                    .reasons
-                    .iter()
-                    .map(|r| r.as_str().to_string())
-                    .collect(),
-                outline: p.sector.map(|s| s.outline()),
-            },
-            Err(e) => {
-                tracing::warn!("frame {}: {e}", frame.seq);
-                crate::pipeline::Prepared {
-                    input: None,
-                    reasons: vec!["bad_frame".into()],
-                    outline: None,
-                }
-            }
-        }
     }
 }

@@ -954,6 +954,45 @@ fn fit_fan(
     fan.check().ok().map(|_| fan)
 }
 
+impl Sector {
+    /// The sector's outline as a closed polygon in frame pixels (x right, y down), for drawing on
+    /// the display: arcs sampled every 2 degrees.
+    pub fn outline(&self) -> Vec<(f32, f32)> {
+        match self.shape() {
+            SectorShape::Fan(f) => {
+                let steps = (f.span_deg() / 2.0).ceil().max(1.0) as usize;
+                let point = |r: f64, deg: f64| {
+                    let a = deg.to_radians();
+                    (
+                        (f.apex_x + r * a.cos()) as f32,
+                        (f.apex_y + r * a.sin()) as f32,
+                    )
+                };
+                let angle = |i: usize| f.start_deg + f.span_deg() * i as f64 / steps as f64;
+                let mut pts: Vec<(f32, f32)> = (0..=steps)
+                    .map(|i| point(f.outer_radius, angle(i)))
+                    .collect();
+                if f.inner_radius > 0.0 {
+                    pts.extend((0..=steps).rev().map(|i| point(f.inner_radius, angle(i))));
+                } else {
+                    pts.push(point(0.0, 0.0));
+                }
+                pts
+            }
+            SectorShape::Rect(r) => vec![
+                (r.x0 as f32, r.y0 as f32),
+                (r.x1 as f32, r.y0 as f32),
+                (r.x1 as f32, r.y1 as f32),
+                (r.x0 as f32, r.y1 as f32),
+            ],
+            SectorShape::Convex { vertices } => vertices
+                .iter()
+                .map(|(x, y)| (*x as f32, *y as f32))
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::synth::{Phantom, Scene};
@@ -1370,44 +1409,5 @@ mod tests {
         let (runs, area) = largest_component(&opened, w, h).unwrap();
         assert_eq!(area, 300);
         assert_eq!(runs.len(), 20);
-    }
-}
-
-impl Sector {
-    /// The sector's outline as a closed polygon in frame pixels (x right, y down), for drawing on
-    /// the display: arcs sampled every 2 degrees.
-    pub fn outline(&self) -> Vec<(f32, f32)> {
-        match self.shape() {
-            SectorShape::Fan(f) => {
-                let steps = (f.span_deg() / 2.0).ceil().max(1.0) as usize;
-                let point = |r: f64, deg: f64| {
-                    let a = deg.to_radians();
-                    (
-                        (f.apex_x + r * a.cos()) as f32,
-                        (f.apex_y + r * a.sin()) as f32,
-                    )
-                };
-                let angle = |i: usize| f.start_deg + f.span_deg() * i as f64 / steps as f64;
-                let mut pts: Vec<(f32, f32)> = (0..=steps)
-                    .map(|i| point(f.outer_radius, angle(i)))
-                    .collect();
-                if f.inner_radius > 0.0 {
-                    pts.extend((0..=steps).rev().map(|i| point(f.inner_radius, angle(i))));
-                } else {
-                    pts.push(point(0.0, 0.0));
-                }
-                pts
-            }
-            SectorShape::Rect(r) => vec![
-                (r.x0 as f32, r.y0 as f32),
-                (r.x1 as f32, r.y0 as f32),
-                (r.x1 as f32, r.y1 as f32),
-                (r.x0 as f32, r.y1 as f32),
-            ],
-            SectorShape::Convex { vertices } => vertices
-                .iter()
-                .map(|(x, y)| (*x as f32, *y as f32))
-                .collect(),
-        }
     }
 }

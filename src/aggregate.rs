@@ -24,6 +24,11 @@ pub struct WindowConfig {
     /// with its reasons. Default 16 (80 % of the window).
     #[serde(default = "default_min_valid")]
     pub min_valid_frames: usize,
+    /// Longest media time the window may span, ms. 20 frames at 10 fps span 1.9 s; a window
+    /// stretched by dropped frames (inference slower than 10 fps, a stuttering source) no longer
+    /// follows the paper's sampling and is withheld. Default 2500.
+    #[serde(default = "default_max_span_ms")]
+    pub max_span_ms: u64,
 }
 
 fn default_window() -> usize {
@@ -32,12 +37,16 @@ fn default_window() -> usize {
 fn default_min_valid() -> usize {
     16
 }
+fn default_max_span_ms() -> u64 {
+    2500
+}
 
 impl Default for WindowConfig {
     fn default() -> Self {
         Self {
             frames: default_window(),
             min_valid_frames: default_min_valid(),
+            max_span_ms: default_max_span_ms(),
         }
     }
 }
@@ -185,6 +194,23 @@ impl RollingWindow {
             captured_at: newest.captured_at,
             captured_wall: newest.captured_wall,
         };
+        let span = newest.media_time.saturating_sub(
+            self.frames
+                .front()
+                .map(|f| f.media_time)
+                .unwrap_or_default(),
+        );
+        if span > Duration::from_millis(self.config.max_span_ms) {
+            estimate.status = Status::Withheld;
+            estimate.withheld_reason = Some(format!(
+                "the window's {} frames span {:.1} s (at most {:.1} s): frames were dropped, so it is not {} frames at 10 fps",
+                self.frames.len(),
+                span.as_secs_f64(),
+                self.config.max_span_ms as f64 / 1000.0,
+                self.config.frames
+            ));
+            return Some(estimate);
+        }
         if valid < self.config.min_valid_frames {
             let why: Vec<String> = estimate
                 .quality
@@ -354,6 +380,21 @@ mod tests {
         assert_eq!(e.status, Status::Ok);
         assert_eq!(e.estimates["ef"].value, 60.0);
         assert_eq!(e.quality.reasons["low_signal"], 3);
+    }
+
+    #[test]
+    fn a_window_stretched_by_dropped_frames_is_withheld() {
+        let mut w = RollingWindow::new(WindowConfig::default());
+        for i in 0..20u64 {
+            let mut f = frame(i, valid(50.0, 30.0, 60.0));
+            // Every other sampled frame lost: 20 frames over 3.8 s.
+            f.media_time = Duration::from_millis(i * 200);
+            w.push(f);
+        }
+        let e = w.estimate(&tasks()).unwrap();
+        assert_eq!(e.status, Status::Withheld);
+        assert!(e.estimates.is_empty());
+        assert!(e.withheld_reason.unwrap().contains("span 3.8 s"));
     }
 
     #[test]

@@ -152,49 +152,11 @@ impl Block35 {
     }
 }
 
-/// 17x17 residual block (`repeat_2.*`).
+/// The residual block with a factorised branch: branch0 is a 1x1 convolution, branch1 a 1x1 then
+/// a 1xk and a kx1 convolution. Block17 (`repeat_2.*`, k = 7) and Block8 (`repeat_3.*` and the
+/// final `block8`, k = 3, the last without ReLU and with scale 1) are this block.
 #[derive(Debug)]
-pub struct Block17 {
-    entry: FoldedConv,
-    branch1_1: FoldedConv,
-    branch1_2: FoldedConv,
-    up: FoldedConv,
-    width: usize,
-}
-
-impl Block17 {
-    fn load(l: &Loader, p: &str, c: &Channels) -> Result<Self> {
-        let b = c.b17;
-        let entry = stack_outputs(&[
-            l.basic(&format!("{p}.branch0"), c.c6, b, 1, 1)?,
-            l.basic(&format!("{p}.branch1.0"), c.c6, b, 1, 1)?,
-        ])?;
-        Ok(Self {
-            entry: l.place(entry, Geometry::unit(), true)?,
-            branch1_1: l.conv(&format!("{p}.branch1.1"), b, b, (1, 7), Geometry::pad(0, 3))?,
-            branch1_2: l.conv(&format!("{p}.branch1.2"), b, b, (7, 1), Geometry::pad(3, 0))?,
-            up: l.place(
-                l.scaled_up(&format!("{p}.conv2d"), 2 * b, c.c6, BLOCK17_SCALE)?,
-                Geometry::unit(),
-                false,
-            )?,
-            width: b,
-        })
-    }
-
-    fn forward(&self, k: &dyn ConvKernel, x: &Tensor) -> candle_core::Result<Tensor> {
-        let e = k.forward(x, &self.entry)?;
-        let b0 = e.narrow(1, 0, self.width)?;
-        let b1 = e.narrow(1, self.width, self.width)?;
-        let b1 = k.forward(&k.forward(&b1, &self.branch1_1)?, &self.branch1_2)?;
-        let mixed = Tensor::cat(&[&b0, &b1], 1)?;
-        (k.forward(&mixed, &self.up)? + x)?.relu()
-    }
-}
-
-/// 8x8 residual block (`repeat_3.*` and the final `block8`, which has no ReLU and scale 1).
-#[derive(Debug)]
-pub struct Block8 {
+pub struct FactorisedBlock {
     entry: FoldedConv,
     branch1_1: FoldedConv,
     branch1_2: FoldedConv,
@@ -203,24 +165,48 @@ pub struct Block8 {
     relu: bool,
 }
 
-impl Block8 {
-    fn load(l: &Loader, p: &str, c: &Channels, scale: f32, relu: bool) -> Result<Self> {
-        let b = c.b8;
+/// How one kind of factorised block is shaped.
+struct FactorisedShape {
+    /// Channels in and out of the block.
+    channels: usize,
+    /// Channels of each branch.
+    branch: usize,
+    /// Length of the 1xk / kx1 kernels.
+    k: usize,
+    scale: f32,
+    relu: bool,
+}
+
+impl FactorisedBlock {
+    fn load(l: &Loader, p: &str, s: &FactorisedShape) -> Result<Self> {
+        let (c, b, k) = (s.channels, s.branch, s.k);
         let entry = stack_outputs(&[
-            l.basic(&format!("{p}.branch0"), c.c7, b, 1, 1)?,
-            l.basic(&format!("{p}.branch1.0"), c.c7, b, 1, 1)?,
+            l.basic(&format!("{p}.branch0"), c, b, 1, 1)?,
+            l.basic(&format!("{p}.branch1.0"), c, b, 1, 1)?,
         ])?;
         Ok(Self {
             entry: l.place(entry, Geometry::unit(), true)?,
-            branch1_1: l.conv(&format!("{p}.branch1.1"), b, b, (1, 3), Geometry::pad(0, 1))?,
-            branch1_2: l.conv(&format!("{p}.branch1.2"), b, b, (3, 1), Geometry::pad(1, 0))?,
+            branch1_1: l.conv(
+                &format!("{p}.branch1.1"),
+                b,
+                b,
+                (1, k),
+                Geometry::pad(0, k / 2),
+            )?,
+            branch1_2: l.conv(
+                &format!("{p}.branch1.2"),
+                b,
+                b,
+                (k, 1),
+                Geometry::pad(k / 2, 0),
+            )?,
             up: l.place(
-                l.scaled_up(&format!("{p}.conv2d"), 2 * b, c.c7, scale)?,
+                l.scaled_up(&format!("{p}.conv2d"), 2 * b, c, s.scale)?,
                 Geometry::unit(),
                 false,
             )?,
             width: b,
-            relu,
+            relu: s.relu,
         })
     }
 
@@ -369,10 +355,10 @@ pub struct InceptionResnetV1 {
     conv2d_4b: FoldedConv,
     repeat_1: Vec<Block35>,
     mixed_6a: Mixed6a,
-    repeat_2: Vec<Block17>,
+    repeat_2: Vec<FactorisedBlock>,
     mixed_7a: Mixed7a,
-    repeat_3: Vec<Block8>,
-    block8: Block8,
+    repeat_3: Vec<FactorisedBlock>,
+    block8: FactorisedBlock,
     bottleneck: Option<FoldedLinear>,
     kernel: Arc<dyn ConvKernel>,
 }
@@ -400,6 +386,20 @@ impl InceptionResnetV1 {
         } else {
             None
         };
+        let block17 = FactorisedShape {
+            channels: c.c6,
+            branch: c.b17,
+            k: 7,
+            scale: BLOCK17_SCALE,
+            relu: true,
+        };
+        let block8 = FactorisedShape {
+            channels: c.c7,
+            branch: c.b8,
+            k: 3,
+            scale: BLOCK8_SCALE,
+            relu: true,
+        };
         let net = Self {
             arch: arch.clone(),
             channels: c,
@@ -416,13 +416,21 @@ impl InceptionResnetV1 {
                 .collect::<Result<_>>()?,
             mixed_6a: Mixed6a::load(&l, &c)?,
             repeat_2: (0..BLOCK17_REPEATS)
-                .map(|i| Block17::load(&l, &format!("repeat_2.{i}"), &c))
+                .map(|i| FactorisedBlock::load(&l, &format!("repeat_2.{i}"), &block17))
                 .collect::<Result<_>>()?,
             mixed_7a: Mixed7a::load(&l, &c)?,
             repeat_3: (0..BLOCK8_REPEATS)
-                .map(|i| Block8::load(&l, &format!("repeat_3.{i}"), &c, BLOCK8_SCALE, true))
+                .map(|i| FactorisedBlock::load(&l, &format!("repeat_3.{i}"), &block8))
                 .collect::<Result<_>>()?,
-            block8: Block8::load(&l, "block8", &c, 1.0, false)?,
+            block8: FactorisedBlock::load(
+                &l,
+                "block8",
+                &FactorisedShape {
+                    scale: 1.0,
+                    relu: false,
+                    ..block8
+                },
+            )?,
             bottleneck: match arch.embedding {
                 None => None,
                 Some(e) => {

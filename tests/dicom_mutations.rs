@@ -1,0 +1,106 @@
+//! Damaged DICOM must never crash the runtime: every fixture with bytes flipped, cut short or
+//! spliced (deterministic pseudo-random mutations) is either decoded or refused with an error
+//! naming the file. Each case runs in the test thread, so a panic anywhere in decoding fails it.
+
+use std::path::Path;
+
+use echonet_edge::capture::dicom::DicomClip;
+
+/// Mutated variants tried per fixture. Kept small because a corrupted length field currently
+/// makes dicom-rs allocate the declared size (up to 4 GiB) before failing, which takes seconds.
+const MUTATIONS_PER_FILE: u64 = 24;
+
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn mutate(original: &[u8], seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut bytes = original.to_vec();
+    match seed % 4 {
+        // Cut short anywhere.
+        0 => bytes.truncate((xorshift(&mut s) as usize) % bytes.len().max(1)),
+        // Flip a handful of bytes, biased toward the header where the structure lives.
+        1 => {
+            for _ in 0..8 {
+                let limit = if xorshift(&mut s) % 2 == 0 {
+                    2048.min(bytes.len())
+                } else {
+                    bytes.len()
+                };
+                let i = (xorshift(&mut s) as usize) % limit.max(1);
+                bytes[i] ^= (xorshift(&mut s) & 0xFF) as u8 | 1;
+            }
+        }
+        // Overwrite a 4-byte field with extreme lengths (0xFFFFFFFF, huge, zero).
+        2 => {
+            let i = 132 + (xorshift(&mut s) as usize) % (bytes.len().saturating_sub(136)).max(1);
+            let v: [u8; 4] = match xorshift(&mut s) % 3 {
+                0 => [0xFF; 4],
+                1 => [0x00, 0x00, 0x00, 0x7F],
+                _ => [0; 4],
+            };
+            if i + 4 <= bytes.len() {
+                bytes[i..i + 4].copy_from_slice(&v);
+            }
+        }
+        // Duplicate a chunk in the middle (misaligned elements).
+        _ => {
+            let a = (xorshift(&mut s) as usize) % bytes.len().max(1);
+            let n = ((xorshift(&mut s) as usize) % 64).min(bytes.len() - a);
+            let chunk = bytes[a..a + n].to_vec();
+            bytes.splice(a..a, chunk);
+        }
+    }
+    bytes
+}
+
+#[test]
+fn mutated_fixtures_are_decoded_or_refused_never_a_panic() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut refused = 0;
+    let mut decoded = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("dcm") {
+            continue;
+        }
+        let original = std::fs::read(&path).unwrap();
+        for seed in 0..MUTATIONS_PER_FILE {
+            let target = tmp.path().join(format!("m{seed}.dcm"));
+            std::fs::write(&target, mutate(&original, seed)).unwrap();
+            match DicomClip::open(&target) {
+                Err(e) => {
+                    assert!(
+                        e.to_string().contains(&format!("m{seed}.dcm")),
+                        "error does not name the file: {e}"
+                    );
+                    refused += 1;
+                }
+                Ok(clip) => {
+                    for i in 0..clip.frame_count().min(3) {
+                        match clip.frame(i) {
+                            Ok(img) => assert_eq!(
+                                img.data.len(),
+                                img.width * img.height * img.format.channels()
+                            ),
+                            Err(e) => {
+                                assert!(e.to_string().contains(&format!("m{seed}.dcm")), "{e}")
+                            }
+                        }
+                    }
+                    decoded += 1;
+                }
+            }
+        }
+    }
+    // Both outcomes must occur, or the mutations are not exercising anything.
+    assert!(
+        refused > 10 && decoded > 10,
+        "refused {refused}, decoded {decoded}"
+    );
+}

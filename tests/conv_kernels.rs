@@ -84,3 +84,38 @@ fn non_f32_falls_back_to_candle() {
         .unwrap();
     assert_eq!(centre, 18.0);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// The fused residual up-projection (no concatenation, residual, bias and ReLU in the GEMM
+    /// epilogue) against candle's cat + conv + add + relu.
+    #[test]
+    fn fused_residual_matches_candle(
+        n in 1usize..3, c0 in 1usize..6, c1 in 1usize..6, cout in 1usize..8,
+        h in 1usize..10, w in 1usize..10, relu in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let dev = Device::Cpu;
+        let mk = |shape: &[usize], s: u64| {
+            let count: usize = shape.iter().product();
+            let mut x = s | 1;
+            let v: Vec<f32> = (0..count).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; (x % 2001) as f32 / 1000.0 - 1.0 }).collect();
+            Tensor::from_vec(v, shape, &dev).unwrap()
+        };
+        // The first part is a channel slice of a wider tensor, as the blocks' branch0 is.
+        let wide = mk(&[n, c0 + 3, h, w], seed);
+        let p0 = wide.narrow(1, 2, c0).unwrap();
+        let p1 = mk(&[n, c1, h, w], seed.wrapping_add(1));
+        let residual = mk(&[n, cout, h, w], seed.wrapping_add(2));
+        let conv = FoldedConv {
+            weight: mk(&[cout, c0 + c1, 1, 1], seed.wrapping_add(3)),
+            bias: mk(&[cout], seed.wrapping_add(4)),
+            geometry: Geometry::unit(),
+            relu: false,
+        };
+        let fast = CpuGemmConv::default().forward_residual(&[&p0, &p1], &conv, &residual, relu).unwrap();
+        let reference = CandleConv.forward_residual(&[&p0, &p1], &conv, &residual, relu).unwrap();
+        prop_assert_eq!(fast.dims(), reference.dims());
+        let d = max_rel_diff(&fast, &reference);
+        prop_assert!(d <= KERNEL_REL_TOL, "max rel diff {}", d);
+    }
+}

@@ -63,6 +63,25 @@ impl FoldedConv {
 pub trait ConvKernel: Debug + Send + Sync {
     fn name(&self) -> &'static str;
     fn forward(&self, x: &Tensor, conv: &FoldedConv) -> candle_core::Result<Tensor>;
+
+    /// A residual block's closing step, `relu?(residual + conv(cat(parts, channels)))`, with
+    /// `conv` a 1x1 up-projection. This default concatenates and adds with candle ops; a kernel
+    /// may fuse the concatenation, the addition and the ReLU into its GEMM.
+    fn forward_residual(
+        &self,
+        parts: &[&Tensor],
+        conv: &FoldedConv,
+        residual: &Tensor,
+        relu: bool,
+    ) -> candle_core::Result<Tensor> {
+        let mixed = Tensor::cat(parts, 1)?;
+        let y = (self.forward(&mixed, conv)? + residual)?;
+        if relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
+    }
 }
 
 /// candle's `conv2d` (im2col + gemm on the CPU, cuBLAS/kernels on CUDA), bias and ReLU added after.

@@ -50,6 +50,127 @@ impl ConvKernel for CpuGemmConv {
         "cpu-gemm"
     }
 
+    fn forward_residual(
+        &self,
+        parts: &[&Tensor],
+        conv: &FoldedConv,
+        residual: &Tensor,
+        relu: bool,
+    ) -> candle_core::Result<Tensor> {
+        let g = conv.geometry;
+        let (cout, cin_total, kh, kw) = conv.weight.dims4()?;
+        let fusable = kh == 1
+            && kw == 1
+            && g.stride == 1
+            && g.pad_h == 0
+            && g.pad_w == 0
+            && !conv.relu
+            && conv.weight.dtype() == DType::F32
+            && matches!(residual.device(), Device::Cpu)
+            && residual.dtype() == DType::F32
+            && parts
+                .iter()
+                .all(|p| matches!(p.device(), Device::Cpu) && p.dtype() == DType::F32);
+        if !fusable {
+            return CandleConv.forward_residual(parts, conv, residual, relu);
+        }
+        let (n, rc, h, w) = residual.dims4()?;
+        let hw = h * w;
+        if rc != cout || parts.iter().map(|p| p.dim(1).unwrap_or(0)).sum::<usize>() != cin_total {
+            candle_core::bail!(
+                "residual conv: channels do not add up to the weight's {cin_total} -> {cout}"
+            );
+        }
+        // Start from the residual, accumulate each part's GEMM into it (no concatenation), then
+        // add the bias and apply the ReLU in one pass.
+        let mut out = residual.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let weight = conv.weight.contiguous()?;
+        let bias = conv.bias.to_vec1::<f32>()?;
+        let parts: Vec<Tensor> = parts
+            .iter()
+            .map(|p| {
+                let s = p.stride();
+                if p.dims4()
+                    .is_ok_and(|(pn, _, ph, pw)| pn == n && ph == h && pw == w)
+                    && s[3] == 1
+                    && s[2] == w
+                    && s[1] == hw
+                {
+                    Ok((*p).clone())
+                } else {
+                    p.contiguous()
+                }
+            })
+            .collect::<candle_core::Result<_>>()?;
+        for p in &parts {
+            if p.dims4()? != (n, p.dim(1)?, h, w) {
+                candle_core::bail!(
+                    "residual conv: part of shape {:?} does not match {:?}",
+                    p.dims(),
+                    residual.dims()
+                );
+            }
+        }
+        let (w_storage, w_layout) = weight.storage_and_layout();
+        let ws = cpu_f32(&w_storage, w_layout)
+            .ok_or_else(|| candle_core::Error::Msg("conv weight not on CPU".into()))?;
+        let threads = rayon::current_num_threads();
+        let par = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        let guards: Vec<_> = parts.iter().map(|p| p.storage_and_layout()).collect();
+        for (b, dst) in out.chunks_exact_mut(cout * hw).enumerate() {
+            let mut offset = 0;
+            for (p, (storage, layout)) in parts.iter().zip(&guards) {
+                let c = p.dim(1)?;
+                let data = cpu_f32(storage, layout)
+                    .ok_or_else(|| candle_core::Error::Msg("conv input not on CPU".into()))?;
+                let frame = &data[b * layout.stride()[0]..b * layout.stride()[0] + c * hw];
+                // SAFETY: dst is cout x hw dense; the weight block is cout rows of c columns
+                // starting at `offset` in rows of cin_total; frame is c x hw dense. gemm reads
+                // and writes dst only.
+                unsafe {
+                    gemm::gemm(
+                        cout,
+                        hw,
+                        c,
+                        dst.as_mut_ptr(),
+                        1,
+                        hw as isize,
+                        true,
+                        ws[offset..].as_ptr(),
+                        1,
+                        cin_total as isize,
+                        frame.as_ptr(),
+                        1,
+                        hw as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        par,
+                    );
+                }
+                offset += c;
+            }
+            dst.par_chunks_mut(hw)
+                .zip(bias.par_iter())
+                .for_each(|(row, &bv)| {
+                    if relu {
+                        row.iter_mut().for_each(|v| *v = (*v + bv).max(0.0));
+                    } else {
+                        row.iter_mut().for_each(|v| *v += bv);
+                    }
+                });
+        }
+        drop(guards);
+        drop(w_storage);
+        Tensor::from_vec(out, (n, cout, h, w), &Device::Cpu)
+    }
+
     fn forward(&self, x: &Tensor, conv: &FoldedConv) -> candle_core::Result<Tensor> {
         if !matches!(x.device(), Device::Cpu)
             || x.dtype() != DType::F32

@@ -147,8 +147,7 @@ impl Block35 {
             .map_err(|_| candle_core::Error::Msg("block35 split".into()))?;
         let b1 = k.forward(&b1, &self.branch1_1)?;
         let b2 = k.forward(&k.forward(&b2, &self.branch2_1)?, &self.branch2_2)?;
-        let mixed = Tensor::cat(&[&b0, &b1, &b2], 1)?;
-        (k.forward(&mixed, &self.up)? + x)?.relu()
+        k.forward_residual(&[&b0, &b1, &b2], &self.up, x, true)
     }
 }
 
@@ -215,13 +214,7 @@ impl FactorisedBlock {
         let b0 = e.narrow(1, 0, self.width)?;
         let b1 = e.narrow(1, self.width, self.width)?;
         let b1 = k.forward(&k.forward(&b1, &self.branch1_1)?, &self.branch1_2)?;
-        let mixed = Tensor::cat(&[&b0, &b1], 1)?;
-        let y = (k.forward(&mixed, &self.up)? + x)?;
-        if self.relu {
-            y.relu()
-        } else {
-            Ok(y)
-        }
+        k.forward_residual(&[&b0, &b1], &self.up, x, self.relu)
     }
 }
 

@@ -54,14 +54,33 @@ impl ConvKernel for ProfiledKernel {
         self.inner.name()
     }
 
+    fn forward_residual(
+        &self,
+        parts: &[&Tensor],
+        conv: &FoldedConv,
+        residual: &Tensor,
+        relu: bool,
+    ) -> candle_core::Result<Tensor> {
+        let start = Instant::now();
+        let y = self.inner.forward_residual(parts, conv, residual, relu)?;
+        self.record(conv, &y, start.elapsed(), " +res");
+        Ok(y)
+    }
+
     fn forward(&self, x: &Tensor, conv: &FoldedConv) -> candle_core::Result<Tensor> {
         let start = Instant::now();
         let y = self.inner.forward(x, conv)?;
-        let elapsed = start.elapsed();
+        self.record(conv, &y, start.elapsed(), "");
+        Ok(y)
+    }
+}
+
+impl ProfiledKernel {
+    fn record(&self, conv: &FoldedConv, y: &Tensor, elapsed: Duration, tag: &str) {
         let w = conv.weight.dims();
         let yd = y.dims();
         let key = format!(
-            "{}x{} s{} p{},{} {:>4}->{:<4} out {}x{}",
+            "{}x{} s{} p{},{} {:>4}->{:<4} out {}x{}{tag}",
             w[2],
             w[3],
             conv.geometry.stride,
@@ -79,6 +98,5 @@ impl ConvKernel for ProfiledKernel {
             e.time += elapsed;
             e.flops += flops;
         }
-        Ok(y)
     }
 }

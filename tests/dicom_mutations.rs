@@ -26,7 +26,7 @@ fn mutate(original: &[u8], seed: u64) -> Vec<u8> {
         // Flip a handful of bytes, biased toward the header where the structure lives.
         1 => {
             for _ in 0..8 {
-                let limit = if xorshift(&mut s) % 2 == 0 {
+                let limit = if xorshift(&mut s).is_multiple_of(2) {
                     2048.min(bytes.len())
                 } else {
                     bytes.len()

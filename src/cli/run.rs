@@ -130,7 +130,7 @@ pub fn resolve_bundle(config: &Config) -> anyhow::Result<PathBuf> {
     {
         Some(entry) => Ok(Catalog::entry_path(&dir, entry)),
         None => bail!(
-            "no model bundle: {} names no default model; pass --model BUNDLE or set model.bundle",
+            "no model bundle: {} names no default model (none is shipped yet); pass --model BUNDLE (make run MODEL=...) or set model.bundle",
             dir.join("MANIFEST.toml").display()
         ),
     }

@@ -213,10 +213,10 @@ impl EstimateSink for JsonlSink {
     }
 }
 
-/// Feeds the bedside display.
+/// Feeds the bedside display. Its `/metrics` reads the pipeline's counters through the hub's
+/// provider when scraped, so nothing is rendered per estimate here.
 struct DisplaySink {
     hub: Arc<DisplayHub>,
-    metrics: Arc<PipelineMetrics>,
 }
 
 impl EstimateSink for DisplaySink {
@@ -224,7 +224,6 @@ impl EstimateSink for DisplaySink {
         if let Err(e) = self.hub.publish_estimate(record.clone()) {
             tracing::warn!("display: {e}");
         }
-        self.hub.set_metrics_text(self.metrics.render_prometheus());
     }
     fn frame(&mut self, image: &Image, outline: Option<&[(f32, f32)]>) {
         if let Err(e) = self.hub.publish_frame(image, outline.map(|o| o.to_vec())) {
@@ -273,10 +272,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             },
         )?;
         tracing::info!("bedside display at {}", server.url());
-        sinks.push(Box::new(DisplaySink {
-            hub,
-            metrics: metrics.clone(),
-        }));
+        sinks.push(Box::new(DisplaySink { hub }));
         Some(server)
     } else {
         None

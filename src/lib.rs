@@ -15,6 +15,7 @@
 pub mod aggregate;
 pub mod capture;
 pub mod config;
+pub mod dataset;
 pub mod frame;
 pub mod input;
 pub mod metrics;

@@ -1,0 +1,180 @@
+//! The phantom as a dataset: the folder `echonet phantom` writes (multi-frame DICOM clips,
+//! `labels.csv`, `frame_volumes.csv`), or the same clips rendered in memory from a seed without
+//! touching the disk. Every phantom clip is its own patient, and every frame carries its true LV
+//! volume.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::{ClipRecord, ClipSource, Dataset, DatasetError, DatasetKind, Result, LV_VOLUME};
+use crate::capture::phantom::{clip_seed, Phantom, PhantomParams};
+
+/// Clip-level labels of a phantom patient, in task units.
+pub fn clip_labels(params: &PhantomParams) -> BTreeMap<String, f64> {
+    BTreeMap::from([
+        ("ef".to_string(), params.ef_percent()),
+        ("esv".to_string(), params.esv_ml),
+        ("edv".to_string(), params.edv_ml),
+    ])
+}
+
+/// Clips `0..clips` of base seed `seed` (the patients `echonet phantom --seed seed` writes), with
+/// `frames` frames each at `fps`, rendered when their frames are loaded.
+pub fn in_memory(seed: u64, clips: u32, frames: u32, fps: f64) -> Result<Dataset> {
+    let origin = format!("phantom:seed={seed},clips={clips},frames={frames},fps={fps}");
+    let bad = |what: String| DatasetError::Invalid {
+        path: origin.clone().into(),
+        what,
+    };
+    if !(fps.is_finite() && fps > 0.0) || frames == 0 {
+        return Err(bad(format!(
+            "fps {fps} and frames {frames}: expected a positive rate and at least one frame"
+        )));
+    }
+    let mut records = Vec::with_capacity(clips as usize);
+    for i in 0..clips {
+        let s = clip_seed(seed, i)
+            .ok_or_else(|| bad(format!("seed {seed} too large for clip seeds S * 1000 + i")))?;
+        let params = PhantomParams {
+            fps,
+            ..PhantomParams::random(s)
+        };
+        let phantom = Phantom::new(params.clone()).map_err(|e| bad(format!("clip {i}: {e}")))?;
+        let frame_labels = (0..frames as usize)
+            .map(|k| {
+                let v = phantom.lv_volume_ml(phantom.frame_time(k as u64));
+                (k, BTreeMap::from([(LV_VOLUME.to_string(), v)]))
+            })
+            .collect();
+        records.push(ClipRecord {
+            id: format!("clip_{i:04}"),
+            patient: format!("phantom-{s}"),
+            split: None,
+            labels: clip_labels(&params),
+            frame_labels,
+            source: ClipSource::Phantom { params, frames },
+        });
+    }
+    Ok(Dataset {
+        origin,
+        kind: DatasetKind::Phantom,
+        clips: records,
+    })
+}
+
+/// Reads a folder written by `echonet phantom`.
+pub fn open_folder(dir: &Path) -> Result<Dataset> {
+    let labels_path = dir.join("labels.csv");
+    let volumes_path = dir.join("frame_volumes.csv");
+    let labels = read_rows(
+        &labels_path,
+        &["file", "seed", "edv_ml", "esv_ml", "ef_percent"],
+    )?;
+    let volumes = read_rows(&volumes_path, &["file", "frame", "lv_volume_ml"])?;
+    let mut per_file: BTreeMap<String, BTreeMap<usize, BTreeMap<String, f64>>> = BTreeMap::new();
+    for (line, row) in &volumes {
+        let frame: usize = parse(&volumes_path, *line, "frame", &row["frame"])?;
+        let v: f64 = parse(&volumes_path, *line, "lv_volume_ml", &row["lv_volume_ml"])?;
+        per_file
+            .entry(row["file"].clone())
+            .or_default()
+            .insert(frame, BTreeMap::from([(LV_VOLUME.to_string(), v)]));
+    }
+    let mut clips = Vec::with_capacity(labels.len());
+    for (line, row) in &labels {
+        let file = row["file"].clone();
+        let path = dir.join(&file);
+        if !path.is_file() {
+            return Err(DatasetError::Invalid {
+                path: labels_path.clone(),
+                what: format!("line {line}: clip {file:?} is not in {}", dir.display()),
+            });
+        }
+        let num = |col: &str| parse::<f64>(&labels_path, *line, col, &row[col]);
+        let clip_labels = BTreeMap::from([
+            ("ef".to_string(), num("ef_percent")?),
+            ("esv".to_string(), num("esv_ml")?),
+            ("edv".to_string(), num("edv_ml")?),
+        ]);
+        let id = file.trim_end_matches(".dcm").to_string();
+        clips.push(ClipRecord {
+            patient: format!("phantom-{}", row["seed"]),
+            id,
+            split: None,
+            labels: clip_labels,
+            frame_labels: per_file.remove(&file).unwrap_or_default(),
+            source: super::ClipSource::Dicom(path),
+        });
+    }
+    Ok(Dataset {
+        origin: dir.display().to_string(),
+        kind: DatasetKind::Phantom,
+        clips,
+    })
+}
+
+/// Rows of a CSV file with a header, as column -> text, with their 1-based line numbers; every
+/// column in `required` must be in the header.
+pub(crate) fn read_rows(
+    path: &Path,
+    required: &[&str],
+) -> Result<Vec<(usize, BTreeMap<String, String>)>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| csv_error(path, e))?;
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| csv_error(path, e))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    for r in required {
+        if !header.iter().any(|h| h == r) {
+            return Err(DatasetError::Invalid {
+                path: path.to_path_buf(),
+                what: format!("header has no column {r:?} (columns: {})", header.join(", ")),
+            });
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, rec) in reader.records().enumerate() {
+        let rec = rec.map_err(|e| csv_error(path, e))?;
+        let row = header
+            .iter()
+            .cloned()
+            .zip(rec.iter().map(str::to_string))
+            .collect();
+        rows.push((i + 2, row));
+    }
+    Ok(rows)
+}
+
+fn csv_error(path: &Path, e: csv::Error) -> DatasetError {
+    match e.into_kind() {
+        csv::ErrorKind::Io(source) => DatasetError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => DatasetError::Invalid {
+            path: path.to_path_buf(),
+            what: format!("not valid CSV: {other:?}"),
+        },
+    }
+}
+
+/// One cell parsed, or an error naming the file, line and column.
+pub(crate) fn parse<T: std::str::FromStr>(
+    path: &Path,
+    line: usize,
+    column: &str,
+    text: &str,
+) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e: T::Err| DatasetError::Invalid {
+        path: path.to_path_buf(),
+        what: format!("line {line}, column {column}: {text:?} is not a valid value ({e})"),
+    })
+}

@@ -28,3 +28,4 @@ pub mod runtime;
 pub mod sampler;
 pub mod timefmt;
 pub mod train;
+pub mod volume_curve;

@@ -1157,6 +1157,21 @@ mod tests {
     }
 
     #[test]
+    fn empty_chunk_repeats_previous_frame_and_avih_period_is_the_fallback() {
+        let jpeg = encode_jpeg(8, 8, 1, &gradient(8, 8, 1), 90).unwrap();
+        let mut bytes = write_avi(&AviSpec::mjpeg(8, 8, 25), &[jpeg, Vec::new()]);
+        // Zero the stream header's dwScale/dwRate: the main header's 40000 µs remains.
+        let strh = bytes.windows(4).position(|w| w == b"strh").unwrap() + 8;
+        bytes[strh + 20..strh + 28].fill(0);
+        let frames = parse(bytes).unwrap().decode_all(None).unwrap();
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[1].image, frames[0].image);
+        assert_eq!(frames[1].media_time, Duration::from_millis(40));
+        let e = parse(write_avi(&AviSpec::mjpeg(8, 8, 25), &[Vec::new()])).unwrap_err();
+        assert!(e.to_string().contains("first video frame is empty"), "{e}");
+    }
+
+    #[test]
     fn truncation_and_byte_flips_never_panic() {
         let good = mjpeg_avi(8, 8, 3, true, true);
         for cut in 0..good.len() {

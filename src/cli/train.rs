@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use echonet_edge::dataset::{self, Dataset};
 use echonet_edge::model::Provenance;
 use echonet_edge::train::data::{prepare, split_patients, FramePick};
-use echonet_edge::train::trainer::{train_run, HeadLayout, Progress, RunOutcome, TrainConfig};
+use echonet_edge::train::trainer::{train_run, HeadLayout, Progress, RunControl, RunOutcome, TrainConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -33,6 +33,9 @@ pub struct Args {
     /// Continue from the checkpoints in the work folder.
     #[arg(long)]
     pub resume: bool,
+    /// Stop every run at this step with a checkpoint (continue later with --resume).
+    #[arg(long)]
+    pub pause_at: Option<usize>,
     /// TrainConfig TOML; flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -237,7 +240,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     &split,
                     &provenance,
                     &dir,
-                    args.resume,
+                    RunControl {
+                        resume: args.resume,
+                        pause_at: args.pause_at,
+                    },
                     &device,
                     &Progress::new(&name),
                 )?;
@@ -264,6 +270,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 o.seconds_per_step,
                 per.join(", ")
             );
+        }
+        if results.iter().any(|r| !r.2.finished) {
+            println!(
+                "paused; continue with the same command and --resume (checkpoints in {})",
+                work_dir.display()
+            );
+            continue;
         }
         let best = results
             .iter()

@@ -78,8 +78,11 @@ impl Adam {
             let Some(g) = grads.get(s.var.as_tensor()) else {
                 continue;
             };
-            s.m = ((&s.m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
-            s.v = ((&s.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            // Detached: a gradient can carry the graph of the step that made it, and moments
+            // built on it would chain every step's activations together (memory without bound).
+            let g = g.detach();
+            s.m = ((&s.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?.detach();
+            s.v = ((&s.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
             let update = (&s.m / (s.v.sqrt()? + c.eps)?)?;
             let decayed = (s.var.as_tensor() * (1.0 - c.lr * c.weight_decay))?;
             s.var.set(&(decayed - (update * lr_corrected)?)?)?;

@@ -231,10 +231,21 @@ pub struct Validation {
     pub train_loss: f64,
 }
 
+/// How this invocation treats the run's saved state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunControl {
+    /// Continue from the work folder's checkpoint when there is one.
+    pub resume: bool,
+    /// Stop (with a checkpoint) once the run reaches this step, to be resumed later.
+    pub pause_at: Option<usize>,
+}
+
 /// What a finished run produced.
 #[derive(Debug, Clone)]
 pub struct RunOutcome {
     pub best: Validation,
+    /// False when the run paused before its last step.
+    pub finished: bool,
     pub bundle: PathBuf,
     pub history: Vec<Validation>,
     pub seconds: f64,
@@ -418,10 +429,11 @@ pub fn train_run(
     split: &PatientSplit,
     provenance: &Provenance,
     work_dir: &Path,
-    resume: bool,
+    control: RunControl,
     device: &Device,
     progress: &Progress,
 ) -> Result<RunOutcome, TrainError> {
+    let resume = control.resume;
     let io = |what: &str, e: std::io::Error| {
         TrainError::Unsupported(format!("{what} in {}: {e}", work_dir.display()))
     };
@@ -524,7 +536,8 @@ pub fn train_run(
     let seconds_before = state.seconds;
     let first_step = state.step;
     let mut recent_loss = Vec::new();
-    while state.step < cfg.steps {
+    let stop = control.pause_at.unwrap_or(cfg.steps).min(cfg.steps);
+    while state.step < stop {
         // Cosine decay from lr to 5 % of it.
         let progress_frac = state.step as f64 / cfg.steps as f64;
         opt.set_lr(lr * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * progress_frac).cos())));
@@ -591,13 +604,30 @@ pub fn train_run(
                 })?;
             }
             write_checkpoint(&checkpoint_path, &state, &net.export(&varmap)?, &opt)?;
+        } else if state.step == stop {
+            state.seconds = seconds_before + started.elapsed().as_secs_f64();
+            write_checkpoint(&checkpoint_path, &state, &net.export(&varmap)?, &opt)?;
         }
     }
     let seconds = seconds_before + started.elapsed().as_secs_f64();
-    let best = state.best.clone().ok_or_else(|| {
-        TrainError::Unsupported("the run ended before its first validation".into())
-    })?;
+    let finished = state.step >= cfg.steps;
+    let best = match (state.best.clone(), finished) {
+        (Some(b), _) => b,
+        // Paused before the first validation: nothing to select yet.
+        (None, false) => Validation {
+            step: 0,
+            loss: f64::INFINITY,
+            per_task: BTreeMap::new(),
+            train_loss: f64::NAN,
+        },
+        (None, true) => {
+            return Err(TrainError::Unsupported(
+                "the run ended without a validation".into(),
+            ))
+        }
+    };
     Ok(RunOutcome {
+        finished,
         best,
         bundle: best_path,
         history: state.history,

@@ -1,0 +1,165 @@
+//! `echonet train` end to end on tiny phantom sets (width 0.125, 75x75, a few steps): the bundle
+//! it writes loads and describes itself, a paused and resumed run equals an uninterrupted one
+//! exactly, the grid and per-task layouts write what they say, and bad settings are refused by
+//! name. Whether training learns is checked where it matters, on the bundled model
+//! (tests/bundled_model.rs).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use echonet_edge::model::{read_bundle, EchoNetModel, RunOptions};
+
+fn echonet() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_echonet"));
+    c.env("ECHONET_LOG", "warn");
+    c
+}
+
+const TINY: &[&str] = &[
+    "train",
+    "--phantom-seed",
+    "5",
+    "--phantom-clips",
+    "6",
+    "--width",
+    "0.125",
+    "--input-size",
+    "75",
+    "--batch-size",
+    "4",
+    "--steps",
+    "4",
+    "--eval-every",
+    "2",
+    "--threads",
+    "1",
+];
+
+fn train(extra: &[&str]) -> Output {
+    echonet().args(TINY).args(extra).output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let b = read_bundle(path).unwrap();
+    let mut names: Vec<String> = b.store.names().into_iter().collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let t = b.store.get_f32(&n).unwrap();
+            (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn train_writes_a_bundle_that_loads_and_records_how_it_was_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.safetensors");
+    let stdout = ok(&train(&["--out", out.to_str().unwrap()]));
+    assert!(stdout.contains("wrote"), "{stdout}");
+    let b = read_bundle(&out).unwrap();
+    let m = &b.manifest;
+    let names: Vec<&str> = m.tasks.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["ef", "esv", "edv", "lv_volume"]);
+    let vol = &m.tasks[3];
+    assert_eq!(vol.unit, "mL");
+    assert!(vol.offset > 30.0 && vol.scale > 1.0, "scaled to the labels: {vol:?}");
+    assert_eq!((m.input.height, m.input.channels), (75, 1));
+    assert!(m.provenance.metrics.contains_key("val_loss"));
+    assert!(m.provenance.metrics.contains_key("val_lv_volume_mae"));
+    assert!(m.provenance.data.contains("phantom:seed=5"));
+    assert!(m.provenance.notes.contains("seed 1"), "{}", m.provenance.notes);
+    EchoNetModel::from_bundle(&b, &RunOptions::cpu()).unwrap();
+    assert!(dir.path().join("m.work/lr1e-3_wd1e-4/checkpoint.safetensors").is_file());
+}
+
+#[test]
+fn paused_and_resumed_run_equals_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole.safetensors");
+    ok(&train(&["--out", whole.to_str().unwrap()]));
+
+    let parts = dir.path().join("parts.safetensors");
+    let first = ok(&train(&["--out", parts.to_str().unwrap(), "--pause-at", "3"]));
+    assert!(first.contains("paused"), "{first}");
+    assert!(!parts.exists(), "no final bundle before the run ends");
+    ok(&train(&["--out", parts.to_str().unwrap(), "--resume"]));
+    assert_eq!(tensors(&whole), tensors(&parts));
+
+    // Resuming with other settings is refused, naming the checkpoint.
+    let other = train(&[
+        "--out",
+        parts.to_str().unwrap(),
+        "--resume",
+        "--steps",
+        "6",
+    ]);
+    assert!(!other.status.success());
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(err.contains("checkpoint.safetensors") && err.contains("other settings"), "{err}");
+}
+
+#[test]
+fn grid_tries_every_pair_and_per_task_writes_one_bundle_per_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("g.safetensors");
+    let stdout = ok(&train(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--lr-grid",
+        "1e-3,1e-4",
+        "--steps",
+        "2",
+        "--tasks",
+        "edv",
+    ]));
+    assert!(stdout.contains("\n1e-3 ") && stdout.contains("\n1e-4 "), "{stdout}");
+    assert!(out.is_file());
+
+    let out = dir.path().join("p.safetensors");
+    ok(&train(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--heads",
+        "per_task",
+        "--tasks",
+        "ef,lv_volume",
+        "--steps",
+        "2",
+    ]));
+    for task in ["ef", "lv_volume"] {
+        let b = read_bundle(&dir.path().join(format!("p.{task}.safetensors"))).unwrap();
+        let names: Vec<&str> = b.manifest.tasks.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, [task]);
+    }
+}
+
+#[test]
+fn bad_settings_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.safetensors");
+    let cfg = dir.path().join("train.toml");
+    std::fs::write(&cfg, "steps = 3\n[augment]\nrotation = 5\n").unwrap();
+    let r = train(&["--out", out.to_str().unwrap(), "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(err.contains("train.toml") && err.contains("augment"), "{err}");
+
+    let r = train(&["--out", out.to_str().unwrap(), "--tasks", "ef,cardiac_output"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("cardiac_output") && err.contains("lv_volume"), "{err}");
+
+    let r = train(&["--out", out.to_str().unwrap(), "--batch-size", "1"]);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("batch_size 1"));
+}

@@ -56,8 +56,16 @@ fn auc_matches_numpy_brute_force_with_ties() {
     // The fixture is only a test of tie handling if it has ties.
     assert!(b["tied_pairs"].as_u64().unwrap() > 50);
     let m = metrics::binary(&s, &t).unwrap();
-    close("AUC", m.auc, b["expected"]["auc"].as_f64().unwrap(), AUC_TOL);
-    assert_eq!(m.positives as u64, b["expected"]["positives"].as_u64().unwrap());
+    close(
+        "AUC",
+        m.auc,
+        b["expected"]["auc"].as_f64().unwrap(),
+        AUC_TOL,
+    );
+    assert_eq!(
+        m.positives as u64,
+        b["expected"]["positives"].as_u64().unwrap()
+    );
 }
 
 /// AUC by definition: every (positive, negative) pair, a win 1, a tie 1/2.

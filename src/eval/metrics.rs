@@ -102,11 +102,7 @@ pub fn regression(predictions: &[f64], truths: &[f64]) -> Result<RegressionMetri
             value: truths[0],
         });
     }
-    let diffs: Vec<f64> = predictions
-        .iter()
-        .zip(truths)
-        .map(|(p, t)| p - t)
-        .collect();
+    let diffs: Vec<f64> = predictions.iter().zip(truths).map(|(p, t)| p - t).collect();
     let ss_res: f64 = diffs.iter().map(|d| d * d).sum();
     let bias = mean(&diffs);
     // ss_tot > 0 means at least two distinct truths, so n >= 2.
@@ -117,8 +113,7 @@ pub fn regression(predictions: &[f64], truths: &[f64]) -> Result<RegressionMetri
         r2: 1.0 - ss_res / ss_tot,
         mae: diffs.iter().map(|d| d.abs()).sum::<f64>() / n as f64,
         rmse: (ss_res / n as f64).sqrt(),
-        mean_prediction_mae: truths.iter().map(|t| (t - truth_mean).abs()).sum::<f64>()
-            / n as f64,
+        mean_prediction_mae: truths.iter().map(|t| (t - truth_mean).abs()).sum::<f64>() / n as f64,
         bias,
         sd_difference,
         loa_lower: bias - LOA_SD * sd_difference,

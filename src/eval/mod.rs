@@ -38,10 +38,7 @@ pub fn base_task(estimate: &str) -> &str {
 
 /// The label an estimate compares with, and its value: the label named like the estimate if the
 /// clip has it, else the label of its base task.
-pub fn truth_for<'a>(
-    estimate: &'a str,
-    labels: &BTreeMap<String, f64>,
-) -> Option<(&'a str, f64)> {
+pub fn truth_for<'a>(estimate: &'a str, labels: &BTreeMap<String, f64>) -> Option<(&'a str, f64)> {
     if let Some(v) = labels.get(estimate) {
         return Some((estimate, *v));
     }
@@ -297,6 +294,9 @@ pub struct EvalReport {
     pub dataset: DatasetInfo,
     pub counts: Counts,
     pub estimators: BTreeMap<String, EstimatorReport>,
+    /// PNG files written by `--plots`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plots: Vec<String>,
     pub clips: Vec<ClipEval>,
 }
 
@@ -314,6 +314,7 @@ impl EvalReport {
             dataset,
             counts,
             estimators,
+            plots: Vec::new(),
             clips,
         }
     }
@@ -326,16 +327,25 @@ impl EvalReport {
         let _ = writeln!(
             s,
             "model {} on {} (split {}): {} clips, {} ok, {} withheld, {} refused",
-            self.model.id, self.dataset.origin, self.dataset.split, c.clips, c.ok, c.withheld, c.refused
+            self.model.id,
+            self.dataset.origin,
+            self.dataset.split,
+            c.clips,
+            c.ok,
+            c.withheld,
+            c.refused
         );
-        for (what, reasons) in [("withheld", &c.withheld_reasons), ("refused", &c.refused_reasons)] {
+        for (what, reasons) in [
+            ("withheld", &c.withheld_reasons),
+            ("refused", &c.refused_reasons),
+        ] {
             for (r, n) in reasons {
                 let _ = writeln!(s, "  {what} {n}: {r}");
             }
         }
         let _ = writeln!(
             s,
-            "{:<20} {:<8} {:>5} {:>8} {:>9} {:>12} {:>9} {:>7} {:>7}",
+            "{:<20} {:<10} {:>5} {:>8} {:>9} {:>13} {:>9} {:>7} {:>7}",
             "estimator", "label", "n", "R2", "MAE", "mean-pred MAE", "bias", "AUC", "F1"
         );
         let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
@@ -344,7 +354,7 @@ impl EvalReport {
             let b = r.binary.as_ref();
             let _ = write!(
                 s,
-                "{:<20} {:<8} {:>5} {:>8} {:>9} {:>12} {:>9} {:>7} {:>7}",
+                "{:<20} {:<10} {:>5} {:>8} {:>9} {:>13} {:>9} {:>7} {:>7}",
                 name,
                 r.label,
                 r.n,
@@ -422,14 +432,28 @@ mod tests {
             .filter_map(|n| TaskSpec::echonet_default(n))
             .collect();
         let clips = vec![
-            clip("a", "ok", &[("ef", 50.0, Some(55.0)), ("ef_from_volumes", 1.0, Some(55.0))]),
-            clip("b", "ok", &[("ef", 60.0, Some(65.0)), ("pacemaker", 0.3, None)]),
+            clip(
+                "a",
+                "ok",
+                &[
+                    ("ef", 50.0, Some(55.0)),
+                    ("ef_from_volumes", 1.0, Some(55.0)),
+                ],
+            ),
+            clip(
+                "b",
+                "ok",
+                &[("ef", 60.0, Some(65.0)), ("pacemaker", 0.3, None)],
+            ),
             clip("c", "withheld", &[]),
             clip("d", "refused", &[]),
             clip("e", "ok", &[("ef", 30.0, None)]),
         ];
         let (counts, reports) = summarise(&clips, &tasks);
-        assert_eq!((counts.clips, counts.ok, counts.withheld, counts.refused), (5, 3, 1, 1));
+        assert_eq!(
+            (counts.clips, counts.ok, counts.withheld, counts.refused),
+            (5, 3, 1, 1)
+        );
         assert_eq!(counts.withheld_reasons["withheld because"], 1);
         assert_eq!(counts.refused_reasons["refused because"], 1);
         let ef = &reports["ef"];
@@ -461,7 +485,10 @@ mod tests {
             &tasks,
         )
         .table();
-        assert!(table.contains("5 clips, 3 ok, 1 withheld, 1 refused"), "{table}");
+        assert!(
+            table.contains("5 clips, 3 ok, 1 withheld, 1 refused"),
+            "{table}"
+        );
         assert!(table.lines().any(|l| l.starts_with("ef ")), "{table}");
     }
 }

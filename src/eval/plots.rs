@@ -145,10 +145,13 @@ pub fn bland_altman(
             .draw_series(LineSeries::new(hline(m.bias), RED.stroke_width(2)))?
             .label(format!("bias {:.2}", m.bias))
             .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED.stroke_width(2)));
-        for (y, what) in [(m.loa_upper, "upper"), (m.loa_lower, "lower")] {
+        for (y, what) in [
+            (m.loa_upper, "upper limit, bias + 1.96 SD"),
+            (m.loa_lower, "lower limit, bias - 1.96 SD"),
+        ] {
             chart
                 .draw_series(LineSeries::new(hline(y), BLACK.stroke_width(1)))?
-                .label(format!("{what} limit (bias ± 1.96 SD) {y:.2}"))
+                .label(format!("{what}: {y:.2}"))
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
         }
         chart
@@ -271,14 +274,26 @@ mod tests {
     #[test]
     fn plots_refuse_undefined_metrics() {
         let dir = tempfile::tempdir().unwrap();
-        let e = scatter(&dir.path().join("x.png"), "ef", "%", &[1.0, 2.0], &[5.0, 5.0]);
+        let e = scatter(
+            &dir.path().join("x.png"),
+            "ef",
+            "%",
+            &[1.0, 2.0],
+            &[5.0, 5.0],
+        );
         assert!(matches!(
             e,
             Err(PlotError::Metrics(
                 metrics::MetricsError::ConstantTruth { .. }
             ))
         ));
-        let e = bland_altman(&dir.path().join("nope/x.png"), "ef", "%", &[1.0, 2.0], &[1.0, 5.0]);
+        let e = bland_altman(
+            &dir.path().join("nope/x.png"),
+            "ef",
+            "%",
+            &[1.0, 2.0],
+            &[1.0, 5.0],
+        );
         assert!(matches!(e, Err(PlotError::Write { .. })), "{e:?}");
     }
 }

@@ -120,12 +120,7 @@ pub fn open(dir: &Path) -> Result<Dataset> {
     })
 }
 
-fn frame_at(
-    seq: usize,
-    media_time: Duration,
-    image: crate::frame::Image,
-    geometry: &Arc<SourceGeometry>,
-) -> Frame {
+fn frame_at(seq: usize, media_time: Duration, image: crate::frame::Image, geometry: &Arc<SourceGeometry>) -> Frame {
     Frame {
         seq: seq as u64,
         media_time,

@@ -133,10 +133,7 @@ pub(crate) fn read_rows(
         if !header.iter().any(|h| h == r) {
             return Err(DatasetError::Invalid {
                 path: path.to_path_buf(),
-                what: format!(
-                    "header has no column {r:?} (columns: {})",
-                    header.join(", ")
-                ),
+                what: format!("header has no column {r:?} (columns: {})", header.join(", ")),
             });
         }
     }

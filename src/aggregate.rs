@@ -1,15 +1,18 @@
 //! From per-frame predictions to the published estimate: a rolling window of the last 20 sampled
 //! frames (the paper's 20 frames at 10 fps), the mean of each head over the valid frames (the
 //! paper's aggregation), the per-frame spread as an uncertainty figure, EF recomputed from the
-//! ESV and EDV means when both heads exist, and the decision to withhold when too few frames in
-//! the window were fit to use.
+//! ESV and EDV means when both heads exist, EDV/ESV/EF from the volume curve when the bundle has
+//! a per-frame `lv_volume` head (see `volume_curve`), and the decision to withhold when too few
+//! frames in the window were fit to use.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::dataset::LV_VOLUME;
 use crate::model::TaskSpec;
+use crate::volume_curve;
 
 /// The paper's window: 20 frames, one every 100 ms.
 pub const PAPER_WINDOW: usize = 20;
@@ -235,6 +238,17 @@ impl RollingWindow {
             let Some(values) = per_task.get(t.name.as_str()) else {
                 continue;
             };
+            if t.name == LV_VOLUME {
+                // A per-frame volume is not averaged: its curve gives EDV, ESV and EF below.
+                if values.iter().any(|v| !v.is_finite()) {
+                    estimate.status = Status::Withheld;
+                    estimate.withheld_reason =
+                        Some(format!("model output for {} is not finite", t.name));
+                    estimate.estimates.clear();
+                    return Some(estimate);
+                }
+                continue;
+            }
             if values.iter().any(|v| !v.is_finite()) {
                 estimate.status = Status::Withheld;
                 estimate.withheld_reason =
@@ -262,6 +276,37 @@ impl RollingWindow {
                     spread,
                 },
             );
+        }
+        if let Some(curve) = per_task
+            .get(LV_VOLUME)
+            .and_then(|v| volume_curve::estimate(v))
+        {
+            let plausible = (0.0..=100.0).contains(&curve.ef_percent)
+                && curve.edv_ml > 0.0
+                && curve.edv_ml <= 1000.0;
+            if !plausible {
+                estimate.status = Status::Withheld;
+                estimate.withheld_reason = Some(format!(
+                    "implausible volume curve (EDV {:.1} mL, ESV {:.1} mL): the model is not reading this image",
+                    curve.edv_ml, curve.esv_ml
+                ));
+                estimate.estimates.clear();
+                return Some(estimate);
+            }
+            for (name, value, unit) in [
+                ("edv_volume_curve", curve.edv_ml, "mL"),
+                ("esv_volume_curve", curve.esv_ml, "mL"),
+                ("ef_volume_curve", curve.ef_percent, "%"),
+            ] {
+                estimate.estimates.insert(
+                    name.into(),
+                    TaskEstimate {
+                        value,
+                        unit: unit.into(),
+                        spread: None,
+                    },
+                );
+            }
         }
         if let (Some(esv), Some(edv)) =
             (estimate.estimates.get("esv"), estimate.estimates.get("edv"))
@@ -310,6 +355,47 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn volume_head_gives_curve_estimates_not_a_mean() {
+        let mut t = tasks();
+        t.push(TaskSpec {
+            name: LV_VOLUME.into(),
+            kind: crate::model::TaskKind::Regression,
+            unit: "mL".into(),
+            scale: 1.0,
+            offset: 0.0,
+            description: String::new(),
+        });
+        let mut w = RollingWindow::new(WindowConfig::default());
+        for i in 0..20u64 {
+            // 60 bpm at 10 fps: ED every 10 frames.
+            let phase = (i as f64 / 10.0) * 2.0 * std::f64::consts::PI;
+            let v = 40.0 + 60.0 * 0.5 * (1.0 + phase.cos());
+            let mut out: BTreeMap<String, f64> =
+                [("ef", 50.0), ("esv", 45.0), ("edv", 95.0), (LV_VOLUME, v)]
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), *v))
+                    .collect();
+            if i == 7 {
+                out.remove(LV_VOLUME);
+            }
+            w.push(frame(i, Verdict::Valid(out)));
+        }
+        let e = w.estimate(&t).unwrap();
+        assert_eq!(e.status, Status::Ok);
+        assert!(
+            !e.estimates.contains_key(LV_VOLUME),
+            "no mean of a per-frame volume"
+        );
+        assert!((e.estimates["edv_volume_curve"].value - 100.0).abs() < 1e-9);
+        assert!((e.estimates["esv_volume_curve"].value - 40.0).abs() < 1e-9);
+        assert!((e.estimates["ef_volume_curve"].value - 60.0).abs() < 1e-9);
+        assert!(
+            (e.estimates["ef"].value - 50.0).abs() < 1e-12,
+            "the paper's estimate stays"
+        );
     }
 
     #[test]

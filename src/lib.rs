@@ -29,3 +29,4 @@ pub mod runtime;
 pub mod sampler;
 pub mod timefmt;
 pub mod train;
+pub mod volume_curve;

@@ -33,6 +33,8 @@ enum Command {
     Predict(cli::predict::Args),
     /// The paper's metrics (R², MAE, Bland-Altman, AUC) of a bundle on a held-out dataset.
     Eval(cli::eval::Args),
+    /// Train EchoNet heads (the paper's recipe) and write the best validation network as a bundle.
+    Train(cli::train::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +56,7 @@ fn main() -> std::process::ExitCode {
         Command::Run(a) => cli::run::run(a),
         Command::Predict(a) => cli::predict::run(a),
         Command::Eval(a) => cli::eval::run(a),
+        Command::Train(a) => cli::train::run(a),
     };
     match result {
         Ok(code) => code,

@@ -8,6 +8,7 @@ pub mod infer;
 pub mod phantom;
 pub mod predict;
 pub mod run;
+pub mod train;
 
 use anyhow::Context;
 use candle_core::DType;

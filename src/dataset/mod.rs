@@ -13,6 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::capture::phantom::{Phantom, PhantomParams};
 use crate::frame::{Frame, SourceGeometry};
 
+pub mod avi;
+pub mod echonet_dynamic;
+pub mod manifest;
 pub mod phantom;
 
 /// Name of the per-frame label (and head) that holds the left-ventricular volume in mL.
@@ -112,6 +115,13 @@ pub struct Dataset {
 
 /// Reads the dataset in `dir`, recognising its layout by the index file it holds.
 pub fn open(dir: &Path) -> Result<Dataset> {
+    if dir.join("FileList.csv").is_file() {
+        return echonet_dynamic::open_echonet_dynamic(dir, &OpenOptions::default())
+            .map(|(dataset, _)| dataset);
+    }
+    if dir.join("manifest.csv").is_file() {
+        return manifest::open_manifest(dir);
+    }
     if dir.join("labels.csv").is_file() && dir.join("frame_volumes.csv").is_file() {
         return phantom::open_folder(dir);
     }
@@ -120,7 +130,12 @@ pub fn open(dir: &Path) -> Result<Dataset> {
     })
 }
 
-fn frame_at(seq: usize, media_time: Duration, image: crate::frame::Image, geometry: &Arc<SourceGeometry>) -> Frame {
+fn frame_at(
+    seq: usize,
+    media_time: Duration,
+    image: crate::frame::Image,
+    geometry: &Arc<SourceGeometry>,
+) -> Frame {
     Frame {
         seq: seq as u64,
         media_time,
@@ -149,12 +164,88 @@ impl ClipRecord {
                     .collect())
             }
             ClipSource::Dicom(path) => load_dicom(path),
-            ClipSource::Avi { .. } | ClipSource::ImageFolder { .. } => Err(DatasetError::Decode {
-                path: PathBuf::from(&self.id),
-                what: "this build does not read this clip source yet".into(),
-            }),
+            ClipSource::Avi { path, fps } => avi::load_frames(path, *fps),
+            ClipSource::ImageFolder { dir, fps } => load_image_folder(dir, *fps),
         }
     }
+}
+
+/// What to do with a clip whose frames file is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MissingClips {
+    /// An error naming the file (the default).
+    #[default]
+    Error,
+    /// Leave the clip out and count it in the [`OpenReport`].
+    Skip,
+}
+
+/// How a dataset is opened; `Default` is strict.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    pub missing: MissingClips,
+}
+
+/// What was left out or could not be used while opening a dataset.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OpenReport {
+    /// Clips left out because their video or frames are missing (with `MissingClips::Skip`).
+    pub skipped_missing: Vec<String>,
+    /// Clips kept without per-frame labels: no usable tracing (not two traced frames).
+    pub untraced: Vec<String>,
+}
+
+/// Image files of a folder (PNG/JPEG), in name order.
+pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let io = |source| DatasetError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let p = entry.map_err(io)?.path();
+        let is_image = matches!(
+            p.extension()
+                .and_then(|e| e.to_str())
+                .map(|e| e.to_ascii_lowercase())
+                .as_deref(),
+            Some("png" | "jpg" | "jpeg")
+        );
+        if is_image && p.is_file() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn load_image_folder(dir: &Path, fps: f64) -> Result<Vec<Frame>> {
+    if !(fps.is_finite() && fps > 0.0) {
+        return Err(DatasetError::Invalid {
+            path: dir.to_path_buf(),
+            what: format!("frame rate {fps}: expected a positive number of frames per second"),
+        });
+    }
+    let files = image_files(dir)?;
+    if files.is_empty() {
+        return Err(DatasetError::Invalid {
+            path: dir.to_path_buf(),
+            what: "no PNG or JPEG frames in the folder".into(),
+        });
+    }
+    let geometry = Arc::new(SourceGeometry::default());
+    let period = Duration::from_secs_f64(1.0 / fps);
+    let mut frames = Vec::with_capacity(files.len());
+    for (k, f) in files.iter().enumerate() {
+        let image =
+            crate::capture::images::decode_image_file(f).map_err(|what| DatasetError::Decode {
+                path: f.clone(),
+                what,
+            })?;
+        let t = period.checked_mul(k as u32).unwrap_or(Duration::MAX);
+        frames.push(frame_at(k, t, image, &geometry));
+    }
+    Ok(frames)
 }
 
 fn load_dicom(path: &Path) -> Result<Vec<Frame>> {

@@ -119,6 +119,13 @@ pub(crate) fn read_rows(
     path: &Path,
     required: &[&str],
 ) -> Result<Vec<(usize, BTreeMap<String, String>)>> {
+    read_table(path, required).map(|(_, rows)| rows)
+}
+
+/// Rows of a CSV file with a header (see [`read_rows`]), and the header itself.
+pub(crate) type Rows = Vec<(usize, BTreeMap<String, String>)>;
+
+pub(crate) fn read_table(path: &Path, required: &[&str]) -> Result<(Vec<String>, Rows)> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_path(path)
@@ -133,7 +140,10 @@ pub(crate) fn read_rows(
         if !header.iter().any(|h| h == r) {
             return Err(DatasetError::Invalid {
                 path: path.to_path_buf(),
-                what: format!("header has no column {r:?} (columns: {})", header.join(", ")),
+                what: format!(
+                    "header has no column {r:?} (columns: {})",
+                    header.join(", ")
+                ),
             });
         }
     }
@@ -147,7 +157,7 @@ pub(crate) fn read_rows(
             .collect();
         rows.push((i + 2, row));
     }
-    Ok(rows)
+    Ok((header, rows))
 }
 
 fn csv_error(path: &Path, e: csv::Error) -> DatasetError {

@@ -663,6 +663,7 @@ fn check_estimate(v: &Value) -> Result<(EstimateStatus, [Option<f64>; 3]), Estim
             found: obj.get("status").map(value_text),
         })?;
     let mut values = [None; 3];
+    let mut curve = [None; 3];
     if let Some(Value::Object(estimates)) = obj.get("estimates") {
         for (task, entry) in estimates {
             let value = match entry.get("value") {
@@ -670,10 +671,21 @@ fn check_estimate(v: &Value) -> Result<(EstimateStatus, [Option<f64>; 3]), Estim
                 Some(Value::Number(n)) => n.as_f64(),
                 Some(_) => return Err(EstimateError::Value { task: task.clone() }),
             };
+            let value = value.filter(|_| status == EstimateStatus::Ok);
             if let Some(i) = TREND_TASKS.iter().position(|t| t == task) {
-                values[i] = value.filter(|_| status == EstimateStatus::Ok);
+                values[i] = value;
+            }
+            if let Some(i) = TREND_TASKS
+                .iter()
+                .position(|t| task.strip_suffix("_volume_curve") == Some(t))
+            {
+                curve[i] = value;
             }
         }
+    }
+    // As the display: the volume-curve figures when the model gives all three.
+    if curve.iter().all(Option::is_some) {
+        values = curve;
     }
     Ok((status, values))
 }
@@ -768,6 +780,21 @@ mod tests {
         assert!(hub
             .render_metrics()
             .contains("echonet_display_estimates_rejected_total 4\n"));
+    }
+
+    #[test]
+    fn volume_curve_figures_replace_the_means_on_the_trend() {
+        let hub = DisplayHub::new(HubConfig::default());
+        let mut e = estimate(1, "ok", 55.0);
+        e["estimates"]["ef_volume_curve"] = json!({"value": 61.0, "unit": "%", "spread": null});
+        e["estimates"]["esv_volume_curve"] = json!({"value": 39.0, "unit": "mL", "spread": null});
+        e["estimates"]["edv_volume_curve"] = json!({"value": 100.0, "unit": "mL", "spread": null});
+        hub.publish_estimate(e).unwrap();
+        let h = hub.history();
+        assert_eq!(
+            (h[0].ef, h[0].esv, h[0].edv),
+            (Some(61.0), Some(39.0), Some(100.0))
+        );
     }
 
     #[test]

@@ -4,9 +4,13 @@
 //! turns them into exactly the tensors a bundle holds, so a trained network loads unchanged into
 //! the folded inference path of [`crate::model`].
 
+pub mod adam;
+pub mod augment;
+pub mod data;
 pub mod init;
 pub mod net;
 pub mod pool;
+pub mod trainer;
 
 pub use init::SeededVarMap;
 pub use net::TrainableIrv1;

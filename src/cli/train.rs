@@ -1,0 +1,316 @@
+//! `echonet train`: trains EchoNet heads on a dataset folder (EchoNet-Dynamic, a clip manifest,
+//! an `echonet phantom` folder) or on phantom clips rendered in memory, and writes the best
+//! validation network as a bundle. Settings come from `--config FILE` (a `TrainConfig` TOML),
+//! then the flags below.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use echonet_edge::dataset::{self, Dataset};
+use echonet_edge::model::Provenance;
+use echonet_edge::train::data::{prepare, split_patients, FramePick};
+use echonet_edge::train::trainer::{train_run, HeadLayout, Progress, RunOutcome, TrainConfig};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Dataset folder (FileList.csv, manifest.csv or an `echonet phantom` folder).
+    #[arg(long, conflicts_with = "phantom_seed")]
+    pub data: Option<PathBuf>,
+    /// Train on phantom patients of this base seed, rendered in memory (clip i: seed S*1000+i).
+    #[arg(long)]
+    pub phantom_seed: Option<u64>,
+    /// Phantom patients to render.
+    #[arg(long, default_value_t = 400)]
+    pub phantom_clips: u32,
+    /// The bundle to write (the best validation network).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Checkpoints and per-run bundles; default `<out>.work`.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Continue from the checkpoints in the work folder.
+    #[arg(long)]
+    pub resume: bool,
+    /// TrainConfig TOML; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub width: Option<f64>,
+    #[arg(long)]
+    pub input_size: Option<usize>,
+    /// Comma-separated heads, e.g. `ef,esv,edv,lv_volume`.
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Option<Vec<String>>,
+    /// `shared` (one backbone, every head) or `per_task` (one network per task, as the paper).
+    #[arg(long)]
+    pub heads: Option<String>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Grid over learning rates, e.g. `1e-3,3e-4`.
+    #[arg(long, value_delimiter = ',')]
+    pub lr_grid: Option<Vec<f64>>,
+    /// Grid over weight decays, e.g. `1e-4,0`.
+    #[arg(long, value_delimiter = ',')]
+    pub weight_decay_grid: Option<Vec<f64>>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub intended_use: Option<String>,
+    /// CPU threads; default every core this process may use.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+fn config(args: &Args) -> anyhow::Result<TrainConfig> {
+    let mut cfg = match &args.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let de = toml::Deserializer::parse(&text)
+                .with_context(|| format!("{}: not valid TOML", p.display()))?;
+            serde_path_to_error::deserialize(de)
+                .map_err(|e| anyhow::anyhow!("{}: {}: {}", p.display(), e.path(), e.inner()))?
+        }
+        None => TrainConfig::default(),
+    };
+    macro_rules! set {
+        ($($field:ident),*) => {$(if let Some(v) = &args.$field { cfg.$field = v.clone(); })*};
+    }
+    set!(
+        steps,
+        width,
+        input_size,
+        tasks,
+        lr,
+        weight_decay,
+        lr_grid,
+        weight_decay_grid,
+        batch_size,
+        eval_every,
+        seed,
+        intended_use
+    );
+    if let Some(h) = &args.heads {
+        cfg.heads = match h.as_str() {
+            "shared" => HeadLayout::Shared,
+            "per_task" | "per-task" => HeadLayout::PerTask,
+            other => bail!("--heads {other:?}: expected shared or per_task"),
+        };
+    }
+    cfg.check()?;
+    Ok(cfg)
+}
+
+fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0) as i64;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let cfg = config(&args)?;
+    let threads = echonet_edge::runtime::configure_cpu_threads(args.threads);
+    let device = echonet_edge::runtime::open_device(args.device.parse()?)?;
+    let dataset: Dataset = match (&args.data, args.phantom_seed) {
+        (Some(dir), None) => dataset::open(dir)?,
+        // 10 fps clips: exactly the frames the 10 fps sampler would take from any frame rate.
+        (None, Some(seed)) => {
+            dataset::phantom::in_memory(seed, args.phantom_clips, cfg.frames_per_clip as u32, 10.0)?
+        }
+        _ => bail!("give --data DIR or --phantom-seed S"),
+    };
+    let work_dir = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| args.out.with_extension("work"));
+    let command: Vec<String> = std::env::args().collect();
+    let provenance = Provenance {
+        source: format!("echonet train ({})", command[1..].join(" ")),
+        data: dataset.origin.clone(),
+        created: today(),
+        tool: format!("echonet-edge {}", env!("CARGO_PKG_VERSION")),
+        metrics: Default::default(),
+        notes: String::new(),
+    };
+
+    let prep_started = Instant::now();
+    let layouts: Vec<(String, TrainConfig)> = match cfg.heads {
+        HeadLayout::Shared => vec![(String::new(), cfg.clone())],
+        HeadLayout::PerTask => cfg
+            .tasks
+            .iter()
+            .map(|t| {
+                (
+                    t.clone(),
+                    TrainConfig {
+                        tasks: vec![t.clone()],
+                        ..cfg.clone()
+                    },
+                )
+            })
+            .collect(),
+    };
+    let data = prepare(
+        &dataset,
+        &cfg.tasks,
+        &cfg.input_spec(),
+        FramePick {
+            sampled: cfg.frames_per_clip,
+        },
+    )?;
+    let split = split_patients(&data, cfg.val_fraction, cfg.seed);
+    tracing::info!(
+        clips = data.clips.len(),
+        frames = data.frames.len(),
+        rejected = ?data.rejected,
+        train_patients = split.train.len(),
+        val_patients = split.val.len(),
+        threads,
+        seconds = format!("{:.1}", prep_started.elapsed().as_secs_f64()),
+        "data prepared"
+    );
+
+    for (task, layout_cfg) in &layouts {
+        let (data, cfg) = if task.is_empty() {
+            (&data, layout_cfg)
+        } else {
+            // One network per task: keep only that label column (and the frames that have it).
+            (&project(&data, &cfg.tasks, task), layout_cfg)
+        };
+        let out = if task.is_empty() {
+            args.out.clone()
+        } else {
+            with_suffix(&args.out, task)
+        };
+        let lrs = if cfg.lr_grid.is_empty() {
+            vec![cfg.lr]
+        } else {
+            cfg.lr_grid.clone()
+        };
+        let wds = if cfg.weight_decay_grid.is_empty() {
+            vec![cfg.weight_decay]
+        } else {
+            cfg.weight_decay_grid.clone()
+        };
+        let mut results: Vec<(f64, f64, RunOutcome)> = Vec::new();
+        for &lr in &lrs {
+            for &wd in &wds {
+                let name = format!(
+                    "{}lr{lr:e}_wd{wd:e}",
+                    if task.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{task}_")
+                    }
+                );
+                let dir = work_dir.join(&name);
+                let outcome = train_run(
+                    cfg,
+                    lr,
+                    wd,
+                    data,
+                    &split,
+                    &provenance,
+                    &dir,
+                    args.resume,
+                    &device,
+                    &Progress::new(&name),
+                )?;
+                results.push((lr, wd, outcome));
+            }
+        }
+        println!(
+            "{:<14} {:<12} {:>10} {:>6} {:>10}  per-head validation",
+            "lr", "weight decay", "val loss", "step", "s/step"
+        );
+        for (lr, wd, o) in &results {
+            let per: Vec<String> = o
+                .best
+                .per_task
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.3}"))
+                .collect();
+            println!(
+                "{:<14} {:<12} {:>10.4} {:>6} {:>10.2}  {}",
+                format!("{lr:e}"),
+                format!("{wd:e}"),
+                o.best.loss,
+                o.best.step,
+                o.seconds_per_step,
+                per.join(", ")
+            );
+        }
+        let best = results
+            .iter()
+            .min_by(|a, b| a.2.best.loss.total_cmp(&b.2.best.loss))
+            .context("no training run finished")?;
+        std::fs::copy(&best.2.bundle, &out)
+            .with_context(|| format!("copying {} to {}", best.2.bundle.display(), out.display()))?;
+        println!(
+            "wrote {} (lr {:e}, weight decay {:e}, step {}, val loss {:.4}; {:.0} s of training)",
+            out.display(),
+            best.0,
+            best.1,
+            best.2.best.step,
+            best.2.best.loss,
+            best.2.seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `models/x.safetensors` + `ef` -> `models/x.ef.safetensors`.
+fn with_suffix(path: &Path, task: &str) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!("{stem}.{task}.safetensors"))
+}
+
+/// The data with only `task`'s label column, without frames lacking it.
+fn project(
+    data: &echonet_edge::train::data::TrainData,
+    tasks: &[String],
+    task: &str,
+) -> echonet_edge::train::data::TrainData {
+    let c = tasks.iter().position(|t| t == task).unwrap_or(0);
+    echonet_edge::train::data::TrainData {
+        clips: data.clips.clone(),
+        frames: data
+            .frames
+            .iter()
+            .filter(|f| f.labels[c].is_some())
+            .map(|f| echonet_edge::train::data::TrainFrame {
+                labels: vec![f.labels[c]],
+                ..f.clone()
+            })
+            .collect(),
+        rejected: data.rejected.clone(),
+    }
+}

@@ -16,6 +16,7 @@ pub mod aggregate;
 pub mod capture;
 pub mod config;
 pub mod dataset;
+pub mod eval;
 pub mod frame;
 pub mod input;
 pub mod metrics;

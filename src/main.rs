@@ -31,6 +31,8 @@ enum Command {
     Run(cli::run::Args),
     /// Offline studies: one JSON result per DICOM clip (20 frames at 10 fps from its start).
     Predict(cli::predict::Args),
+    /// The paper's metrics (R², MAE, Bland-Altman, AUC) of a bundle on a held-out dataset.
+    Eval(cli::eval::Args),
     /// Train EchoNet heads (the paper's recipe) and write the best validation network as a bundle.
     Train(cli::train::Args),
 }
@@ -53,6 +55,7 @@ fn main() -> std::process::ExitCode {
         Command::Phantom(a) => cli::phantom::run(a),
         Command::Run(a) => cli::run::run(a),
         Command::Predict(a) => cli::predict::run(a),
+        Command::Eval(a) => cli::eval::run(a),
         Command::Train(a) => cli::train::run(a),
     };
     match result {

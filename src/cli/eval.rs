@@ -1,0 +1,224 @@
+//! `echonet eval --model BUNDLE (--data DIR | --phantom-seed S --phantom-clips N)`: the paper's
+//! metrics on a held-out set. Every clip goes through the path of `echonet predict`; each
+//! published estimate is paired with the clip's label of its base task (`ef_volume_curve` and
+//! `ef_from_volumes` with `ef`). A table on stdout, or with `--json` one report object
+//! (schema `echonet.eval/1`); `--plots DIR` writes Bland-Altman and scatter PNGs of every EF
+//! estimator; `--predictions FILE` the per-clip pairs as JSON Lines, written as clips finish.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use echonet_edge::dataset::{self, Split};
+use echonet_edge::eval::{self, plots, ClipEval, DatasetInfo, EvalReport, ModelInfo};
+use echonet_edge::model::{read_bundle, EchoNetModel, TaskKind};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitArg {
+    Test,
+    Val,
+    Train,
+    All,
+}
+
+impl SplitArg {
+    fn split(self) -> Option<Split> {
+        match self {
+            Self::Test => Some(Split::Test),
+            Self::Val => Some(Split::Val),
+            Self::Train => Some(Split::Train),
+            Self::All => None,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Self::Test => "test",
+            Self::Val => "val",
+            Self::Train => "train",
+            Self::All => "all",
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("dataset").required(true).args(["data", "phantom_seed"])))]
+pub struct Args {
+    /// Model bundle to evaluate.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Dataset folder (EchoNet-Dynamic, clip manifest, or `echonet phantom` output).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Evaluate on phantom clips rendered in memory from this base seed (with --phantom-clips).
+    #[arg(long, requires = "phantom_clips")]
+    pub phantom_seed: Option<u64>,
+    /// Number of in-memory phantom clips.
+    #[arg(long, requires = "phantom_seed")]
+    pub phantom_clips: Option<u32>,
+    /// Frames per in-memory phantom clip, at 30 fps (>= 60 for the 20 frames at 10 fps).
+    #[arg(long, requires = "phantom_seed")]
+    pub phantom_frames: Option<u32>,
+    /// Which split: default `test` when the dataset declares splits, else `all`.
+    #[arg(long, value_enum)]
+    pub split: Option<SplitArg>,
+    /// One JSON report on stdout instead of the table (the table goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Write Bland-Altman and scatter PNGs of every EF estimator into this folder.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
+    /// Evaluate at most this many clips (the first of the split).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Write each clip's predictions and truths as JSON Lines to this file.
+    #[arg(long)]
+    pub predictions: Option<PathBuf>,
+    /// Deployment profile (TOML) for preprocessing, quality and window settings.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override any setting: `--set section.key=value` (repeatable).
+    #[arg(long = "set")]
+    pub overrides: Vec<String>,
+    #[command(flatten)]
+    pub run: super::RunArgs,
+}
+
+/// Default phantom clip length: 64 frames at 30 fps hold the 20 frames at 10 fps.
+const PHANTOM_FRAMES: u32 = 64;
+const PHANTOM_FPS: f64 = 30.0;
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = super::run::load_config(args.config.as_ref(), &args.overrides)?;
+    let bundle = read_bundle(&args.model)?;
+    let (opts, _) = args.run.open(bundle.manifest.dtype.candle())?;
+    let model = EchoNetModel::from_bundle(&bundle, &opts)?;
+    let tasks = model.manifest().tasks.clone();
+
+    let data = match (&args.data, args.phantom_seed, args.phantom_clips) {
+        (Some(dir), _, _) => dataset::open(dir)?,
+        (None, Some(seed), Some(clips)) => dataset::phantom::in_memory(
+            seed,
+            clips,
+            args.phantom_frames.unwrap_or(PHANTOM_FRAMES),
+            PHANTOM_FPS,
+        )?,
+        _ => anyhow::bail!("give --data DIR, or --phantom-seed S with --phantom-clips N"),
+    };
+    let declares_splits = data.clips.iter().any(|c| c.split.is_some());
+    let split = args.split.unwrap_or(if declares_splits {
+        SplitArg::Test
+    } else {
+        SplitArg::All
+    });
+    anyhow::ensure!(
+        declares_splits || split == SplitArg::All,
+        "--split {}: {} declares no splits; use --split all",
+        split.name(),
+        data.origin
+    );
+    let mut records: Vec<_> = data
+        .clips
+        .iter()
+        .filter(|c| split.split().is_none() || c.split == split.split())
+        .collect();
+    if let Some(limit) = args.limit {
+        records.truncate(limit);
+    }
+    anyhow::ensure!(
+        !records.is_empty(),
+        "no clips to evaluate in {} (split {})",
+        data.origin,
+        split.name()
+    );
+
+    let mut lines = match &args.predictions {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let total = records.len();
+    let mut clips: Vec<ClipEval> = Vec::with_capacity(total);
+    for (i, record) in records.into_iter().enumerate() {
+        let c = eval::evaluate_clip(record, &model, &config.preprocess, &config.window);
+        tracing::info!(
+            "{}/{total} {}: {}{}",
+            i + 1,
+            c.id,
+            c.status,
+            c.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+        if let Some(w) = lines.as_mut() {
+            serde_json::to_writer(&mut *w, &c)?;
+            w.write_all(b"\n")?;
+            w.flush()?;
+        }
+        clips.push(c);
+    }
+
+    let manifest = model.manifest();
+    let mut report = EvalReport::new(
+        ModelInfo {
+            id: manifest.content_hash.clone(),
+            bundle: args.model.display().to_string(),
+            intended_use: manifest.intended_use.clone(),
+            tasks: tasks.iter().map(|t| t.name.clone()).collect(),
+        },
+        DatasetInfo {
+            origin: data.origin.clone(),
+            kind: serde_json::to_value(data.kind)?
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            split: split.name().into(),
+        },
+        clips,
+        &tasks,
+    );
+
+    if let Some(dir) = &args.plots {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ef: Vec<(String, String)> = report
+            .estimators
+            .iter()
+            .filter(|(name, r)| eval::base_task(name) == "ef" && r.kind == TaskKind::Regression)
+            .map(|(name, r)| (name.clone(), r.unit.clone()))
+            .collect();
+        if ef.is_empty() {
+            tracing::warn!("--plots: no EF estimate was published; no plots written");
+        }
+        for (name, unit) in ef {
+            let (p, t) = eval::pairs_of(&report.clips, &name);
+            let ba = dir.join(format!("{name}_bland_altman.png"));
+            let sc = dir.join(format!("{name}_scatter.png"));
+            let written = plots::bland_altman(&ba, &name, &unit, &p, &t)
+                .and_then(|_| plots::scatter(&sc, &name, &unit, &p, &t));
+            match written {
+                Ok(_) => {
+                    report.plots.push(ba.display().to_string());
+                    report.plots.push(sc.display().to_string());
+                }
+                // Undefined metrics (too few clips, constant truth) are said, not fatal.
+                Err(plots::PlotError::Metrics(e)) => {
+                    tracing::warn!("--plots: {name}: not plotted: {e}")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    if args.json {
+        eprint!("{}", report.table());
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+        for p in &report.plots {
+            println!("wrote {p}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

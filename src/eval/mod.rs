@@ -1,0 +1,494 @@
+//! Held-out evaluation (`echonet eval`): every clip of a dataset through the same path as
+//! `echonet predict` (20 frames at 10 fps from the clip's start), each published estimate paired
+//! with the clip's label of its base task, and the paper's metrics per estimator. Clips that are
+//! withheld or refused are counted with their reasons, never dropped silently.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::WindowConfig;
+use crate::dataset::{ClipRecord, ClipSource, Split};
+use crate::frame::Frame;
+use crate::model::{EchoNetModel, TaskKind, TaskSpec};
+use crate::offline::{predict_clip, ClipResult};
+use crate::preprocess::{PreprocessConfig, Preprocessor};
+
+pub mod metrics;
+pub mod plots;
+
+use metrics::{BinaryMetrics, RegressionMetrics};
+
+/// Schema of the `echonet eval --json` report.
+pub const REPORT_SCHEMA: &str = "echonet.eval/1";
+
+/// Suffixes of estimates derived from another task's heads: an estimate `X<suffix>` compares
+/// with label `X` when the clip has no label named like the estimate itself.
+pub const DERIVED_SUFFIXES: [&str; 2] = ["_volume_curve", "_from_volumes"];
+
+/// The task an estimate estimates: `ef_volume_curve` and `ef_from_volumes` → `ef`; any other
+/// name is its own task.
+pub fn base_task(estimate: &str) -> &str {
+    DERIVED_SUFFIXES
+        .iter()
+        .find_map(|s| estimate.strip_suffix(s))
+        .filter(|b| !b.is_empty())
+        .unwrap_or(estimate)
+}
+
+/// The label an estimate compares with, and its value: the label named like the estimate if the
+/// clip has it, else the label of its base task.
+pub fn truth_for<'a>(estimate: &'a str, labels: &BTreeMap<String, f64>) -> Option<(&'a str, f64)> {
+    if let Some(v) = labels.get(estimate) {
+        return Some((estimate, *v));
+    }
+    let base = base_task(estimate);
+    labels.get(base).map(|v| (base, *v))
+}
+
+/// Regression or binary: the manifest's kind of the task named like the estimate, else of its
+/// base task; estimates of no task of the bundle (e.g. `ef_from_volumes` without an `ef` head)
+/// are regressions.
+pub fn kind_of(estimate: &str, tasks: &[TaskSpec]) -> TaskKind {
+    let find = |name: &str| tasks.iter().find(|t| t.name == name).map(|t| t.kind);
+    find(estimate)
+        .or_else(|| find(base_task(estimate)))
+        .unwrap_or(TaskKind::Regression)
+}
+
+/// One estimate of one clip with the truth it is compared with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Paired {
+    pub prediction: f64,
+    /// None when the clip has no label for the estimate's task.
+    pub truth: Option<f64>,
+    /// The label compared with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    pub unit: String,
+}
+
+/// What became of one clip: its status, and for an `ok` clip its estimates paired with truths.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipEval {
+    pub id: String,
+    pub patient: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+    /// "ok", "withheld" or "refused" (as `echonet predict`).
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Estimate name → prediction and truth; empty unless the clip is `ok`.
+    pub predictions: BTreeMap<String, Paired>,
+}
+
+impl ClipEval {
+    /// Pairs an offline result with the clip's labels. Only an `ok` result's estimates count.
+    pub fn pair(record: &ClipRecord, result: &ClipResult) -> Self {
+        let predictions = if result.status == "ok" {
+            result
+                .estimates
+                .iter()
+                .map(|(name, e)| {
+                    let truth = truth_for(name, &record.labels);
+                    (
+                        name.clone(),
+                        Paired {
+                            prediction: e.value,
+                            truth: truth.map(|t| t.1),
+                            label: truth.map(|t| t.0.to_string()),
+                            unit: e.unit.clone(),
+                        },
+                    )
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        Self {
+            id: record.id.clone(),
+            patient: record.patient.clone(),
+            split: record.split,
+            status: result.status.clone(),
+            reason: result.reason.clone(),
+            predictions,
+        }
+    }
+}
+
+/// The clip's frame rate as its source states it, else from its frames' media times.
+pub fn source_fps(record: &ClipRecord, frames: &[Frame]) -> Option<f64> {
+    match &record.source {
+        ClipSource::Phantom { params, .. } => Some(params.fps),
+        ClipSource::ImageFolder { fps, .. } => Some(*fps),
+        ClipSource::Avi { fps: Some(fps), .. } => Some(*fps),
+        ClipSource::Avi { fps: None, .. } | ClipSource::Dicom(_) => {
+            let (first, last) = (frames.first()?, frames.last()?);
+            let span = last.media_time.checked_sub(first.media_time)?.as_secs_f64();
+            (frames.len() > 1 && span > 0.0).then(|| (frames.len() - 1) as f64 / span)
+        }
+    }
+}
+
+/// Runs one clip as `echonet predict` would (a fresh preprocessor per clip, told the clip's
+/// frame rate) and pairs its estimates with the clip's labels. A clip whose frames cannot be
+/// loaded is refused with the reason.
+pub fn evaluate_clip(
+    record: &ClipRecord,
+    model: &EchoNetModel,
+    preprocess: &PreprocessConfig,
+    window: &WindowConfig,
+) -> ClipEval {
+    let result = match record.load_frames() {
+        Err(e) => ClipResult::refused(&record.id, e.to_string()),
+        Ok(frames) => match Preprocessor::new(preprocess.clone()) {
+            Err(e) => ClipResult::refused(&record.id, format!("preprocessing settings: {e}")),
+            Ok(mut pre) => {
+                pre.set_source_fps(source_fps(record, &frames));
+                predict_clip(&record.id, &frames, model, &mut pre, window)
+            }
+        },
+    };
+    ClipEval::pair(record, &result)
+}
+
+/// How many clips were evaluated and what became of them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub clips: usize,
+    pub ok: usize,
+    pub withheld: usize,
+    pub refused: usize,
+    /// Withheld and refused clips by reason.
+    pub withheld_reasons: BTreeMap<String, usize>,
+    pub refused_reasons: BTreeMap<String, usize>,
+}
+
+/// The metrics of one estimator over the `ok` clips that have its label.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EstimatorReport {
+    /// The label compared with (the base task's).
+    pub label: String,
+    pub kind: TaskKind,
+    pub unit: String,
+    /// Pairs the metrics are over.
+    pub n: usize,
+    /// `ok` clips with this estimate but no label for it.
+    pub missing_truth: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regression: Option<RegressionMetrics>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binary: Option<BinaryMetrics>,
+    /// Why the metrics are undefined (one class, constant truth, no pairs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Predictions and truths of one estimator, in clip order, over the clips that have both.
+pub fn pairs_of(clips: &[ClipEval], estimate: &str) -> (Vec<f64>, Vec<f64>) {
+    clips
+        .iter()
+        .filter_map(|c| c.predictions.get(estimate))
+        .filter_map(|p| p.truth.map(|t| (p.prediction, t)))
+        .unzip()
+}
+
+/// Counts the clips and computes every estimator's metrics.
+pub fn summarise(
+    clips: &[ClipEval],
+    tasks: &[TaskSpec],
+) -> (Counts, BTreeMap<String, EstimatorReport>) {
+    let mut counts = Counts {
+        clips: clips.len(),
+        ..Default::default()
+    };
+    for c in clips {
+        let reason = || c.reason.clone().unwrap_or_else(|| "no reason given".into());
+        match c.status.as_str() {
+            "ok" => counts.ok += 1,
+            "refused" => {
+                counts.refused += 1;
+                *counts.refused_reasons.entry(reason()).or_default() += 1;
+            }
+            _ => {
+                counts.withheld += 1;
+                *counts.withheld_reasons.entry(reason()).or_default() += 1;
+            }
+        }
+    }
+    let mut names: BTreeMap<&str, &Paired> = BTreeMap::new();
+    for c in clips {
+        for (name, p) in &c.predictions {
+            names.entry(name).or_insert(p);
+        }
+    }
+    let mut reports = BTreeMap::new();
+    for (name, first) in names {
+        let (predictions, truths) = pairs_of(clips, name);
+        let missing_truth = clips
+            .iter()
+            .filter_map(|c| c.predictions.get(name))
+            .filter(|p| p.truth.is_none())
+            .count();
+        let kind = kind_of(name, tasks);
+        let mut report = EstimatorReport {
+            label: clips
+                .iter()
+                .filter_map(|c| c.predictions.get(name)?.label.clone())
+                .next()
+                .unwrap_or_else(|| base_task(name).to_string()),
+            kind,
+            unit: first.unit.clone(),
+            n: predictions.len(),
+            missing_truth,
+            regression: None,
+            binary: None,
+            error: None,
+        };
+        if predictions.is_empty() {
+            report.error = Some(format!(
+                "no clip has a {:?} label to compare with",
+                base_task(name)
+            ));
+        } else {
+            match kind {
+                TaskKind::Regression => match metrics::regression(&predictions, &truths) {
+                    Ok(m) => report.regression = Some(m),
+                    Err(e) => report.error = Some(e.to_string()),
+                },
+                TaskKind::Binary => match metrics::binary(&predictions, &truths) {
+                    Ok(m) => report.binary = Some(m),
+                    Err(e) => report.error = Some(e.to_string()),
+                },
+            }
+        }
+        reports.insert(name.to_string(), report);
+    }
+    (counts, reports)
+}
+
+/// The model a report is about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// The bundle's content hash (`sha256:...`).
+    pub id: String,
+    pub bundle: String,
+    pub intended_use: String,
+    pub tasks: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetInfo {
+    pub origin: String,
+    pub kind: String,
+    /// "test", "val", "train" or "all".
+    pub split: String,
+}
+
+/// `echonet eval --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub schema: String,
+    pub model: ModelInfo,
+    pub dataset: DatasetInfo,
+    pub counts: Counts,
+    pub estimators: BTreeMap<String, EstimatorReport>,
+    /// PNG files written by `--plots`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plots: Vec<String>,
+    pub clips: Vec<ClipEval>,
+}
+
+impl EvalReport {
+    pub fn new(
+        model: ModelInfo,
+        dataset: DatasetInfo,
+        clips: Vec<ClipEval>,
+        tasks: &[TaskSpec],
+    ) -> Self {
+        let (counts, estimators) = summarise(&clips, tasks);
+        Self {
+            schema: REPORT_SCHEMA.into(),
+            model,
+            dataset,
+            counts,
+            estimators,
+            plots: Vec::new(),
+            clips,
+        }
+    }
+
+    /// A plain-text table: one row per estimator.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let c = &self.counts;
+        let _ = writeln!(
+            s,
+            "model {} on {} (split {}): {} clips, {} ok, {} withheld, {} refused",
+            self.model.id,
+            self.dataset.origin,
+            self.dataset.split,
+            c.clips,
+            c.ok,
+            c.withheld,
+            c.refused
+        );
+        for (what, reasons) in [
+            ("withheld", &c.withheld_reasons),
+            ("refused", &c.refused_reasons),
+        ] {
+            for (r, n) in reasons {
+                let _ = writeln!(s, "  {what} {n}: {r}");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "{:<20} {:<10} {:>5} {:>8} {:>9} {:>13} {:>9} {:>7} {:>7}",
+            "estimator", "label", "n", "R2", "MAE", "mean-pred MAE", "bias", "AUC", "F1"
+        );
+        let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
+        for (name, r) in &self.estimators {
+            let g = r.regression.as_ref();
+            let b = r.binary.as_ref();
+            let _ = write!(
+                s,
+                "{:<20} {:<10} {:>5} {:>8} {:>9} {:>13} {:>9} {:>7} {:>7}",
+                name,
+                r.label,
+                r.n,
+                f(g.map(|m| m.r2), 3),
+                f(g.map(|m| m.mae), 2),
+                f(g.map(|m| m.mean_prediction_mae), 2),
+                f(g.map(|m| m.bias), 2),
+                f(b.map(|m| m.auc), 3),
+                f(b.map(|m| m.f1), 3),
+            );
+            if let Some(e) = &r.error {
+                let _ = write!(s, "  ({e})");
+            }
+            if r.missing_truth > 0 {
+                let _ = write!(s, "  [{} clips without a label]", r.missing_truth);
+            }
+            s.push('\n');
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_tasks_and_truths() {
+        assert_eq!(base_task("ef_volume_curve"), "ef");
+        assert_eq!(base_task("ef_from_volumes"), "ef");
+        assert_eq!(base_task("edv_volume_curve"), "edv");
+        assert_eq!(base_task("pacemaker"), "pacemaker");
+        assert_eq!(base_task("_from_volumes"), "_from_volumes");
+        let labels = BTreeMap::from([
+            ("ef".to_string(), 55.0),
+            ("esv_volume_curve".to_string(), 40.0),
+        ]);
+        assert_eq!(truth_for("ef", &labels), Some(("ef", 55.0)));
+        assert_eq!(truth_for("ef_from_volumes", &labels), Some(("ef", 55.0)));
+        assert_eq!(
+            truth_for("esv_volume_curve", &labels),
+            Some(("esv_volume_curve", 40.0))
+        );
+        assert_eq!(truth_for("edv_volume_curve", &labels), None);
+    }
+
+    fn clip(id: &str, status: &str, preds: &[(&str, f64, Option<f64>)]) -> ClipEval {
+        ClipEval {
+            id: id.into(),
+            patient: id.into(),
+            split: None,
+            status: status.into(),
+            reason: (status != "ok").then(|| format!("{status} because")),
+            predictions: preds
+                .iter()
+                .map(|(n, p, t)| {
+                    (
+                        n.to_string(),
+                        Paired {
+                            prediction: *p,
+                            truth: *t,
+                            label: t.map(|_| base_task(n).to_string()),
+                            unit: "%".into(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn summarise_counts_and_pairs() {
+        let tasks: Vec<TaskSpec> = ["ef"]
+            .iter()
+            .filter_map(|n| TaskSpec::echonet_default(n))
+            .collect();
+        let clips = vec![
+            clip(
+                "a",
+                "ok",
+                &[
+                    ("ef", 50.0, Some(55.0)),
+                    ("ef_from_volumes", 1.0, Some(55.0)),
+                ],
+            ),
+            clip(
+                "b",
+                "ok",
+                &[("ef", 60.0, Some(65.0)), ("pacemaker", 0.3, None)],
+            ),
+            clip("c", "withheld", &[]),
+            clip("d", "refused", &[]),
+            clip("e", "ok", &[("ef", 30.0, None)]),
+        ];
+        let (counts, reports) = summarise(&clips, &tasks);
+        assert_eq!(
+            (counts.clips, counts.ok, counts.withheld, counts.refused),
+            (5, 3, 1, 1)
+        );
+        assert_eq!(counts.withheld_reasons["withheld because"], 1);
+        assert_eq!(counts.refused_reasons["refused because"], 1);
+        let ef = &reports["ef"];
+        assert_eq!((ef.n, ef.missing_truth), (2, 1));
+        assert_eq!(
+            ef.regression.as_ref().unwrap(),
+            &metrics::regression(&[50.0, 60.0], &[55.0, 65.0]).unwrap()
+        );
+        // One pair: constant truth, R² undefined, said so.
+        let v = &reports["ef_from_volumes"];
+        assert!(v.regression.is_none());
+        assert!(v.error.as_deref().unwrap().contains("R² undefined"));
+        let pm = &reports["pacemaker"];
+        assert_eq!(pm.n, 0);
+        assert!(pm.error.as_deref().unwrap().contains("pacemaker"));
+        let table = EvalReport::new(
+            ModelInfo {
+                id: "sha256:x".into(),
+                bundle: "b".into(),
+                intended_use: "test".into(),
+                tasks: vec!["ef".into()],
+            },
+            DatasetInfo {
+                origin: "o".into(),
+                kind: "phantom".into(),
+                split: "all".into(),
+            },
+            clips,
+            &tasks,
+        )
+        .table();
+        assert!(
+            table.contains("5 clips, 3 ok, 1 withheld, 1 refused"),
+            "{table}"
+        );
+        assert!(table.lines().any(|l| l.starts_with("ef ")), "{table}");
+    }
+}

@@ -35,8 +35,15 @@ const TINY: &[&str] = &[
     "1",
 ];
 
+/// `TINY` with `extra`; a flag in `extra` replaces TINY's value for it.
 fn train(extra: &[&str]) -> Output {
-    echonet().args(TINY).args(extra).output().unwrap()
+    let mut args: Vec<&str> = vec![TINY[0]];
+    for pair in TINY[1..].chunks(2) {
+        if !extra.contains(&pair[0]) {
+            args.extend_from_slice(pair);
+        }
+    }
+    echonet().args(&args).args(extra).output().unwrap()
 }
 
 fn ok(out: &Output) -> String {
@@ -51,14 +58,10 @@ fn ok(out: &Output) -> String {
 
 fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
     let b = read_bundle(path).unwrap();
-    let mut names: Vec<String> = b.store.names().into_iter().collect();
-    names.sort();
-    names
+    b.store
+        .snapshot()
         .into_iter()
-        .map(|n| {
-            let t = b.store.get_f32(&n).unwrap();
-            (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-        })
+        .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
         .collect()
 }
 
@@ -74,14 +77,24 @@ fn train_writes_a_bundle_that_loads_and_records_how_it_was_made() {
     assert_eq!(names, ["ef", "esv", "edv", "lv_volume"]);
     let vol = &m.tasks[3];
     assert_eq!(vol.unit, "mL");
-    assert!(vol.offset > 30.0 && vol.scale > 1.0, "scaled to the labels: {vol:?}");
+    assert!(
+        vol.offset > 30.0 && vol.scale > 1.0,
+        "scaled to the labels: {vol:?}"
+    );
     assert_eq!((m.input.height, m.input.channels), (75, 1));
     assert!(m.provenance.metrics.contains_key("val_loss"));
     assert!(m.provenance.metrics.contains_key("val_lv_volume_mae"));
     assert!(m.provenance.data.contains("phantom:seed=5"));
-    assert!(m.provenance.notes.contains("seed 1"), "{}", m.provenance.notes);
+    assert!(
+        m.provenance.notes.contains("seed 1"),
+        "{}",
+        m.provenance.notes
+    );
     EchoNetModel::from_bundle(&b, &RunOptions::cpu()).unwrap();
-    assert!(dir.path().join("m.work/lr1e-3_wd1e-4/checkpoint.safetensors").is_file());
+    assert!(dir
+        .path()
+        .join("m.work/lr1e-3_wd1e-4/checkpoint.safetensors")
+        .is_file());
 }
 
 #[test]
@@ -91,23 +104,25 @@ fn paused_and_resumed_run_equals_an_uninterrupted_one() {
     ok(&train(&["--out", whole.to_str().unwrap()]));
 
     let parts = dir.path().join("parts.safetensors");
-    let first = ok(&train(&["--out", parts.to_str().unwrap(), "--pause-at", "3"]));
+    let first = ok(&train(&[
+        "--out",
+        parts.to_str().unwrap(),
+        "--pause-at",
+        "3",
+    ]));
     assert!(first.contains("paused"), "{first}");
     assert!(!parts.exists(), "no final bundle before the run ends");
     ok(&train(&["--out", parts.to_str().unwrap(), "--resume"]));
     assert_eq!(tensors(&whole), tensors(&parts));
 
     // Resuming with other settings is refused, naming the checkpoint.
-    let other = train(&[
-        "--out",
-        parts.to_str().unwrap(),
-        "--resume",
-        "--steps",
-        "6",
-    ]);
+    let other = train(&["--out", parts.to_str().unwrap(), "--resume", "--steps", "6"]);
     assert!(!other.status.success());
     let err = String::from_utf8_lossy(&other.stderr);
-    assert!(err.contains("checkpoint.safetensors") && err.contains("other settings"), "{err}");
+    assert!(
+        err.contains("checkpoint.safetensors") && err.contains("other settings"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -124,7 +139,10 @@ fn grid_tries_every_pair_and_per_task_writes_one_bundle_per_task() {
         "--tasks",
         "edv",
     ]));
-    assert!(stdout.contains("\n1e-3 ") && stdout.contains("\n1e-4 "), "{stdout}");
+    assert!(
+        stdout.contains("\n1e-3 ") && stdout.contains("\n1e-4 "),
+        "{stdout}"
+    );
     assert!(out.is_file());
 
     let out = dir.path().join("p.safetensors");
@@ -151,14 +169,30 @@ fn bad_settings_are_refused_by_name() {
     let out = dir.path().join("x.safetensors");
     let cfg = dir.path().join("train.toml");
     std::fs::write(&cfg, "steps = 3\n[augment]\nrotation = 5\n").unwrap();
-    let r = train(&["--out", out.to_str().unwrap(), "--config", cfg.to_str().unwrap()]);
+    let r = train(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success());
-    assert!(err.contains("train.toml") && err.contains("augment"), "{err}");
+    assert!(
+        err.contains("train.toml") && err.contains("augment"),
+        "{err}"
+    );
 
-    let r = train(&["--out", out.to_str().unwrap(), "--tasks", "ef,cardiac_output"]);
+    let r = train(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--tasks",
+        "ef,cardiac_output",
+    ]);
     let err = String::from_utf8_lossy(&r.stderr);
-    assert!(err.contains("cardiac_output") && err.contains("lv_volume"), "{err}");
+    assert!(
+        err.contains("cardiac_output") && err.contains("lv_volume"),
+        "{err}"
+    );
 
     let r = train(&["--out", out.to_str().unwrap(), "--batch-size", "1"]);
     assert!(String::from_utf8_lossy(&r.stderr).contains("batch_size 1"));

@@ -11,7 +11,9 @@ use anyhow::{bail, Context};
 use echonet_edge::dataset::{self, Dataset};
 use echonet_edge::model::Provenance;
 use echonet_edge::train::data::{prepare, split_patients, FramePick};
-use echonet_edge::train::trainer::{train_run, HeadLayout, Progress, RunControl, RunOutcome, TrainConfig};
+use echonet_edge::train::trainer::{
+    train_run, HeadLayout, Progress, RunControl, RunOutcome, TrainConfig,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -53,6 +53,9 @@ pub struct FramePick {
     pub sampled: usize,
 }
 
+/// One clip's prepared frames and its rejected frames by reason.
+type PreparedClip = (Vec<TrainFrame>, BTreeMap<String, usize>);
+
 /// Source frame indices to prepare: the 10 fps samples, plus frames with their own labels when
 /// labels are sparse (EchoNet-Dynamic's traced frames).
 fn pick_indices(clip: &ClipRecord, times: &[f64], pick: FramePick) -> Vec<usize> {
@@ -79,7 +82,7 @@ pub fn prepare(
     spec: &InputSpec,
     pick: FramePick,
 ) -> Result<TrainData, crate::dataset::DatasetError> {
-    let per_clip: Vec<Result<(Vec<TrainFrame>, BTreeMap<String, usize>), _>> = dataset
+    let per_clip: Vec<Result<PreparedClip, _>> = dataset
         .clips
         .par_iter()
         .enumerate()
@@ -108,7 +111,7 @@ fn prepare_clip(
     tasks: &[String],
     spec: &InputSpec,
     pick: FramePick,
-) -> Result<(Vec<TrainFrame>, BTreeMap<String, usize>), crate::dataset::DatasetError> {
+) -> Result<PreparedClip, crate::dataset::DatasetError> {
     let frames = clip.load_frames()?;
     let times: Vec<f64> = frames.iter().map(|f| f.media_time.as_secs_f64()).collect();
     let wanted = pick_indices(clip, &times, pick);
@@ -193,7 +196,7 @@ pub fn split_patients(data: &TrainData, val_fraction: f64, seed: u64) -> Patient
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let mut rng = TrainRng::new(seed ^ 0x5350_4c49_54);
+        let mut rng = TrainRng::new(seed ^ 0x0053_504c_4954);
         rng.shuffle(&mut patients);
         let n_val = ((patients.len() as f64 * val_fraction).round() as usize).clamp(
             usize::from(patients.len() > 1),
@@ -233,7 +236,7 @@ mod tests {
     fn split_is_by_patient_and_ten_percent() {
         let names: Vec<String> = (0..50).map(|i| format!("p{}", i / 2)).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let d = data(&refs, &vec![None; 50]);
+        let d = data(&refs, &[None; 50]);
         let s = split_patients(&d, 0.1, 4);
         assert_eq!(s.val.len() + s.train.len(), 25);
         assert_eq!(s.val.len(), 3, "10 % of 25 patients, rounded");

@@ -455,7 +455,7 @@ pub fn train_run(
         lr,
         weight_decay,
         step: 0,
-        rng: TrainRng::new(cfg.seed.wrapping_add(0x4241_5443_48)),
+        rng: TrainRng::new(cfg.seed.wrapping_add(0x0042_4154_4348)),
         best: None,
         history: vec![],
         tasks: cfg
@@ -529,7 +529,7 @@ pub fn train_run(
     )?;
 
     let spec = cfg.input_spec();
-    let black = (-spec.mean[0] / spec.std[0]) as f32;
+    let black = -spec.mean[0] / spec.std[0];
     let size = cfg.input_size;
     let plane = size * size;
     let started = Instant::now();
@@ -578,7 +578,7 @@ pub fn train_run(
             s_per_step,
         );
 
-        if state.step % cfg.eval_every == 0 || state.step == cfg.steps {
+        if state.step.is_multiple_of(cfg.eval_every) || state.step == cfg.steps {
             let train_loss = recent_loss.iter().sum::<f64>() / recent_loss.len().max(1) as f64;
             recent_loss.clear();
             let v = validate(

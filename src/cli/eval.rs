@@ -65,6 +65,10 @@ pub struct Args {
     /// One JSON report on stdout instead of the table (the table goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// Write the regression metrics into the bundle's provenance (`test_<estimator>_<metric>`),
+    /// with the test set named in its notes; the bundle gets a new content hash.
+    #[arg(long)]
+    pub record_metrics: bool,
     /// Write Bland-Altman and scatter PNGs of every EF estimator into this folder.
     #[arg(long)]
     pub plots: Option<PathBuf>,
@@ -211,6 +215,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
 
+    if args.record_metrics {
+        record_metrics(&args.model, &report)?;
+    }
+
     if args.json {
         eprint!("{}", report.table());
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -221,4 +229,46 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Rewrites the bundle with this evaluation's regression metrics in its provenance.
+fn record_metrics(path: &std::path::Path, report: &EvalReport) -> anyhow::Result<()> {
+    let bundle = read_bundle(path)?;
+    let mut manifest = bundle.manifest.clone();
+    let metrics = &mut manifest.provenance.metrics;
+    metrics.retain(|k, _| !k.starts_with("test_"));
+    for (name, r) in &report.estimators {
+        if let Some(m) = &r.regression {
+            for (what, v) in [
+                ("n", m.n as f64),
+                ("r2", m.r2),
+                ("mae", m.mae),
+                ("mean_prediction_mae", m.mean_prediction_mae),
+                ("bias", m.bias),
+            ] {
+                metrics.insert(format!("test_{name}_{what}"), v);
+            }
+        }
+    }
+    let note = format!(
+        "test metrics: {} clips of {} ({} ok, {} withheld)",
+        report.counts.clips, report.dataset.origin, report.counts.ok, report.counts.withheld
+    );
+    let notes = &mut manifest.provenance.notes;
+    if let Some(i) = notes.find("; test metrics: ") {
+        notes.truncate(i);
+    }
+    *notes = if notes.is_empty() {
+        note
+    } else {
+        format!("{notes}; {note}")
+    };
+    manifest.content_hash.clear();
+    let written = echonet_edge::model::write_bundle(path, &manifest, &bundle.store.snapshot())?;
+    eprintln!(
+        "recorded the metrics in {}: content_hash {}",
+        path.display(),
+        written.content_hash
+    );
+    Ok(())
 }

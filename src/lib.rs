@@ -17,6 +17,7 @@ pub mod capture;
 pub mod config;
 pub mod dataset;
 pub mod eval;
+pub mod explain;
 pub mod frame;
 pub mod input;
 pub mod metrics;

@@ -35,6 +35,10 @@ enum Command {
     Eval(cli::eval::Args),
     /// Train EchoNet heads (the paper's recipe) and write the best validation network as a bundle.
     Train(cli::train::Args),
+    /// SmoothGrad saliency maps of one task over a frame or a clip's sampled frames (PNG + .npy).
+    Saliency(cli::explain::SaliencyArgs),
+    /// Occlusion sensitivity maps: how a task's output moves when a black patch covers each place.
+    Occlusion(cli::explain::OcclusionArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +61,8 @@ fn main() -> std::process::ExitCode {
         Command::Predict(a) => cli::predict::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Train(a) => cli::train::run(a),
+        Command::Saliency(a) => cli::explain::saliency(a),
+        Command::Occlusion(a) => cli::explain::occlusion(a),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod convert;
 pub mod doctor;
 pub mod eval;
+pub mod explain;
 pub mod infer;
 pub mod phantom;
 pub mod predict;

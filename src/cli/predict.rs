@@ -56,7 +56,7 @@ fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-fn load_frames(path: &Path) -> Result<(DicomClip, Vec<Frame>), String> {
+pub fn load_frames(path: &Path) -> Result<(DicomClip, Vec<Frame>), String> {
     let clip = DicomClip::open(path).map_err(|e| e.to_string())?;
     let geometry = clip.geometry();
     let times = clip.frame_times().to_vec();

@@ -1,0 +1,242 @@
+//! `echonet saliency` and `echonet occlusion`: where the model looks, offline. The input is a
+//! PNG/JPEG frame (resized and normalised as `echonet infer` does) or a DICOM clip (the 10 fps
+//! sampler's frames from the start, preprocessed as the daemon does, at most `--frames`). Per
+//! frame: `<name>.png` (the map over the prepared input, sector outline in cyan) and `<name>.npy`
+//! (the raw map, f32 [H, W]); one JSON line per frame on stdout.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use echonet_edge::explain::{
+    display_scale, overlay, png_bytes, sector_outline, write_npy, Colouring, Explainer, Map2d,
+    Occlusion, SmoothGrad,
+};
+use echonet_edge::input::load_image;
+use echonet_edge::model::{read_bundle, EchoNetModel, InputSpec};
+use echonet_edge::preprocess::{PreparedInput, Preprocessor, Sector};
+use echonet_edge::sampler::{Decision, Sampler};
+
+#[derive(clap::Args, Debug)]
+pub struct Common {
+    /// Model bundle.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A PNG/JPEG frame, or a DICOM clip.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// The task whose raw head output is explained (e.g. lv_volume, edv, esv, ef).
+    #[arg(long)]
+    pub task: String,
+    /// Output folder (created).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Most sampled frames of a clip to explain.
+    #[arg(long, default_value_t = 20)]
+    pub frames: usize,
+    /// CPU threads; default: every core this process may use.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SaliencyArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Noisy copies averaged (SmoothGrad N).
+    #[arg(long, default_value_t = 50)]
+    pub samples: usize,
+    /// Noise sigma as a fraction of the input's range (the paper recommends 0.10-0.20).
+    #[arg(long, default_value_t = 0.15)]
+    pub noise: f64,
+    /// Seed of the noise: the same seed gives the same map.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct OcclusionArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Side of the black patch, prepared-input pixels.
+    #[arg(long, default_value_t = 12)]
+    pub patch: usize,
+    /// Step between patch positions, pixels.
+    #[arg(long, default_value_t = 4)]
+    pub stride: usize,
+}
+
+/// One frame to explain: its name, the prepared input, the sector it was cut from (clips).
+struct Item {
+    name: String,
+    source_frame: Option<u64>,
+    input: PreparedInput,
+    sector: Option<Arc<Sector>>,
+}
+
+fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| ["png", "jpg", "jpeg"].contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn load_items(path: &Path, spec: &InputSpec, max_frames: usize) -> anyhow::Result<Vec<Item>> {
+    if is_image(path) {
+        let t = load_image(path, spec)?;
+        let (_, c, h, w) = t.dims4()?;
+        let data = t.flatten_all()?.to_vec1::<f32>()?;
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("frame")
+            .to_string();
+        return Ok(vec![Item {
+            name: stem,
+            source_frame: None,
+            input: PreparedInput {
+                data,
+                channels: c,
+                height: h,
+                width: w,
+            },
+            sector: None,
+        }]);
+    }
+    let (clip, frames) = super::predict::load_frames(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let config = super::run::load_config(None, &[])?;
+    let mut pre = Preprocessor::new(config.preprocess.clone())?;
+    pre.set_source_fps(clip.nominal_fps());
+    let mut sampler = Sampler::paper();
+    let mut items = Vec::new();
+    let mut sampled = 0;
+    for frame in &frames {
+        if sampled >= max_frames {
+            break;
+        }
+        if sampler.offer(frame.media_time) != Decision::Take {
+            continue;
+        }
+        sampled += 1;
+        let processed = pre.process(frame, spec)?;
+        match processed.input {
+            Some(input) => items.push(Item {
+                name: format!("frame_{:04}", frame.seq),
+                source_frame: Some(frame.seq),
+                input,
+                sector: processed.sector,
+            }),
+            None => tracing::warn!(
+                "{}: frame {} not usable ({:?}); skipped",
+                path.display(),
+                frame.seq,
+                processed.quality.reasons
+            ),
+        }
+    }
+    anyhow::ensure!(
+        !items.is_empty(),
+        "{}: none of the {sampled} sampled frames passed the quality gate",
+        path.display()
+    );
+    Ok(items)
+}
+
+fn write_outputs(
+    out: &Path,
+    item: &Item,
+    spec: &InputSpec,
+    map: &Map2d,
+    colouring: Colouring,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let outline = match &item.sector {
+        Some(s) => Some(sector_outline(s, spec)?),
+        None => None,
+    };
+    let img = overlay(
+        &item.input,
+        spec,
+        map,
+        colouring,
+        outline.as_deref(),
+        display_scale(item.input.width.max(item.input.height)),
+    )?;
+    let png = out.join(format!("{}.png", item.name));
+    std::fs::write(&png, png_bytes(&img)?).with_context(|| format!("writing {}", png.display()))?;
+    let npy = out.join(format!("{}.npy", item.name));
+    write_npy(&npy, map)?;
+    Ok((png, npy))
+}
+
+fn setup(common: &Common) -> anyhow::Result<echonet_edge::model::Bundle> {
+    echonet_edge::runtime::configure_cpu_threads(common.threads);
+    std::fs::create_dir_all(&common.out)
+        .with_context(|| format!("creating {}", common.out.display()))?;
+    Ok(read_bundle(&common.model)?)
+}
+
+pub fn saliency(args: SaliencyArgs) -> anyhow::Result<ExitCode> {
+    let c = &args.common;
+    let bundle = setup(c)?;
+    let explainer = Explainer::from_bundle(&bundle)?;
+    let task = explainer.task_index(&c.task)?;
+    let spec = bundle.manifest.input.clone();
+    let cfg = SmoothGrad {
+        samples: args.samples,
+        noise: args.noise,
+        seed: args.seed,
+        ..SmoothGrad::default()
+    };
+    for item in load_items(&c.input, &spec, c.frames)? {
+        let map = explainer.smoothgrad(&item.input, task, &cfg)?;
+        let (png, npy) = write_outputs(&c.out, &item, &spec, &map, Colouring::Magnitude)?;
+        let line = serde_json::json!({
+            "frame": item.source_frame,
+            "task": c.task,
+            "png": png,
+            "npy": npy,
+            "samples": cfg.samples,
+            "noise": cfg.noise,
+            "max": map.data.iter().fold(0f32, |a, v| a.max(*v)),
+        });
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn occlusion(args: OcclusionArgs) -> anyhow::Result<ExitCode> {
+    let c = &args.common;
+    let bundle = setup(c)?;
+    let opts = echonet_edge::model::RunOptions::cpu();
+    let model = EchoNetModel::from_bundle(&bundle, &opts)?;
+    let spec = bundle.manifest.input.clone();
+    let cfg = Occlusion {
+        patch: args.patch,
+        stride: args.stride,
+        ..Occlusion::default()
+    };
+    for item in load_items(&c.input, &spec, c.frames)? {
+        let r = echonet_edge::explain::occlusion_map(&model, &item.input, &c.task, &cfg)?;
+        let (png, npy) = write_outputs(&c.out, &item, &spec, &r.map, Colouring::Signed)?;
+        let (lo, hi) = r
+            .map
+            .data
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
+        let line = serde_json::json!({
+            "frame": item.source_frame,
+            "task": c.task,
+            "png": png,
+            "npy": npy,
+            "raw_output": r.base,
+            "positions": r.positions,
+            "min_change": lo,
+            "max_change": hi,
+        });
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

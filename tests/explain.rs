@@ -1,0 +1,571 @@
+//! Where the model looks (`echonet_edge::explain`): SmoothGrad against finite differences and the
+//! vanilla gradient, saliency mass on the phantom's heart, occlusion of the left ventricle against
+//! occlusion elsewhere, and the `echonet saliency` / `echonet occlusion` commands.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_nn::VarMap;
+use echonet_edge::capture::phantom::{Phantom, PhantomParams};
+use echonet_edge::explain::occlusion::{masked, predict_raw};
+use echonet_edge::explain::{black_values, mask_to_input, Explainer, SmoothGrad};
+use echonet_edge::frame::Frame;
+use echonet_edge::model::{
+    read_bundle, Architecture, EchoNetModel, InputSpec, RunOptions, TaskSpec,
+};
+use echonet_edge::preprocess::resize::letterbox;
+use echonet_edge::preprocess::{PreparedInput, PreprocessConfig, Preprocessor, Sector};
+use echonet_edge::train::TrainableIrv1;
+
+const BUNDLED: &str = "models/echonet-phantom-demo.safetensors";
+
+fn bundled() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(BUNDLED)
+}
+
+/// Deterministic values uniform in [-1, 1).
+fn uniform(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+        })
+        .collect()
+}
+
+/// A tiny random network (width 0.125) in f64, running statistics moved away from 0/1.
+fn tiny_explainer(channels: usize) -> Explainer {
+    let arch = Architecture::new(0.125, Some(16));
+    let varmap = VarMap::new();
+    let tasks = vec![
+        TaskSpec::echonet_default("ef").unwrap(),
+        TaskSpec::echonet_default("edv").unwrap(),
+    ];
+    let net = TrainableIrv1::new(
+        &arch,
+        channels,
+        &tasks,
+        &varmap,
+        7,
+        &Device::Cpu,
+        DType::F64,
+    )
+    .unwrap();
+    for seed in 0..2 {
+        let x = Tensor::from_vec(
+            uniform(4 * channels * 75 * 75, 50 + seed),
+            (4, channels, 75, 75),
+            &Device::Cpu,
+        )
+        .unwrap();
+        net.forward_t(&x, true).unwrap();
+    }
+    Explainer::new(net, InputSpec::facenet(75, channels), DType::F64)
+}
+
+fn prepared(channels: usize, seed: u64) -> PreparedInput {
+    PreparedInput {
+        data: uniform(channels * 75 * 75, seed)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect(),
+        channels,
+        height: 75,
+        width: 75,
+    }
+}
+
+#[test]
+fn saliency_matches_finite_differences() {
+    let ex = tiny_explainer(1);
+    let task = ex.task_index("edv").unwrap();
+    let input = prepared(1, 3);
+    let plain = SmoothGrad {
+        samples: 1,
+        noise: 0.0,
+        ..SmoothGrad::default()
+    };
+    let map = ex.smoothgrad(&input, task, &plain).unwrap();
+    let base: Vec<f64> = input.data.iter().map(|&v| v as f64).collect();
+    let out = |v: &[f64]| -> f64 {
+        let t = Tensor::from_slice(v, (1, 1, 75, 75), &Device::Cpu).unwrap();
+        ex.outputs(&t)
+            .unwrap()
+            .i((0, task))
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let top = map.data.iter().fold(0f32, |a, v| a.max(*v)) as f64;
+    let eps = 1e-4;
+    for (r, c) in [(37, 37), (10, 60), (50, 20), (70, 5), (20, 30)] {
+        let i = r * 75 + c;
+        let mut plus = base.clone();
+        plus[i] += eps;
+        let mut minus = base.clone();
+        minus[i] -= eps;
+        let fd = ((out(&plus) - out(&minus)) / (2.0 * eps)).abs();
+        let s = map.data[i] as f64;
+        // Relative to the pixel's own gradient, floored at 1 % of the map's largest value.
+        let err = (fd - s).abs() / s.max(1e-2 * top);
+        assert!(
+            err < 1e-3,
+            "pixel ({r},{c}): |finite difference| {fd:e}, saliency {s:e}"
+        );
+    }
+}
+
+#[test]
+fn one_noiseless_sample_is_the_absolute_vanilla_gradient() {
+    for channels in [1, 3] {
+        let ex = tiny_explainer(channels);
+        let task = ex.task_index("ef").unwrap();
+        let input = prepared(channels, 9);
+        let cfg = SmoothGrad {
+            samples: 1,
+            noise: 0.0,
+            ..SmoothGrad::default()
+        };
+        let map = ex.smoothgrad(&input, task, &cfg).unwrap();
+        let g = ex.gradients(&ex.tensor(&input).unwrap(), task).unwrap();
+        let vanilla: Vec<f64> = g
+            .abs()
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(map.data.len(), vanilla.len());
+        for (m, v) in map.data.iter().zip(&vanilla) {
+            assert_eq!(*m, *v as f32, "{channels} channels");
+        }
+        // Noise is seeded: the same seed gives the same map, another seed another.
+        let noisy = |seed| {
+            ex.smoothgrad(
+                &input,
+                task,
+                &SmoothGrad {
+                    samples: 3,
+                    noise: 0.15,
+                    seed,
+                    batch: 2,
+                },
+            )
+            .unwrap()
+        };
+        assert_eq!(noisy(1), noisy(1));
+        assert_ne!(noisy(1), noisy(2));
+    }
+}
+
+/// Phantom frames through the runtime's preprocessing: (prepared input, sector, LV mask and
+/// dilated LV mask in source pixels, phantom, time).
+struct PhantomFrame {
+    input: PreparedInput,
+    sector: Arc<Sector>,
+    lv: Vec<bool>,
+    phantom: Arc<Phantom>,
+    t: Duration,
+}
+
+fn phantom_frames(seeds: &[u64], per_clip: usize, spec: &InputSpec) -> Vec<PhantomFrame> {
+    let mut out = Vec::new();
+    for &seed in seeds {
+        let phantom = Arc::new(Phantom::new(PhantomParams::random(seed)).unwrap());
+        let mut pre = Preprocessor::new(PreprocessConfig::default()).unwrap();
+        let geometry = Arc::new(phantom.geometry());
+        // 10 fps samples from a 30 fps clip, spread over the beat.
+        for k in 0..per_clip as u64 {
+            let index = 3 * k;
+            let t = phantom.frame_time(index);
+            let frame = Frame {
+                seq: index,
+                media_time: t,
+                captured_at: Instant::now(),
+                captured_wall: SystemTime::now(),
+                image: phantom.render(t),
+                geometry: geometry.clone(),
+            };
+            let p = pre.process(&frame, spec).unwrap();
+            if let (Some(input), Some(sector)) = (p.input, p.sector) {
+                out.push(PhantomFrame {
+                    input,
+                    sector,
+                    lv: phantom.lv_mask(t),
+                    phantom: phantom.clone(),
+                    t,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Square dilation of a row-major mask by `r` pixels (separable max filter).
+fn dilate(mask: &[bool], w: usize, h: usize, r: usize) -> Vec<bool> {
+    let mut rows = vec![false; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            let (a, b) = (x.saturating_sub(r), (x + r).min(w - 1));
+            rows[y * w + x] = (a..=b).any(|i| mask[y * w + i]);
+        }
+    }
+    let mut out = vec![false; w * h];
+    for y in 0..h {
+        let (a, b) = (y.saturating_sub(r), (y + r).min(h - 1));
+        for x in 0..w {
+            out[y * w + x] = (a..=b).any(|j| rows[j * w + x]);
+        }
+    }
+    out
+}
+
+#[test]
+fn saliency_mass_falls_on_the_heart() {
+    let bundle = read_bundle(&bundled()).unwrap();
+    let spec = bundle.manifest.input.clone();
+    let ex = Explainer::from_bundle(&bundle).unwrap();
+    let task = ex.task_index("lv_volume").unwrap();
+    let frames = phantom_frames(&[11, 12, 13], 2, &spec);
+    assert!(
+        frames.len() >= 5,
+        "only {} usable phantom frames",
+        frames.len()
+    );
+    let cfg = SmoothGrad {
+        samples: 20,
+        ..SmoothGrad::default()
+    };
+    let (mut mass, mut area, mut sector_area) = (0.0, 0.0, 0.0);
+    let (mut fan_mass, mut fan_area) = (0.0, 0.0);
+    for f in &frames {
+        let p = f.phantom.params();
+        let (w, h) = (p.width, p.height);
+        // The LV cavity grown by 1.5 cm on every side: its walls, septum and valve plane.
+        let margin = (1.5 / f.phantom.cm_per_pixel()).round() as usize;
+        let heart = dilate(&f.lv, w, h, margin);
+        let region = mask_to_input(&heart, w, h, &f.sector, &spec).unwrap();
+        let fan = mask_to_input(&f.phantom.sector().mask(w, h), w, h, &f.sector, &spec).unwrap();
+        let map = ex.smoothgrad(&f.input, task, &cfg).unwrap();
+        mass += map.mass_share(&region);
+        fan_mass += map.mass_share(&fan);
+        fan_area += fan.iter().map(|&v| v as f64).sum::<f64>() / fan.len() as f64;
+        area += region.iter().map(|&v| v as f64).sum::<f64>() / region.len() as f64;
+        sector_area += region.iter().map(|&v| v as f64).sum::<f64>()
+            / fan.iter().map(|&v| v as f64).sum::<f64>();
+    }
+    let n = frames.len() as f64;
+    let (mass, area, sector_area) = (mass / n, area / n, sector_area / n);
+    let ratio = mass / area;
+    println!(
+        "saliency mass on the LV (+1.5 cm): {:.1} % of the map, region {:.1} % of the image \
+         ({:.1} % of the fan): ratio {ratio:.2} (vs the fan share: {:.2}), {} frames",
+        100.0 * mass,
+        100.0 * area,
+        100.0 * sector_area,
+        mass / sector_area,
+        frames.len()
+    );
+    println!(
+        "saliency mass in the fan: {:.1} % of the map, the fan {:.1} % of the image",
+        100.0 * fan_mass / n,
+        100.0 * fan_area / n
+    );
+    assert!(ratio > 1.5, "mass ratio {ratio:.2}");
+}
+
+/// Where a source pixel lands in the prepared input (crop to the sector's box, letterbox).
+fn to_input(sector: &Sector, spec: &InputSpec, (x, y): (f64, f64)) -> (f64, f64) {
+    let b = sector.bbox();
+    let place = letterbox(b.width(), b.height(), spec.width, spec.height);
+    (
+        place.x as f64 + (x - b.x0 as f64) * place.width as f64 / b.width() as f64,
+        place.y as f64 + (y - b.y0 as f64) * place.height as f64 / b.height() as f64,
+    )
+}
+
+/// The LV cavity (`lv_mask`) in the prepared input, and the same shape moved inside the fan as far
+/// as it goes from every chamber centre without coming within 1 cm of the cavity (at most 5 % of it outside
+/// the fan). `None` when no such place.
+fn lv_and_elsewhere(f: &PhantomFrame, spec: &InputSpec) -> Option<(Vec<bool>, Vec<bool>, f64)> {
+    let p = f.phantom.params();
+    let (w, h) = (p.width, p.height);
+    let (iw, ih) = (spec.width, spec.height);
+    let lv: Vec<bool> = mask_to_input(&f.lv, w, h, &f.sector, spec)
+        .unwrap()
+        .iter()
+        .map(|&v| v > 0.5)
+        .collect();
+    let margin = (1.0 / f.phantom.cm_per_pixel()).round() as usize;
+    let near: Vec<bool> = mask_to_input(&dilate(&f.lv, w, h, margin), w, h, &f.sector, spec)
+        .unwrap()
+        .iter()
+        .map(|&v| v > 0.0)
+        .collect();
+    let fan: Vec<bool> = mask_to_input(&f.phantom.sector().mask(w, h), w, h, &f.sector, spec)
+        .unwrap()
+        .iter()
+        .map(|&v| v > 0.5)
+        .collect();
+    let c = f.phantom.chamber_centres(f.t);
+    let centres: Vec<(f64, f64)> = [c.lv, c.rv, c.la, c.ra]
+        .iter()
+        .map(|&q| to_input(&f.sector, spec, q))
+        .collect();
+    let pixels: Vec<(usize, usize)> = (0..iw * ih)
+        .filter(|&i| lv[i])
+        .map(|i| (i % iw, i / iw))
+        .collect();
+    let (cx, cy) = pixels
+        .iter()
+        .fold((0.0, 0.0), |(a, b), &(x, y)| (a + x as f64, b + y as f64));
+    let (cx, cy) = (cx / pixels.len() as f64, cy / pixels.len() as f64);
+    let mut best: Option<(f64, Vec<bool>)> = None;
+    for dy in -(ih as isize)..ih as isize {
+        for dx in -(iw as isize)..iw as isize {
+            let mut moved = vec![false; iw * ih];
+            let mut ok = true;
+            // A few edge pixels may fall outside the fan (already black there).
+            let mut outside = 0;
+            for &(x, y) in &pixels {
+                let (nx, ny) = (x as isize + dx, y as isize + dy);
+                if nx < 0 || ny < 0 || nx >= iw as isize || ny >= ih as isize {
+                    ok = false;
+                    break;
+                }
+                let j = ny as usize * iw + nx as usize;
+                if near[j] {
+                    ok = false;
+                    break;
+                }
+                if !fan[j] {
+                    outside += 1;
+                    if outside * 20 > pixels.len() {
+                        ok = false;
+                        break;
+                    }
+                }
+                moved[j] = true;
+            }
+            if !ok {
+                continue;
+            }
+            let (mx, my) = (cx + dx as f64, cy + dy as f64);
+            let d = centres
+                .iter()
+                .map(|&(x, y)| ((x - mx).powi(2) + (y - my).powi(2)).sqrt())
+                .fold(f64::INFINITY, f64::min);
+            if best.as_ref().is_none_or(|(bd, _)| d > *bd) {
+                best = Some((d, moved));
+            }
+        }
+    }
+    best.map(|(d, moved)| (lv, moved, d))
+}
+
+#[test]
+fn masking_the_left_ventricle_moves_volume_more_than_masking_elsewhere() {
+    let bundle = read_bundle(&bundled()).unwrap();
+    let spec = bundle.manifest.input.clone();
+    let model = EchoNetModel::from_bundle(&bundle, &RunOptions::cpu()).unwrap();
+    let names: Vec<String> = bundle
+        .manifest
+        .tasks
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
+    let frames = phantom_frames(&[21, 22, 23, 24, 25, 26], 3, &spec);
+    for task in ["lv_volume", "edv"] {
+        let ti = names.iter().position(|n| n == task).unwrap();
+        let (mut lv_move, mut other_move, mut used, mut dist) = (0.0, 0.0, 0, 0.0);
+        for f in &frames {
+            let Some((lv, elsewhere, d)) = lv_and_elsewhere(f, &spec) else {
+                continue;
+            };
+            let black = black_values(&spec, f.input.channels);
+            let inputs = vec![
+                f.input.data.clone(),
+                masked(&f.input, &lv, &black).data,
+                masked(&f.input, &elsewhere, &black).data,
+            ];
+            let shape = (f.input.channels, f.input.height, f.input.width);
+            let out = predict_raw(&model, &inputs, shape, ti, 3).unwrap();
+            let scale = bundle.manifest.tasks[ti].scale;
+            lv_move += ((out[1] - out[0]).abs() as f64) * scale;
+            other_move += ((out[2] - out[0]).abs() as f64) * scale;
+            dist += d;
+            used += 1;
+        }
+        assert!(
+            used >= 6,
+            "{task}: only {used} frames had room for the shifted mask"
+        );
+        let n = used as f64;
+        println!(
+            "{task}: masking the LV moves the output by {:.1} (mean |change|, task units), \
+             the same shape elsewhere in the fan by {:.1} ({used} frames, shifted copy {:.1} px \
+             from the nearest chamber centre)",
+            lv_move / n,
+            other_move / n,
+            dist / n
+        );
+        assert!(
+            lv_move > other_move,
+            "{task}: LV {lv_move} vs elsewhere {other_move}"
+        );
+    }
+}
+
+fn echonet(args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_echonet"))
+        .args(args)
+        .env("ECHONET_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "echonet {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// An .npy file of shape [h, w] f32: header fields and size.
+fn check_npy(path: &Path, h: usize, w: usize) -> Vec<f32> {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..8], b"\x93NUMPY\x01\x00", "{}", path.display());
+    let hl = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let header = std::str::from_utf8(&b[10..10 + hl]).unwrap();
+    assert!(header.contains("'descr': '<f4'"), "{header}");
+    assert!(header.contains("'fortran_order': False"), "{header}");
+    assert!(header.contains(&format!("'shape': ({h}, {w})")), "{header}");
+    assert_eq!((10 + hl) % 64, 0);
+    assert_eq!(b.len(), 10 + hl + 4 * h * w);
+    b[10 + hl..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[test]
+fn saliency_and_occlusion_commands_write_png_and_npy() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = bundled();
+    let model = model.to_str().unwrap();
+    let spec = read_bundle(&bundled()).unwrap().manifest.input;
+    echonet(&[
+        "phantom",
+        "--out",
+        d.join("ph").to_str().unwrap(),
+        "--clips",
+        "1",
+        "--seed",
+        "5",
+        "--frames",
+        "12",
+    ]);
+    let clip = d.join("ph/clip_0000.dcm");
+    // A single PNG frame too.
+    let phantom = Phantom::new(PhantomParams::random(5)).unwrap();
+    let img = phantom.render(Duration::ZERO);
+    let png_in = d.join("frame.png");
+    image::GrayImage::from_raw(img.width as u32, img.height as u32, img.data)
+        .unwrap()
+        .save(&png_in)
+        .unwrap();
+    for (cmd, extra) in [
+        ("saliency", vec!["--samples", "4", "--seed", "3"]),
+        ("occlusion", vec!["--patch", "16", "--stride", "8"]),
+    ] {
+        for (input, frames, expected) in [
+            (&clip, "3", vec!["frame_0000", "frame_0003", "frame_0006"]),
+            (&png_in, "20", vec!["frame"]),
+        ] {
+            let out_dir = d.join(format!("{cmd}-{}", expected.len()));
+            let mut args = vec![
+                cmd,
+                "--model",
+                model,
+                "--input",
+                input.to_str().unwrap(),
+                "--task",
+                "lv_volume",
+                "--out",
+                out_dir.to_str().unwrap(),
+                "--frames",
+                frames,
+            ];
+            args.extend(extra.iter().copied());
+            let out = echonet(&args);
+            let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(lines.len(), expected.len(), "{cmd} on {}", input.display());
+            for name in &expected {
+                let png = image::open(out_dir.join(format!("{name}.png"))).unwrap();
+                assert!(png.width() >= spec.width as u32 && png.height() >= spec.height as u32);
+                let map = check_npy(
+                    &out_dir.join(format!("{name}.npy")),
+                    spec.height,
+                    spec.width,
+                );
+                assert!(map.iter().all(|v| v.is_finite()));
+                assert!(
+                    map.iter().any(|&v| v != 0.0),
+                    "{cmd}: {name} map is all zero"
+                );
+                if cmd == "saliency" {
+                    assert!(map.iter().all(|&v| v >= 0.0));
+                }
+            }
+        }
+    }
+    // Deterministic: the same seed writes the same map.
+    let again = d.join("again");
+    echonet(&[
+        "saliency",
+        "--model",
+        model,
+        "--input",
+        png_in.to_str().unwrap(),
+        "--task",
+        "lv_volume",
+        "--out",
+        again.to_str().unwrap(),
+        "--samples",
+        "4",
+        "--seed",
+        "3",
+    ]);
+    assert_eq!(
+        std::fs::read(again.join("frame.npy")).unwrap(),
+        std::fs::read(d.join("saliency-1/frame.npy")).unwrap()
+    );
+    // An unknown task is an error that names the model's tasks.
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_echonet"))
+        .args([
+            "saliency",
+            "--model",
+            model,
+            "--input",
+            png_in.to_str().unwrap(),
+            "--task",
+            "nope",
+            "--out",
+            d.join("bad").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("lv_volume"));
+}

@@ -19,6 +19,7 @@ use crate::capture::{FrameSource, SourceError, SourceInfo};
 use crate::frame::{Frame, Image};
 use crate::metrics::PipelineMetrics;
 use crate::model::{EchoNetModel, InputSpec, TaskKind};
+use crate::preprocess::PreparedInput;
 use crate::publish::record::{estimate_record, stale_record, ModelInfo, SourceSummary};
 use crate::sampler::{Decision, Sampler};
 
@@ -93,6 +94,9 @@ pub trait EstimateSink: Send {
     fn publish(&mut self, record: &serde_json::Value);
     /// The live frame for the display; most sinks ignore it.
     fn frame(&mut self, _image: &Image, _outline: Option<&[(f32, f32)]>) {}
+    /// The latest usable model input (normalised, `[C, H, W]`) of source frame `seq`, offered at
+    /// the display's pace for on-demand work (saliency maps); most sinks ignore it.
+    fn model_input(&mut self, _seq: u64, _input: &Arc<PreparedInput>) {}
     /// Called once at the end of the run.
     fn finish(&mut self) {}
 }
@@ -146,7 +150,11 @@ enum ToInfer {
 
 enum ToPublish {
     Estimate(Box<crate::aggregate::Estimate>),
-    Frame(Image, Option<Vec<(f32, f32)>>),
+    Frame(
+        Image,
+        Option<Vec<(f32, f32)>>,
+        Option<(u64, Arc<PreparedInput>)>,
+    ),
     SourceTrouble(String),
     SourceOk,
 }
@@ -394,9 +402,12 @@ impl Pipeline {
                             last_stale = None;
                             last_capture = Some(e.captured_wall);
                         }
-                        Ok(ToPublish::Frame(img, outline)) => {
+                        Ok(ToPublish::Frame(img, outline, input)) => {
                             for s in sinks.iter_mut() {
                                 s.frame(&img, outline.as_deref());
+                                if let Some((seq, input)) = &input {
+                                    s.model_input(*seq, input);
+                                }
                             }
                         }
                         Ok(ToPublish::SourceTrouble(reason)) => trouble = Some(reason),
@@ -462,6 +473,8 @@ impl Pipeline {
                 let mut sampler = Sampler::paper();
                 let mut last_display: Option<Instant> = None;
                 let mut last_outline: Option<Vec<(f32, f32)>> = None;
+                // The newest usable model input, handed to the display with the next frame.
+                let mut last_input: Option<(u64, Arc<PreparedInput>)> = None;
                 for msg in prep_rx.iter() {
                     let frame = match msg {
                         ToPrep::Gap(reason) => {
@@ -487,6 +500,17 @@ impl Pipeline {
                         let prepared = preparer.prepare(&frame, &spec);
                         metrics.latency_preprocess.observe(t0.elapsed());
                         last_outline = prepared.outline.clone();
+                        if let Some((data, [channels, height, width])) = &prepared.input {
+                            last_input = Some((
+                                frame.seq,
+                                Arc::new(PreparedInput {
+                                    data: data.clone(),
+                                    channels: *channels,
+                                    height: *height,
+                                    width: *width,
+                                }),
+                            ));
+                        }
                         let sample = Sample {
                             seq: frame.seq,
                             media_time: frame.media_time,
@@ -506,7 +530,8 @@ impl Pipeline {
                     }
                     if last_display.is_none_or(|t| t.elapsed() >= display_every) {
                         last_display = Some(Instant::now());
-                        let msg = ToPublish::Frame(frame.image, last_outline.clone());
+                        let msg =
+                            ToPublish::Frame(frame.image, last_outline.clone(), last_input.take());
                         send_drop_oldest(
                             &pub_tx_prep,
                             &pub_rx_prep,

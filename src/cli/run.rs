@@ -16,12 +16,13 @@ use echonet_edge::capture::phantom::{PhantomParams, PhantomSource};
 use echonet_edge::capture::v4l2::V4l2Source;
 use echonet_edge::capture::FrameSource;
 use echonet_edge::config::{Config, SourceKind, EMBEDDED_DEFAULT};
+use echonet_edge::explain::worker::SaliencyWorker;
 use echonet_edge::frame::Image;
 use echonet_edge::metrics::PipelineMetrics;
 use echonet_edge::model::catalog::Catalog;
 use echonet_edge::model::{read_bundle, EchoNetModel};
 use echonet_edge::pipeline::{EstimateSink, Pipeline, RunLimits};
-use echonet_edge::preprocess::Preprocessor;
+use echonet_edge::preprocess::{PreparedInput, Preprocessor};
 use echonet_edge::publish::jsonl::{open_target, JsonlWriter};
 use echonet_edge::publish::{DisplayHub, DisplayServer, HubConfig, ServerConfig};
 
@@ -230,6 +231,9 @@ impl EstimateSink for DisplaySink {
             tracing::warn!("display frame: {e}");
         }
     }
+    fn model_input(&mut self, seq: u64, input: &Arc<PreparedInput>) {
+        self.hub.set_model_input(seq, input.clone());
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -262,6 +266,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             )
         })?;
         let hub = DisplayHub::new(HubConfig::default());
+        // Saliency maps on demand: a low-priority thread with its own CPU copy of the network.
+        hub.set_saliency_worker(SaliencyWorker::spawn(
+            bundle.manifest.clone(),
+            bundle.store.snapshot(),
+        )?);
         let metrics_for_hub = metrics.clone();
         hub.set_metrics_provider(move || metrics_for_hub.render_prometheus());
         let server = DisplayServer::start(

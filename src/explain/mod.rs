@@ -6,6 +6,7 @@
 
 pub mod occlusion;
 pub mod saliency;
+pub mod worker;
 
 use std::io::Write;
 use std::path::Path;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tiny_http::{Header, Method, Request, Response, StatusCode};
 
 use super::hub::{DisplayHub, Health, Subscription};
+use crate::explain::worker::Refusal;
 
 /// The page: one file, CSS and JS inline, so the display works with no network at all.
 const PAGE: &str = include_str!("assets/display.html");
@@ -87,19 +88,21 @@ enum Endpoint {
     History,
     Frame,
     FrameOutline,
+    Saliency,
     Metrics,
     Healthz,
     NotFound,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 9] = [
+    const ALL: [Endpoint; 10] = [
         Self::Page,
         Self::Latest,
         Self::Stream,
         Self::History,
         Self::Frame,
         Self::FrameOutline,
+        Self::Saliency,
         Self::Metrics,
         Self::Healthz,
         Self::NotFound,
@@ -113,6 +116,7 @@ impl Endpoint {
             "/api/history" => Self::History,
             "/api/frame" => Self::Frame,
             "/api/frame/outline" => Self::FrameOutline,
+            "/api/saliency" => Self::Saliency,
             "/metrics" => Self::Metrics,
             "/healthz" => Self::Healthz,
             _ => Self::NotFound,
@@ -127,6 +131,7 @@ impl Endpoint {
             Self::History => "history",
             Self::Frame => "frame",
             Self::FrameOutline => "frame_outline",
+            Self::Saliency => "saliency",
             Self::Metrics => "metrics",
             Self::Healthz => "healthz",
             Self::NotFound => "not_found",
@@ -395,6 +400,7 @@ fn handle(shared: &Arc<Shared>, request: Request) {
                 &[("Retry-After", "1")],
             ),
         },
+        Endpoint::Saliency => saliency(hub, request),
         Endpoint::Metrics => {
             let mut text = hub.render_metrics();
             render_request_counters(shared, &mut text);
@@ -555,5 +561,98 @@ mod tests {
         let mut buf = String::new();
         push_event(&mut buf, "estimate", "{\"a\":1}\nx");
         assert_eq!(buf, "event: estimate\ndata: {\"a\":1}\ndata: x\n\n");
+    }
+}
+
+/// The value of `key` in the request's query string (no percent-decoding: task names are plain).
+fn query_param<'a>(url: &'a str, key: &str) -> Option<&'a str> {
+    let query = url.split_once('?')?.1.split('#').next()?;
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+/// `GET /api/saliency?task=lv_volume[&samples=N]`: the SmoothGrad map of the newest usable model
+/// input, as a PNG, from the low-priority saliency worker. 404 before any usable frame, 503 while
+/// another map is being computed (or with no worker), 400 for an unknown task.
+fn saliency(hub: &DisplayHub, request: Request) {
+    let Some(worker) = hub.saliency_worker() else {
+        respond_json(
+            request,
+            503,
+            error_json(
+                "saliency unavailable",
+                "this display has no saliency worker (no model attached)",
+            ),
+            &[],
+        );
+        return;
+    };
+    let Some((seq, input)) = hub.model_input() else {
+        respond_json(
+            request,
+            404,
+            error_json(
+                "no frame yet",
+                "no usable frame has reached the model since the display started",
+            ),
+            &[("Retry-After", "1")],
+        );
+        return;
+    };
+    let url = request.url().to_string();
+    let task = query_param(&url, "task");
+    let samples = match query_param(&url, "samples").map(str::parse::<usize>) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => {
+            respond_json(
+                request,
+                400,
+                error_json("bad request", "samples must be a whole number"),
+                &[],
+            );
+            return;
+        }
+    };
+    match worker.request(input, task, samples) {
+        Ok(r) => {
+            let seq = seq.to_string();
+            let ms = format!("{:.0}", r.compute.as_secs_f64() * 1000.0);
+            respond(
+                request,
+                Response::from_data(r.png),
+                &[
+                    ("Content-Type", "image/png"),
+                    NO_STORE,
+                    ("X-Frame-Seq", &seq),
+                    ("X-Saliency-Task", &r.task),
+                    ("X-Saliency-Ms", &ms),
+                ],
+            );
+        }
+        Err(e @ Refusal::Busy) => respond_json(
+            request,
+            503,
+            error_json("busy", &e.to_string()),
+            &[("Retry-After", "1")],
+        ),
+        Err(e @ Refusal::BadRequest(_)) => {
+            respond_json(request, 400, error_json("bad request", &e.to_string()), &[])
+        }
+        Err(e @ Refusal::Unavailable(_)) => respond_json(
+            request,
+            503,
+            error_json("saliency unavailable", &e.to_string()),
+            &[],
+        ),
+        Err(e @ Refusal::Failed(_)) => respond_json(
+            request,
+            500,
+            error_json("saliency failed", &e.to_string()),
+            &[],
+        ),
     }
 }

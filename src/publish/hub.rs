@@ -17,7 +17,9 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::explain::worker::SaliencyWorker;
 use crate::frame::{Image, PixelFormat};
+use crate::preprocess::PreparedInput;
 
 /// The `schema` value of every estimate the hub accepts (docs/estimate-schema.md).
 pub const ESTIMATE_SCHEMA: &str = "echonet.estimate/1";
@@ -192,6 +194,9 @@ struct State {
     next_subscriber: u64,
     metrics_text: Option<Arc<str>>,
     metrics_provider: Option<MetricsProvider>,
+    /// The newest usable model input (source frame seq), for on-demand saliency maps.
+    model_input: Option<(u64, Arc<PreparedInput>)>,
+    saliency: Option<Arc<SaliencyWorker>>,
 }
 
 #[derive(Default)]
@@ -498,6 +503,24 @@ impl DisplayHub {
     }
 
     /// Prometheus text exposition: the publisher's text (if any) followed by the hub's counters.
+    /// Keeps the newest usable model input (the normalised frame) of source frame `seq`.
+    pub fn set_model_input(&self, seq: u64, input: Arc<PreparedInput>) {
+        lock(&self.state).model_input = Some((seq, input));
+    }
+
+    pub fn model_input(&self) -> Option<(u64, Arc<PreparedInput>)> {
+        lock(&self.state).model_input.clone()
+    }
+
+    /// Attaches the saliency worker that `/api/saliency` asks.
+    pub fn set_saliency_worker(&self, worker: Arc<SaliencyWorker>) {
+        lock(&self.state).saliency = Some(worker);
+    }
+
+    pub fn saliency_worker(&self) -> Option<Arc<SaliencyWorker>> {
+        lock(&self.state).saliency.clone()
+    }
+
     pub fn render_metrics(&self) -> String {
         let (external_text, provider, clients, history_points, last_fed) = {
             let state = lock(&self.state);
@@ -546,6 +569,9 @@ impl DisplayHub {
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
             );
+        }
+        if let Some(w) = self.saliency_worker() {
+            w.render_metrics(&mut out);
         }
         out
     }

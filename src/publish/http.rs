@@ -535,35 +535,6 @@ fn push_event(buf: &mut String, name: &str, data: &str) {
     buf.push('\n');
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_and_labels() {
-        assert_eq!(Endpoint::route("/"), Endpoint::Page);
-        assert_eq!(
-            Endpoint::route("/api/frame/outline"),
-            Endpoint::FrameOutline
-        );
-        assert_eq!(Endpoint::route("/api/latest/"), Endpoint::NotFound);
-        let labels: std::collections::HashSet<_> =
-            Endpoint::ALL.iter().map(|e| e.label()).collect();
-        assert_eq!(labels.len(), Endpoint::ALL.len());
-        assert!(Endpoint::ALL
-            .iter()
-            .enumerate()
-            .all(|(i, e)| e.index() == i));
-    }
-
-    #[test]
-    fn events_split_lines() {
-        let mut buf = String::new();
-        push_event(&mut buf, "estimate", "{\"a\":1}\nx");
-        assert_eq!(buf, "event: estimate\ndata: {\"a\":1}\ndata: x\n\n");
-    }
-}
-
 /// The value of `key` in the request's query string (no percent-decoding: task names are plain).
 fn query_param<'a>(url: &'a str, key: &str) -> Option<&'a str> {
     let query = url.split_once('?')?.1.split('#').next()?;
@@ -654,5 +625,34 @@ fn saliency(hub: &DisplayHub, request: Request) {
             error_json("saliency failed", &e.to_string()),
             &[],
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_labels() {
+        assert_eq!(Endpoint::route("/"), Endpoint::Page);
+        assert_eq!(
+            Endpoint::route("/api/frame/outline"),
+            Endpoint::FrameOutline
+        );
+        assert_eq!(Endpoint::route("/api/latest/"), Endpoint::NotFound);
+        let labels: std::collections::HashSet<_> =
+            Endpoint::ALL.iter().map(|e| e.label()).collect();
+        assert_eq!(labels.len(), Endpoint::ALL.len());
+        assert!(Endpoint::ALL
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.index() == i));
+    }
+
+    #[test]
+    fn events_split_lines() {
+        let mut buf = String::new();
+        push_event(&mut buf, "estimate", "{\"a\":1}\nx");
+        assert_eq!(buf, "event: estimate\ndata: {\"a\":1}\ndata: x\n\n");
     }
 }

@@ -2,6 +2,8 @@
 //! vanilla gradient, saliency mass on the phantom's heart, occlusion of the left ventricle against
 //! occlusion elsewhere, and the `echonet saliency` / `echonet occlusion` commands.
 
+mod display_support;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -568,4 +570,128 @@ fn saliency_and_occlusion_commands_write_png_and_npy() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("lv_volume"));
+}
+
+#[test]
+fn saliency_endpoint_refuses_clearly_then_returns_a_png() {
+    use display_support::{get, start};
+    use echonet_edge::explain::worker::SaliencyWorker;
+    use echonet_edge::publish::{HubConfig, ServerConfig};
+
+    let (hub, server) = start(HubConfig::default(), ServerConfig::default());
+    // No worker attached: unavailable, said so.
+    let r = get(&server, "/api/saliency");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "saliency unavailable");
+
+    let bundle = read_bundle(&bundled()).unwrap();
+    let spec = bundle.manifest.input.clone();
+    hub.set_saliency_worker(
+        SaliencyWorker::spawn(bundle.manifest.clone(), bundle.store.snapshot()).unwrap(),
+    );
+    // No frame has reached the model yet.
+    let r = get(&server, "/api/saliency?task=lv_volume");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"], "no frame yet");
+
+    let frame = phantom_frames(&[31], 1, &spec).remove(0);
+    hub.set_model_input(42, Arc::new(frame.input));
+    let r = get(&server, "/api/saliency?task=nope");
+    assert_eq!(r.status, 400);
+    assert!(r.json()["reason"].as_str().unwrap().contains("lv_volume"));
+
+    // One map at a time: a request while one is computed is refused with 503 "busy".
+    let slow = std::thread::scope(|scope| {
+        let first = scope.spawn(|| get(&server, "/api/saliency?task=lv_volume&samples=100"));
+        let mut busy = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while busy.is_none() && Instant::now() < deadline && !first.is_finished() {
+            std::thread::sleep(Duration::from_millis(30));
+            let r = get(&server, "/api/saliency?task=edv&samples=1");
+            if r.status == 503 {
+                busy = Some(r);
+            }
+        }
+        (first.join().unwrap(), busy)
+    });
+    let (first, busy) = slow;
+    let busy = busy.expect("a second request while the first was computed was not refused");
+    assert_eq!(busy.json()["error"], "busy");
+    assert!(busy.headers.contains_key("retry-after"));
+    assert_eq!(first.status, 200);
+    assert_eq!(first.content_type, "image/png");
+    assert_eq!(first.headers["x-frame-seq"], "42");
+    assert_eq!(first.headers["x-saliency-task"], "lv_volume");
+    let png = image::load_from_memory(&first.body).unwrap();
+    assert!(png.width() >= spec.width as u32);
+    let metrics = String::from_utf8(get(&server, "/metrics").body).unwrap();
+    assert!(
+        metrics.contains("echonet_saliency_done_total 1"),
+        "{metrics}"
+    );
+    let busy_count: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("echonet_saliency_busy_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(busy_count >= 1);
+}
+
+/// `echonet run` on the phantom with the display on: the endpoint answers 404 or a PNG, never
+/// anything else, and a PNG once frames flow.
+#[test]
+fn saliency_endpoint_of_the_running_daemon() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_echonet"))
+        .args([
+            "run",
+            "--model",
+            bundled().to_str().unwrap(),
+            "--source",
+            "phantom",
+            "--duration",
+            "15",
+            "--threads",
+            "1",
+            "--jsonl",
+            "/dev/null",
+            "--http",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("ECHONET_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let deadline = Instant::now() + Duration::from_secs(14);
+    let mut got = None;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let Ok(mut r) = agent
+            .get(&format!(
+                "http://127.0.0.1:{port}/api/saliency?task=lv_volume&samples=10"
+            ))
+            .call()
+        else {
+            continue; // not listening yet
+        };
+        let status = r.status().as_u16();
+        assert!(status == 200 || status == 404, "status {status}");
+        if status == 200 {
+            got = Some(r.body_mut().read_to_vec().unwrap());
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let png = got.expect("no saliency map from the running daemon");
+    image::load_from_memory(&png).unwrap();
 }

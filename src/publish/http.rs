@@ -34,7 +34,7 @@ const POLL: Duration = Duration::from_millis(200);
 /// the page edited to pull a script from elsewhere fails loudly instead of half-working offline.
 const PAGE_CSP: &str =
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-                        img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'";
+                        img-src 'self' blob:; connect-src 'self'; base-uri 'none'; form-action 'none'";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {

@@ -128,9 +128,24 @@ pub fn resolve_bundle(config: &Config) -> anyhow::Result<PathBuf> {
         .as_ref()
         .and_then(|id| catalog.models.iter().find(|m| &m.id == id))
     {
-        Some(entry) => Ok(Catalog::entry_path(&dir, entry)),
+        Some(entry) => {
+            // The catalog pins each shipped bundle's hash: a swapped or stale file is refused.
+            let path = Catalog::entry_path(&dir, entry);
+            let bundle = echonet_edge::model::read_bundle(&path)?;
+            if bundle.manifest.content_hash != entry.content_hash {
+                bail!(
+                    "{}: content hash {} differs from {} in {} (entry {:?}): the file is not the bundle the catalog ships",
+                    path.display(),
+                    bundle.manifest.content_hash,
+                    entry.content_hash,
+                    dir.join("MANIFEST.toml").display(),
+                    entry.id
+                );
+            }
+            Ok(path)
+        }
         None => bail!(
-            "no model bundle: {} names no default model (none is shipped yet); pass --model BUNDLE (make run MODEL=...) or set model.bundle",
+            "no model bundle: {} names no default model; pass --model BUNDLE (make run MODEL=...) or set model.bundle",
             dir.join("MANIFEST.toml").display()
         ),
     }

@@ -177,6 +177,15 @@ pub fn build_source(config: &Config, inputs: &[PathBuf]) -> anyhow::Result<Box<d
                 fps: s.phantom.fps,
                 ..PhantomParams::random(s.phantom.seed)
             };
+            // The phantom's truth, so a demo can be checked against the display at a glance.
+            tracing::info!(
+                seed = s.phantom.seed,
+                edv_ml = format!("{:.1}", params.edv_ml),
+                esv_ml = format!("{:.1}", params.esv_ml),
+                ef_percent = format!("{:.1}", params.ef_percent()),
+                heart_rate_bpm = format!("{:.0}", params.heart_rate_bpm),
+                "phantom patient (ground truth)"
+            );
             Box::new(PhantomSource::new(params, s.pacing)?)
         }
         SourceKind::Dicom => {

@@ -129,9 +129,24 @@ pub fn resolve_bundle(config: &Config) -> anyhow::Result<PathBuf> {
         .as_ref()
         .and_then(|id| catalog.models.iter().find(|m| &m.id == id))
     {
-        Some(entry) => Ok(Catalog::entry_path(&dir, entry)),
+        Some(entry) => {
+            // The catalog pins each shipped bundle's hash: a swapped or stale file is refused.
+            let path = Catalog::entry_path(&dir, entry);
+            let bundle = echonet_edge::model::read_bundle(&path)?;
+            if bundle.manifest.content_hash != entry.content_hash {
+                bail!(
+                    "{}: content hash {} differs from {} in {} (entry {:?}): the file is not the bundle the catalog ships",
+                    path.display(),
+                    bundle.manifest.content_hash,
+                    entry.content_hash,
+                    dir.join("MANIFEST.toml").display(),
+                    entry.id
+                );
+            }
+            Ok(path)
+        }
         None => bail!(
-            "no model bundle: {} names no default model (none is shipped yet); pass --model BUNDLE (make run MODEL=...) or set model.bundle",
+            "no model bundle: {} names no default model; pass --model BUNDLE (make run MODEL=...) or set model.bundle",
             dir.join("MANIFEST.toml").display()
         ),
     }
@@ -163,6 +178,15 @@ pub fn build_source(config: &Config, inputs: &[PathBuf]) -> anyhow::Result<Box<d
                 fps: s.phantom.fps,
                 ..PhantomParams::random(s.phantom.seed)
             };
+            // The phantom's truth, so a demo can be checked against the display at a glance.
+            tracing::info!(
+                seed = s.phantom.seed,
+                edv_ml = format!("{:.1}", params.edv_ml),
+                esv_ml = format!("{:.1}", params.esv_ml),
+                ef_percent = format!("{:.1}", params.ef_percent()),
+                heart_rate_bpm = format!("{:.0}", params.heart_rate_bpm),
+                "phantom patient (ground truth)"
+            );
             Box::new(PhantomSource::new(params, s.pacing)?)
         }
         SourceKind::Dicom => {

@@ -3,8 +3,8 @@
 //! thread set-up; `input` turns files into normalised batches; `capture` the frame sources;
 //! `preprocess` finds the scanning sector, checks frame quality and prepares frames for the model;
 //! `sampler`, `aggregate` and `pipeline` make the live 10 fps window and its estimates; `publish`
-//! JSON Lines and the bedside display (HTTP server, live page, SSE); `config` the deployment
-//! profiles.
+//! JSON Lines and the bedside display (HTTP server, live page, SSE); `explain` where the model
+//! looks (SmoothGrad saliency, occlusion); `config` the deployment profiles.
 
 // Nothing on the frame path may panic: bad input is an error value, handled once.
 #![cfg_attr(

@@ -157,3 +157,54 @@ fn display_page_in_headless_chromium() {
     assert_eq!(browser.text("transport"), "polling");
     drop(feeder);
 }
+
+/// The page's "Where the model looks" button: a clear refusal before any usable frame, then the
+/// saliency map of the newest model input beside the live frame, and hidden again on a second
+/// click.
+#[test]
+fn saliency_button_shows_the_map_beside_the_frame() {
+    use echonet_edge::explain::worker::SaliencyWorker;
+    use echonet_edge::preprocess::PreparedInput;
+
+    let (hub, server) = start(HubConfig::default(), ServerConfig::default());
+    let bundle = echonet_edge::model::read_bundle(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models/echonet-phantom-demo.safetensors"),
+    )
+    .unwrap();
+    let spec = bundle.manifest.input.clone();
+    hub.set_saliency_worker(
+        SaliencyWorker::spawn(bundle.manifest.clone(), bundle.store.snapshot()).unwrap(),
+    );
+    let browser = Browser::start(1280, 800);
+    browser.goto(&server.url());
+    browser.click("saliency-button");
+    browser.wait_text("saliency-note", WAIT, "the refusal", |t| {
+        t.contains("no frame yet")
+    });
+    browser.click("saliency-button"); // hide
+    let plane = spec.width * spec.height;
+    let data: Vec<f32> = (0..plane)
+        .map(|i| ((i % spec.width) as f32 / spec.width as f32) * 2.0 - 1.0)
+        .collect();
+    hub.set_model_input(
+        7,
+        Arc::new(PreparedInput {
+            data,
+            channels: 1,
+            height: spec.height,
+            width: spec.width,
+        }),
+    );
+    browser.click("saliency-button");
+    let note = browser.wait_text("saliency-note", Duration::from_secs(60), "the map", |t| {
+        t.contains("SmoothGrad")
+    });
+    assert!(note.contains("frame 7"), "{note}");
+    let src = browser.attribute("saliency-img", "src").unwrap_or_default();
+    assert!(src.starts_with("blob:"), "{src}");
+    browser.click("saliency-button");
+    browser.wait_text("saliency-button", WAIT, "the button reset", |t| {
+        t == "Where the model looks"
+    });
+}

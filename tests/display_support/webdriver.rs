@@ -213,6 +213,16 @@ impl Browser {
             .to_string()
     }
 
+    /// Clicks `#id`.
+    pub fn click(&self, id: &str) {
+        let el = self.element(id);
+        self.call(
+            "POST",
+            &self.session_path(&format!("/element/{el}/click")),
+            Some(json!({})),
+        );
+    }
+
     /// The rendered text of `#id` (empty when it is hidden).
     pub fn text(&self, id: &str) -> String {
         let el = self.element(id);

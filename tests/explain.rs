@@ -283,6 +283,10 @@ fn saliency_mass_falls_on_the_heart() {
     assert!(ratio > 1.5, "mass ratio {ratio:.2}");
 }
 
+/// LV cavity, its shifted copy and the fan (prepared-input pixels), and the copy's distance from
+/// the nearest chamber centre.
+type Regions = (Vec<bool>, Vec<bool>, Vec<bool>, f64);
+
 /// Where a source pixel lands in the prepared input (crop to the sector's box, letterbox).
 fn to_input(sector: &Sector, spec: &InputSpec, (x, y): (f64, f64)) -> (f64, f64) {
     let b = sector.bbox();
@@ -296,10 +300,7 @@ fn to_input(sector: &Sector, spec: &InputSpec, (x, y): (f64, f64)) -> (f64, f64)
 /// The LV cavity (`lv_mask`) in the prepared input, and the same shape moved inside the fan as far
 /// as it goes from every chamber centre without coming within 1 cm of the cavity (at most 5 % of it outside
 /// the fan). `None` when no such place.
-fn lv_and_elsewhere(
-    f: &PhantomFrame,
-    spec: &InputSpec,
-) -> Option<(Vec<bool>, Vec<bool>, Vec<bool>, f64)> {
+fn lv_and_elsewhere(f: &PhantomFrame, spec: &InputSpec) -> Option<Regions> {
     let p = f.phantom.params();
     let (w, h) = (p.width, p.height);
     let (iw, ih) = (spec.width, spec.height);

@@ -357,3 +357,85 @@ fn unknown_folder_is_refused() {
         "{e}"
     );
 }
+
+/// An EchoNet-Dynamic folder whose videos are phantom echoes (MJPG, 160x120, 50 fps, 40 frames:
+/// enough for the sector to be found from motion, as in a real 2-4 s EchoNet-Dynamic clip).
+fn echonet_phantom_folder(dir: &Path) {
+    use echonet_edge::capture::phantom::{Phantom, PhantomParams};
+    std::fs::create_dir_all(dir.join("Videos")).unwrap();
+    for (name, seed) in [("0XAAA", 11u64), ("0XBBB", 12), ("0XCCC", 13)] {
+        let p = Phantom::new(PhantomParams {
+            width: 160,
+            height: 120,
+            fps: 50.0,
+            ..PhantomParams::random(seed)
+        })
+        .unwrap();
+        let frames: Vec<Vec<u8>> = (0..40)
+            .map(|k| {
+                let img = p.render(p.frame_time(k));
+                encode_jpeg(160, 120, 1, &img.data, 90).unwrap()
+            })
+            .collect();
+        std::fs::write(
+            dir.join(format!("Videos/{name}.avi")),
+            write_avi(&AviSpec::mjpeg(160, 120, 50), &frames),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.join("FileList.csv"),
+        format!(
+            "{FILE_LIST_HEADER}\
+             0XAAA,60.0,40.0,100.0,120,160,50,40,TRAIN\n\
+             0XBBB,50.0,50.0,100.0,120,160,50,40,VAL\n\
+             0XCCC,30.0,70.0,100.0,120,160,50,40,TEST\n"
+        ),
+    )
+    .unwrap();
+    let mut t = String::from("FileName,X1,Y1,X2,Y2,Frame\n");
+    t += &tracing("0XAAA.avi", 12, 60.0, 20.0);
+    t += &tracing("0XAAA.avi", 3, 70.0, 30.0);
+    t += &tracing("0XBBB.avi", 0, 80.0, 35.0);
+    t += &tracing("0XBBB.avi", 7, 60.0, 25.0);
+    std::fs::write(dir.join("VolumeTracings.csv"), t).unwrap();
+}
+
+/// Training frames from an EchoNet-Dynamic folder: the 10 fps samples plus the traced ED and ES
+/// frames (sparse per-frame labels), each traced frame with its volume, every sampled frame with
+/// the clip's labels, the sector found from the whole clip (no region is declared in an AVI);
+/// the declared TRAIN/VAL split is used and TEST never is.
+#[test]
+fn training_frames_from_echonet_dynamic_include_traced_frames_and_honour_splits() {
+    use echonet_edge::model::InputSpec;
+    use echonet_edge::train::data::{prepare, split_patients, FramePick};
+    let tmp = tempfile::tempdir().unwrap();
+    echonet_phantom_folder(tmp.path());
+    let ds = dataset::open(tmp.path()).unwrap();
+    let tasks = vec!["ef".to_string(), LV_VOLUME.to_string()];
+    let data = prepare(
+        &ds,
+        &tasks,
+        &InputSpec::facenet(75, 1),
+        FramePick { sampled: 20 },
+    )
+    .unwrap();
+    let of_clip = |c: usize| -> Vec<(usize, Option<f64>, Option<f64>)> {
+        data.frames
+            .iter()
+            .filter(|f| f.clip == c)
+            .map(|f| (f.frame, f.labels[0], f.labels[1]))
+            .collect()
+    };
+    // 0XAAA at 50 fps: 10 fps samples are frames 0, 5, ..., 35; traced frames 3 (ED), 12 (ES).
+    let mut expect: Vec<(usize, Option<f64>, Option<f64>)> =
+        (0..8).map(|k| (k * 5, Some(60.0), None)).collect();
+    expect.push((3, Some(60.0), Some(100.0)));
+    expect.push((12, Some(60.0), Some(40.0)));
+    expect.sort_by_key(|e| e.0);
+    assert_eq!(of_clip(0), expect, "rejected: {:?}", data.rejected);
+    assert!(data.frames.iter().all(|f| f.pixels.len() == 75 * 75));
+    let split = split_patients(&data, 0.1, 1);
+    assert_eq!(split.train, vec!["0XAAA"]);
+    assert_eq!(split.val, vec!["0XBBB"]);
+}

@@ -121,6 +121,14 @@ fn prepare_clip(
             what: e.to_string(),
         }
     })?;
+    // Without a declared imaging region the sector is found from motion over many consecutive
+    // frames (as the live detector does): a first pass over the whole clip finds it, so the
+    // sampled frames, even the first, are prepared with the sector in force.
+    if frames.iter().any(|f| f.geometry.regions.is_empty()) {
+        for f in &frames {
+            let _ = pre.process(f, spec);
+        }
+    }
     let mut out = Vec::new();
     let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
     for &i in &wanted {

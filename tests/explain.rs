@@ -607,7 +607,7 @@ fn saliency_and_occlusion_commands_write_png_and_npy() {
 
 #[test]
 fn saliency_endpoint_refuses_clearly_then_returns_a_png() {
-    use display_support::{get, start};
+    use display_support::{get, get_within, start};
     use echonet_edge::explain::worker::SaliencyWorker;
     use echonet_edge::publish::{HubConfig, ServerConfig};
 
@@ -635,9 +635,15 @@ fn saliency_endpoint_refuses_clearly_then_returns_a_png() {
 
     // One map at a time: a request while one is computed is refused with 503 "busy".
     let slow = std::thread::scope(|scope| {
-        let first = scope.spawn(|| get(&server, "/api/saliency?task=lv_volume&samples=20"));
+        let first = scope.spawn(|| {
+            get_within(
+                &server,
+                "/api/saliency?task=lv_volume&samples=20",
+                Duration::from_secs(300),
+            )
+        });
         let mut busy = None;
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(300);
         while busy.is_none() && Instant::now() < deadline && !first.is_finished() {
             std::thread::sleep(Duration::from_millis(30));
             let r = get(&server, "/api/saliency?task=edv&samples=1");
@@ -687,8 +693,10 @@ fn saliency_endpoint_of_the_running_daemon() {
             bundled().to_str().unwrap(),
             "--source",
             "phantom",
+            // Killed as soon as a map arrives; long enough for a nice-19 worker on a loaded
+            // machine (the test binaries run in parallel).
             "--duration",
-            "15",
+            "150",
             "--threads",
             "1",
             "--jsonl",
@@ -704,7 +712,7 @@ fn saliency_endpoint_of_the_running_daemon() {
         .http_status_as_error(false)
         .build()
         .into();
-    let deadline = Instant::now() + Duration::from_secs(14);
+    let deadline = Instant::now() + Duration::from_secs(140);
     let mut got = None;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));

@@ -81,8 +81,19 @@ impl Reply {
 }
 
 pub fn get(server: &DisplayServer, path: &str) -> Reply {
+    get_within(server, path, Duration::from_secs(20))
+}
+
+/// `get` for a request whose answer may take long on a loaded machine (a saliency map is
+/// computed at the lowest CPU priority, behind every other test running in parallel).
+pub fn get_within(server: &DisplayServer, path: &str, limit: Duration) -> Reply {
     let url = format!("http://{}{path}", server.local_addr());
-    let mut r = agent().get(&url).call().expect("GET");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(limit))
+        .build()
+        .into();
+    let mut r = agent.get(&url).call().expect("GET");
     Reply {
         status: r.status().as_u16(),
         content_type: r

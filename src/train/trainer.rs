@@ -596,14 +596,16 @@ pub fn train_run(
             state.history.push(v.clone());
             state.seconds = seconds_before + started.elapsed().as_secs_f64();
             let improved = state.best.as_ref().is_none_or(|b| v.loss < b.loss);
+            // One copy of the weights serves both the best bundle and the checkpoint.
+            let weights = net.export(&varmap)?;
             if improved {
                 state.best = Some(v.clone());
                 let manifest = manifest_for(cfg, &state, provenance, &v);
-                write_bundle(&best_path, &manifest, &net.export(&varmap)?).map_err(|e| {
+                write_bundle(&best_path, &manifest, &weights).map_err(|e| {
                     TrainError::Unsupported(format!("writing {}: {e}", best_path.display()))
                 })?;
             }
-            write_checkpoint(&checkpoint_path, &state, &net.export(&varmap)?, &opt)?;
+            write_checkpoint(&checkpoint_path, &state, &weights, &opt)?;
         } else if state.step == stop {
             state.seconds = seconds_before + started.elapsed().as_secs_f64();
             write_checkpoint(&checkpoint_path, &state, &net.export(&varmap)?, &opt)?;

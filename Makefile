@@ -16,6 +16,24 @@ run: deps
 
 test: deps
 	$(CARGO) test --release
+	$(MAKE) --no-print-directory test-aarch64
+
+# aarch64 (ARM carts, the Jetson's CPU): cross-built here, tested under qemu (scripts/aarch64.sh).
+.PHONY: deps-cross aarch64 test-aarch64 jetson package
+deps-cross:
+	@bash scripts/install-deps.sh --cross
+aarch64: deps-cross
+	bash scripts/aarch64.sh build
+test-aarch64: deps-cross
+	bash scripts/aarch64.sh test
+# The Jetson Orin CUDA binary (aarch64 + sm_87), cross-built without a GPU (scripts/jetson-build.sh).
+jetson: deps-cross
+	bash scripts/jetson-build.sh
+# Release tarballs in dist/, one per target (scripts/package.sh); PACKAGE_TARGETS="aarch64-cpu ..."
+# for some of x86_64-cpu x86_64-cuda aarch64-cpu jetson-cuda.
+PACKAGE_TARGETS ?=
+package: deps-cross
+	bash scripts/package.sh $(PACKAGE_TARGETS)
 
 lint:
 	$(CARGO) fmt --all -- --check

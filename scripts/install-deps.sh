@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing echonet-edge needs on a fresh Debian machine, and nothing
 # when it is already there. Called by `make run` and `make test` (and so by .ci/run).
+# With --cross, also the aarch64 cross toolchain and qemu (scripts/install-cross.sh): make test,
+# make aarch64, make jetson.
 set -euo pipefail
 need=()
 # bindgen (used by the v4l capture crate) needs libclang; cc for crates that build C.
@@ -20,4 +22,7 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo not found; install the Rust toolchain (rustup) first" >&2
   exit 1
+fi
+if [ "${1:-}" = "--cross" ]; then
+  bash "$(dirname "$0")/install-cross.sh"
 fi

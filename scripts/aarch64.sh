@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The aarch64 (64-bit ARM) CPU build, and its tests under qemu user-mode emulation.
+#
+#   scripts/aarch64.sh build   release binary: target/aarch64/aarch64-unknown-linux-gnu/release/echonet
+#   scripts/aarch64.sh test    build, then on aarch64 (emulated on x86): the conv kernel property
+#                              tests, the src/model unit tests, `echonet doctor`, and a phantom run
+#                              that must publish estimates
+#
+# Env: AARCH64_TESTS    cargo test selections, `;`-separated (default below)
+#      SMOKE_SECONDS    length of the emulated phantom run (default 10)
+#      AARCH64_TARGET_CPU  e.g. cortex-a78ae (default: the Armv8-A baseline)
+# The toolchain comes from scripts/install-cross.sh; cargo's settings from scripts/cross-env.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=cross-env.sh
+. scripts/cross-env.sh
+CARGO=${CARGO:-cargo}
+export CARGO_TARGET_DIR=${AARCH64_TARGET_DIR:-$PWD/target/aarch64}
+RUSTFLAGS="$(aarch64_rustflags)"
+export RUSTFLAGS
+BIN="$CARGO_TARGET_DIR/$AARCH64_TRIPLE/release/echonet"
+# Which tests run on aarch64: every kernel property test (tests/conv_kernels.rs, where new SIMD
+# kernels get their property tests) and every unit test under src/model (the kernels themselves).
+# The rest of the suite exercises no architecture-specific code and runs on the host.
+AARCH64_TESTS=${AARCH64_TESTS:-"--test conv_kernels;--lib model::"}
+
+build() {
+  local t0=$SECONDS
+  "$CARGO" build --release --locked --target "$AARCH64_TRIPLE" --bin echonet
+  echo "aarch64: built $BIN in $((SECONDS - t0)) s" >&2
+}
+
+unit_tests() {
+  local t0=$SECONDS selection
+  IFS=';' read -ra selections <<<"$AARCH64_TESTS"
+  for selection in "${selections[@]}"; do
+    # shellcheck disable=SC2086  # a selection is several cargo arguments
+    "$CARGO" test --release --locked --target "$AARCH64_TRIPLE" $selection
+  done
+  echo "aarch64: tests ($AARCH64_TESTS) built and passed in $((SECONDS - t0)) s" >&2
+}
+
+# The run's summary counts published estimates, and at least one `ok` estimate line carries an EF
+# value within 0-100 %. (serde_json writes compact lines: `"ef":{"value":64.2,...`.)
+check_published() {
+  local summary=$1 jsonl=$2 published ef
+  published=$(grep -oE '"estimates_published": *[0-9]+' "$summary" | grep -oE '[0-9]+$' || true)
+  if [ -z "$published" ] || [ "$published" -eq 0 ]; then
+    echo "aarch64: the phantom run published no estimates ($summary: estimates_published=${published:-missing})" >&2
+    cat "$summary" >&2
+    return 1
+  fi
+  ef=$(grep '"status":"ok"' "$jsonl" | grep -oE '"ef":\{"value":-?[0-9.eE+-]+' | tail -1 | sed 's/.*://' || true)
+  if [ -z "$ef" ] || ! awk -v v="$ef" 'BEGIN { exit !(v >= 0 && v <= 100) }'; then
+    echo "aarch64: no ok estimate in $jsonl with an EF value in 0-100 % (last: '${ef:-none}')" >&2
+    tail -3 "$jsonl" >&2
+    return 1
+  fi
+  echo "aarch64: phantom run published $published estimates, last EF $ef %" >&2
+}
+
+# The binary itself on aarch64: doctor passes, and a phantom run publishes estimates whose EF is
+# a finite percentage.
+smoke() {
+  local t0=$SECONDS dir
+  dir=$(mktemp -d)
+  trap 'rm -rf "$dir"' RETURN
+  # shellcheck disable=SC2086  # AARCH64_RUN is a command and its arguments
+  $AARCH64_RUN "$BIN" doctor
+  # shellcheck disable=SC2086
+  $AARCH64_RUN "$BIN" run --source phantom --duration "${SMOKE_SECONDS:-10}" --http off \
+    --jsonl "$dir/estimates.jsonl" --summary "$dir/summary.json"
+  check_published "$dir/summary.json" "$dir/estimates.jsonl"
+  echo "aarch64: doctor and phantom run passed in $((SECONDS - t0)) s" >&2
+}
+
+case "${1:-}" in
+  build) build ;;
+  test) build; unit_tests; smoke ;;
+  smoke) smoke ;;
+  *) echo "usage: scripts/aarch64.sh build|test|smoke" >&2; exit 2 ;;
+esac

@@ -4,7 +4,8 @@
 #   scripts/aarch64.sh build   release binary: target/aarch64/aarch64-unknown-linux-gnu/release/echonet
 #   scripts/aarch64.sh test    build, then on aarch64 (emulated on x86): the conv kernel property
 #                              tests, the src/model unit tests, `echonet doctor`, and a phantom run
-#                              that must publish estimates
+#                              that must publish estimates, and the aarch64-cpu tarball
+#                              (scripts/package.sh), unpacked, passes its doctor
 #
 # Env: AARCH64_TESTS    cargo test selections, `;`-separated (default below)
 #      SMOKE_SECONDS    length of the emulated phantom run (default 10)
@@ -19,10 +20,21 @@ export CARGO_TARGET_DIR=${AARCH64_TARGET_DIR:-$PWD/target/aarch64}
 RUSTFLAGS="$(aarch64_rustflags)"
 export RUSTFLAGS
 BIN="$CARGO_TARGET_DIR/$AARCH64_TRIPLE/release/echonet"
-# Which tests run on aarch64: every kernel property test (tests/conv_kernels.rs, where new SIMD
-# kernels get their property tests) and every unit test under src/model (the kernels themselves).
-# The rest of the suite exercises no architecture-specific code and runs on the host.
-AARCH64_TESTS=${AARCH64_TESTS:-"--test conv_kernels;--lib model::"}
+# Which tests run on aarch64: every unit test under src/model (the kernels and their SIMD paths
+# live there) and every integration test that uses the CPU kernels directly, i.e. imports
+# `echonet_edge::model::cpu_*` or the `model::conv` seam (tests/conv_kernels.rs and the kernel
+# property tests that come after it). The rest of the suite exercises no architecture-specific
+# code and runs on the host only.
+kernel_tests() {
+  local selection="--lib model::" file
+  for file in tests/*.rs; do
+    if grep -qE 'echonet_edge::model::(cpu_[a-z_]+|conv)\b' "$file"; then
+      selection="$selection;--test $(basename "$file" .rs)"
+    fi
+  done
+  echo "$selection"
+}
+AARCH64_TESTS=${AARCH64_TESTS:-$(kernel_tests)}
 
 build() {
   local t0=$SECONDS
@@ -76,7 +88,14 @@ smoke() {
 
 case "${1:-}" in
   build) build ;;
-  test) build; unit_tests; smoke ;;
+  test)
+    build
+    unit_tests
+    smoke
+    dist=$(mktemp -d)
+    DIST_DIR=$dist bash scripts/package.sh --no-build --check aarch64-cpu
+    rm -rf "$dist"
+    ;;
   smoke) smoke ;;
   *) echo "usage: scripts/aarch64.sh build|test|smoke" >&2; exit 2 ;;
 esac

@@ -3,7 +3,7 @@
 # models/, firmware-config/ (with its systemd/ and udev/ files when present), a README for the
 # target and BUILD-INFO (commit, toolchain, SHA-256 of the binary).
 #
-#   scripts/package.sh [--no-build] [TARGET...]      make package [PACKAGE_TARGETS="..."]
+#   scripts/package.sh [--no-build] [--check] [TARGET...]      make package [PACKAGE_TARGETS="..."]
 #
 # TARGET: x86_64-cpu    the default build (target/release)
 #         x86_64-cuda   scripts/cuda-build.sh, CUDA 13 for x86_64 GPUs (target/cuda)
@@ -12,14 +12,18 @@
 # Default: all four. Each is built first (cargo does nothing when it is up to date); a target whose
 # build script is not in this checkout is skipped, saying so. --no-build packages only binaries
 # already built and skips the rest, saying so. A requested build that fails stops the packaging.
+# --check unpacks each CPU tarball and runs its `bin/echonet doctor` on the packed models/ and
+# firmware-config/default.toml (aarch64 under qemu); CUDA binaries need a GPU driver to start.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 BUILD=1
+CHECK=0
 targets=()
 for arg in "$@"; do
   case "$arg" in
     --no-build) BUILD=0 ;;
+    --check) CHECK=1 ;;
     x86_64-cpu | x86_64-cuda | aarch64-cpu | jetson-cuda) targets+=("$arg") ;;
     *)
       echo "package: unknown target '$arg' (expected x86_64-cpu, x86_64-cuda, aarch64-cpu, jetson-cuda or --no-build)" >&2
@@ -133,6 +137,33 @@ pack() {
   echo "package: $archive ($(du -h "$archive" | cut -f1))" >&2
 }
 
+# The unpacked tarball passes its own doctor: the binary starts on its architecture and the packed
+# catalog's bundles match their hashes (ECHONET_MODELS_DIR keeps it from finding the source tree's).
+check() {
+  local target=$1 archive=$2 dir name runner=""
+  case "$target" in *-cuda)
+    echo "package: --check skips $target: its binary needs the NVIDIA driver to start" >&2
+    return 0
+    ;;
+  esac
+  if [ "$target" = aarch64-cpu ] && [ "$(uname -m)" != aarch64 ]; then
+    runner="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+  fi
+  dir=$(mktemp -d)
+  name=$(basename "$archive" .tar.gz)
+  tar -C "$dir" -xzf "$archive"
+  # shellcheck disable=SC2086  # runner is a command and its arguments
+  if ! (cd "$dir/$name" && ECHONET_MODELS_DIR="$dir/$name/models" $runner bin/echonet doctor \
+    --config firmware-config/default.toml >"$dir/doctor.txt" 2>&1); then
+    echo "package: the unpacked $name fails its doctor:" >&2
+    cat "$dir/doctor.txt" >&2
+    rm -rf "$dir"
+    return 1
+  fi
+  rm -rf "$dir"
+  echo "package: unpacked $name passes echonet doctor" >&2
+}
+
 made=() skipped=()
 for target in "${targets[@]}"; do
   bin=$(binary_of "$target")
@@ -158,6 +189,7 @@ for target in "${targets[@]}"; do
     exit 1
   fi
   pack "$target" "$bin"
+  [ "$CHECK" = 0 ] || check "$target" "$DIST/echonet-edge-$VERSION-$target.tar.gz"
   made+=("$target")
 done
 echo "package: made ${made[*]:-nothing} in $DIST" >&2

@@ -99,7 +99,8 @@ pub struct Frame {
     /// Time on the source's own timeline (device timestamp, or the clip's frame time): sampling
     /// at 10 fps is done on this clock.
     pub media_time: Duration,
-    /// When the frame entered this process: capture-to-publish latency is measured from here.
+    /// When the frame was captured: the driver's timestamp for V4L2 devices that flag it
+    /// MONOTONIC, else when it entered this process. Capture-to-publish latency is measured from here.
     pub captured_at: Instant,
     /// Wall-clock time of `captured_at`, for output.
     pub captured_wall: SystemTime,

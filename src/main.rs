@@ -27,6 +27,9 @@ enum Command {
     Doctor(cli::doctor::Args),
     /// Write synthetic apical-4-chamber clips (multi-frame DICOM) with their ground-truth CSVs.
     Phantom(cli::phantom::Args),
+    /// List a capture device's formats, sizes and rates, capture a few seconds, report the real
+    /// frame rate, timestamp jitter, dropped frames and the format the daemon would use.
+    ProbeCapture(cli::probe_capture::Args),
     /// The bedside daemon: live capture to rolling EF/ESV/EDV estimates, JSON Lines and display.
     Run(cli::run::Args),
     /// Offline studies: one JSON result per DICOM clip (20 frames at 10 fps from its start).
@@ -57,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(a) => cli::bench::run(a),
         Command::Doctor(a) => cli::doctor::run(a),
         Command::Phantom(a) => cli::phantom::run(a),
+        Command::ProbeCapture(a) => cli::probe_capture::run(a),
         Command::Run(a) => cli::run::run(a),
         Command::Predict(a) => cli::predict::run(a),
         Command::Eval(a) => cli::eval::run(a),

@@ -8,6 +8,7 @@ pub mod explain;
 pub mod infer;
 pub mod phantom;
 pub mod predict;
+pub mod probe_capture;
 pub mod run;
 pub mod train;
 

@@ -18,12 +18,18 @@ use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use echonet_edge::capture::phantom::{clip_seed, Phantom, PhantomParams};
+use echonet_edge::capture::v4l2::emu_frames;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Folder to write the clips and CSV files into (created if missing).
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, required_unless_present = "emu_frames")]
+    pub out: Option<PathBuf>,
+    /// Instead of DICOM clips: write clip 0's frames to this file as the frame file of the
+    /// emulated V4L2 device (tools/v4l2-emu, scripts/v4l2-emulated.sh), with a JPEG of each for
+    /// its MJPG stream. The emulator loops the frames, so a whole number of beats loops smoothly.
+    #[arg(long, conflicts_with = "out")]
+    pub emu_frames: Option<PathBuf>,
     /// Number of clips, 1 to 1000.
     #[arg(long)]
     pub clips: u32,
@@ -44,6 +50,27 @@ pub struct Args {
     pub height: usize,
 }
 
+/// `--emu-frames`: clip 0's frames as the emulated V4L2 device's frame file.
+fn write_emu_frames(args: &Args, path: &Path) -> anyhow::Result<ExitCode> {
+    let seed = clip_seed(args.seed, 0)
+        .with_context(|| format!("--seed {} is too large for clip seeds", args.seed))?;
+    let params = PhantomParams {
+        width: args.width,
+        height: args.height,
+        fps: args.fps,
+        ..PhantomParams::random(seed)
+    };
+    let frames = emu_frames::phantom_frames(params.clone(), args.frames as usize)
+        .with_context(|| format!("phantom clip 0 (seed {seed})"))?;
+    emu_frames::write_emu_frames(path, &frames, true)?;
+    tracing::info!(
+        file = %path.display(), frames = args.frames, width = args.width, height = args.height,
+        ef_percent = format!("{:.1}", params.ef_percent()),
+        "wrote the emulated V4L2 device's frames"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// One clip's ground truth, as written to `labels.csv`.
 struct ClipLabel {
     file: String,
@@ -61,8 +88,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.frames == 0 {
         bail!("--frames must be at least 1");
     }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    if let Some(path) = &args.emu_frames {
+        return write_emu_frames(&args, path);
+    }
+    let out = args
+        .out
+        .clone()
+        .context("--out is required (unless --emu-frames is given)")?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
     let mut labels = Vec::new();
     let mut volumes = String::from("file,frame,time_s,lv_volume_ml\n");
@@ -99,7 +132,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         let bytes = clip_dicom(&phantom, args.frames, pixels)
             .with_context(|| format!("encoding {file}"))?;
-        write_atomically(&args.out.join(&file), &bytes)?;
+        write_atomically(&out.join(&file), &bytes)?;
         labels.push(ClipLabel {
             file,
             params,
@@ -122,15 +155,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             l.frames
         ));
     }
-    write_atomically(&args.out.join("labels.csv"), csv.as_bytes())?;
-    write_atomically(&args.out.join("frame_volumes.csv"), volumes.as_bytes())?;
+    write_atomically(&out.join("labels.csv"), csv.as_bytes())?;
+    write_atomically(&out.join("frame_volumes.csv"), volumes.as_bytes())?;
 
     let total_frames = u64::from(args.clips) * u64::from(args.frames);
     tracing::info!(
         clips = args.clips,
         frames = total_frames,
         render_ms_per_frame = format!("{:.2}", 1000.0 * render_s / total_frames as f64),
-        out = %args.out.display(),
+        out = %out.display(),
         "phantom clips written"
     );
     Ok(ExitCode::SUCCESS)

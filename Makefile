@@ -1,9 +1,14 @@
 # The two commands of the README. Both install what they need first.
 #   make run    build, check the installation, and run the bedside daemon (echonet run)
-#   make test   build and pass every test (what .ci/run calls)
+#   make test   build and pass every test (what .ci/run calls), then build the CUDA binary
+#   make cuda   the CUDA binary only (target/cuda/release/echonet); no GPU needed to build it
 CARGO ?= cargo
+# The GPU the CUDA binary's kernels are compiled for: 87 = Jetson Orin (the design card's device).
+# candle embeds PTX, which the driver compiles forward at start-up, so an 87 build also runs on
+# compute 8.9 and 9.0 cards (L4, H100, H200); set 80 to reach A100s too.
+CUDA_COMPUTE_CAP ?= 87
 
-.PHONY: run test deps lint bench model
+.PHONY: run test deps lint bench model cuda
 deps:
 	@bash scripts/install-deps.sh
 
@@ -17,6 +22,7 @@ run: deps
 test: deps
 	$(CARGO) test --release
 	$(MAKE) --no-print-directory test-aarch64
+	$(MAKE) cuda
 
 # aarch64 (ARM carts, the Jetson's CPU): cross-built here, tested under qemu (scripts/aarch64.sh).
 .PHONY: deps-cross aarch64 test-aarch64 jetson package
@@ -34,6 +40,11 @@ jetson: deps-cross
 PACKAGE_TARGETS ?=
 package: deps-cross
 	bash scripts/package.sh $(PACKAGE_TARGETS)
+
+# Builds with NVIDIA's CUDA 13.0 wheels from PyPI (scripts/cuda-build.sh says how); its own target
+# directory keeps the CPU binary in target/release untouched. About 16 min the first time on 2 cores.
+cuda: deps
+	CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CARGO="$(CARGO)" bash scripts/cuda-build.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -9,6 +9,9 @@ need=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+# python3 with venv/ensurepip: `make cuda` (part of `make test`) installs NVIDIA's CUDA wheels into
+# a virtual environment (scripts/cuda-build.sh).
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # Headless Chromium and chromedriver for the display page test (tests/display_browser.rs).
 dpkg -s chromium >/dev/null 2>&1 || need+=(chromium)
 dpkg -s chromium-driver >/dev/null 2>&1 || need+=(chromium-driver)

@@ -47,6 +47,20 @@ impl ClipResult {
     }
 }
 
+/// Frames per forward pass in offline prediction: the window's 20 frames in one batch on CUDA,
+/// where a batch of 20 costs little more than one frame (and a partial batch is padded to the
+/// same shape, so one captured CUDA graph serves every clip); one at a time on the CPU, where
+/// batching gains nothing and costs memory.
+pub const CUDA_OFFLINE_BATCH: usize = 20;
+
+fn offline_batch(model: &EchoNetModel) -> usize {
+    if model.device().is_cuda() {
+        CUDA_OFFLINE_BATCH
+    } else {
+        1
+    }
+}
+
 /// Runs one clip. `frames` are in display order with their media times.
 pub fn predict_clip(
     file: &str,
@@ -55,11 +69,95 @@ pub fn predict_clip(
     preparer: &mut dyn FramePreparer,
     window: &WindowConfig,
 ) -> ClipResult {
+    predict_clip_batched(file, frames, model, preparer, window, offline_batch(model))
+}
+
+/// Each usable input's outputs, `batch` frames per forward pass (a short last batch padded with
+/// copies of its last frame when `pad` is set); a failed pass marks its frames `inference_error`.
+fn infer_inputs(
+    file: &str,
+    inputs: &[(u64, Vec<f32>, [usize; 3])],
+    model: &EchoNetModel,
+    batch: usize,
+    pad: bool,
+) -> Vec<Verdict> {
+    let mut verdicts = Vec::with_capacity(inputs.len());
+    for chunk in inputs.chunks(batch.max(1)) {
+        let [c, h, w] = chunk[0].2;
+        let same_shape = chunk.iter().all(|(_, _, d)| *d == [c, h, w]);
+        let run = || -> crate::model::Result<Vec<crate::model::FrameOutput>> {
+            if !same_shape {
+                // Mixed shapes cannot share a batch: one pass per frame.
+                let mut out = Vec::with_capacity(chunk.len());
+                for (_, data, [c, h, w]) in chunk {
+                    let x = Tensor::from_slice(data, (1, *c, *h, *w), &Device::Cpu)?;
+                    out.extend(model.infer(&x, false)?);
+                }
+                return Ok(out);
+            }
+            let n = if pad {
+                batch.max(chunk.len())
+            } else {
+                chunk.len()
+            };
+            let mut data = Vec::with_capacity(n * c * h * w);
+            for i in 0..n {
+                data.extend_from_slice(&chunk[i.min(chunk.len() - 1)].1);
+            }
+            let x = Tensor::from_vec(data, (n, c, h, w), &Device::Cpu)?;
+            let mut out = model.infer(&x, false)?;
+            out.truncate(chunk.len());
+            Ok(out)
+        };
+        match run() {
+            Ok(out) if out.len() == chunk.len() => {
+                verdicts.extend(out.into_iter().map(|o| Verdict::Valid(o.outputs)))
+            }
+            Ok(out) => {
+                tracing::error!(
+                    "{file}: {} outputs for a batch of {} frames",
+                    out.len(),
+                    chunk.len()
+                );
+                verdicts.extend(
+                    chunk
+                        .iter()
+                        .map(|_| Verdict::Invalid(vec!["inference_error".into()])),
+                );
+            }
+            Err(e) => {
+                let seqs: Vec<u64> = chunk.iter().map(|(s, _, _)| *s).collect();
+                tracing::error!("{file}: frames {seqs:?}: inference failed: {e}");
+                verdicts.extend(
+                    chunk
+                        .iter()
+                        .map(|_| Verdict::Invalid(vec!["inference_error".into()])),
+                );
+            }
+        }
+    }
+    verdicts
+}
+
+/// [`predict_clip`] with `batch` frames per forward pass (partial batches padded on CUDA). The
+/// frames are sampled and prepared first, then inferred together, then pushed to the window in
+/// order: the result is the same as one frame at a time, up to the kernels' rounding.
+pub fn predict_clip_batched(
+    file: &str,
+    frames: &[Frame],
+    model: &EchoNetModel,
+    preparer: &mut dyn FramePreparer,
+    window: &WindowConfig,
+    batch: usize,
+) -> ClipResult {
     let mut sampler = Sampler::paper();
     let mut ring = RollingWindow::new(window.clone());
     let spec = model.manifest().input.clone();
     let mut used = Vec::new();
     let mut times = Vec::new();
+    // (frame, its verdict when already known, or the index of its input)
+    let mut taken: Vec<(&Frame, Result<usize, Vec<String>>)> = Vec::new();
+    let mut inputs: Vec<(u64, Vec<f32>, [usize; 3])> = Vec::new();
     for frame in frames {
         if used.len() >= window.frames {
             break;
@@ -70,21 +168,26 @@ pub fn predict_clip(
         used.push(frame.seq);
         times.push(frame.media_time.as_secs_f64() * 1000.0);
         let prepared = preparer.prepare(frame, &spec);
-        let verdict = match prepared.input {
-            None => Verdict::Invalid(prepared.reasons),
-            Some((data, [c, h, w])) => {
-                match Tensor::from_vec(data, (1, c, h, w), &Device::Cpu)
-                    .map_err(crate::model::ModelError::from)
-                    .and_then(|x| model.infer(&x, false))
-                {
-                    Ok(mut out) if !out.is_empty() => Verdict::Valid(out.swap_remove(0).outputs),
-                    Ok(_) => Verdict::Invalid(vec!["inference_error".into()]),
-                    Err(e) => {
-                        tracing::error!("{file}: frame {}: inference failed: {e}", frame.seq);
-                        Verdict::Invalid(vec!["inference_error".into()])
-                    }
-                }
+        match prepared.input {
+            None => taken.push((frame, Err(prepared.reasons))),
+            Some((data, dims)) => {
+                taken.push((frame, Ok(inputs.len())));
+                inputs.push((frame.seq, data, dims));
             }
+        }
+    }
+    let mut verdicts: Vec<Option<Verdict>> =
+        infer_inputs(file, &inputs, model, batch, model.device().is_cuda())
+            .into_iter()
+            .map(Some)
+            .collect();
+    for (frame, slot) in taken {
+        let verdict = match slot {
+            Err(reasons) => Verdict::Invalid(reasons),
+            Ok(i) => verdicts
+                .get_mut(i)
+                .and_then(Option::take)
+                .unwrap_or_else(|| Verdict::Invalid(vec!["inference_error".into()])),
         };
         ring.push(FramePrediction {
             seq: frame.seq,

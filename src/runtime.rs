@@ -46,8 +46,10 @@ impl std::fmt::Display for DeviceChoice {
     }
 }
 
-/// Opens the device. Must be called on the thread that will run the model (candle's CUDA
-/// backend keeps a per-thread stream).
+/// Opens the device. Must be called on the thread that will run the model: candle's CUDA device
+/// issues its work on the calling thread's per-thread stream, so the thread that opens the device
+/// must be the one that uses it (and, with cross-stream event tracking turned off here, the only
+/// one).
 pub fn open_device(choice: DeviceChoice) -> Result<Device, RuntimeError> {
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
@@ -58,11 +60,23 @@ pub fn open_device(choice: DeviceChoice) -> Result<Device, RuntimeError> {
                     reason: "this binary was built without `--features cuda`".into(),
                 });
             }
-            Device::new_cuda(n).map_err(|e| RuntimeError::CudaUnavailable {
+            let device = Device::new_cuda(n).map_err(|e| RuntimeError::CudaUnavailable {
                 requested: choice.to_string(),
                 reason: e.to_string(),
-            })
+            })?;
+            crate::gpu::prepare_single_stream(&device);
+            Ok(device)
         }
+    }
+}
+
+/// The run dtype when none is asked for: f16 on CUDA (half the memory traffic, tensor cores;
+/// parity within 1e-2 of f32, checked by scripts/gpu-check.sh), the bundle's storage dtype on the
+/// CPU (candle's CPU f16 kernels are slower than f32).
+pub fn default_dtype(choice: DeviceChoice, bundle_dtype: DType) -> DType {
+    match choice {
+        DeviceChoice::Cuda(_) => DType::F16,
+        DeviceChoice::Cpu => bundle_dtype,
     }
 }
 
@@ -139,6 +153,17 @@ mod tests {
     fn cuda_request_without_cuda_build_is_a_clear_error() {
         let err = open_device(DeviceChoice::Cuda(0)).unwrap_err().to_string();
         assert!(err.contains("--features cuda"), "{err}");
+    }
+
+    #[test]
+    fn f16_is_the_default_on_cuda_only() {
+        assert_eq!(default_dtype(DeviceChoice::Cuda(0), DType::F32), DType::F16);
+        assert_eq!(
+            default_dtype(DeviceChoice::Cuda(1), DType::BF16),
+            DType::F16
+        );
+        assert_eq!(default_dtype(DeviceChoice::Cpu, DType::F32), DType::F32);
+        assert_eq!(default_dtype(DeviceChoice::Cpu, DType::F16), DType::F16);
     }
 
     #[test]

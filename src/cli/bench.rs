@@ -98,6 +98,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             )
         }
     };
+    let mut model = model;
+    if !args.run.no_cuda_graph {
+        model.enable_cuda_graph();
+    }
     let spec = model.manifest().input.clone();
     let batch = probe_batch(args.batch, &spec)?.to_device(model.device())?;
     for _ in 0..args.warmup {
@@ -125,6 +129,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "batch": args.batch,
         "input": [spec.channels, spec.height, spec.width],
         "conv_kernel": model.network().kernel_name(),
+        "cuda_graph": match model.cuda_graph() {
+            None => "off".to_string(),
+            Some(g) if g.is_captured() => "captured".to_string(),
+            Some(g) => g.failure().map(|e| format!("failed: {e}")).unwrap_or_else(|| "not captured".into()),
+        },
         "iters": args.iters,
         "median_ms_per_frame": median,
         "p90_ms_per_frame": p90,
@@ -134,7 +143,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} on {} ({}, batch {}, {} threads, {}x{}x{}): median {:.2} ms/frame, p90 {:.2} ms/frame, {:.1} frames/s",
+            "{} on {} ({}, batch {}, {} threads, {}x{}x{}, CUDA graph {}): median {:.3} ms/frame, p90 {:.3} ms/frame, {:.1} frames/s",
             source.0,
             args.run.device,
             report["dtype"].as_str().unwrap_or("?"),
@@ -143,6 +152,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             spec.channels,
             spec.height,
             spec.width,
+            report["cuda_graph"].as_str().unwrap_or("?"),
             median,
             p90,
             1000.0 / median

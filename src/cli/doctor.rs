@@ -61,6 +61,44 @@ fn check_bundle(path: &PathBuf) -> Result<Value, String> {
     }))
 }
 
+/// Every CUDA device the driver sees (name, compute capability, memory, driver; cuDNN when built
+/// with it) and whether candle can open it. Not having CUDA is a fact about the machine, not a
+/// failure of the installation, so this is never a failed check.
+fn cuda_report() -> Value {
+    if !cfg!(feature = "cuda") {
+        return json!({
+            "usable": false,
+            "reason": "this is the CPU binary (built without `--features cuda`); the CUDA binary is built by `make cuda`",
+        });
+    }
+    let count = echonet_edge::gpu::device_count();
+    if count == 0 {
+        return json!({
+            "usable": false,
+            "reason": "no CUDA device: the NVIDIA driver (libcuda.so.1) sees none",
+        });
+    }
+    let devices: Vec<Value> = (0..count)
+        .map(|n| {
+            let info = match echonet_edge::gpu::describe(n) {
+                Ok(info) => serde_json::to_value(info).unwrap_or(Value::Null),
+                Err(e) => json!({"ordinal": n, "error": e}),
+            };
+            let usable = match runtime::open_device(DeviceChoice::Cuda(n)) {
+                Ok(_) => json!(true),
+                Err(e) => json!(e.to_string()),
+            };
+            json!({"device": format!("cuda:{n}"), "info": info, "candle_opens_it": usable})
+        })
+        .collect();
+    json!({
+        "usable": true,
+        "kernels_built_for": echonet_edge::gpu::kernels_built_for(),
+        "cudnn_feature": cfg!(feature = "cudnn"),
+        "devices": devices,
+    })
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let threads = runtime::configure_cpu_threads(None);
     let mut r = Report {
@@ -72,18 +110,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(json!({
             "version": env!("CARGO_PKG_VERSION"),
             "cuda_feature": cfg!(feature = "cuda"),
+            "cudnn_feature": cfg!(feature = "cudnn"),
         })),
     );
     r.add(
         "cpu",
         Ok(json!({"available_cores": runtime::available_cores(), "threads": threads})),
     );
-    let cuda = match runtime::open_device(DeviceChoice::Cuda(0)) {
-        Ok(_) => Ok(json!("cuda:0 usable")),
-        // Not having CUDA is a fact about the machine, not a failure of the installation.
-        Err(e) => Ok(json!(format!("not usable: {e}"))),
-    };
-    r.add("cuda", cuda);
+    r.add("cuda", Ok(cuda_report()));
 
     let dir = Catalog::default_dir();
     let manifest_path = dir.join("MANIFEST.toml");

@@ -95,8 +95,7 @@ const PHANTOM_FPS: f64 = 30.0;
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = super::run::load_config(args.config.as_ref(), &args.overrides)?;
     let bundle = read_bundle(&args.model)?;
-    let (opts, _) = args.run.open(bundle.manifest.dtype.candle())?;
-    let model = EchoNetModel::from_bundle(&bundle, &opts)?;
+    let model = args.run.model(&bundle)?;
     let tasks = model.manifest().tasks.clone();
 
     let data = match (&args.data, args.phantom_seed, args.phantom_clips) {

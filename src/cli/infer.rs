@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use echonet_edge::input::load_batch;
-use echonet_edge::model::{read_bundle, EchoNetModel};
+use echonet_edge::model::read_bundle;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -25,8 +25,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let bundle = read_bundle(&args.model)?;
-    let (opts, _) = args.run.open(bundle.manifest.dtype.candle())?;
-    let model = EchoNetModel::from_bundle(&bundle, &opts)?;
+    let model = args.run.model(&bundle)?;
     let batch = load_batch(&args.input, &bundle.manifest.input)?;
     let (h, w) = (batch.dims()[2], batch.dims()[3]);
     let spec = &bundle.manifest.input;

@@ -14,7 +14,7 @@ pub mod train;
 
 use anyhow::Context;
 use candle_core::DType;
-use echonet_edge::model::{conv_kernel_named, RunOptions};
+use echonet_edge::model::{conv_kernel_named, Bundle, EchoNetModel, RunOptions};
 use echonet_edge::runtime::{self, DeviceChoice};
 
 /// Device, dtype and threads, shared by the commands that run the model.
@@ -23,38 +23,102 @@ pub struct RunArgs {
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// `f32`, `f16` or `bf16` (CUDA only); default: the bundle's storage dtype.
+    /// `f32`, `f16` or `bf16` (CUDA only); default: f16 on CUDA, the bundle's storage dtype on the CPU.
     #[arg(long)]
     pub dtype: Option<String>,
     /// CPU threads; default: every core this process may use.
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Convolution kernel: `auto`, `cpu-gemm` or `candle`.
+    /// Convolution kernel: `auto`, `cpu-gemm`, `candle`, or `cudnn` (builds with `--features
+    /// cudnn`; `auto` picks it on CUDA there).
     #[arg(long, default_value = "auto")]
     pub conv: String,
+    /// On CUDA the trunk is captured as a CUDA graph at the first batch and replayed for every
+    /// batch of that shape; this turns that off (plain kernel-by-kernel forward pass).
+    #[arg(long)]
+    pub no_cuda_graph: bool,
+}
+
+/// Everything about where the model runs except the device handle itself, which must be opened
+/// on the thread that will run the model ([`RunPlan::open_device`]).
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    pub choice: DeviceChoice,
+    pub dtype: DType,
+    pub kernel: std::sync::Arc<dyn echonet_edge::model::ConvKernel>,
+    pub threads: usize,
+    pub cuda_graph: bool,
+}
+
+impl RunPlan {
+    /// Builds the model from `bundle` on a device opened on the calling thread, with the CUDA
+    /// graph enabled unless turned off.
+    pub fn build_model(&self, bundle: &Bundle) -> anyhow::Result<EchoNetModel> {
+        let opts = self.open_device()?;
+        let mut model = EchoNetModel::from_bundle(bundle, &opts)?;
+        if self.cuda_graph {
+            model.enable_cuda_graph();
+        }
+        Ok(model)
+    }
+
+    /// Opens the device on the calling thread and checks the dtype against it.
+    pub fn open_device(&self) -> anyhow::Result<RunOptions> {
+        let device = runtime::open_device(self.choice)?;
+        runtime::check_dtype_for_device(self.dtype, &device)
+            .with_context(|| format!("on device {}", self.choice))?;
+        Ok(RunOptions {
+            device,
+            dtype: Some(self.dtype),
+            kernel: self.kernel.clone(),
+        })
+    }
 }
 
 impl RunArgs {
-    /// Sizes the CPU pools, opens the device and resolves the dtype. Call before any tensor work.
-    pub fn open(&self, bundle_dtype: DType) -> anyhow::Result<(RunOptions, usize)> {
+    /// Sizes the CPU pools and resolves device choice, dtype and kernel, without opening the
+    /// device. Call before any tensor work.
+    pub fn plan(&self, bundle_dtype: DType) -> anyhow::Result<RunPlan> {
         let threads = runtime::configure_cpu_threads(self.threads);
         let choice: DeviceChoice = self.device.parse()?;
-        let device = runtime::open_device(choice)?;
         let dtype = match &self.dtype {
             Some(s) => runtime::parse_dtype(s)?,
-            None => bundle_dtype,
+            None => runtime::default_dtype(choice, bundle_dtype),
         };
-        runtime::check_dtype_for_device(dtype, &device)
-            .with_context(|| format!("on device {choice}"))?;
-        Ok((
-            RunOptions {
-                device,
-                dtype: Some(dtype),
-                kernel: conv_kernel_named(&self.conv).ok_or_else(|| {
-                    anyhow::anyhow!("--conv {:?}: expected auto, cpu-gemm or candle", self.conv)
-                })?,
-            },
+        let cudnn = echonet_edge::gpu::cudnn_kernel();
+        let kernel = match (self.conv.as_str(), cudnn) {
+            // A cuDNN build runs its convolutions through cuDNN on CUDA unless told otherwise.
+            ("auto", Some(k)) if matches!(choice, DeviceChoice::Cuda(_)) => k,
+            ("cudnn", Some(k)) => k,
+            ("cudnn", None) => {
+                anyhow::bail!("--conv cudnn: this binary was built without `--features cudnn`")
+            }
+            (name, _) => conv_kernel_named(name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--conv {name:?}: expected auto, cpu-gemm, candle or cudnn (cuDNN builds)"
+                )
+            })?,
+        };
+        Ok(RunPlan {
+            choice,
+            dtype,
+            kernel,
             threads,
-        ))
+            cuda_graph: !self.no_cuda_graph,
+        })
+    }
+
+    /// [`RunArgs::plan`] and the model built on the calling thread: for commands that run the
+    /// model on the thread that calls this.
+    pub fn model(&self, bundle: &Bundle) -> anyhow::Result<EchoNetModel> {
+        self.plan(bundle.manifest.dtype.candle())?
+            .build_model(bundle)
+    }
+
+    /// [`RunArgs::plan`] and the device opened on the calling thread: for commands that run the
+    /// model on the thread that calls this.
+    pub fn open(&self, bundle_dtype: DType) -> anyhow::Result<(RunOptions, usize)> {
+        let plan = self.plan(bundle_dtype)?;
+        Ok((plan.open_device()?, plan.threads))
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 
 use echonet_edge::capture::dicom::DicomClip;
 use echonet_edge::frame::Frame;
-use echonet_edge::model::{read_bundle, EchoNetModel};
+use echonet_edge::model::read_bundle;
 use echonet_edge::offline::{predict_clip, ClipResult};
 use echonet_edge::preprocess::Preprocessor;
 
@@ -85,8 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let config = super::run::load_config(args.config.as_ref(), &overrides)?;
     let bundle = read_bundle(&super::run::resolve_bundle(&config)?)?;
-    let (opts, _) = args.run.open(bundle.manifest.dtype.candle())?;
-    let model = EchoNetModel::from_bundle(&bundle, &opts)?;
+    let model = args.run.model(&bundle)?;
     let files = expand(&args.paths);
     anyhow::ensure!(
         !files.is_empty(),

@@ -272,6 +272,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         dtype: (config.model.dtype != "auto").then(|| config.model.dtype.clone()),
         threads: Some(threads),
         conv: "auto".into(),
+        no_cuda_graph: false,
     };
     let source = build_source(&config, &args.input)?;
     let mut preprocessor = Preprocessor::new(config.preprocess.clone())?;
@@ -290,7 +291,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             )
         })?;
         let hub = DisplayHub::new(HubConfig::default());
-        // Saliency maps on demand: a low-priority thread with its own CPU copy of the network.
+        // Saliency maps on demand: a low-priority thread with its own CPU copy of the network,
+        // always on the CPU in f32 whatever `model.device` says, so it never touches the GPU
+        // that the inference thread owns.
         hub.set_saliency_worker(SaliencyWorker::spawn(
             bundle.manifest.clone(),
             bundle.store.snapshot(),
@@ -329,10 +332,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         metrics: metrics.clone(),
         stop,
     };
-    let (opts, _) = run_args.open(bundle.manifest.dtype.candle())?;
+    // Device choice and dtype are settled here; the device itself is opened by `build`, which
+    // runs on the inference thread: that thread creates, owns and alone uses it (candle's CUDA
+    // device binds its context and stream to the thread that uses it).
+    let plan = run_args.plan(bundle.manifest.dtype.candle())?;
     tracing::info!(
         model = %bundle_path.display(), intended_use = %bundle.manifest.intended_use,
-        device = %run_args.device, dtype = ?opts.dtype, threads, "starting"
+        device = %plan.choice, dtype = ?plan.dtype, threads, "starting"
     );
     let bundle = Arc::new(Mutex::new(Some(bundle)));
     let build = move || -> anyhow::Result<EchoNetModel> {
@@ -341,7 +347,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map_err(|_| anyhow::anyhow!("bundle lock poisoned"))?
             .take()
             .context("model built twice")?;
-        Ok(EchoNetModel::from_bundle(&b, &opts)?)
+        let model = plan.build_model(&b)?;
+        tracing::info!(device = ?model.device(), "device opened on the inference thread");
+        Ok(model)
     };
     let summary = pipeline.run(source, Box::new(preprocessor), build, sinks)?;
     if let Some(s) = server {

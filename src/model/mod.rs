@@ -76,6 +76,8 @@ pub struct EchoNetModel {
     heads: heads::Heads,
     device: Device,
     dtype: DType,
+    /// CUDA only, when asked for: the trunk replayed as one CUDA graph for a fixed batch shape.
+    trunk_graph: Option<crate::gpu::graph::TrunkGraph>,
 }
 
 impl EchoNetModel {
@@ -109,7 +111,22 @@ impl EchoNetModel {
             heads,
             device: opts.device.clone(),
             dtype,
+            trunk_graph: None,
         })
+    }
+
+    /// On CUDA: capture the trunk as a CUDA graph at the first forward pass and replay it for
+    /// every later batch of the same shape (other shapes, and any capture failure, fall back to
+    /// the plain pass). No effect on the CPU. See `crate::gpu::graph`.
+    pub fn enable_cuda_graph(&mut self) {
+        if self.device.is_cuda() {
+            self.trunk_graph = Some(crate::gpu::graph::TrunkGraph::new());
+        }
+    }
+
+    /// The CUDA graph's state, for reports: None when not asked for.
+    pub fn cuda_graph(&self) -> Option<&crate::gpu::graph::TrunkGraph> {
+        self.trunk_graph.as_ref()
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -161,7 +178,14 @@ impl EchoNetModel {
     pub fn forward(&self, batch: &Tensor) -> Result<(Tensor, Vec<Vec<f32>>)> {
         self.check_batch_shape(batch.dims())?;
         let x = batch.to_device(&self.device)?.to_dtype(self.dtype)?;
-        let features = self.network.features(&x)?;
+        let graphed = match &self.trunk_graph {
+            Some(g) => g.features(&self.network, &x)?,
+            None => None,
+        };
+        let features = match graphed {
+            Some(f) => f,
+            None => self.network.features(&x)?,
+        };
         let raw = self.heads.raw(&self.network.head_input(&features)?)?;
         let features = features.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
         Ok((features, raw))

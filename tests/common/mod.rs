@@ -12,10 +12,16 @@ pub const F32_FEATURE_TOL: f64 = 1e-4;
 /// The same for an f16 bundle computed in f16.
 pub const F16_FEATURE_TOL: f64 = 1e-2;
 
+/// The source tree: where the test was built, unless ECHONET_SOURCE_DIR says otherwise (a test
+/// binary carried to another machine, as scripts/gpu-check.sh does, finds its fixtures there).
+pub fn source_dir() -> PathBuf {
+    std::env::var_os("ECHONET_SOURCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/parity")
-        .join(name)
+    source_dir().join("tests/fixtures/parity").join(name)
 }
 
 /// One case of `golden_w0125.json` (made by tools/parity/make_goldens.py, seed 20261127).

@@ -1,6 +1,6 @@
 //! Offline studies (`echonet predict`): one result per clip, from the paper's 20 frames at 10 fps
 //! taken from the clip's start, through the same sampler, preprocessing, model and window as the
-//! live daemon. A clip too short for 20 frames at 10 fps, or with too few usable frames, is
+//! live daemon (the clip's usable frames run as one batch). A clip too short for 20 frames at 10 fps, or with too few usable frames, is
 //! withheld with its reasons; a file that cannot be read is refused with the reason.
 
 use std::time::Duration;
@@ -60,6 +60,8 @@ pub fn predict_clip(
     let spec = model.manifest().input.clone();
     let mut used = Vec::new();
     let mut times = Vec::new();
+    // Sample and prepare first, then run every usable frame of the clip as one batch.
+    let mut sampled = Vec::new();
     for frame in frames {
         if used.len() >= window.frames {
             break;
@@ -69,22 +71,51 @@ pub fn predict_clip(
         }
         used.push(frame.seq);
         times.push(frame.media_time.as_secs_f64() * 1000.0);
-        let prepared = preparer.prepare(frame, &spec);
-        let verdict = match prepared.input {
-            None => Verdict::Invalid(prepared.reasons),
-            Some((data, [c, h, w])) => {
-                match Tensor::from_vec(data, (1, c, h, w), &Device::Cpu)
-                    .map_err(crate::model::ModelError::from)
-                    .and_then(|x| model.infer(&x, false))
-                {
-                    Ok(mut out) if !out.is_empty() => Verdict::Valid(out.swap_remove(0).outputs),
-                    Ok(_) => Verdict::Invalid(vec!["inference_error".into()]),
-                    Err(e) => {
-                        tracing::error!("{file}: frame {}: inference failed: {e}", frame.seq);
-                        Verdict::Invalid(vec!["inference_error".into()])
-                    }
+        sampled.push((frame, preparer.prepare(frame, &spec)));
+    }
+    let mut batch = Vec::new();
+    let mut batch_shape = None;
+    for (_, prepared) in &sampled {
+        if let Some((data, shape)) = &prepared.input {
+            if batch_shape.is_none_or(|s| s == *shape) {
+                batch_shape = Some(*shape);
+                batch.extend_from_slice(data);
+            }
+        }
+    }
+    let mut outputs = match batch_shape {
+        Some([c, h, w]) => {
+            let n = batch.len() / (c * h * w);
+            match Tensor::from_vec(batch, (n, c, h, w), &Device::Cpu)
+                .map_err(crate::model::ModelError::from)
+                .and_then(|x| model.infer(&x, false))
+            {
+                Ok(out) if out.len() == n => out.into_iter().map(Some).collect(),
+                Ok(out) => {
+                    tracing::error!("{file}: {n} frames in, {} results out", out.len());
+                    vec![None; n]
+                }
+                Err(e) => {
+                    tracing::error!("{file}: inference on the clip's {n} frames failed: {e}");
+                    vec![None; n]
                 }
             }
+        }
+        None => Vec::new(),
+    }
+    .into_iter();
+    for (frame, prepared) in sampled {
+        let verdict = match prepared.input {
+            None => Verdict::Invalid(prepared.reasons),
+            Some((_, shape)) if Some(shape) != batch_shape => {
+                // Preparation gives every frame the model's input size; a mismatch is a bug.
+                tracing::error!("{file}: frame {} prepared as {shape:?}", frame.seq);
+                Verdict::Invalid(vec!["inference_error".into()])
+            }
+            Some(_) => match outputs.next().flatten() {
+                Some(out) => Verdict::Valid(out.outputs),
+                None => Verdict::Invalid(vec!["inference_error".into()]),
+            },
         };
         ring.push(FramePrediction {
             seq: frame.seq,

@@ -113,7 +113,13 @@ pub struct Estimate {
 pub struct RollingWindow {
     config: WindowConfig,
     frames: VecDeque<FramePrediction>,
+    /// One frame's inference cost measured at warm-up, when it exceeds the 10 fps budget: a
+    /// stretched window is then explained as inference being too slow.
+    slow_inference_ms: Option<f64>,
 }
+
+/// One sampled frame every 100 ms (10 fps): the most one frame's inference may cost.
+pub const FRAME_BUDGET_MS: f64 = 100.0;
 
 fn mean_and_spread(values: &[f64]) -> (f64, Option<f64>) {
     let n = values.len() as f64;
@@ -129,7 +135,14 @@ impl RollingWindow {
         Self {
             config,
             frames: VecDeque::with_capacity(capacity),
+            slow_inference_ms: None,
         }
+    }
+
+    /// Records what one frame's inference costs (measured at warm-up); above
+    /// [`FRAME_BUDGET_MS`] a window withheld for dropped frames names slow inference as the cause.
+    pub fn set_inference_cost(&mut self, ms_per_frame: f64) {
+        self.slow_inference_ms = (ms_per_frame > FRAME_BUDGET_MS).then_some(ms_per_frame);
     }
 
     pub fn config(&self) -> &WindowConfig {
@@ -205,8 +218,14 @@ impl RollingWindow {
         );
         if span > Duration::from_millis(self.config.max_span_ms) {
             estimate.status = Status::Withheld;
+            let cause = match self.slow_inference_ms {
+                Some(ms) => format!(
+                    "inference too slow ({ms:.0} ms per frame, budget {FRAME_BUDGET_MS:.0} ms): "
+                ),
+                None => String::new(),
+            };
             estimate.withheld_reason = Some(format!(
-                "the window's {} frames span {:.1} s (at most {:.1} s): frames were dropped, so it is not {} frames at 10 fps",
+                "{cause}the window's {} frames span {:.1} s (at most {:.1} s): frames were dropped, so it is not {} frames at 10 fps",
                 self.frames.len(),
                 span.as_secs_f64(),
                 self.config.max_span_ms as f64 / 1000.0,
@@ -480,7 +499,29 @@ mod tests {
         let e = w.estimate(&tasks()).unwrap();
         assert_eq!(e.status, Status::Withheld);
         assert!(e.estimates.is_empty());
-        assert!(e.withheld_reason.unwrap().contains("span 3.8 s"));
+        let reason = e.withheld_reason.unwrap();
+        assert!(reason.contains("span 3.8 s"));
+        assert!(!reason.contains("inference too slow"), "{reason}");
+    }
+
+    #[test]
+    fn slow_inference_is_named_as_the_cause_of_a_stretched_window() {
+        let mut w = RollingWindow::new(WindowConfig::default());
+        w.set_inference_cost(160.0);
+        for i in 0..20u64 {
+            let mut f = frame(i, valid(50.0, 30.0, 60.0));
+            f.media_time = Duration::from_millis(i * 200);
+            w.push(f);
+        }
+        let reason = w.estimate(&tasks()).unwrap().withheld_reason.unwrap();
+        assert!(
+            reason.starts_with("inference too slow (160 ms per frame, budget 100 ms)"),
+            "{reason}"
+        );
+        // Within budget: the plain reason.
+        w.set_inference_cost(40.0);
+        let reason = w.estimate(&tasks()).unwrap().withheld_reason.unwrap();
+        assert!(reason.starts_with("the window's 20 frames"), "{reason}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Offline studies (`echonet predict`): one result per clip, from the paper's 20 frames at 10 fps
 //! taken from the clip's start, through the same sampler, preprocessing, model and window as the
-//! live daemon. A clip too short for 20 frames at 10 fps, or with too few usable frames, is
+//! live daemon (the clip's usable frames run as one batch). A clip too short for 20 frames at 10 fps, or with too few usable frames, is
 //! withheld with its reasons; a file that cannot be read is refused with the reason.
 
 use std::time::Duration;
@@ -47,17 +47,18 @@ impl ClipResult {
     }
 }
 
-/// Frames per forward pass in offline prediction: the window's 20 frames in one batch on CUDA,
+/// Frames per forward pass in offline prediction on CUDA: the window's 20 frames in one batch,
 /// where a batch of 20 costs little more than one frame (and a partial batch is padded to the
-/// same shape, so one captured CUDA graph serves every clip); one at a time on the CPU, where
-/// batching gains nothing and costs memory.
+/// same shape, so one captured CUDA graph serves every clip).
 pub const CUDA_OFFLINE_BATCH: usize = 20;
 
-fn offline_batch(model: &EchoNetModel) -> usize {
+/// The clip's window in one batch: on CUDA padded to [`CUDA_OFFLINE_BATCH`]; on the CPU the
+/// prepared plan runs the usable frames together (weights packed once, read once per layer).
+fn offline_batch(model: &EchoNetModel, window: &WindowConfig) -> usize {
     if model.device().is_cuda() {
         CUDA_OFFLINE_BATCH
     } else {
-        1
+        window.frames.max(1)
     }
 }
 
@@ -69,7 +70,14 @@ pub fn predict_clip(
     preparer: &mut dyn FramePreparer,
     window: &WindowConfig,
 ) -> ClipResult {
-    predict_clip_batched(file, frames, model, preparer, window, offline_batch(model))
+    predict_clip_batched(
+        file,
+        frames,
+        model,
+        preparer,
+        window,
+        offline_batch(model, window),
+    )
 }
 
 /// Each usable input's outputs, `batch` frames per forward pass (a short last batch padded with

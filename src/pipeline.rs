@@ -240,7 +240,7 @@ impl Pipeline {
         let inference = thread::Builder::new()
             .name("inference".into())
             .spawn(move || {
-                let model = match build_model().and_then(|m| {
+                let (model, inference_cost_ms) = match build_model().and_then(|m| {
                     let spec = m.manifest().input.clone();
                     let warm = Tensor::zeros(
                         (1, spec.channels, spec.height, spec.width),
@@ -248,9 +248,15 @@ impl Pipeline {
                         &Device::Cpu,
                     )?;
                     m.infer(&warm, false)?;
-                    Ok(m)
+                    // The first call made the buffers; the second is what a frame costs.
+                    let t0 = Instant::now();
+                    m.infer(&warm, false)?;
+                    Ok((m, t0.elapsed().as_secs_f64() * 1000.0))
                 }) {
-                    Ok(m) => m,
+                    Ok((m, frame_ms)) => {
+                        warn_if_too_slow(frame_ms, &m);
+                        (m, frame_ms)
+                    }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                         return;
@@ -264,6 +270,7 @@ impl Pipeline {
                 };
                 let _ = ready_tx.send(Ok((info, manifest.input.clone(), manifest.tasks.clone())));
                 let mut window = RollingWindow::new(window_cfg);
+                window.set_inference_cost(inference_cost_ms);
                 let has_view_head = manifest
                     .tasks
                     .iter()
@@ -643,6 +650,28 @@ fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
     while Instant::now() < until && !stop.load(Ordering::Relaxed) {
         thread::sleep(
             Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())),
+        );
+    }
+}
+
+/// Says at start-up, with what to do, when one frame's inference exceeds the 10 fps budget.
+fn warn_if_too_slow(frame_ms: f64, model: &crate::model::EchoNetModel) {
+    use crate::aggregate::FRAME_BUDGET_MS;
+    if frame_ms > FRAME_BUDGET_MS {
+        tracing::warn!(
+            frame_ms = format!("{frame_ms:.0}"),
+            budget_ms = FRAME_BUDGET_MS,
+            backend = %model.backend_name(),
+            "inference too slow: one frame takes {frame_ms:.0} ms, over the {FRAME_BUDGET_MS:.0} ms budget of 10 sampled frames/s; \
+             frames will be dropped and windows withheld. Use a GPU (--device cuda), f32 rather than f16 on the CPU, \
+             more cores, or a smaller model variant"
+        );
+    } else {
+        tracing::info!(
+            frame_ms = format!("{frame_ms:.1}"),
+            budget_ms = FRAME_BUDGET_MS,
+            backend = %model.backend_name(),
+            "inference cost measured at warm-up"
         );
     }
 }

@@ -43,10 +43,10 @@ fn check_case(m: &EchoNetModel, case: &str, tol: f64) {
 }
 
 #[test]
-fn pth_import_matches_pytorch_f32_with_both_kernels() {
+fn pth_import_matches_pytorch_f32_with_every_kernel() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = convert_fixture("irv1_w0125.pth", dir.path(), StorageDtype::F32);
-    for kernel in ["cpu-gemm", "candle"] {
+    for kernel in ["cpu-plan", "cpu-gemm", "candle"] {
         let m = model(&bundle, kernel);
         check_case(&m, "rgb", F32_FEATURE_TOL);
         check_case(&m, "gray", F32_FEATURE_TOL);

@@ -42,6 +42,9 @@ pub struct Args {
     pub run: super::RunArgs,
 }
 
+/// One sampled frame every 100 ms: the paper's 10 frames per second.
+const FRAME_BUDGET_MS: f64 = 100.0;
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
@@ -110,6 +113,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(p) = &profiler {
         p.reset();
     }
+    let plan_profile = args.profile.then(|| model.cpu_plan()).flatten();
+    if let Some(plan) = plan_profile {
+        plan.set_profiling(true);
+    }
     let mut per_frame_ms = Vec::with_capacity(args.iters);
     for _ in 0..args.iters {
         let t = Instant::now();
@@ -121,6 +128,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     per_frame_ms.sort_by(|a, b| a.total_cmp(b));
     let median = percentile(&per_frame_ms, 0.5);
     let p90 = percentile(&per_frame_ms, 0.9);
+    let meets_budget = median <= FRAME_BUDGET_MS;
+    let verdict = if meets_budget {
+        format!(
+            "within the live budget: {median:.1} ms/frame <= {FRAME_BUDGET_MS:.0} ms (10 sampled frames/s)"
+        )
+    } else {
+        format!(
+            "too slow for live use: {median:.1} ms/frame > {FRAME_BUDGET_MS:.0} ms (10 sampled frames/s); \
+             the daemon would drop frames and withhold every window. Use a GPU (--device cuda), \
+             more cores (--threads), or a smaller variant (--width, --input-size)"
+        )
+    };
+    let dtype_warning =
+        (model.device().is_cpu() && model.dtype() != candle_core::DType::F32).then(|| {
+            format!(
+                "{:?} on the CPU has no fast path (computed through candle, several times slower \
+                 than f32): run with --dtype f32",
+                model.dtype()
+            )
+            .to_lowercase()
+        });
+    if let Some(w) = &dtype_warning {
+        eprintln!("warning: {w}");
+    }
     let report = serde_json::json!({
         "model": source.0,
         "device": args.run.device,
@@ -128,7 +159,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "threads": source.1,
         "batch": args.batch,
         "input": [spec.channels, spec.height, spec.width],
-        "conv_kernel": model.network().kernel_name(),
+        "conv_kernel": model.backend_name(),
         "cuda_graph": match model.cuda_graph() {
             None => "off".to_string(),
             Some(g) if g.is_captured() => "captured".to_string(),
@@ -138,6 +169,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "median_ms_per_frame": median,
         "p90_ms_per_frame": p90,
         "frames_per_s": 1000.0 / median,
+        "budget_ms_per_frame": FRAME_BUDGET_MS,
+        "meets_10fps_budget": meets_budget,
+        "verdict": verdict,
+        "warning": dtype_warning,
     });
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -157,8 +192,35 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             p90,
             1000.0 / median
         );
+        println!("verdict: {verdict}");
     }
-    if let Some(p) = &profiler {
+    if let Some(plan) = plan_profile {
+        let total_ms: f64 = per_frame_ms.iter().sum::<f64>() * args.batch as f64;
+        let rows = plan.profile();
+        let step_ms: f64 = rows.iter().map(|r| r.2.as_secs_f64() * 1000.0).sum();
+        eprintln!(
+            "cpu plan ({}, {} threads): steps {step_ms:.1} ms of {total_ms:.1} ms timed ({:.0}%); the rest is input layout, pooling of features, heads",
+            plan.kernel_name(),
+            plan.threads(),
+            100.0 * step_ms / total_ms
+        );
+        eprintln!(
+            "{:<44} {:>6} {:>10} {:>8} {:>9}",
+            "step (cin->cout)", "calls", "ms/iter", "share", "GFLOP/s"
+        );
+        for (label, calls, time, flops) in rows {
+            let ms = time.as_secs_f64() * 1000.0;
+            eprintln!(
+                "{label:<44} {:>6} {:>10.2} {:>7.1}% {:>9.1}",
+                calls,
+                ms / args.iters as f64,
+                100.0 * ms / total_ms,
+                flops * args.iters as f64 / time.as_secs_f64().max(1e-12) / 1e9
+            );
+        }
+        plan.set_profiling(false);
+    }
+    if let Some(p) = profiler.as_ref().filter(|_| plan_profile.is_none()) {
         let total_ms: f64 = per_frame_ms.iter().sum::<f64>() * args.batch as f64;
         let rows = p.report();
         let conv_ms: f64 = rows

@@ -64,6 +64,13 @@ pub trait ConvKernel: Debug + Send + Sync {
     fn name(&self) -> &'static str;
     fn forward(&self, x: &Tensor, conv: &FoldedConv) -> candle_core::Result<Tensor>;
 
+    /// True when the model should run the whole trunk through the prepared CPU plan
+    /// (`crate::model::cpu_plan`) wherever it applies (f32 on the CPU); this kernel then serves
+    /// only the other cases. Decided once, at load.
+    fn prefers_cpu_plan(&self) -> bool {
+        false
+    }
+
     /// A residual block's closing step, `relu?(residual + conv(cat(parts, channels)))`, with
     /// `conv` a 1x1 up-projection. This default concatenates and adds with candle ops; a kernel
     /// may fuse the concatenation, the addition and the ReLU into its GEMM.

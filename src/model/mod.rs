@@ -6,6 +6,7 @@ pub mod bundle;
 pub mod catalog;
 pub mod conv;
 pub mod cpu_conv;
+pub mod cpu_plan;
 pub mod error;
 pub mod heads;
 pub mod import;
@@ -49,12 +50,14 @@ impl RunOptions {
 }
 
 /// Convolution kernels by name: `candle` (candle's own conv2d everywhere), `cpu-gemm` (the
-/// in-place/im2col GEMM kernel for f32 on the CPU, candle elsewhere), `auto` (the fastest known:
-/// currently `cpu-gemm`).
+/// NCHW im2col GEMM kernel for f32 on the CPU, candle elsewhere), `cpu-plan` (the prepared NHWC
+/// plan for the whole trunk when f32 on the CPU, `cpu-gemm` otherwise), `auto` (the fastest
+/// known: currently `cpu-plan`).
 pub fn conv_kernel_named(name: &str) -> Option<Arc<dyn ConvKernel>> {
     match name {
         "candle" => Some(Arc::new(CandleConv)),
-        "cpu-gemm" | "auto" => Some(Arc::new(cpu_conv::CpuGemmConv::default())),
+        "cpu-gemm" => Some(Arc::new(cpu_conv::CpuGemmConv::default())),
+        "cpu-plan" | "auto" => Some(Arc::new(cpu_plan::PlanKernel::default())),
         _ => None,
     }
 }
@@ -73,6 +76,8 @@ pub struct FrameOutput {
 pub struct EchoNetModel {
     manifest: Manifest,
     network: InceptionResnetV1,
+    /// The prepared CPU plan, when the kernel asks for it and the model is f32 on the CPU.
+    plan: Option<cpu_plan::CpuPlan>,
     heads: heads::Heads,
     device: Device,
     dtype: DType,
@@ -105,9 +110,19 @@ impl EchoNetModel {
             dtype,
         )?;
         store.ensure_all_taken()?;
+        let plan = if opts.kernel.prefers_cpu_plan() && opts.device.is_cpu() && dtype == DType::F32
+        {
+            Some(cpu_plan::CpuPlan::build(
+                &network,
+                rayon::current_num_threads(),
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
             manifest,
             network,
+            plan,
             heads,
             device: opts.device.clone(),
             dtype,
@@ -140,6 +155,17 @@ impl EchoNetModel {
     }
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+    /// The prepared CPU plan, when the trunk runs through one.
+    pub fn cpu_plan(&self) -> Option<&cpu_plan::CpuPlan> {
+        self.plan.as_ref()
+    }
+    /// What computes the trunk: `cpu-plan (avx2-fma)`, or the layer-by-layer kernel's name.
+    pub fn backend_name(&self) -> String {
+        match &self.plan {
+            Some(p) => format!("cpu-plan ({})", p.kernel_name()),
+            None => self.network.kernel_name().to_string(),
+        }
     }
 
     /// Checks a normalised batch's shape before it reaches the network.
@@ -178,11 +204,14 @@ impl EchoNetModel {
     pub fn forward(&self, batch: &Tensor) -> Result<(Tensor, Vec<Vec<f32>>)> {
         self.check_batch_shape(batch.dims())?;
         let x = batch.to_device(&self.device)?.to_dtype(self.dtype)?;
-        let graphed = match &self.trunk_graph {
-            Some(g) => g.features(&self.network, &x)?,
-            None => None,
+        // One backend computes the trunk, chosen at load: the prepared CPU plan, or a captured
+        // CUDA graph, or the layer-by-layer network (which is also the graph's fallback).
+        let planned = match (&self.plan, &self.trunk_graph) {
+            (Some(plan), _) => Some(plan.features(&x)?),
+            (None, Some(g)) => g.features(&self.network, &x)?,
+            (None, None) => None,
         };
-        let features = match graphed {
+        let features = match planned {
             Some(f) => f,
             None => self.network.features(&x)?,
         };

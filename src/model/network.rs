@@ -110,12 +110,12 @@ fn max_pool_3s2(x: &Tensor) -> candle_core::Result<Tensor> {
 /// 35x35 residual block (`repeat_1.*`).
 #[derive(Debug)]
 pub struct Block35 {
-    entry: FoldedConv,
-    branch1_1: FoldedConv,
-    branch2_1: FoldedConv,
-    branch2_2: FoldedConv,
-    up: FoldedConv,
-    width: usize,
+    pub(crate) entry: FoldedConv,
+    pub(crate) branch1_1: FoldedConv,
+    pub(crate) branch2_1: FoldedConv,
+    pub(crate) branch2_2: FoldedConv,
+    pub(crate) up: FoldedConv,
+    pub(crate) width: usize,
 }
 
 impl Block35 {
@@ -156,12 +156,12 @@ impl Block35 {
 /// final `block8`, k = 3, the last without ReLU and with scale 1) are this block.
 #[derive(Debug)]
 pub struct FactorisedBlock {
-    entry: FoldedConv,
-    branch1_1: FoldedConv,
-    branch1_2: FoldedConv,
-    up: FoldedConv,
-    width: usize,
-    relu: bool,
+    pub(crate) entry: FoldedConv,
+    pub(crate) branch1_1: FoldedConv,
+    pub(crate) branch1_2: FoldedConv,
+    pub(crate) up: FoldedConv,
+    pub(crate) width: usize,
+    pub(crate) relu: bool,
 }
 
 /// How one kind of factorised block is shaped.
@@ -221,10 +221,10 @@ impl FactorisedBlock {
 /// Reduction 35 -> 17 (`mixed_6a`).
 #[derive(Debug)]
 pub struct Mixed6a {
-    branch0: FoldedConv,
-    branch1_0: FoldedConv,
-    branch1_1: FoldedConv,
-    branch1_2: FoldedConv,
+    pub(crate) branch0: FoldedConv,
+    pub(crate) branch1_0: FoldedConv,
+    pub(crate) branch1_1: FoldedConv,
+    pub(crate) branch1_2: FoldedConv,
 }
 
 impl Mixed6a {
@@ -273,12 +273,12 @@ impl Mixed6a {
 /// Reduction 17 -> 8 (`mixed_7a`).
 #[derive(Debug)]
 pub struct Mixed7a {
-    entry: FoldedConv,
-    branch0_1: FoldedConv,
-    branch1_1: FoldedConv,
-    branch2_1: FoldedConv,
-    branch2_2: FoldedConv,
-    mid: usize,
+    pub(crate) entry: FoldedConv,
+    pub(crate) branch0_1: FoldedConv,
+    pub(crate) branch1_1: FoldedConv,
+    pub(crate) branch2_1: FoldedConv,
+    pub(crate) branch2_2: FoldedConv,
+    pub(crate) mid: usize,
 }
 
 impl Mixed7a {
@@ -334,26 +334,26 @@ impl Mixed7a {
 /// The trunk up to the pooled features, plus the optional `last_linear` + `last_bn` bottleneck.
 #[derive(Debug)]
 pub struct InceptionResnetV1 {
-    arch: Architecture,
-    channels: Channels,
-    input_channels: usize,
-    conv2d_1a: FoldedConv,
+    pub(crate) arch: Architecture,
+    pub(crate) channels: Channels,
+    pub(crate) input_channels: usize,
+    pub(crate) conv2d_1a: FoldedConv,
     /// `conv2d_1a` with its weights summed over input channels: the exact response of the RGB stem
     /// to a grey frame replicated into every channel (conv2d_1a has no padding, so no border term).
-    conv2d_1a_grey: Option<FoldedConv>,
-    conv2d_2a: FoldedConv,
-    conv2d_2b: FoldedConv,
-    conv2d_3b: FoldedConv,
-    conv2d_4a: FoldedConv,
-    conv2d_4b: FoldedConv,
-    repeat_1: Vec<Block35>,
-    mixed_6a: Mixed6a,
-    repeat_2: Vec<FactorisedBlock>,
-    mixed_7a: Mixed7a,
-    repeat_3: Vec<FactorisedBlock>,
-    block8: FactorisedBlock,
-    bottleneck: Option<FoldedLinear>,
-    kernel: Arc<dyn ConvKernel>,
+    pub(crate) conv2d_1a_grey: Option<FoldedConv>,
+    pub(crate) conv2d_2a: FoldedConv,
+    pub(crate) conv2d_2b: FoldedConv,
+    pub(crate) conv2d_3b: FoldedConv,
+    pub(crate) conv2d_4a: FoldedConv,
+    pub(crate) conv2d_4b: FoldedConv,
+    pub(crate) repeat_1: Vec<Block35>,
+    pub(crate) mixed_6a: Mixed6a,
+    pub(crate) repeat_2: Vec<FactorisedBlock>,
+    pub(crate) mixed_7a: Mixed7a,
+    pub(crate) repeat_3: Vec<FactorisedBlock>,
+    pub(crate) block8: FactorisedBlock,
+    pub(crate) bottleneck: Option<FoldedLinear>,
+    pub(crate) kernel: Arc<dyn ConvKernel>,
 }
 
 impl InceptionResnetV1 {

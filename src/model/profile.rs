@@ -54,6 +54,10 @@ impl ConvKernel for ProfiledKernel {
         self.inner.name()
     }
 
+    fn prefers_cpu_plan(&self) -> bool {
+        self.inner.prefers_cpu_plan()
+    }
+
     fn forward_residual(
         &self,
         parts: &[&Tensor],

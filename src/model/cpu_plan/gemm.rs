@@ -1,0 +1,292 @@
+//! The CPU plan's GEMM: `C = epilogue(A · B)` where A is a strided f32 row matrix (NHWC pixels or
+//! an im2col tile), B a convolution's weights packed once at load into 16-column panels, and the
+//! epilogue (bias, optional in-place residual, optional ReLU) is applied in registers before the
+//! single store. The 6x16 micro-kernel has an AVX2/FMA version chosen at run time on x86-64 and a
+//! portable version (plain arrays the compiler vectorises: SSE2 on x86-64, NEON on aarch64).
+
+/// Rows of A per micro-kernel call.
+pub const MR: usize = 6;
+/// Columns of B per packed panel (two 8-lane AVX vectors).
+pub const NR: usize = 16;
+
+/// f32 storage whose first element is 64-byte aligned (one cache line), so packed panels and
+/// activation rows never straddle lines needlessly.
+#[derive(Debug, Default)]
+pub struct AlignedVec {
+    raw: Vec<f32>,
+    offset: usize,
+    len: usize,
+}
+
+impl AlignedVec {
+    pub fn zeroed(len: usize) -> Self {
+        let raw = vec![0f32; len + 16];
+        let offset = raw.as_ptr().align_offset(64).min(15);
+        Self { raw, offset, len }
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn as_slice(&self) -> &[f32] {
+        &self.raw[self.offset..self.offset + self.len]
+    }
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.raw[self.offset..self.offset + self.len]
+    }
+}
+
+/// A convolution's weights as GEMM panels: `k` rows (im2col order: ky, kx, input channel) by
+/// `n` output columns, zero-padded to whole panels of [`NR`]; panel `j` holds rows `0..k` of
+/// columns `16j..16j+16`, contiguous.
+#[derive(Debug)]
+pub struct PackedWeights {
+    pub k: usize,
+    pub n: usize,
+    panels: AlignedVec,
+    /// `n` rounded up to whole panels, zero beyond `n`.
+    bias: AlignedVec,
+}
+
+impl PackedWeights {
+    /// Packs `b(row, col)` for `row < k`, `col < n`, and the bias.
+    pub fn pack(k: usize, n: usize, b: impl Fn(usize, usize) -> f32, bias: &[f32]) -> Self {
+        let panels_count = n.div_ceil(NR);
+        let mut panels = AlignedVec::zeroed(panels_count * k * NR);
+        let dst = panels.as_mut_slice();
+        for j in 0..panels_count {
+            for row in 0..k {
+                for c in 0..NR {
+                    let col = j * NR + c;
+                    if col < n {
+                        dst[(j * k + row) * NR + c] = b(row, col);
+                    }
+                }
+            }
+        }
+        let mut padded = AlignedVec::zeroed(panels_count * NR);
+        padded.as_mut_slice()[..n].copy_from_slice(&bias[..n]);
+        Self {
+            k,
+            n,
+            panels,
+            bias: padded,
+        }
+    }
+
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+
+    fn panel(&self, j: usize) -> &[f32] {
+        &self.panels.as_slice()[j * self.k * NR..(j + 1) * self.k * NR]
+    }
+
+    fn panel_bias(&self, j: usize) -> &[f32] {
+        &self.bias.as_slice()[j * NR..(j + 1) * NR]
+    }
+}
+
+/// What happens to a tile of `A · B` before it is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Epilogue {
+    /// Add what `C` already holds (the residual, updated in place).
+    pub accumulate: bool,
+    pub relu: bool,
+}
+
+/// The micro-kernel implementation, chosen once (at plan load).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MicroKernel {
+    /// Plain arrays; vectorised by the compiler for the build's baseline (SSE2, NEON).
+    Portable,
+    /// AVX2 + FMA intrinsics, 12 accumulator registers.
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma,
+}
+
+impl MicroKernel {
+    /// The fastest implementation this CPU supports.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Self::Avx2Fma;
+            }
+        }
+        Self::Portable
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Portable => "portable",
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2Fma => "avx2-fma",
+        }
+    }
+}
+
+/// Computes rows `rows` (at most [`MR`]) of A against panel `j` of `w`.
+///
+/// # Safety
+/// `a` points at row 0 of the strip: rows `0..rows` start at `a + r*lda` and hold `w.k` readable
+/// floats each. `c` points at the strip's output row 0, column `16j`: rows `0..rows` start at
+/// `c + r*ldc` and hold `min(16, w.n - 16j)` writable (and, with `accumulate`, initialised)
+/// floats. No other thread touches those output floats during the call.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn strip(
+    kernel: MicroKernel,
+    w: &PackedWeights,
+    j: usize,
+    a: *const f32,
+    lda: usize,
+    rows: usize,
+    c: *mut f32,
+    ldc: usize,
+    ep: Epilogue,
+) {
+    let cols = (w.n - j * NR).min(NR);
+    // Rows past `rows` repeat row 0 (always readable); their results are never stored.
+    let mut rp = [a; MR];
+    for (r, p) in rp.iter_mut().enumerate().take(rows) {
+        *p = a.add(r * lda);
+    }
+    match kernel {
+        MicroKernel::Portable => portable_strip(w, j, &rp, rows, cols, c, ldc, ep),
+        #[cfg(target_arch = "x86_64")]
+        MicroKernel::Avx2Fma => avx2::strip(w, j, &rp, rows, cols, c, ldc, ep),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn portable_strip(
+    w: &PackedWeights,
+    j: usize,
+    rp: &[*const f32; MR],
+    rows: usize,
+    cols: usize,
+    c: *mut f32,
+    ldc: usize,
+    ep: Epilogue,
+) {
+    let panel = w.panel(j);
+    let mut acc = [[0f32; NR]; MR];
+    for p in 0..w.k {
+        let b: &[f32; NR] = panel[p * NR..(p + 1) * NR].try_into().unwrap_or(&[0.0; NR]);
+        for r in 0..MR {
+            let av = *rp[r].add(p);
+            for (x, &bv) in acc[r].iter_mut().zip(b) {
+                *x += av * bv;
+            }
+        }
+    }
+    let bias = w.panel_bias(j);
+    for (r, row) in acc.iter().enumerate().take(rows) {
+        let out = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
+        for (col, o) in out.iter_mut().enumerate() {
+            let mut v = row[col] + bias[col];
+            if ep.accumulate {
+                v += *o;
+            }
+            if ep.relu {
+                v = v.max(0.0);
+            }
+            *o = v;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Epilogue, PackedWeights, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// As [`super::strip`]; the CPU supports AVX2 and FMA (checked by `MicroKernel::detect`).
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn strip(
+        w: &PackedWeights,
+        j: usize,
+        rp: &[*const f32; MR],
+        rows: usize,
+        cols: usize,
+        c: *mut f32,
+        ldc: usize,
+        ep: Epilogue,
+    ) {
+        let b = w.panel(j).as_ptr();
+        let [a0, a1, a2, a3, a4, a5] = *rp;
+        let z = _mm256_setzero_ps();
+        let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
+        let (mut c30, mut c31, mut c40, mut c41, mut c50, mut c51) = (z, z, z, z, z, z);
+        for p in 0..w.k {
+            let b0 = _mm256_load_ps(b.add(p * NR));
+            let b1 = _mm256_load_ps(b.add(p * NR + 8));
+            let x = _mm256_broadcast_ss(&*a0.add(p));
+            c00 = _mm256_fmadd_ps(x, b0, c00);
+            c01 = _mm256_fmadd_ps(x, b1, c01);
+            let x = _mm256_broadcast_ss(&*a1.add(p));
+            c10 = _mm256_fmadd_ps(x, b0, c10);
+            c11 = _mm256_fmadd_ps(x, b1, c11);
+            let x = _mm256_broadcast_ss(&*a2.add(p));
+            c20 = _mm256_fmadd_ps(x, b0, c20);
+            c21 = _mm256_fmadd_ps(x, b1, c21);
+            let x = _mm256_broadcast_ss(&*a3.add(p));
+            c30 = _mm256_fmadd_ps(x, b0, c30);
+            c31 = _mm256_fmadd_ps(x, b1, c31);
+            let x = _mm256_broadcast_ss(&*a4.add(p));
+            c40 = _mm256_fmadd_ps(x, b0, c40);
+            c41 = _mm256_fmadd_ps(x, b1, c41);
+            let x = _mm256_broadcast_ss(&*a5.add(p));
+            c50 = _mm256_fmadd_ps(x, b0, c50);
+            c51 = _mm256_fmadd_ps(x, b1, c51);
+        }
+        let acc = [
+            (c00, c01),
+            (c10, c11),
+            (c20, c21),
+            (c30, c31),
+            (c40, c41),
+            (c50, c51),
+        ];
+        let bias = w.panel_bias(j).as_ptr();
+        let (bias0, bias1) = (_mm256_load_ps(bias), _mm256_load_ps(bias.add(8)));
+        for (r, &(lo, hi)) in acc.iter().enumerate().take(rows) {
+            let mut lo = _mm256_add_ps(lo, bias0);
+            let mut hi = _mm256_add_ps(hi, bias1);
+            let out = c.add(r * ldc);
+            if cols == NR {
+                if ep.accumulate {
+                    lo = _mm256_add_ps(lo, _mm256_loadu_ps(out));
+                    hi = _mm256_add_ps(hi, _mm256_loadu_ps(out.add(8)));
+                }
+                if ep.relu {
+                    lo = _mm256_max_ps(lo, z);
+                    hi = _mm256_max_ps(hi, z);
+                }
+                _mm256_storeu_ps(out, lo);
+                _mm256_storeu_ps(out.add(8), hi);
+            } else {
+                let mut tmp = [0f32; NR];
+                _mm256_storeu_ps(tmp.as_mut_ptr(), lo);
+                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi);
+                for (col, &t) in tmp.iter().enumerate().take(cols) {
+                    let o = out.add(col);
+                    let mut v = t;
+                    if ep.accumulate {
+                        v += *o;
+                    }
+                    if ep.relu {
+                        v = v.max(0.0);
+                    }
+                    *o = v;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,562 @@
+//! The prepared CPU plan for f32: the whole trunk as a list of steps over one activation layout
+//! (NHWC), with every convolution's weights packed once at load for the GEMM micro-kernel, branch
+//! outputs written in place into channel slices of their block's buffer (no concatenation), the
+//! residual scale-add and ReLU done in the up-projection's epilogue (in place on the residual
+//! stream), and activation buffers made once per input shape (at warm-up) and reused, so a frame
+//! allocates nothing. The backend boundary is the whole forward: NCHW batch in, pooled features out.
+
+mod build;
+pub mod exec;
+pub mod gemm;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Layout, Storage, Tensor};
+
+use super::conv::{ConvKernel, FoldedConv};
+use super::cpu_conv::CpuGemmConv;
+use exec::{PreparedConv, Scratch, Tiling, View};
+use gemm::{AlignedVec, Epilogue, MicroKernel};
+
+/// The kernel choice that asks for the plan: the trunk runs through [`CpuPlan`] when the model is
+/// f32 on the CPU, and through [`CpuGemmConv`] layer by layer otherwise (f16, CUDA).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PlanKernel(CpuGemmConv);
+
+impl ConvKernel for PlanKernel {
+    /// Where the plan does not apply, the layers run through `cpu-gemm`.
+    fn name(&self) -> &'static str {
+        "cpu-gemm"
+    }
+    fn forward(&self, x: &Tensor, conv: &FoldedConv) -> candle_core::Result<Tensor> {
+        self.0.forward(x, conv)
+    }
+    fn forward_residual(
+        &self,
+        parts: &[&Tensor],
+        conv: &FoldedConv,
+        residual: &Tensor,
+        relu: bool,
+    ) -> candle_core::Result<Tensor> {
+        self.0.forward_residual(parts, conv, residual, relu)
+    }
+    fn prefers_cpu_plan(&self) -> bool {
+        true
+    }
+}
+
+/// One logical activation buffer: `channels` per pixel (its row stride).
+#[derive(Debug, Clone, Copy)]
+struct BufferSpec {
+    channels: usize,
+}
+
+/// A channel range of a logical buffer.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    buf: usize,
+    offset: usize,
+    channels: usize,
+}
+
+#[derive(Debug)]
+enum Op {
+    /// The stem convolution, picked by the input's channel count (RGB, or a grey frame).
+    Stem {
+        src: Slot,
+        dst: Slot,
+    },
+    Conv {
+        conv: usize,
+        src: Slot,
+        dst: Slot,
+        epilogue: Epilogue,
+    },
+    MaxPool {
+        src: Slot,
+        dst: Slot,
+    },
+}
+
+/// A step and its label for `--profile`.
+#[derive(Debug)]
+struct Step {
+    op: Op,
+    label: String,
+}
+
+/// Buffers and tilings for one input shape `(n, c, h, w)`; made at warm-up, reused per frame.
+#[derive(Debug)]
+struct Workspace {
+    shape: (usize, usize, usize, usize),
+    /// Per logical buffer: (physical buffer, height, width).
+    placement: Vec<(usize, usize, usize)>,
+    physical: Vec<AlignedVec>,
+    tilings: Vec<Option<Tiling>>,
+    /// Per step: floating-point operations of one call (multiply-adds count 2).
+    flops: Vec<f64>,
+    scratch: Scratch,
+}
+
+#[derive(Debug)]
+pub struct CpuPlan {
+    convs: Vec<PreparedConv>,
+    stem_rgb: usize,
+    stem_grey: Option<usize>,
+    stem_channels: usize,
+    buffers: Vec<BufferSpec>,
+    steps: Vec<Step>,
+    input: usize,
+    output: usize,
+    kernel: MicroKernel,
+    threads: usize,
+    workspace: Mutex<Option<Workspace>>,
+    profiling: AtomicBool,
+    timings: Mutex<Vec<Duration>>,
+}
+
+/// Why the plan could not run a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("cpu plan: {0}")]
+    Shape(String),
+}
+
+fn bad(msg: impl Into<String>) -> PlanError {
+    PlanError::Shape(msg.into())
+}
+
+impl CpuPlan {
+    /// Name of the micro-kernel chosen at load (`avx2-fma` or `portable`).
+    pub fn kernel_name(&self) -> &'static str {
+        self.kernel.name()
+    }
+
+    /// Threads each layer is split across.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Forces the portable micro-kernel (tests compare it with the detected one).
+    pub fn with_kernel(mut self, kernel: MicroKernel) -> Self {
+        self.kernel = kernel;
+        self
+    }
+
+    /// Turns per-step timing on (for `echonet bench --profile`) and clears what was recorded.
+    pub fn set_profiling(&self, on: bool) {
+        self.profiling.store(on, Ordering::Relaxed);
+        if let Ok(mut t) = self.timings.lock() {
+            t.clear();
+            t.resize(self.steps.len(), Duration::ZERO);
+        }
+    }
+
+    /// Per step label: steps with that label in one forward, recorded time (summed over calls)
+    /// and floating-point operations of one forward at the current shape; slowest first.
+    pub fn profile(&self) -> Vec<(String, usize, Duration, f64)> {
+        let times = self.timings.lock().map(|t| t.clone()).unwrap_or_default();
+        let flops = self
+            .workspace
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(|ws| ws.flops.clone()))
+            .unwrap_or_default();
+        let mut rows: Vec<(String, usize, Duration, f64)> = Vec::new();
+        for (i, (step, t)) in self.steps.iter().zip(times).enumerate() {
+            let f = flops.get(i).copied().unwrap_or(0.0);
+            match rows.iter_mut().find(|r| r.0 == step.label) {
+                Some(r) => {
+                    r.1 += 1;
+                    r.2 += t;
+                    r.3 += f;
+                }
+                None => rows.push((step.label.clone(), 1, t, f)),
+            }
+        }
+        rows.sort_by_key(|r| std::cmp::Reverse(r.2));
+        rows
+    }
+
+    /// Pooled features `[N, c7]` of an f32 NCHW batch on the CPU.
+    pub fn features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let x = if x.is_contiguous() {
+            x.clone()
+        } else {
+            x.contiguous()?
+        };
+        let (storage, layout) = x.storage_and_layout();
+        let data = cpu_f32(&storage, layout).ok_or_else(|| {
+            candle_core::Error::Msg("cpu plan: input is not f32 on the CPU".into())
+        })?;
+        let mut out = vec![0f32; n * self.feature_channels()];
+        self.features_into(data, (n, c, h, w), &mut out)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        drop(storage);
+        Tensor::from_vec(out, (n, self.feature_channels()), &Device::Cpu)
+    }
+
+    /// Channels of the pooled features.
+    pub fn feature_channels(&self) -> usize {
+        self.buffers[self.output].channels
+    }
+
+    /// Pooled features of `input` (NCHW, `shape`) into `out` (`n` x feature channels). After the
+    /// first call for a shape (the warm-up), allocates nothing.
+    pub fn features_into(
+        &self,
+        input: &[f32],
+        shape: (usize, usize, usize, usize),
+        out: &mut [f32],
+    ) -> Result<(), PlanError> {
+        let (n, c, h, w) = shape;
+        if input.len() < n * c * h * w {
+            return Err(bad(format!(
+                "input holds {} floats, shape {shape:?} needs {}",
+                input.len(),
+                n * c * h * w
+            )));
+        }
+        if out.len() < n * self.feature_channels() {
+            return Err(bad("output buffer smaller than n x features"));
+        }
+        let mut guard = match self.workspace.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if guard.as_ref().map(|ws| ws.shape) != Some(shape) {
+            *guard = None; // free the old shape's buffers first
+            *guard = Some(self.workspace(shape)?);
+        }
+        let Some(ws) = guard.as_mut() else {
+            return Err(bad("workspace missing"));
+        };
+        if self.threads > 1 && rayon::current_thread_index().is_none() {
+            // One hand-over to the pool per frame rather than one per layer: layers then split
+            // from a worker's own deque (rayon's injector allocates a block per 63 hand-overs).
+            rayon::scope(|_| self.run_steps(ws, input, shape, out))
+        } else {
+            self.run_steps(ws, input, shape, out)
+        }
+    }
+
+    /// Runs every step for a batch whose workspace is ready.
+    fn run_steps(
+        &self,
+        ws: &mut Workspace,
+        input: &[f32],
+        shape: (usize, usize, usize, usize),
+        out: &mut [f32],
+    ) -> Result<(), PlanError> {
+        let (n, c, _, _) = shape;
+        let profiling = self.profiling.load(Ordering::Relaxed);
+        // SAFETY: every view below lies inside its physical buffer (sizes computed by
+        // `workspace` from the same shapes); a step's source and destination are distinct logical
+        // buffers live at the same time, hence distinct physical buffers, or (in-place residual)
+        // the same range read and written element by element by one thread.
+        unsafe {
+            let view = |ws: &mut Workspace, s: Slot| -> View {
+                let (phys, vh, vw) = ws.placement[s.buf];
+                View {
+                    ptr: ws.physical[phys].as_mut_slice().as_mut_ptr().add(s.offset),
+                    ld: if s.buf == self.input {
+                        c
+                    } else {
+                        self.buffers[s.buf].channels
+                    },
+                    channels: s.channels,
+                    n,
+                    h: vh,
+                    w: vw,
+                }
+            };
+            let input_view = view(
+                ws,
+                Slot {
+                    buf: self.input,
+                    offset: 0,
+                    channels: c,
+                },
+            );
+            exec::nchw_to_nhwc(input, input_view);
+            for (i, step) in self.steps.iter().enumerate() {
+                let start = profiling.then(Instant::now);
+                match step.op {
+                    Op::Stem { src, dst } => {
+                        let conv = self.stem_for(c)?;
+                        let mut src = view(ws, src);
+                        src.channels = c;
+                        let tiling = ws.tilings[i].ok_or_else(|| bad("stem tiling missing"))?;
+                        exec::conv(
+                            self.kernel,
+                            &self.convs[conv],
+                            src,
+                            view(ws, dst),
+                            Epilogue {
+                                accumulate: false,
+                                relu: true,
+                            },
+                            tiling,
+                            &ws.scratch,
+                            self.threads,
+                        );
+                    }
+                    Op::Conv {
+                        conv,
+                        src,
+                        dst,
+                        epilogue,
+                    } => {
+                        let tiling = ws.tilings[i].ok_or_else(|| bad("conv tiling missing"))?;
+                        exec::conv(
+                            self.kernel,
+                            &self.convs[conv],
+                            view(ws, src),
+                            view(ws, dst),
+                            epilogue,
+                            tiling,
+                            &ws.scratch,
+                            self.threads,
+                        );
+                    }
+                    Op::MaxPool { src, dst } => {
+                        exec::max_pool_3s2(view(ws, src), view(ws, dst), self.threads);
+                    }
+                }
+                if let Some(start) = start {
+                    if let Ok(mut t) = self.timings.lock() {
+                        if let Some(slot) = t.get_mut(i) {
+                            *slot += start.elapsed();
+                        }
+                    }
+                }
+            }
+            let out_view = view(
+                ws,
+                Slot {
+                    buf: self.output,
+                    offset: 0,
+                    channels: self.feature_channels(),
+                },
+            );
+            exec::global_mean(out_view, &mut out[..n * self.feature_channels()]);
+        }
+        Ok(())
+    }
+
+    fn stem_for(&self, c: usize) -> Result<usize, PlanError> {
+        if c == self.stem_channels {
+            Ok(self.stem_rgb)
+        } else if c == 1 {
+            self.stem_grey.ok_or_else(|| {
+                bad(format!(
+                    "{c} input channels, the stem takes {}",
+                    self.stem_channels
+                ))
+            })
+        } else {
+            Err(bad(format!(
+                "{c} input channels, the stem takes {}",
+                self.stem_channels
+            )))
+        }
+    }
+
+    /// Sizes every logical buffer for `shape`, shares physical buffers between logical ones whose
+    /// lifetimes do not overlap, and plans each convolution's tiling.
+    fn workspace(&self, shape: (usize, usize, usize, usize)) -> Result<Workspace, PlanError> {
+        let (n, c, h, w) = shape;
+        if n == 0 {
+            return Err(bad("empty batch"));
+        }
+        let stem = self.stem_for(c)?;
+        let mut dims: Vec<Option<(usize, usize)>> = vec![None; self.buffers.len()];
+        dims[self.input] = Some((h, w));
+        let mut tilings = vec![None; self.steps.len()];
+        let mut flops = vec![0f64; self.steps.len()];
+        let mut scratch = 0usize;
+        let mut first = vec![usize::MAX; self.buffers.len()];
+        let mut last = vec![0usize; self.buffers.len()];
+        first[self.input] = 0;
+        for (i, step) in self.steps.iter().enumerate() {
+            let (src, dst, out) = match step.op {
+                Op::Stem { src, dst } | Op::Conv { src, dst, .. } => {
+                    let conv = match step.op {
+                        Op::Conv { conv, .. } => conv,
+                        _ => stem,
+                    };
+                    let (sh, sw) = dims[src.buf]
+                        .ok_or_else(|| bad(format!("{}: input not yet computed", step.label)))?;
+                    let pc = &self.convs[conv];
+                    let out = pc.output_size(sh, sw).ok_or_else(|| {
+                        bad(format!(
+                            "{}: {sh}x{sw} input is smaller than its {}x{} kernel",
+                            step.label, pc.kh, pc.kw
+                        ))
+                    })?;
+                    let t = exec::tiling(pc, n * out.0 * out.1, self.threads);
+                    flops[i] = 2.0 * (n * out.0 * out.1 * pc.weights.k * pc.cout()) as f64;
+                    scratch = scratch.max(t.scratch);
+                    tilings[i] = Some(t);
+                    (src, dst, out)
+                }
+                Op::MaxPool { src, dst } => {
+                    let (sh, sw) = dims[src.buf]
+                        .ok_or_else(|| bad(format!("{}: input not yet computed", step.label)))?;
+                    let out = exec::pool_output_size(sh, sw).ok_or_else(|| {
+                        bad(format!("{}: {sh}x{sw} input is below 3x3", step.label))
+                    })?;
+                    (src, dst, out)
+                }
+            };
+            match dims[dst.buf] {
+                Some(d) if d != out => {
+                    return Err(bad(format!(
+                        "{}: writes {out:?} into a buffer of {d:?}",
+                        step.label
+                    )))
+                }
+                _ => dims[dst.buf] = Some(out),
+            }
+            for b in [src.buf, dst.buf] {
+                first[b] = first[b].min(i);
+                last[b] = last[b].max(i);
+            }
+        }
+        last[self.output] = usize::MAX;
+        // Greedy lifetime sharing, in order of first use.
+        let mut order: Vec<usize> = (0..self.buffers.len()).collect();
+        order.sort_by_key(|&b| first[b]);
+        let mut physical_sizes: Vec<usize> = Vec::new();
+        let mut physical_free_after: Vec<usize> = Vec::new();
+        let mut placement = vec![(0, 0, 0); self.buffers.len()];
+        for b in order {
+            let Some((bh, bw)) = dims[b] else { continue };
+            let channels = if b == self.input {
+                c
+            } else {
+                self.buffers[b].channels
+            };
+            let size = n * bh * bw * channels;
+            let free = (0..physical_sizes.len())
+                .filter(|&p| physical_free_after[p] < first[b])
+                .max_by_key(|&p| (physical_sizes[p] >= size, usize::MAX - physical_sizes[p]));
+            let p = match free {
+                Some(p) => p,
+                None => {
+                    physical_sizes.push(0);
+                    physical_free_after.push(0);
+                    physical_sizes.len() - 1
+                }
+            };
+            physical_sizes[p] = physical_sizes[p].max(size);
+            physical_free_after[p] = last[b];
+            placement[b] = (p, bh, bw);
+        }
+        Ok(Workspace {
+            shape,
+            placement,
+            physical: physical_sizes.into_iter().map(AlignedVec::zeroed).collect(),
+            tilings,
+            flops,
+            scratch: Scratch::new(self.threads, scratch),
+        })
+    }
+
+    /// Bytes of activation and scratch buffers held for the current shape.
+    pub fn workspace_bytes(&self) -> usize {
+        self.workspace
+            .lock()
+            .ok()
+            .and_then(|g| {
+                g.as_ref().map(|ws| {
+                    4 * (ws.physical.iter().map(|b| b.len()).sum::<usize>()
+                        + ws.scratch.floats() * (self.threads + 1))
+                })
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl PreparedConv {
+    /// Packs a folded convolution with its natural channel orders.
+    pub fn from_folded(conv: &FoldedConv) -> candle_core::Result<Self> {
+        build::prepare(conv, None, None)
+    }
+
+    /// Runs this convolution alone on an NCHW f32 tensor (NHWC inside), for the kernel tests:
+    /// `relu?(conv(x) + residual)`, the residual (NCHW, the output's shape) when given.
+    pub fn forward_nchw(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        relu: bool,
+        kernel: MicroKernel,
+        threads: usize,
+    ) -> candle_core::Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        if c != self.cin {
+            candle_core::bail!("conv: {c} input channels, weight expects {}", self.cin);
+        }
+        let (oh, ow) = self
+            .output_size(h, w)
+            .ok_or_else(|| candle_core::Error::Msg("conv: input smaller than kernel".into()))?;
+        let cout = self.cout();
+        let mut src = x.permute((0, 2, 3, 1))?.flatten_all()?.to_vec1::<f32>()?;
+        let mut dst = match residual {
+            Some(r) => r.permute((0, 2, 3, 1))?.flatten_all()?.to_vec1::<f32>()?,
+            None => vec![0f32; n * oh * ow * cout],
+        };
+        if dst.len() != n * oh * ow * cout {
+            candle_core::bail!("conv: residual does not have the output's shape");
+        }
+        let t = exec::tiling(self, n * oh * ow, threads);
+        let scratch = Scratch::new(threads, t.scratch);
+        // SAFETY: both views cover exactly their vectors, which do not overlap.
+        unsafe {
+            exec::conv(
+                kernel,
+                self,
+                View {
+                    ptr: src.as_mut_ptr(),
+                    ld: c,
+                    channels: c,
+                    n,
+                    h,
+                    w,
+                },
+                View {
+                    ptr: dst.as_mut_ptr(),
+                    ld: cout,
+                    channels: cout,
+                    n,
+                    h: oh,
+                    w: ow,
+                },
+                Epilogue {
+                    accumulate: residual.is_some(),
+                    relu,
+                },
+                t,
+                &scratch,
+                threads,
+            );
+        }
+        Tensor::from_vec(dst, (n, oh, ow, cout), &Device::Cpu)?
+            .permute((0, 3, 1, 2))?
+            .contiguous()
+    }
+}
+
+fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout) -> Option<&'a [f32]> {
+    match storage {
+        Storage::Cpu(s) => s
+            .as_slice::<f32>()
+            .ok()
+            .map(|d| &d[layout.start_offset()..]),
+        _ => None,
+    }
+}

@@ -1,0 +1,201 @@
+//! The prepared CPU plan against the references: each prepared convolution (both micro-kernels,
+//! several thread counts, in-place residual epilogue) against candle's conv2d, and the whole
+//! planned trunk against the layer-by-layer candle network over random widths, sizes, batches and
+//! grey frames.
+
+use candle_core::{DType, Device, Tensor};
+use echonet_edge::model::bundle::{BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION};
+use echonet_edge::model::conv::{CandleConv, ConvKernel, FoldedConv, Geometry};
+use echonet_edge::model::cpu_plan::exec::PreparedConv;
+use echonet_edge::model::cpu_plan::gemm::MicroKernel;
+use echonet_edge::model::{
+    conv_kernel_named, Architecture, EchoNetModel, InputSpec, Manifest, Provenance, RunOptions,
+    StorageDtype, WeightStore,
+};
+use proptest::prelude::*;
+
+/// Max abs difference of one convolution, relative to the largest reference value: f32 sums of
+/// at most a few hundred products, in a different order.
+const KERNEL_REL_TOL: f32 = 1e-5;
+/// Relative L2 of pooled features, planned trunk vs candle trunk: ~30 layers of reordered f32
+/// sums; well inside the 1e-4 allowed against PyTorch.
+const TRUNK_REL_L2_TOL: f64 = 2e-5;
+
+fn mk(shape: &[usize], seed: u64) -> Tensor {
+    let count: usize = shape.iter().product();
+    let mut x = seed | 1;
+    let v: Vec<f32> = (0..count)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+fn kernels() -> Vec<MicroKernel> {
+    let mut k = vec![MicroKernel::Portable];
+    if MicroKernel::detect() != MicroKernel::Portable {
+        k.push(MicroKernel::detect());
+    }
+    k
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+    #[test]
+    fn prepared_conv_matches_candle(
+        n in 1usize..3, cin in 1usize..20, cout in 1usize..40,
+        h in 3usize..24, w in 3usize..24,
+        kh in prop::sample::select(vec![1usize, 3, 7]), kw in prop::sample::select(vec![1usize, 3, 7]),
+        stride in 1usize..3, pad_h in 0usize..4, pad_w in 0usize..4,
+        relu in any::<bool>(), residual in any::<bool>(), threads in 1usize..4, seed in any::<u64>(),
+    ) {
+        prop_assume!(h + 2 * pad_h >= kh && w + 2 * pad_w >= kw);
+        let x = mk(&[n, cin, h, w], seed);
+        let folded = FoldedConv {
+            weight: mk(&[cout, cin, kh, kw], seed.wrapping_add(1)),
+            bias: mk(&[cout], seed.wrapping_add(2)),
+            geometry: Geometry { stride, pad_h, pad_w },
+            relu: false,
+        };
+        let mut reference = CandleConv.forward(&x, &folded).unwrap();
+        let res = mk(reference.dims(), seed.wrapping_add(3));
+        if residual {
+            reference = (reference + &res).unwrap();
+        }
+        if relu {
+            reference = reference.relu().unwrap();
+        }
+        let prepared = PreparedConv::from_folded(&folded).unwrap();
+        for kernel in kernels() {
+            let fast = prepared
+                .forward_nchw(&x, residual.then_some(&res), relu, kernel, threads)
+                .unwrap();
+            prop_assert_eq!(fast.dims(), reference.dims());
+            let d = max_rel_diff(&fast, &reference);
+            prop_assert!(d <= KERNEL_REL_TOL, "{:?}: max rel diff {}", kernel, d);
+        }
+    }
+}
+
+fn untrained(
+    width: f64,
+    size: usize,
+    channels: usize,
+    embedding: Option<usize>,
+    kernel: &str,
+    seed: u64,
+) -> EchoNetModel {
+    let manifest = Manifest {
+        format: BUNDLE_FORMAT.into(),
+        format_version: BUNDLE_FORMAT_VERSION,
+        architecture: Architecture::new(width, embedding),
+        input: InputSpec::facenet(size, channels),
+        tasks: vec![],
+        dtype: StorageDtype::F32,
+        intended_use: "test".into(),
+        provenance: Provenance {
+            source: "synthetic".into(),
+            data: "none".into(),
+            created: String::new(),
+            tool: "tests/cpu_plan.rs".into(),
+            metrics: Default::default(),
+            notes: String::new(),
+        },
+        content_hash: String::new(),
+    };
+    let opts = RunOptions {
+        kernel: conv_kernel_named(kernel).unwrap(),
+        ..RunOptions::cpu()
+    };
+    EchoNetModel::from_store(manifest, &WeightStore::synthetic(seed), &opts).unwrap()
+}
+
+fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    echonet_edge::model::import::relative_l2(&a, &b)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+    #[test]
+    fn planned_trunk_matches_candle_trunk(
+        width in prop::sample::select(vec![0.0625f64, 0.1, 0.125, 0.2]),
+        size in 75usize..110, n in 1usize..3, grey in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let planned = untrained(width, size, 3, None, "cpu-plan", seed);
+        prop_assert!(planned.cpu_plan().is_some());
+        let reference = untrained(width, size, 3, None, "candle", seed);
+        prop_assert!(reference.cpu_plan().is_none());
+        let x = mk(&[n, if grey { 1 } else { 3 }, size, size], seed.wrapping_add(9));
+        let (a, _) = planned.forward(&x).unwrap();
+        let (b, _) = reference.forward(&x).unwrap();
+        prop_assert_eq!(a.dims(), b.dims());
+        let err = rel_l2(&a, &b);
+        prop_assert!(err <= TRUNK_REL_L2_TOL, "rel L2 {}", err);
+        // The same plan again, and with another batch size: buffers are reused or remade.
+        let (again, _) = planned.forward(&x).unwrap();
+        prop_assert_eq!(rel_l2(&again, &a), 0.0);
+    }
+}
+
+#[test]
+fn portable_micro_kernel_runs_the_whole_trunk() {
+    let a = untrained(0.125, 80, 3, Some(16), "cpu-plan", 7);
+    let b = untrained(0.125, 80, 3, Some(16), "candle", 7);
+    let x = mk(&[2, 3, 80, 80], 11);
+    let plan = a.cpu_plan().unwrap();
+    let fast = plan.features(&x).unwrap();
+    let (reference, _) = b.forward(&x).unwrap();
+    assert!(rel_l2(&fast, &reference) <= TRUNK_REL_L2_TOL);
+    let portable = echonet_edge::model::cpu_plan::CpuPlan::build(b.network(), 2)
+        .unwrap()
+        .with_kernel(MicroKernel::Portable);
+    assert_eq!(portable.kernel_name(), "portable");
+    let slow = portable.features(&x).unwrap();
+    assert!(rel_l2(&slow, &reference) <= TRUNK_REL_L2_TOL);
+}
+
+#[test]
+fn plan_is_used_only_for_f32_on_the_cpu() {
+    let m = untrained(0.125, 75, 3, None, "auto", 1);
+    assert!(
+        m.backend_name().starts_with("cpu-plan"),
+        "{}",
+        m.backend_name()
+    );
+    let gemm = untrained(0.125, 75, 3, None, "cpu-gemm", 1);
+    assert_eq!(gemm.backend_name(), "cpu-gemm");
+    // f16 on the CPU: the layer-by-layer kernel, no plan.
+    let manifest = gemm.manifest().clone();
+    let opts = RunOptions {
+        dtype: Some(DType::F16),
+        kernel: conv_kernel_named("auto").unwrap(),
+        ..RunOptions::cpu()
+    };
+    let half = EchoNetModel::from_store(manifest, &WeightStore::synthetic(1), &opts).unwrap();
+    assert!(half.cpu_plan().is_none());
+    assert_eq!(half.backend_name(), "cpu-gemm");
+}
+
+#[test]
+fn plan_rejects_wrong_channels_with_a_clear_error() {
+    let m = untrained(0.125, 75, 3, None, "cpu-plan", 1);
+    let x = mk(&[1, 2, 75, 75], 1);
+    let err = m.cpu_plan().unwrap().features(&x).unwrap_err().to_string();
+    assert!(err.contains("2 input channels"), "{err}");
+}

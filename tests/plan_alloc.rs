@@ -1,0 +1,99 @@
+//! After warm-up, a frame through the prepared CPU plan allocates nothing: a counting global
+//! allocator (this test binary only) counts allocations on the calling thread and the pool's
+//! worker threads alike. Single-threaded the count is exactly zero; with two threads the only
+//! allocation left is rayon's job injector taking a new block once per 63 hand-overs (the plan
+//! hands each frame to the pool once).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use echonet_edge::model::bundle::{BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION};
+use echonet_edge::model::{
+    conv_kernel_named, import::probe_batch, Architecture, EchoNetModel, InputSpec, Manifest,
+    Provenance, RunOptions, StorageDtype, WeightStore,
+};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const FRAMES: usize = 130;
+
+#[test]
+fn planned_frame_allocates_nothing_after_warm_up() {
+    echonet_edge::runtime::configure_cpu_threads(Some(2));
+    let manifest = Manifest {
+        format: BUNDLE_FORMAT.into(),
+        format_version: BUNDLE_FORMAT_VERSION,
+        architecture: Architecture::new(0.125, None),
+        input: InputSpec::facenet(96, 3),
+        tasks: vec![],
+        dtype: StorageDtype::F32,
+        intended_use: "test".into(),
+        provenance: Provenance {
+            source: "synthetic".into(),
+            data: "none".into(),
+            created: String::new(),
+            tool: "tests/plan_alloc.rs".into(),
+            metrics: Default::default(),
+            notes: String::new(),
+        },
+        content_hash: String::new(),
+    };
+    let opts = RunOptions {
+        kernel: conv_kernel_named("auto").unwrap(),
+        ..RunOptions::cpu()
+    };
+    let model = EchoNetModel::from_store(manifest, &WeightStore::synthetic(3), &opts).unwrap();
+    let plan = model.cpu_plan().expect("f32 on the CPU runs the plan");
+    assert_eq!(plan.threads(), 2);
+    let batch = probe_batch(2, &model.manifest().input).unwrap();
+    let input = batch.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let shape = (2, 3, 96, 96);
+    let mut out = vec![0f32; 2 * plan.feature_channels()];
+    plan.features_into(&input, shape, &mut out).unwrap(); // warm-up: buffers made here
+    let warm = out.clone();
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    for _ in 0..FRAMES {
+        plan.features_into(&input, shape, &mut out).unwrap();
+    }
+    let during = ALLOCATIONS.load(Ordering::SeqCst) - before;
+    assert!(
+        during <= FRAMES.div_ceil(63),
+        "{during} allocations in {FRAMES} planned frames after warm-up"
+    );
+    assert_eq!(out, warm, "the same frame gives the same features");
+    assert!(plan.workspace_bytes() > 0);
+
+    // One thread: no pool hand-over at all, and not a single allocation.
+    let single = echonet_edge::model::cpu_plan::CpuPlan::build(model.network(), 1).unwrap();
+    single.features_into(&input, shape, &mut out).unwrap();
+    assert_eq!(out, warm, "one thread computes the same features");
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    for _ in 0..10 {
+        single.features_into(&input, shape, &mut out).unwrap();
+    }
+    let during = ALLOCATIONS.load(Ordering::SeqCst) - before;
+    assert_eq!(
+        during, 0,
+        "{during} allocations in 10 single-threaded frames"
+    );
+}

@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""ONNX Runtime peer for `echonet bench`: the same network, timed the same way.
+
+Builds facenet-pytorch's ``InceptionResnetV1`` (untrained: speed does not depend on the weights),
+keeps the trunk up to the pooled features (what ``echonet bench`` times on an untrained network
+without heads), exports it to ONNX once (cached next to --onnx), and times ONNX Runtime on the CPU
+at batch N with a fixed number of intra-op threads. Prints one line, or one JSON object with
+``median_ms_per_frame`` like ``echonet bench --json``.
+
+Environment (run by hand, never in CI)::
+
+    python3 -m venv /work/pyenv-perf
+    /work/pyenv-perf/bin/pip install torch onnx onnxruntime numpy requests tqdm
+    /work/pyenv-perf/bin/pip install --no-deps facenet-pytorch
+    /work/pyenv-perf/bin/python tools/bench/ort_peer.py --threads 2 --batch 1 --json
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+
+def import_facenet():
+    """facenet-pytorch's model file alone: the package root pulls in MTCNN and torchvision."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    spec = importlib.util.find_spec("facenet_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("facenet-pytorch is not installed (pip install --no-deps facenet-pytorch)")
+    pkg_dir = list(spec.submodule_search_locations)[0]
+    if "facenet_pytorch" not in sys.modules:
+        pkg = types.ModuleType("facenet_pytorch")
+        pkg.__path__ = [pkg_dir]
+        sys.modules["facenet_pytorch"] = pkg
+        sub = types.ModuleType("facenet_pytorch.models")
+        sub.__path__ = [os.path.join(pkg_dir, "models")]
+        sys.modules["facenet_pytorch.models"] = sub
+    return importlib.import_module("facenet_pytorch.models.inception_resnet_v1").InceptionResnetV1
+
+
+def export(path, size, batch):
+    import torch
+
+    InceptionResnetV1 = import_facenet()
+
+    class Trunk(torch.nn.Module):
+        """InceptionResnetV1 up to avgpool_1a, flattened: [N, 1792]."""
+
+        def __init__(self):
+            super().__init__()
+            self.net = InceptionResnetV1(pretrained=None, classify=False).eval()
+
+        def forward(self, x):
+            n = self.net
+            for name in ["conv2d_1a", "conv2d_2a", "conv2d_2b", "maxpool_3a", "conv2d_3b",
+                         "conv2d_4a", "conv2d_4b", "repeat_1", "mixed_6a", "repeat_2",
+                         "mixed_7a", "repeat_3", "block8", "avgpool_1a"]:
+                x = getattr(n, name)(x)
+            return x.flatten(1)
+
+    torch.manual_seed(0)
+    model = Trunk().eval()
+    x = torch.randn(batch, 3, size, size)
+    with torch.no_grad():
+        torch.onnx.export(model, x, path, input_names=["x"], output_names=["features"],
+                          dynamic_axes={"x": {0: "n"}, "features": {0: "n"}}, opset_version=17,
+                          dynamo=False)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=299)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--onnx", default="/tmp/echonet_ort_peer_{size}.onnx")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    path = args.onnx.format(size=args.size)
+    if not os.path.exists(path):
+        export(path, args.size, 1)
+
+    import numpy as np
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = args.threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((args.batch, 3, args.size, args.size),
+                                                 dtype=np.float32)
+    for _ in range(args.warmup):
+        sess.run(None, {"x": x})
+    per_frame = []
+    for _ in range(args.iters):
+        t = time.perf_counter()
+        sess.run(None, {"x": x})
+        per_frame.append((time.perf_counter() - t) * 1000.0 / args.batch)
+    median = statistics.median(per_frame)
+    report = {
+        "system": f"onnxruntime {ort.__version__}",
+        "threads": args.threads,
+        "batch": args.batch,
+        "input": [3, args.size, args.size],
+        "iters": args.iters,
+        "median_ms_per_frame": median,
+        "frames_per_s": 1000.0 / median,
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"onnxruntime {ort.__version__} f32, {args.threads} threads, batch {args.batch}, "
+              f"3x{args.size}x{args.size}: median {median:.2f} ms/frame")
+
+
+if __name__ == "__main__":
+    main()

@@ -11,8 +11,7 @@
 #                      PTX, which the driver JIT-compiles forward at start-up for any newer GPU
 #                      (87 runs on 89 and 90 = H100/H200 too); a lower number widens the set of GPUs
 #                      the binary starts on, a matching one gives the driver nothing to compile.
-#   CUDA_FEATURES      cargo features (default "cuda"; "cudnn" adds cuDNN convolutions and installs
-#                      the cuDNN 9 wheel to link against)
+#   CUDA_FEATURES      cargo features (default "cuda")
 #   CUDA_KIT_DIR       where the toolkit wheels are installed (default ~/.cache/cuda-kit-13.0)
 #   CARGO_TARGET_DIR   default target/cuda, so the CPU build in target/release is never overwritten.
 # The first run downloads about 1 GB of wheels and compiles candle's CUDA kernels (about 16 min on
@@ -51,18 +50,6 @@ if [ ! -e "$LINK/libcuda.so" ]; then
   grep -oE '\bcu[A-Z][A-Za-z0-9_]*' "$CU/include/cuda.h" | sort -u | sed 's/.*/int &(void){return 999;}/' >"$LINK/cuda_stub.c"
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$LINK/libcuda.so" "$LINK/cuda_stub.c"
 fi
-case " ${CUDA_FEATURES:-cuda} " in
-  *cudnn*)
-    # cuDNN 9 for the `cudnn` feature: the real library to link against (the GPU machine's own
-    # libcudnn.so.9 is loaded at run time).
-    CUDNN=$("$KIT/venv/bin/python" -c 'import sys,os;print(os.path.join(sys.prefix,"lib","python%d.%d"%sys.version_info[:2],"site-packages","nvidia","cudnn","lib"))')
-    if [ ! -e "$CUDNN/libcudnn.so.9" ]; then
-      echo "cuda-build: installing the cuDNN 9 wheel into $KIT (about 700 MB, once)" >&2
-      "$KIT/venv/bin/pip" install -q --disable-pip-version-check --no-deps "nvidia-cudnn-cu13==9.*"
-    fi
-    ln -sf "$CUDNN/libcudnn.so.9" "$LINK/libcudnn.so"
-    ;;
-esac
 export CUDA_HOME="$CU" NVCC="$CU/bin/nvcc" PATH="$CU/bin:$PATH"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-87}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target/cuda}"

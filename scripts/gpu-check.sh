@@ -7,8 +7,6 @@
 #   --bin DIR  holds `echonet` (the CUDA binary of `make cuda`) and `gpu-tests` (tests/gpu.rs,
 #              built by scripts/gpu-prebuild.sh); `.xz` copies are unpacked first. Default:
 #              target/cuda/release.
-#   --cudnn-bin DIR  optional: a `--features cudnn` build (`echonet` or `echonet.xz`); its cuDNN
-#              convolutions get the parity and speed checks too.
 #   --out DIR  where every log, JSON result and the table (gpu-check.md) go. Default: $OUT when
 #              set, else target/gpu-check.
 #
@@ -32,13 +30,11 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN="$ROOT/target/cuda/release"
-CUDNN_BIN=""
 RESULTS="${OUT:-$ROOT/target/gpu-check}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) BIN=$(cd "$2" && pwd); shift 2 ;;
     --out) RESULTS="$2"; shift 2 ;;
-    --cudnn-bin) CUDNN_BIN=$(cd "$2" && pwd); shift 2 ;;
     *) echo "gpu-check: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -61,15 +57,6 @@ for exe in echonet gpu-tests; do
     ln -sf "$BIN/$exe" "$WORK/$exe"
   fi
 done
-if [ -n "$CUDNN_BIN" ]; then
-  mkdir -p "$WORK/cudnn"
-  if [ -f "$CUDNN_BIN/echonet.xz" ]; then
-    xz -dkc "$CUDNN_BIN/echonet.xz" >"$WORK/cudnn/echonet" && chmod +x "$WORK/cudnn/echonet"
-  else
-    ln -sf "$CUDNN_BIN/echonet" "$WORK/cudnn/echonet"
-  fi
-  export ECHONET_CUDNN=1 # cuda-env.sh: find libcudnn.so.9 too
-fi
 E="$WORK/echonet"
 [ -x "$E" ] || { echo "gpu-check: no echonet binary in $BIN (build it with make cuda)" >&2; exit 2; }
 # shellcheck source=scripts/cuda-env.sh
@@ -144,29 +131,6 @@ for dt in f16 f32; do
     done
   done
 done
-
-# 4b. The cuDNN build: parity and speed of its convolutions (`--conv auto` = src/gpu/cudnn.rs).
-EC="$WORK/cudnn/echonet"
-if [ -x "$EC" ] && [ -n "$MODEL" ]; then
-  step cudnn-doctor 60 "$EC" doctor --json
-  for dt in f32 f16; do
-    if step "infer-cudnn-$dt-graph" 60 "$EC" infer --model "$MODEL" --input "$P/input_299.npy" \
-      --features --device cuda --dtype "$dt"; then
-      "$PY" "$TC" compare "$P/expected_features.npy" "$RESULTS/infer-cudnn-$dt-graph.out" \
-        >"$RESULTS/parity-cudnn-$dt-graph.json" 2>>"$RESULTS/parity-errors.log"
-    fi
-  done
-  for b in 1 20; do
-    iters=200
-    [ "$b" = 20 ] && iters=40
-    for g in graph plain; do
-      flag=""
-      [ "$g" = plain ] && flag="--no-cuda-graph"
-      step "bench-cudnn-f16-b$b-$g" 90 "$EC" bench --model "$MODEL" --device cuda --dtype f16 \
-        --batch "$b" --warmup 10 --iters "$iters" --json $flag
-    done
-  done
-fi
 
 # 5. The daemon on the phantom, 30 s, on CUDA (default dtype: f16).
 step daemon 75 "$E" run --source phantom --device cuda ${MODEL:+--model "$MODEL"} --duration 30 \

@@ -9,10 +9,11 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:?usage: scripts/gpu-prebuild.sh OUTDIR}
 mkdir -p "$OUT"
-bash "$ROOT/scripts/cuda-build.sh"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target/cuda}
-# The test binary: same toolchain settings as the CUDA build (cuda-build.sh passes extra args on).
-tests_json=$(CARGO_TARGET_DIR="$TARGET" bash "$ROOT/scripts/cuda-build.sh" --test gpu --message-format=json)
+# The binary and the test binary in one cargo run (cuda-build.sh passes extra args on): a test
+# target brings the dev-dependencies' features in, and building both at once compiles the
+# dependencies once, with one feature set.
+tests_json=$(CARGO_TARGET_DIR="$TARGET" bash "$ROOT/scripts/cuda-build.sh" --bin echonet --test gpu --message-format=json)
 test_exe=$(printf '%s\n' "$tests_json" | python3 -c '
 import json, sys
 for line in sys.stdin:

@@ -54,4 +54,19 @@ fn doctor_passes_on_this_checkout() {
             "doctor lacks {expected}: {names:?}"
         );
     }
+    // The CPU binary says so and where the CUDA one comes from (a CUDA build lists its GPUs).
+    let cuda = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "cuda")
+        .unwrap();
+    if !cfg!(feature = "cuda") {
+        assert_eq!(cuda["detail"]["usable"], false, "{cuda}");
+        let reason = cuda["detail"]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("CPU binary") && reason.contains("make cuda"),
+            "{reason}"
+        );
+    }
 }

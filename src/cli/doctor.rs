@@ -61,8 +61,8 @@ fn check_bundle(path: &PathBuf) -> Result<Value, String> {
     }))
 }
 
-/// Every CUDA device the driver sees (name, compute capability, memory, driver; cuDNN when built
-/// with it) and whether candle can open it. Not having CUDA is a fact about the machine, not a
+/// Every CUDA device the driver sees (name, compute capability, memory, driver) and whether
+/// candle can open it. Not having CUDA is a fact about the machine, not a
 /// failure of the installation, so this is never a failed check.
 fn cuda_report() -> Value {
     if !cfg!(feature = "cuda") {
@@ -94,7 +94,6 @@ fn cuda_report() -> Value {
     json!({
         "usable": true,
         "kernels_built_for": echonet_edge::gpu::kernels_built_for(),
-        "cudnn_feature": cfg!(feature = "cudnn"),
         "devices": devices,
     })
 }
@@ -110,7 +109,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(json!({
             "version": env!("CARGO_PKG_VERSION"),
             "cuda_feature": cfg!(feature = "cuda"),
-            "cudnn_feature": cfg!(feature = "cudnn"),
         })),
     );
     r.add(

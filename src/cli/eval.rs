@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use echonet_edge::dataset::{self, Split};
 use echonet_edge::eval::{self, plots, ClipEval, DatasetInfo, EvalReport, ModelInfo};
-use echonet_edge::model::{read_bundle, EchoNetModel, TaskKind};
+use echonet_edge::model::{read_bundle, TaskKind};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SplitArg {

@@ -29,8 +29,7 @@ pub struct RunArgs {
     /// CPU threads; default: every core this process may use.
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Convolution kernel: `auto`, `cpu-gemm`, `candle`, or `cudnn` (builds with `--features
-    /// cudnn`; `auto` picks it on CUDA there).
+    /// Convolution kernel: `auto`, `cpu-gemm` or `candle`.
     #[arg(long, default_value = "auto")]
     pub conv: String,
     /// On CUDA the trunk is captured as a CUDA graph at the first batch and replayed for every
@@ -85,20 +84,9 @@ impl RunArgs {
             Some(s) => runtime::parse_dtype(s)?,
             None => runtime::default_dtype(choice, bundle_dtype),
         };
-        let cudnn = echonet_edge::gpu::cudnn_kernel();
-        let kernel = match (self.conv.as_str(), cudnn) {
-            // A cuDNN build runs its convolutions through cuDNN on CUDA unless told otherwise.
-            ("auto", Some(k)) if matches!(choice, DeviceChoice::Cuda(_)) => k,
-            ("cudnn", Some(k)) => k,
-            ("cudnn", None) => {
-                anyhow::bail!("--conv cudnn: this binary was built without `--features cudnn`")
-            }
-            (name, _) => conv_kernel_named(name).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "--conv {name:?}: expected auto, cpu-gemm, candle or cudnn (cuDNN builds)"
-                )
-            })?,
-        };
+        let kernel = conv_kernel_named(&self.conv).ok_or_else(|| {
+            anyhow::anyhow!("--conv {:?}: expected auto, cpu-gemm or candle", self.conv)
+        })?;
         Ok(RunPlan {
             choice,
             dtype,

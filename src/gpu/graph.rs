@@ -1,5 +1,5 @@
 //! CUDA-graph capture of the trunk's forward pass (every convolution, pooling, concatenation and
-//! residual step, about 250 kernel launches at batch 1) for one fixed input shape: captured once,
+//! residual step: hundreds of kernel launches) for one fixed input shape: captured once,
 //! then replayed as a single launch, which removes the host-side launch gaps that dominate a
 //! small batch on a fast GPU. The captured graph reads a fixed device input buffer and writes a
 //! fixed output buffer; a call copies the batch into the one and the result out of the other.

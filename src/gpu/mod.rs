@@ -1,11 +1,9 @@
 //! The GPU side of the runtime, kept apart from the device-agnostic model: what a CUDA device is
-//! (name, compute capability, memory, driver and library versions, for `echonet doctor`), how a
+//! (name, compute capability, memory, driver version, for `echonet doctor`), how a
 //! freshly opened device is set up for one-thread use, and the CUDA-graph capture of the trunk
 //! ([`graph`]). Everything here compiles without `--features cuda`, where it reports that the
 //! build has no CUDA.
 
-#[cfg(feature = "cudnn")]
-pub mod cudnn;
 pub mod graph;
 
 use serde::Serialize;
@@ -24,8 +22,6 @@ pub struct GpuInfo {
     /// The compute capability the binary's kernels were compiled for (`CUDA_COMPUTE_CAP` at build
     /// time); a newer GPU runs them by JIT-compiling their PTX at start-up.
     pub kernels_built_for: Option<String>,
-    /// cuDNN's version when the binary was built with `--features cudnn`, else None.
-    pub cudnn_version: Option<String>,
 }
 
 /// `CUDA_COMPUTE_CAP` of the build, as `major.minor`, when the build recorded one.
@@ -33,18 +29,6 @@ pub fn kernels_built_for() -> Option<String> {
     let cap = option_env!("CUDA_COMPUTE_CAP")?;
     let n: u32 = cap.trim().parse().ok()?;
     Some(format!("{}.{}", n / 10, n % 10))
-}
-
-/// The cuDNN convolution kernel when this binary was built with `--features cudnn`.
-pub fn cudnn_kernel() -> Option<std::sync::Arc<dyn crate::model::ConvKernel>> {
-    #[cfg(feature = "cudnn")]
-    {
-        Some(std::sync::Arc::new(cudnn::CudnnConv))
-    }
-    #[cfg(not(feature = "cudnn"))]
-    {
-        None
-    }
 }
 
 /// Describes CUDA device `ordinal`, or says why it cannot.
@@ -110,20 +94,7 @@ mod imp {
             memory_free_mib: (free / (1 << 20)) as u64,
             driver_cuda_version: format!("{}.{}", v / 1000, (v % 1000) / 10),
             kernels_built_for: super::kernels_built_for(),
-            cudnn_version: cudnn_version(),
         })
-    }
-
-    #[cfg(feature = "cudnn")]
-    fn cudnn_version() -> Option<String> {
-        let v = candle_core::cuda_backend::cudarc::cudnn::result::get_version();
-        // cuDNN 9 encodes major*10000 + minor*100 + patch.
-        Some(format!("{}.{}.{}", v / 10000, (v % 10000) / 100, v % 100))
-    }
-
-    #[cfg(not(feature = "cudnn"))]
-    fn cudnn_version() -> Option<String> {
-        None
     }
 
     pub fn prepare_single_stream(device: &candle_core::Device) {

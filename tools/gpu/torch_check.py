@@ -241,15 +241,6 @@ def report(results):
             ok = p["finite"] and p["rel_l2"] <= lim
             row("parity vs PyTorch f64, width 1, 299 px, 4 frames", f"candle {v.replace('-', ', ')}",
                 f"rel L2 {p['rel_l2']:.2e}", peer, ok)
-    for dt in ("f32", "f16"):
-        p = _load_json(os.path.join(results, f"parity-cudnn-{dt}-graph.json"))
-        if p is not None or os.path.exists(os.path.join(results, f"infer-cudnn-{dt}-graph.log")):
-            lim = PARITY_LIMITS[dt]
-            if p is None:
-                row("parity vs PyTorch f64, width 1, 299 px, 4 frames", f"cuDNN build {dt}, graph", "no result", f"<= {lim:g}", False)
-            else:
-                row("parity vs PyTorch f64, width 1, 299 px, 4 frames", f"cuDNN build {dt}, graph",
-                    f"rel L2 {p['rel_l2']:.2e}", f"<= {lim:g}", p["finite"] and p["rel_l2"] <= lim)
     # Speed
     torch_rows = _load_json(os.path.join(results, "torch_bench.json")) or []
 
@@ -281,25 +272,6 @@ def report(results):
                     graph_ok = state == "captured"
                 row("speed, ms/frame (median)", f"candle {dt}, batch {b}, {g} ({state})",
                     f"{_fmt_ms(ms)} (p90 {_fmt_ms(r['p90_ms_per_frame'])})", "; ".join(peers) + ratio, graph_ok)
-    for b in (1, 20):
-        eager, _ = torch_ms("pytorch eager", "f16", b)
-        comp, _ = torch_ms("torch.compile", "f16", b)
-        for g in ("graph", "plain"):
-            r = _load_json(os.path.join(results, f"bench-cudnn-f16-b{b}-{g}.out"))
-            if r is None:
-                if os.path.exists(os.path.join(results, f"bench-cudnn-f16-b{b}-{g}.log")):
-                    row("speed, ms/frame (median)", f"cuDNN f16, batch {b}, {g}", "no result", "-", False)
-                continue
-            ms = r["median_ms_per_frame"]
-            peer = f"PyTorch eager {_fmt_ms(eager)}; torch.compile {_fmt_ms(comp)}"
-            if eager:
-                peer += f"; cuDNN/eager {ms / eager:.2f}x"
-            if comp and not math.isnan(comp):
-                peer += f", cuDNN/compile {ms / comp:.2f}x"
-            state = r.get("cuda_graph", "?")
-            row("speed, ms/frame (median)", f"cuDNN f16, batch {b}, {g} ({state}, conv {r.get('conv_kernel', '?')})",
-                f"{_fmt_ms(ms)} (p90 {_fmt_ms(r['p90_ms_per_frame'])})", peer,
-                (state == "captured") if g == "graph" else None)
     # Daemon
     d = _load_json(os.path.join(results, "daemon.json"))
     if d:

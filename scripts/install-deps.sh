@@ -8,6 +8,8 @@ need=()
 # bindgen (used by the v4l capture crate) needs libclang; cc for crates that build C.
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
+# linux/videodev2.h: the emulated V4L2 device of the capture tests (tools/v4l2-emu) is C.
+dpkg -s linux-libc-dev >/dev/null 2>&1 || need+=(linux-libc-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 # python3 with venv/ensurepip: `make cuda` (part of `make test`) installs NVIDIA's CUDA wheels into
 # a virtual environment (scripts/cuda-build.sh).

@@ -278,11 +278,19 @@ fn a_stalled_device_times_out_then_streams_again() {
             });
             source.start().unwrap();
             let started = Instant::now();
-            let (mut frames_before, mut timeouts, mut frames_after) = (0, 0, 0);
+            let (mut frames_before, mut timeouts, mut frames_after) = (0u64, 0u32, 0u64);
+            let mut last_seq = None;
             while started.elapsed() < Duration::from_secs(3) {
                 match source.next_frame() {
-                    Ok(Some(_)) if timeouts == 0 => frames_before += 1,
-                    Ok(Some(_)) => frames_after += 1,
+                    Ok(Some(f)) => {
+                        assert!(last_seq < Some(f.seq), "{:?} then {}", last_seq, f.seq);
+                        last_seq = Some(f.seq);
+                        if timeouts == 0 {
+                            frames_before += 1
+                        } else {
+                            frames_after += 1
+                        }
+                    }
                     Err(SourceError::Timeout { timeout, .. }) => {
                         assert_eq!(timeout, Duration::from_millis(400));
                         timeouts += 1;
@@ -299,10 +307,58 @@ fn a_stalled_device_times_out_then_streams_again() {
                 "{timeouts} timeouts in a 1.2 s stall"
             );
             assert!(frames_after >= 10, "{frames_after} frames after the stall");
-            // The frames the device did not send in the stall show as a gap in the numbers.
-            assert!(source.counts().sequence_gaps >= 25, "{:?}", source.counts());
+            // After a timeout the stream is restarted (v4l 0.14 cannot resume one): the first
+            // frame after the stall comes from the new stream, on the same clock.
+            assert_eq!(
+                source.counts().monotonic_timestamps,
+                frames_before + frames_after
+            );
         },
     );
+}
+
+/// Streams until the device vanishes, fails to reopen while it is gone, reopens when it returns.
+fn lose_and_reopen() {
+    let mut source = V4l2Source::new(config(Some("YUYV")));
+    source.start().unwrap();
+    let mut last_seq = 0;
+    let lost = loop {
+        match source.next_frame() {
+            Ok(Some(f)) => last_seq = f.seq,
+            Err(e) => break e,
+            Ok(None) => panic!("a live device does not end"),
+        }
+    };
+    assert!(matches!(lost, SourceError::Disconnected { .. }), "{lost}");
+    assert!(lost.to_string().contains("the device went away"), "{lost}");
+    assert!(last_seq >= 5, "{last_seq}");
+    // Gone from /dev for a while: reopening fails as a lost device, naming the path, and the
+    // next read says why.
+    let e = source.start().unwrap_err();
+    assert!(
+        matches!(e, SourceError::Disconnected { .. }) && e.to_string().contains(DEVICE),
+        "{e}"
+    );
+    let e = source.next_frame().unwrap_err();
+    assert!(
+        e.to_string().contains("not reopened yet (cannot open"),
+        "{e}"
+    );
+    let started = Instant::now();
+    while source.start().is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "never came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let f = next(&mut source);
+    assert!(
+        f.seq > last_seq,
+        "frame numbers go on: {} after {last_seq}",
+        f.seq
+    );
+    next(&mut source);
 }
 
 #[test]
@@ -314,41 +370,36 @@ fn an_unplugged_device_is_lost_then_reopens_when_it_returns() {
             ("V4L2_EMU_REPLUG_AFTER_MS", "700"),
             ("V4L2_EMU_FPS", "25"),
         ],
+        lose_and_reopen,
+    );
+}
+
+#[test]
+fn a_device_failing_with_eio_is_closed_without_a_panic_and_reopens() {
+    // EIO (not ENODEV) from STREAMOFF and REQBUFS makes the v4l crate's destructors panic; the
+    // source must stop the stream itself and keep going.
+    in_emulator(
+        "a_device_failing_with_eio_is_closed_without_a_panic_and_reopens",
+        &[
+            ("V4L2_EMU_UNPLUG_AFTER_MS", "400"),
+            ("V4L2_EMU_REPLUG_AFTER_MS", "700"),
+            ("V4L2_EMU_UNPLUG_ERRNO", "5"),
+            ("V4L2_EMU_FPS", "25"),
+        ],
         || {
-            let mut source = V4l2Source::new(config(Some("YUYV")));
-            source.start().unwrap();
-            let mut last_seq = 0;
-            let lost = loop {
-                match source.next_frame() {
-                    Ok(Some(f)) => last_seq = f.seq,
-                    Err(e) => break e,
-                    Ok(None) => panic!("a live device does not end"),
-                }
-            };
-            assert!(matches!(lost, SourceError::Disconnected { .. }), "{lost}");
-            assert!(lost.to_string().contains("device lost"), "{lost}");
-            assert!(last_seq >= 5, "{last_seq}");
-            // Gone from /dev for a while: reopening fails as a lost device, naming the path.
-            let e = source.start().unwrap_err();
+            let panicked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = panicked.clone();
+            let report = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                report(info);
+            }));
+            lose_and_reopen();
+            let _ = std::panic::take_hook();
             assert!(
-                matches!(e, SourceError::Disconnected { .. }) && e.to_string().contains(DEVICE),
-                "{e}"
+                !panicked.load(std::sync::atomic::Ordering::SeqCst),
+                "something panicked"
             );
-            let started = Instant::now();
-            while source.start().is_err() {
-                assert!(
-                    started.elapsed() < Duration::from_secs(3),
-                    "never came back"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let f = next(&mut source);
-            assert!(
-                f.seq > last_seq,
-                "frame numbers go on: {} after {last_seq}",
-                f.seq
-            );
-            next(&mut source);
         },
     );
 }
@@ -413,28 +464,32 @@ fn records(out: &Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn run_daemon(env: &[(&str, &str)], seconds: &str, summary: &Path) -> Vec<serde_json::Value> {
+fn run_daemon(
+    env: &[(&str, &str)],
+    extra: &[&str],
+    seconds: &str,
+    summary: &Path,
+) -> Vec<serde_json::Value> {
     let summary = summary.to_str().unwrap();
-    let out = echonet_under_emulator(
-        env,
-        &[
-            "run",
-            "--source",
-            "v4l2",
-            "--input",
-            DEVICE,
-            "--duration",
-            seconds,
-            "--http",
-            "off",
-            "--jsonl",
-            "-",
-            "--threads",
-            "1",
-            "--summary",
-            summary,
-        ],
-    );
+    let mut args = vec![
+        "run",
+        "--source",
+        "v4l2",
+        "--input",
+        DEVICE,
+        "--duration",
+        seconds,
+        "--http",
+        "off",
+        "--jsonl",
+        "-",
+        "--threads",
+        "1",
+        "--summary",
+        summary,
+    ];
+    args.extend_from_slice(extra);
+    let out = echonet_under_emulator(env, &args);
     assert!(
         out.status.success(),
         "{}",
@@ -456,12 +511,12 @@ fn the_daemon_publishes_estimates_from_nv12_yuyv_and_mjpg_devices() {
                 ("V4L2_EMU_GARBAGE_EVERY", "25"),
             ],
             &[],
-            "5",
+            "8",
             &summary,
         );
         let ok: Vec<_> = lines.iter().filter(|r| r["status"] == "ok").collect();
         assert!(
-            ok.len() >= 10,
+            ok.len() >= 15,
             "{fourcc}: {} estimates in {lines:?}",
             ok.len()
         );
@@ -494,12 +549,12 @@ fn the_daemon_goes_stale_when_the_device_is_unplugged_and_recovers() {
     let lines = run_daemon(
         &[
             ("V4L2_EMU_FORMAT", "NV12"),
-            ("V4L2_EMU_UNPLUG_AFTER_MS", "4000"),
+            ("V4L2_EMU_UNPLUG_AFTER_MS", "6000"),
             ("V4L2_EMU_REPLUG_AFTER_MS", "2500"),
         ],
         // Reopen attempts every 0.5 s at most, so estimates resume well within the run.
         &["--set", "pipeline.reconnect_max_ms=500"],
-        "12",
+        "14",
         &summary,
     );
     let status: Vec<&str> = lines

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use v4l::buffer::{Flags, Type};
 use v4l::framesize::FrameSizeEnum;
-use v4l::io::traits::CaptureStream;
+use v4l::io::traits::{CaptureStream, Stream as _};
 use v4l::video::Capture;
 use v4l::{Device, FourCC};
 
@@ -237,6 +237,10 @@ pub struct V4l2Source {
     seq_base: u64,
     last_seq: Option<u64>,
     counts: CaptureCounts,
+    /// Why the device was last lost or could not be opened, until it opens again.
+    last_failure: Option<String>,
+    /// The last read timed out: the stream must be restarted before the next (see next_frame).
+    restart_stream: bool,
 }
 
 impl V4l2Source {
@@ -254,6 +258,8 @@ impl V4l2Source {
             seq_base: 0,
             last_seq: None,
             counts: CaptureCounts::default(),
+            last_failure: None,
+            restart_stream: false,
         }
     }
 
@@ -371,6 +377,37 @@ impl V4l2Source {
         Ok(())
     }
 
+    /// Stops and frees the stream, then closes the device. The v4l crate's destructors panic when
+    /// STREAMOFF or freeing the buffers fails with anything but ENODEV (EIO after a USB reset,
+    /// say), and a failing device must not take the daemon down: the stream is stopped here
+    /// first, and one that cannot be stopped is left as it is (its buffers stay mapped, a few MB,
+    /// and its descriptor open; logged) rather than dropped; a panic while freeing is caught and logged.
+    fn close(&mut self) {
+        if let Some(mut stream) = self.stream.take() {
+            match stream.stop() {
+                Err(e) if e.raw_os_error() != Some(libc::ENODEV) => {
+                    tracing::warn!(
+                        device = %self.config.device.display(),
+                        "stopping the stream failed ({e}); its buffers and descriptor are left open"
+                    );
+                    std::mem::forget(stream);
+                }
+                _ => {
+                    let freed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                        drop(stream)
+                    }));
+                    if freed.is_err() {
+                        tracing::warn!(
+                            device = %self.config.device.display(),
+                            "freeing the stream's buffers failed"
+                        );
+                    }
+                }
+            }
+        }
+        self.device = None;
+    }
+
     /// The frame number of a driver sequence number: continuous across reopenings, gaps where
     /// the driver dropped frames (counted), never going backwards.
     fn frame_number(&mut self, sequence: u32) -> u64 {
@@ -462,37 +499,60 @@ impl FrameSource for V4l2Source {
     }
 
     fn start(&mut self) -> Result<(), SourceError> {
-        self.stream = None;
-        self.device = None;
-        self.open()
+        self.restart_stream = false;
+        self.close();
+        let opened = self.open();
+        self.last_failure = match &opened {
+            Ok(()) => None,
+            Err(SourceError::Disconnected { reason, .. }) => Some(reason.clone()),
+            Err(e) => Some(e.to_string()),
+        };
+        opened
     }
 
     fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
+        if self.restart_stream {
+            // v4l 0.14's `Stream::next` queues the previous buffer again before it dequeues;
+            // after a timeout that buffer is still queued, and a second VIDIOC_QBUF of it fails
+            // with EINVAL (videobuf2 refuses it) on every later read. Restarting the stream
+            // (STREAMOFF, new buffers, STREAMON) is the way out; frame numbers and media time go on.
+            self.restart_stream = false;
+            self.close();
+            self.open()?;
+        }
         let (Some(stream), Some(n)) = (self.stream.as_mut(), self.negotiated) else {
-            return Err(self.lost("not open".into()));
+            // Say why: the pipeline publishes this as the stale notice's reason.
+            return Err(self.lost(match &self.last_failure {
+                Some(why) => format!("not reopened yet ({why})"),
+                None => "not open".into(),
+            }));
         };
         // The buffer is only valid until the next call on the stream: decode it right here.
         let result = stream.next().map(|(buf, meta)| take_buffer(&n, buf, meta));
+        // Read together, so a driver timestamp's age maps onto `Instant` without the decode time.
         let dequeued_at = Instant::now();
+        let dequeued_mono = monotonic_now();
         let dequeued_wall = SystemTime::now();
         let got = match result {
             Ok(got) => got,
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                self.restart_stream = true;
                 return Err(SourceError::Timeout {
                     source_name: self.name(),
                     timeout: Duration::from_millis(self.config.timeout_ms),
-                })
+                });
             }
             Err(e) => {
-                // Any other read error: drop the stream so the pipeline's reopen starts clean.
-                self.stream = None;
-                self.device = None;
+                // Any other read error: close the stream so the pipeline's reopen starts clean.
+                self.close();
                 let kind = if is_device_loss(&e) {
-                    "device lost"
+                    "the device went away"
                 } else {
-                    "read failed"
+                    "reading a frame failed"
                 };
-                return Err(self.lost(format!("{kind}: {e}")));
+                let why = format!("{kind}: {e}");
+                self.last_failure = Some(why.clone());
+                return Err(self.lost(why));
             }
         };
         let seq = self.frame_number(got.sequence);
@@ -509,7 +569,7 @@ impl FrameSource for V4l2Source {
         };
         // The driver's capture time, when it is on our clock and plausible.
         let age = got.timestamp.and_then(|ts| {
-            let age = monotonic_now()?.checked_sub(ts)?;
+            let age = dequeued_mono?.checked_sub(ts)?;
             (age <= MAX_TIMESTAMP_AGE).then_some((ts, age))
         });
         let (media_time, captured_at, captured_wall) = match age {
@@ -661,6 +721,11 @@ mod tests {
         let e = s.start().unwrap_err();
         assert!(matches!(e, SourceError::Disconnected { .. }));
         assert!(e.to_string().contains("/dev/video-does-not-exist"));
-        assert!(s.next_frame().is_err());
+        let e = s.next_frame().unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("not reopened yet (cannot open: No such file"),
+            "{e}"
+        );
     }
 }

@@ -39,6 +39,8 @@
  *                           and opening the path fails with ENOENT (once per process)
  *   V4L2_EMU_REPLUG_AFTER_MS  the device comes back this long after the unplug (new opens work;
  *                           descriptors from before stay dead). Default: never
+ *   V4L2_EMU_UNPLUG_ERRNO   the errno of calls on a dead descriptor (default 19, ENODEV; 5, EIO,
+ *                           is what some drivers return after a USB reset)
  *   V4L2_EMU_GARBAGE_EVERY  every Nth frame (by sequence, N >= 1) is garbage: random bytes, with
  *                           V4L2_BUF_FLAG_ERROR set for raw formats (for MJPG: not a JPEG)
  *   V4L2_EMU_SHORT_EVERY    every Nth frame is short: bytesused is a third of the image size
@@ -110,6 +112,7 @@ static struct {
     uint32_t stride_pad;
     long stall_ms, stall_after_ms;
     long unplug_after_ms, replug_after_ms;
+    int unplug_errno;
     long garbage_every, short_every;
     int no_monotonic;
     int log;
@@ -313,6 +316,7 @@ static void init(void) {
     cfg.stall_after_ms = env_long("V4L2_EMU_STALL_AFTER_MS", 1000);
     cfg.unplug_after_ms = env_long("V4L2_EMU_UNPLUG_AFTER_MS", -1);
     cfg.replug_after_ms = env_long("V4L2_EMU_REPLUG_AFTER_MS", -1);
+    cfg.unplug_errno = (int)env_long("V4L2_EMU_UNPLUG_ERRNO", ENODEV);
     cfg.garbage_every = env_long("V4L2_EMU_GARBAGE_EVERY", 0);
     cfg.short_every = env_long("V4L2_EMU_SHORT_EVERY", 0);
     cfg.no_monotonic = env_long("V4L2_EMU_NO_MONOTONIC", 0) != 0;
@@ -657,7 +661,7 @@ static const char *ioctl_name(unsigned long req) {
 static int do_ioctl(struct emu_fd *e, unsigned long req, void *arg) {
     int64_t now = now_ns();
     update_plug(now);
-    if (dead(e)) return ENODEV;
+    if (dead(e)) return cfg.unplug_errno;
     if (!arg && req != VIDIOC_STREAMON && req != VIDIOC_STREAMOFF) return EFAULT;
     switch (req) {
     case VIDIOC_QUERYCAP: {
@@ -973,7 +977,7 @@ static void *emu_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t
     int err = 0;
     if (e) {
         update_plug(now_ns());
-        if (dead(e)) err = ENODEV;
+        if (dead(e)) err = cfg.unplug_errno;
         else if (!(flags & MAP_SHARED) || off < 0 || e->buf_len == 0 ||
                  (uint64_t)off % e->buf_len != 0 || (uint64_t)off / e->buf_len >= e->nbufs ||
                  len > e->buf_len)

@@ -97,8 +97,11 @@ smoke() {
 case "${1:-}" in
   build) build ;;
   test)
-    build
+    # No separate `build` first: the test build unifies the dev-dependencies' features into the
+    # shared crates (candle-core among them), so it recompiles them anyway, and it builds the
+    # binary too (integration tests need it); the smoke run uses that binary.
     unit_tests
+    [ -x "$BIN" ] || build
     smoke
     dist=$(mktemp -d)
     DIST_DIR=$dist bash scripts/package.sh --no-build --check aarch64-cpu

@@ -92,9 +92,9 @@ Run from this folder (models/ is found in the working directory, or set ECHONET_
   bin/echonet run --config firmware-config/<profile>.toml
 EOF
   case "$target" in
-    x86_64-cpu) echo "Needs: x86_64 Linux, glibc 2.31 or newer. No GPU." ;;
+    x86_64-cpu) echo "Needs: x86_64 Linux, glibc 2.34 or newer (Debian 12, Ubuntu 22.04 and later). No GPU." ;;
     aarch64-cpu)
-      echo "Needs: 64-bit ARM Linux (aarch64, Armv8-A or newer), glibc 2.31 or newer. No GPU."
+      echo "Needs: 64-bit ARM Linux (aarch64, Armv8-A or newer), glibc 2.34 or newer (Debian 12, Ubuntu 22.04 and later). No GPU."
       ;;
     x86_64-cuda | jetson-cuda)
       cat <<EOF

@@ -16,7 +16,23 @@ pub enum ConfigError {
     },
     #[error("{file}: {message}")]
     Parse { file: PathBuf, message: String },
+    /// A value parsed but outside what the runtime can work with.
+    #[error("{file}: at `{key}`: {value} is out of range: expected {expected}")]
+    Range {
+        file: PathBuf,
+        key: &'static str,
+        value: String,
+        expected: String,
+    },
 }
+
+/// Most CPU inference threads accepted (a thread per core of the largest boards, with room).
+pub const MAX_THREADS: usize = 256;
+/// Slowest and fastest frame rate a replay or synthetic source may claim (frames per second):
+/// slower would make the source sleep for minutes between frames.
+pub const FPS_RANGE: (f64, f64) = (0.5, 1000.0);
+/// Longest window accepted: a minute at the paper's 10 fps.
+pub const MAX_WINDOW_FRAMES: usize = 600;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,6 +174,22 @@ pub struct PublishConfig {
     /// Address of the bedside display server (`host:port`), or `off`. Default `127.0.0.1:8470`.
     #[serde(default = "default_http")]
     pub http: String,
+    /// The display has no login: serving it on anything but a loopback address needs this set
+    /// to true, and logs a warning at every start. Default false.
+    #[serde(default)]
+    pub allow_remote_display: bool,
+    /// What `/api/frame` serves: `sector` (only the scanning sector, so text burned into the
+    /// image is never served; nothing until a sector is known), `off`, or `unmasked`. Default
+    /// `sector`.
+    #[serde(default)]
+    pub frame: crate::publish::frame_mask::FramePolicy,
+    /// Results journal (SQLite): every published record appended. Default: none.
+    #[serde(default)]
+    pub journal: Option<PathBuf>,
+    /// `full` (every commit synced: a power cut loses nothing committed) or `normal` (synced at
+    /// checkpoints). Default `full`.
+    #[serde(default)]
+    pub journal_durability: crate::publish::journal::Durability,
 }
 
 fn default_jsonl() -> String {
@@ -172,6 +204,10 @@ impl Default for PublishConfig {
         Self {
             jsonl: default_jsonl(),
             http: default_http(),
+            allow_remote_display: false,
+            frame: Default::default(),
+            journal: None,
+            journal_durability: Default::default(),
         }
     }
 }
@@ -236,10 +272,144 @@ impl Config {
         for o in overrides {
             apply_override(&mut table, o).map_err(|m| parse_err(format!("override {o:?}: {m}")))?;
         }
-        serde_path_to_error::deserialize(table).map_err(|e| ConfigError::Parse {
+        let config: Self =
+            serde_path_to_error::deserialize(table).map_err(|e| ConfigError::Parse {
+                file: file.to_path_buf(),
+                message: format!("at `{}`: {}", e.path(), e.inner()),
+            })?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    /// Checks every number against the range the runtime works with; the error names the key,
+    /// the value and the range.
+    pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let range = |key: &'static str, value: String, expected: String| ConfigError::Range {
             file: file.to_path_buf(),
-            message: format!("at `{}`: {}", e.path(), e.inner()),
-        })
+            key,
+            value,
+            expected,
+        };
+        let int = |key: &'static str, v: u64, lo: u64, hi: u64, unit: &str| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(range(key, v.to_string(), format!("{lo} to {hi}{unit}")))
+            }
+        };
+        let real = |key: &'static str, v: f64, lo: f64, hi: f64, unit: &str| {
+            if v.is_finite() && (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(range(
+                    key,
+                    v.to_string(),
+                    format!("a number from {lo} to {hi}{unit}"),
+                ))
+            }
+        };
+        int(
+            "model.threads",
+            self.model.threads as u64,
+            0,
+            MAX_THREADS as u64,
+            " (0 = every usable core)",
+        )?;
+        let (fps_lo, fps_hi) = FPS_RANGE;
+        real(
+            "source.images.fps",
+            self.source.images.fps,
+            fps_lo,
+            fps_hi,
+            " frames per second",
+        )?;
+        real(
+            "source.phantom.fps",
+            self.source.phantom.fps,
+            fps_lo,
+            fps_hi,
+            " frames per second",
+        )?;
+        int(
+            "source.v4l2.timeout_ms",
+            self.source.v4l2.timeout_ms,
+            10,
+            60_000,
+            " ms",
+        )?;
+        int(
+            "source.v4l2.buffers",
+            self.source.v4l2.buffers.into(),
+            1,
+            32,
+            "",
+        )?;
+        let p = &self.pipeline;
+        int(
+            "pipeline.queue_depth",
+            p.queue_depth as u64,
+            1,
+            1024,
+            " frames",
+        )?;
+        int(
+            "pipeline.stale_after_ms",
+            p.stale_after_ms,
+            100,
+            3_600_000,
+            " ms",
+        )?;
+        int(
+            "pipeline.display_interval_ms",
+            p.display_interval_ms,
+            0,
+            60_000,
+            " ms",
+        )?;
+        int(
+            "pipeline.reconnect_max_ms",
+            p.reconnect_max_ms,
+            250,
+            600_000,
+            " ms",
+        )?;
+        real(
+            "pipeline.view_threshold",
+            p.view_threshold,
+            0.0,
+            1.0,
+            " (a probability)",
+        )?;
+        let w = &self.window;
+        int(
+            "window.frames",
+            w.frames as u64,
+            2,
+            MAX_WINDOW_FRAMES as u64,
+            " sampled frames",
+        )?;
+        int(
+            "window.min_valid_frames",
+            w.min_valid_frames as u64,
+            1,
+            w.frames as u64,
+            " (at most window.frames)",
+        )?;
+        // The sampler takes a frame every 100 ms: a shorter span than the window's own would
+        // withhold every estimate.
+        let min_span = (w.frames as u64 - 1) * crate::sampler::PAPER_INTERVAL.as_millis() as u64;
+        int(
+            "window.max_span_ms",
+            w.max_span_ms,
+            min_span,
+            600_000,
+            " ms (at least (window.frames - 1) x 100 ms)",
+        )?;
+        self.preprocess.check().map_err(|e| ConfigError::Parse {
+            file: file.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(())
     }
 
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
@@ -320,5 +490,82 @@ mod tests {
         let c = Config::from_toml_str("", Path::new("x.toml")).unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.model.device, "cpu");
+    }
+
+    #[test]
+    fn nonsense_values_are_refused_with_their_range() {
+        let cases = [
+            (
+                "window.min_valid_frames=0",
+                "window.min_valid_frames",
+                "1 to 20",
+            ),
+            (
+                "window.min_valid_frames=21",
+                "window.min_valid_frames",
+                "1 to 20",
+            ),
+            ("window.frames=0", "window.frames", "2 to 600"),
+            ("window.frames=1", "window.frames", "2 to 600"),
+            ("window.frames=100000", "window.frames", "2 to 600"),
+            (
+                "window.max_span_ms=0",
+                "window.max_span_ms",
+                "1900 to 600000",
+            ),
+            (
+                "pipeline.stale_after_ms=0",
+                "pipeline.stale_after_ms",
+                "100 to",
+            ),
+            (
+                "pipeline.queue_depth=0",
+                "pipeline.queue_depth",
+                "1 to 1024",
+            ),
+            (
+                "pipeline.view_threshold=nan",
+                "pipeline.view_threshold",
+                "0 to 1",
+            ),
+            (
+                "pipeline.view_threshold=1.5",
+                "pipeline.view_threshold",
+                "0 to 1",
+            ),
+            ("source.images.fps=1e-9", "source.images.fps", "0.5 to 1000"),
+            (
+                "source.phantom.fps=inf",
+                "source.phantom.fps",
+                "0.5 to 1000",
+            ),
+            ("model.threads=5000", "model.threads", "0 to 256"),
+        ];
+        for (set, key, expected) in cases {
+            let e = Config::from_toml_with_overrides(
+                EMBEDDED_DEFAULT,
+                Path::new("p.toml"),
+                &[set.into()],
+            )
+            .expect_err(set)
+            .to_string();
+            assert!(
+                e.contains("p.toml") && e.contains(&format!("`{key}`")) && e.contains(expected),
+                "{set}: {e}"
+            );
+        }
+        // Both ends of a dependent range are fine.
+        for set in [
+            "window.min_valid_frames=20",
+            "window.min_valid_frames=1",
+            "window.frames=2",
+        ] {
+            let mut o = vec![set.to_string()];
+            if set == "window.frames=2" {
+                o.push("window.min_valid_frames=2".into());
+            }
+            Config::from_toml_with_overrides(EMBEDDED_DEFAULT, Path::new("p.toml"), &o)
+                .unwrap_or_else(|e| panic!("{set}: {e}"));
+        }
     }
 }

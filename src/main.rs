@@ -42,6 +42,11 @@ enum Command {
     Saliency(cli::explain::SaliencyArgs),
     /// Occlusion sensitivity maps: how a task's output moves when a black patch covers each place.
     Occlusion(cli::explain::OcclusionArgs),
+    /// One session of the results journal as CSV, JSON and a FHIR Observation bundle.
+    Export(cli::export::Args),
+    /// Check a deployment profile as `run` would load it (same options): every setting and its
+    /// range, the display address, the model bundle and its hash, the inputs, the journal.
+    CheckConfig(cli::run::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -67,6 +72,8 @@ fn main() -> std::process::ExitCode {
         Command::Train(a) => cli::train::run(a),
         Command::Saliency(a) => cli::explain::saliency(a),
         Command::Occlusion(a) => cli::explain::occlusion(a),
+        Command::Export(a) => cli::export::run(a),
+        Command::CheckConfig(a) => cli::run::check_config(a),
     };
     match result {
         Ok(code) => code,

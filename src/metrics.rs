@@ -89,6 +89,13 @@ pub struct PipelineMetrics {
     pub estimates_published: AtomicU64,
     pub estimates_withheld: AtomicU64,
     pub stale_published: AtomicU64,
+    /// Records (estimates, withheld, stale) written whole to the JSON Lines target.
+    pub records_written: AtomicU64,
+    /// Records that could not be written there (disk full, read-only, closed pipe).
+    pub record_write_failures: AtomicU64,
+    /// Records committed to the results journal, and those it could not take.
+    pub records_journaled: AtomicU64,
+    pub journal_write_failures: AtomicU64,
     /// Frames dropped, by reason (queue full at a stage, bad frame, ...).
     pub drops: Mutex<BTreeMap<String, u64>>,
     /// Invalid sampled frames, by quality reason.
@@ -168,6 +175,30 @@ impl PipelineMetrics {
             "stale_published_total",
             "Stale notices published.",
             load(&self.stale_published),
+        );
+        counter(
+            &mut out,
+            "records_written_total",
+            "Records written whole to the JSON Lines output.",
+            load(&self.records_written),
+        );
+        counter(
+            &mut out,
+            "record_write_failures_total",
+            "Records that could not be written to the JSON Lines output.",
+            load(&self.record_write_failures),
+        );
+        counter(
+            &mut out,
+            "records_journaled_total",
+            "Records committed to the results journal.",
+            load(&self.records_journaled),
+        );
+        counter(
+            &mut out,
+            "journal_write_failures_total",
+            "Records the results journal could not take (disk full, read-only, not open).",
+            load(&self.journal_write_failures),
         );
         counter(
             &mut out,

@@ -97,6 +97,9 @@ pub trait EstimateSink: Send {
     /// The latest usable model input (normalised, `[C, H, W]`) of source frame `seq`, offered at
     /// the display's pace for on-demand work (saliency maps); most sinks ignore it.
     fn model_input(&mut self, _seq: u64, _input: &Arc<PreparedInput>) {}
+    /// A pipeline stage died: the run cannot produce estimates any more and is ending. Sinks
+    /// that report health (the display) fail it; most ignore it.
+    fn fault(&mut self, _reason: &str) {}
     /// Called once at the end of the run.
     fn finish(&mut self) {}
 }
@@ -120,6 +123,13 @@ pub struct RunSummary {
     pub estimates_published: u64,
     pub estimates_withheld: u64,
     pub stale_published: u64,
+    /// Records written whole to the JSON Lines output, and those that failed: the counts above
+    /// say what was published, these what reached the file.
+    pub records_written: u64,
+    pub record_write_failures: u64,
+    /// Records committed to the results journal, and those it could not take.
+    pub records_journaled: u64,
+    pub journal_write_failures: u64,
     pub drops: std::collections::BTreeMap<String, u64>,
     pub invalid_frames: std::collections::BTreeMap<String, u64>,
     pub latency_p50_ms: Option<f64>,
@@ -127,6 +137,52 @@ pub struct RunSummary {
     pub rss_after_warmup_mb: Option<f64>,
     pub rss_end_mb: Option<f64>,
     pub rss_peak_mb: Option<f64>,
+    /// Stages that died (panicked), each with its message. Non-empty = the run failed: the
+    /// caller must exit non-zero.
+    pub stage_failures: Vec<String>,
+}
+
+/// Which stages of a run have died, shared by all its threads. A stage that dies can no longer
+/// take from its queue, and the drop-oldest senders never see its queue disconnect (they hold a
+/// receiver to drop from), so every sender and waiter asks this instead.
+#[derive(Debug, Default)]
+pub struct StageWatch {
+    failed: AtomicBool,
+    failures: std::sync::Mutex<Vec<String>>,
+}
+
+impl StageWatch {
+    pub fn any_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    pub fn fail(&self, reason: String) {
+        tracing::error!("{reason}");
+        if let Ok(mut f) = self.failures.lock() {
+            f.push(reason);
+        }
+        self.failed.store(true, Ordering::Release);
+    }
+
+    pub fn failures(&self) -> Vec<String> {
+        self.failures.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// Runs a stage's body; a panic is recorded (with its message) instead of vanishing.
+    fn run_stage<T>(&self, stage: &str, body: impl FnOnce() -> T) -> Option<T> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+            Ok(v) => Some(v),
+            Err(payload) => {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-text panic".into());
+                self.fail(format!("the {stage} stage died: {message}"));
+                None
+            }
+        }
+    }
 }
 
 enum ToPrep {
@@ -160,14 +216,19 @@ enum ToPublish {
 }
 
 /// Sends with the drop-oldest policy: when the queue is full, the oldest queued item is dropped
-/// (and counted) to make room. Returns false when the receiving stage has gone.
+/// (and counted) to make room. Returns false when the receiving stage has gone, or any stage has
+/// died (the queue itself never disconnects: the sender holds a receiver to drop from).
 fn send_drop_oldest<T>(
     tx: &Sender<T>,
     rx: &Receiver<T>,
     item: T,
     metrics: &PipelineMetrics,
     reason: &str,
+    watch: &StageWatch,
 ) -> bool {
+    if watch.any_failed() {
+        return false;
+    }
     match tx.try_send(item) {
         Ok(()) => true,
         Err(TrySendError::Disconnected(_)) => false,
@@ -183,6 +244,22 @@ fn send_drop_oldest<T>(
                     true
                 }
             }
+        }
+    }
+}
+
+/// Sends an item that must not be dropped (a gap, a source notice), waiting for room in short
+/// slices; gives up (false) when the receiver is gone or a stage has died, so a dead stage never
+/// blocks its sender forever.
+fn send_unless_dead<T>(tx: &Sender<T>, mut item: T, watch: &StageWatch) -> bool {
+    loop {
+        if watch.any_failed() {
+            return false;
+        }
+        match tx.send_timeout(item, Duration::from_millis(100)) {
+            Ok(()) => return true,
+            Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => item = back,
+            Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return false,
         }
     }
 }
@@ -219,6 +296,7 @@ impl Pipeline {
         M: FnOnce() -> anyhow::Result<EchoNetModel> + Send + 'static,
     {
         let started = Instant::now();
+        let watch = Arc::new(StageWatch::default());
         let depth = self.config.queue_depth.max(1);
         let (prep_tx, prep_rx) = bounded::<ToPrep>(depth);
         let (infer_tx, infer_rx) = bounded::<ToInfer>(depth);
@@ -237,106 +315,115 @@ impl Pipeline {
         let pub_tx_infer = pub_tx.clone();
         let pub_rx_infer = pub_rx_keep.clone();
         let model_id = self.model_id.clone();
+        let watch_infer = watch.clone();
         let inference = thread::Builder::new()
             .name("inference".into())
             .spawn(move || {
-                let (model, inference_cost_ms) = match build_model().and_then(|m| {
-                    let spec = m.manifest().input.clone();
-                    let warm = Tensor::zeros(
-                        (1, spec.channels, spec.height, spec.width),
-                        candle_core::DType::F32,
-                        &Device::Cpu,
-                    )?;
-                    m.infer(&warm, false)?;
-                    // The first call made the buffers; the second is what a frame costs.
-                    let t0 = Instant::now();
-                    m.infer(&warm, false)?;
-                    Ok((m, t0.elapsed().as_secs_f64() * 1000.0))
-                }) {
-                    Ok((m, frame_ms)) => {
-                        warn_if_too_slow(frame_ms, &m);
-                        (m, frame_ms)
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let manifest = model.manifest().clone();
-                let info = ModelInfo {
-                    id: model_id.unwrap_or_else(|| manifest.provenance.source.clone()),
-                    intended_use: manifest.intended_use.clone(),
-                    content_hash: manifest.content_hash.clone(),
-                };
-                let _ = ready_tx.send(Ok((info, manifest.input.clone(), manifest.tasks.clone())));
-                let mut window = RollingWindow::new(window_cfg);
-                window.set_inference_cost(inference_cost_ms);
-                let has_view_head = manifest
-                    .tasks
-                    .iter()
-                    .any(|t| t.name == "view_a4c" && t.kind == TaskKind::Binary);
-                for msg in infer_rx.iter() {
-                    let sample = match msg {
-                        ToInfer::Gap(reason) => {
-                            tracing::info!("window cleared after a break in the stream: {reason}");
-                            window.clear();
-                            continue;
+                let watch = watch_infer;
+                watch.run_stage("inference", || {
+                    let (model, inference_cost_ms) = match build_model().and_then(|m| {
+                        let spec = m.manifest().input.clone();
+                        let warm = Tensor::zeros(
+                            (1, spec.channels, spec.height, spec.width),
+                            candle_core::DType::F32,
+                            &Device::Cpu,
+                        )?;
+                        m.infer(&warm, false)?;
+                        // The first call made the buffers; the second is what a frame costs.
+                        let t0 = Instant::now();
+                        m.infer(&warm, false)?;
+                        Ok((m, t0.elapsed().as_secs_f64() * 1000.0))
+                    }) {
+                        Ok((m, frame_ms)) => {
+                            warn_if_too_slow(frame_ms, &m);
+                            (m, frame_ms)
                         }
-                        ToInfer::Sample(s) => s,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
                     };
-                    let verdict = match &sample.prepared.input {
-                        None => Verdict::Invalid(sample.prepared.reasons.clone()),
-                        Some((data, [c, h, w])) => {
-                            let t0 = Instant::now();
-                            let result = Tensor::from_slice(data, (1, *c, *h, *w), &Device::Cpu)
-                                .map_err(crate::model::ModelError::from)
-                                .and_then(|x| model.infer(&x, false));
-                            metrics.latency_inference.observe(t0.elapsed());
-                            metrics.frames_inferred.fetch_add(1, Ordering::Relaxed);
-                            match result {
-                                Ok(mut frames) if !frames.is_empty() => {
-                                    let outputs = frames.swap_remove(0).outputs;
-                                    match outputs.get("view_a4c") {
-                                        Some(p) if has_view_head && *p < view_threshold => {
-                                            Verdict::Invalid(vec!["not_a4c".into()])
+                    let manifest = model.manifest().clone();
+                    let info = ModelInfo {
+                        id: model_id.unwrap_or_else(|| manifest.provenance.source.clone()),
+                        intended_use: manifest.intended_use.clone(),
+                        content_hash: manifest.content_hash.clone(),
+                    };
+                    let _ =
+                        ready_tx.send(Ok((info, manifest.input.clone(), manifest.tasks.clone())));
+                    let mut window = RollingWindow::new(window_cfg);
+                    window.set_inference_cost(inference_cost_ms);
+                    let has_view_head = manifest
+                        .tasks
+                        .iter()
+                        .any(|t| t.name == "view_a4c" && t.kind == TaskKind::Binary);
+                    for msg in infer_rx.iter() {
+                        let sample = match msg {
+                            ToInfer::Gap(reason) => {
+                                tracing::info!(
+                                    "window cleared after a break in the stream: {reason}"
+                                );
+                                window.clear();
+                                continue;
+                            }
+                            ToInfer::Sample(s) => s,
+                        };
+                        let verdict = match &sample.prepared.input {
+                            None => Verdict::Invalid(sample.prepared.reasons.clone()),
+                            Some((data, [c, h, w])) => {
+                                let t0 = Instant::now();
+                                let result =
+                                    Tensor::from_slice(data, (1, *c, *h, *w), &Device::Cpu)
+                                        .map_err(crate::model::ModelError::from)
+                                        .and_then(|x| model.infer(&x, false));
+                                metrics.latency_inference.observe(t0.elapsed());
+                                metrics.frames_inferred.fetch_add(1, Ordering::Relaxed);
+                                match result {
+                                    Ok(mut frames) if !frames.is_empty() => {
+                                        let outputs = frames.swap_remove(0).outputs;
+                                        match outputs.get("view_a4c") {
+                                            Some(p) if has_view_head && *p < view_threshold => {
+                                                Verdict::Invalid(vec!["not_a4c".into()])
+                                            }
+                                            _ => Verdict::Valid(outputs),
                                         }
-                                        _ => Verdict::Valid(outputs),
+                                    }
+                                    Ok(_) => Verdict::Invalid(vec!["inference_error".into()]),
+                                    Err(e) => {
+                                        tracing::error!(seq = sample.seq, "inference failed: {e}");
+                                        Verdict::Invalid(vec!["inference_error".into()])
                                     }
                                 }
-                                Ok(_) => Verdict::Invalid(vec!["inference_error".into()]),
-                                Err(e) => {
-                                    tracing::error!(seq = sample.seq, "inference failed: {e}");
-                                    Verdict::Invalid(vec!["inference_error".into()])
+                            }
+                        };
+                        if let Verdict::Invalid(reasons) = &verdict {
+                            for r in reasons {
+                                metrics.invalid_frame(r);
+                            }
+                        }
+                        window.push(FramePrediction {
+                            seq: sample.seq,
+                            media_time: sample.media_time,
+                            captured_at: sample.captured_at,
+                            captured_wall: sample.captured_wall,
+                            verdict,
+                        });
+                        if window.is_full() {
+                            if let Some(e) = window.estimate(&manifest.tasks) {
+                                if !send_drop_oldest(
+                                    &pub_tx_infer,
+                                    &pub_rx_infer,
+                                    ToPublish::Estimate(Box::new(e)),
+                                    &metrics,
+                                    "queue_full_publish",
+                                    &watch,
+                                ) {
+                                    break;
                                 }
                             }
                         }
-                    };
-                    if let Verdict::Invalid(reasons) = &verdict {
-                        for r in reasons {
-                            metrics.invalid_frame(r);
-                        }
                     }
-                    window.push(FramePrediction {
-                        seq: sample.seq,
-                        media_time: sample.media_time,
-                        captured_at: sample.captured_at,
-                        captured_wall: sample.captured_wall,
-                        verdict,
-                    });
-                    if window.is_full() {
-                        if let Some(e) = window.estimate(&manifest.tasks) {
-                            if !send_drop_oldest(
-                                &pub_tx_infer,
-                                &pub_rx_infer,
-                                ToPublish::Estimate(Box::new(e)),
-                                &metrics,
-                                "queue_full_publish",
-                            ) {
-                                break;
-                            }
-                        }
-                    }
-                }
+                });
             })?;
 
         let (model_info, spec, _tasks) = match ready_rx.recv() {
@@ -347,7 +434,14 @@ impl Pipeline {
             }
             Err(_) => {
                 let _ = inference.join();
-                anyhow::bail!("the inference thread ended before the model was ready");
+                anyhow::bail!(
+                    "the inference thread ended before the model was ready{}",
+                    watch
+                        .failures()
+                        .first()
+                        .map(|f| format!(": {f}"))
+                        .unwrap_or_default()
+                );
             }
         };
         let rss_after_warmup = rss_mb("VmRSS:");
@@ -357,6 +451,8 @@ impl Pipeline {
             .start()
             .map_err(|e| anyhow::anyhow!("starting the source: {e}"))?;
         let info = source.info();
+        // Under systemd (Type=notify): the model is warm and the source open.
+        crate::sd_notify::notify("READY=1");
         let summary_source = SourceSummary {
             kind: info.kind.to_string(),
             name: info.name.clone(),
@@ -371,72 +467,21 @@ impl Pipeline {
         let metrics = self.metrics.clone();
         let stale_after = Duration::from_millis(self.config.stale_after_ms.max(1));
         let window_len = self.window.frames;
+        let watch_pub = watch.clone();
         let publisher = thread::Builder::new()
             .name("publisher".into())
             .spawn(move || {
-                let mut last_estimate: Option<Instant> = None;
-                let mut last_stale: Option<Instant> = None;
-                let mut last_capture: Option<SystemTime> = None;
-                let mut trouble: Option<String> = None;
-                let started = Instant::now();
-                let mut rss_peak = rss_mb("VmRSS:").unwrap_or(0.0);
-                let mut last_rss_check = Instant::now();
-                loop {
-                    let msg = pub_rx.recv_timeout(Duration::from_millis(100));
-                    let now = Instant::now();
-                    match msg {
-                        Ok(ToPublish::Estimate(e)) => {
-                            let record = estimate_record(
-                                &e,
-                                now,
-                                SystemTime::now(),
-                                &model_info,
-                                &summary_source,
-                            );
-                            metrics
-                                .latency_capture_to_publish
-                                .observe(now.saturating_duration_since(e.captured_at));
-                            match e.status {
-                                crate::aggregate::Status::Ok => {
-                                    metrics.estimates_published.fetch_add(1, Ordering::Relaxed)
-                                }
-                                _ => metrics.estimates_withheld.fetch_add(1, Ordering::Relaxed),
-                            };
-                            for s in sinks.iter_mut() {
-                                s.publish(&record);
-                            }
-                            last_estimate = Some(now);
-                            last_stale = None;
-                            last_capture = Some(e.captured_wall);
+                let watch = watch_pub;
+                watch.run_stage("publisher", || {
+                    let mut fault_reported = false;
+                    // A dead stage: one stale notice naming it, and every sink told (the display
+                    // fails /healthz). The run is ending; nothing more will come.
+                    let mut report_fault = |sinks: &mut Vec<Box<dyn EstimateSink>>| {
+                        if fault_reported || !watch.any_failed() {
+                            return;
                         }
-                        Ok(ToPublish::Frame(img, outline, input)) => {
-                            for s in sinks.iter_mut() {
-                                s.frame(&img, outline.as_deref());
-                                if let Some((seq, input)) = &input {
-                                    s.model_input(*seq, input);
-                                }
-                            }
-                        }
-                        Ok(ToPublish::SourceTrouble(reason)) => trouble = Some(reason),
-                        Ok(ToPublish::SourceOk) => trouble = None,
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                    // Stale: no fresh estimate for too long (after the first one, or after start-up).
-                    let since = last_estimate.unwrap_or(started);
-                    if now.duration_since(since) >= stale_after
-                        && last_stale.is_none_or(|t| now.duration_since(t) >= stale_after)
-                    {
-                        let reason = trouble.clone().unwrap_or_else(|| {
-                            if last_estimate.is_some() {
-                                format!(
-                                    "no new estimate for {:.1} s",
-                                    now.duration_since(since).as_secs_f64()
-                                )
-                            } else {
-                                "waiting for the first window of frames".to_string()
-                            }
-                        });
+                        fault_reported = true;
+                        let reason = watch.failures().join("; ");
                         let quality = WindowQuality {
                             valid_frames: 0,
                             window: window_len,
@@ -444,7 +489,7 @@ impl Pipeline {
                         };
                         let record = stale_record(
                             &reason,
-                            last_capture,
+                            None,
                             SystemTime::now(),
                             quality,
                             &model_info,
@@ -453,18 +498,103 @@ impl Pipeline {
                         metrics.stale_published.fetch_add(1, Ordering::Relaxed);
                         for s in sinks.iter_mut() {
                             s.publish(&record);
+                            s.fault(&reason);
                         }
-                        last_stale = Some(now);
+                    };
+                    let mut last_estimate: Option<Instant> = None;
+                    let mut last_stale: Option<Instant> = None;
+                    let mut last_capture: Option<SystemTime> = None;
+                    let mut trouble: Option<String> = None;
+                    let started = Instant::now();
+                    let mut rss_peak = rss_mb("VmRSS:").unwrap_or(0.0);
+                    let mut last_rss_check = Instant::now();
+                    loop {
+                        let msg = pub_rx.recv_timeout(Duration::from_millis(100));
+                        let now = Instant::now();
+                        match msg {
+                            Ok(ToPublish::Estimate(e)) => {
+                                let record = estimate_record(
+                                    &e,
+                                    now,
+                                    SystemTime::now(),
+                                    &model_info,
+                                    &summary_source,
+                                );
+                                metrics
+                                    .latency_capture_to_publish
+                                    .observe(now.saturating_duration_since(e.captured_at));
+                                match e.status {
+                                    crate::aggregate::Status::Ok => {
+                                        metrics.estimates_published.fetch_add(1, Ordering::Relaxed)
+                                    }
+                                    _ => metrics.estimates_withheld.fetch_add(1, Ordering::Relaxed),
+                                };
+                                for s in sinks.iter_mut() {
+                                    s.publish(&record);
+                                }
+                                last_estimate = Some(now);
+                                last_stale = None;
+                                last_capture = Some(e.captured_wall);
+                            }
+                            Ok(ToPublish::Frame(img, outline, input)) => {
+                                for s in sinks.iter_mut() {
+                                    s.frame(&img, outline.as_deref());
+                                    if let Some((seq, input)) = &input {
+                                        s.model_input(*seq, input);
+                                    }
+                                }
+                            }
+                            Ok(ToPublish::SourceTrouble(reason)) => trouble = Some(reason),
+                            Ok(ToPublish::SourceOk) => trouble = None,
+                            Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        }
+                        // Stale: no fresh estimate for too long (after the first one, or after start-up).
+                        let since = last_estimate.unwrap_or(started);
+                        if now.duration_since(since) >= stale_after
+                            && last_stale.is_none_or(|t| now.duration_since(t) >= stale_after)
+                        {
+                            let reason = trouble.clone().unwrap_or_else(|| {
+                                if last_estimate.is_some() {
+                                    format!(
+                                        "no new estimate for {:.1} s",
+                                        now.duration_since(since).as_secs_f64()
+                                    )
+                                } else {
+                                    "waiting for the first window of frames".to_string()
+                                }
+                            });
+                            let quality = WindowQuality {
+                                valid_frames: 0,
+                                window: window_len,
+                                reasons: Default::default(),
+                            };
+                            let record = stale_record(
+                                &reason,
+                                last_capture,
+                                SystemTime::now(),
+                                quality,
+                                &model_info,
+                                &summary_source,
+                            );
+                            metrics.stale_published.fetch_add(1, Ordering::Relaxed);
+                            for s in sinks.iter_mut() {
+                                s.publish(&record);
+                            }
+                            last_stale = Some(now);
+                        }
+                        if now.duration_since(last_rss_check) >= Duration::from_secs(1) {
+                            rss_peak = rss_peak.max(rss_mb("VmRSS:").unwrap_or(0.0));
+                            last_rss_check = now;
+                        }
+                        report_fault(&mut sinks);
                     }
-                    if now.duration_since(last_rss_check) >= Duration::from_secs(1) {
-                        rss_peak = rss_peak.max(rss_mb("VmRSS:").unwrap_or(0.0));
-                        last_rss_check = now;
+                    report_fault(&mut sinks);
+                    for s in sinks.iter_mut() {
+                        s.finish();
                     }
-                }
-                for s in sinks.iter_mut() {
-                    s.finish();
-                }
-                rss_peak
+                    rss_peak
+                })
             })?;
 
         // Sampler + preprocessing thread.
@@ -474,80 +604,89 @@ impl Pipeline {
         let pub_rx_prep = pub_rx_keep.clone();
         let infer_rx_prep = infer_rx_keep;
         let prep_rx_source = prep_rx.clone();
+        let watch_prep = watch.clone();
         let prep = thread::Builder::new()
             .name("preprocess".into())
             .spawn(move || {
-                let mut sampler = Sampler::paper();
-                let mut last_display: Option<Instant> = None;
-                let mut last_outline: Option<Vec<(f32, f32)>> = None;
-                // The newest usable model input, handed to the display with the next frame.
-                let mut last_input: Option<(u64, Arc<PreparedInput>)> = None;
-                for msg in prep_rx.iter() {
-                    let frame = match msg {
-                        ToPrep::Gap(reason) => {
-                            sampler = Sampler::paper();
-                            if infer_tx.send(ToInfer::Gap(reason)).is_err() {
+                let watch = watch_prep;
+                watch.run_stage("preprocess", || {
+                    let mut sampler = Sampler::paper();
+                    let mut last_display: Option<Instant> = None;
+                    let mut last_outline: Option<Vec<(f32, f32)>> = None;
+                    // The newest usable model input, handed to the display with the next frame.
+                    let mut last_input: Option<(u64, Arc<PreparedInput>)> = None;
+                    for msg in prep_rx.iter() {
+                        let frame = match msg {
+                            ToPrep::Gap(reason) => {
+                                sampler = Sampler::paper();
+                                if !send_unless_dead(&infer_tx, ToInfer::Gap(reason), &watch) {
+                                    break;
+                                }
+                                continue;
+                            }
+                            ToPrep::Frame(f) => f,
+                        };
+                        let take = match sampler.offer(frame.media_time) {
+                            Decision::Take => true,
+                            Decision::Skip => false,
+                            Decision::Duplicate => {
+                                metrics.drop_frame("duplicate_timestamp");
+                                continue;
+                            }
+                        };
+                        if take {
+                            metrics.frames_sampled.fetch_add(1, Ordering::Relaxed);
+                            let t0 = Instant::now();
+                            let prepared = preparer.prepare(&frame, &spec);
+                            metrics.latency_preprocess.observe(t0.elapsed());
+                            last_outline = prepared.outline.clone();
+                            if let Some((data, [channels, height, width])) = &prepared.input {
+                                last_input = Some((
+                                    frame.seq,
+                                    Arc::new(PreparedInput {
+                                        data: data.clone(),
+                                        channels: *channels,
+                                        height: *height,
+                                        width: *width,
+                                    }),
+                                ));
+                            }
+                            let sample = Sample {
+                                seq: frame.seq,
+                                media_time: frame.media_time,
+                                captured_at: frame.captured_at,
+                                captured_wall: frame.captured_wall,
+                                prepared,
+                            };
+                            if !send_drop_oldest(
+                                &infer_tx,
+                                &infer_rx_prep,
+                                ToInfer::Sample(Box::new(sample)),
+                                &metrics,
+                                "queue_full_inference",
+                                &watch,
+                            ) {
                                 break;
                             }
-                            continue;
                         }
-                        ToPrep::Frame(f) => f,
-                    };
-                    let take = match sampler.offer(frame.media_time) {
-                        Decision::Take => true,
-                        Decision::Skip => false,
-                        Decision::Duplicate => {
-                            metrics.drop_frame("duplicate_timestamp");
-                            continue;
-                        }
-                    };
-                    if take {
-                        metrics.frames_sampled.fetch_add(1, Ordering::Relaxed);
-                        let t0 = Instant::now();
-                        let prepared = preparer.prepare(&frame, &spec);
-                        metrics.latency_preprocess.observe(t0.elapsed());
-                        last_outline = prepared.outline.clone();
-                        if let Some((data, [channels, height, width])) = &prepared.input {
-                            last_input = Some((
-                                frame.seq,
-                                Arc::new(PreparedInput {
-                                    data: data.clone(),
-                                    channels: *channels,
-                                    height: *height,
-                                    width: *width,
-                                }),
-                            ));
-                        }
-                        let sample = Sample {
-                            seq: frame.seq,
-                            media_time: frame.media_time,
-                            captured_at: frame.captured_at,
-                            captured_wall: frame.captured_wall,
-                            prepared,
-                        };
-                        if !send_drop_oldest(
-                            &infer_tx,
-                            &infer_rx_prep,
-                            ToInfer::Sample(Box::new(sample)),
-                            &metrics,
-                            "queue_full_inference",
-                        ) {
-                            break;
+                        if last_display.is_none_or(|t| t.elapsed() >= display_every) {
+                            last_display = Some(Instant::now());
+                            let msg = ToPublish::Frame(
+                                frame.image,
+                                last_outline.clone(),
+                                last_input.take(),
+                            );
+                            send_drop_oldest(
+                                &pub_tx_prep,
+                                &pub_rx_prep,
+                                msg,
+                                &metrics,
+                                "queue_full_display",
+                                &watch,
+                            );
                         }
                     }
-                    if last_display.is_none_or(|t| t.elapsed() >= display_every) {
-                        last_display = Some(Instant::now());
-                        let msg =
-                            ToPublish::Frame(frame.image, last_outline.clone(), last_input.take());
-                        send_drop_oldest(
-                            &pub_tx_prep,
-                            &pub_rx_prep,
-                            msg,
-                            &metrics,
-                            "queue_full_display",
-                        );
-                    }
-                }
+                });
             })?;
         let source_notices = pub_tx.clone();
         drop(pub_tx);
@@ -563,9 +702,12 @@ impl Pipeline {
                 || self.limits.duration.is_some_and(|d| started.elapsed() >= d)
                 || self.limits.frames.is_some_and(|n| captured >= n)
                 || prep.is_finished()
+                || watch.any_failed()
             {
                 break;
             }
+            // The frame loop is alive: systemd's watchdog restarts the daemon if this stops.
+            crate::sd_notify::watchdog_ping();
             match source.next_frame() {
                 Ok(Some(frame)) => {
                     captured += 1;
@@ -573,7 +715,7 @@ impl Pipeline {
                     backoff = Duration::from_millis(250);
                     if in_trouble {
                         in_trouble = false;
-                        let _ = source_notices.send(ToPublish::SourceOk);
+                        send_unless_dead(&source_notices, ToPublish::SourceOk, &watch);
                     }
                     send_drop_oldest(
                         &prep_tx,
@@ -581,6 +723,7 @@ impl Pipeline {
                         ToPrep::Frame(frame),
                         &metrics,
                         "queue_full_preprocess",
+                        &watch,
                     );
                 }
                 Ok(None) => break,
@@ -594,14 +737,22 @@ impl Pipeline {
                         SourceError::Timeout { .. } => {
                             tracing::warn!("{e}");
                             in_trouble = true;
-                            let _ = source_notices.send(ToPublish::SourceTrouble(e.to_string()));
-                            let _ = prep_tx.send(ToPrep::Gap(e.to_string()));
+                            send_unless_dead(
+                                &source_notices,
+                                ToPublish::SourceTrouble(e.to_string()),
+                                &watch,
+                            );
+                            send_unless_dead(&prep_tx, ToPrep::Gap(e.to_string()), &watch);
                         }
                         SourceError::Disconnected { .. } => {
                             tracing::warn!("{e}; reopening in {backoff:?}");
                             in_trouble = true;
-                            let _ = source_notices.send(ToPublish::SourceTrouble(e.to_string()));
-                            let _ = prep_tx.send(ToPrep::Gap(e.to_string()));
+                            send_unless_dead(
+                                &source_notices,
+                                ToPublish::SourceTrouble(e.to_string()),
+                                &watch,
+                            );
+                            send_unless_dead(&prep_tx, ToPrep::Gap(e.to_string()), &watch);
                             sleep_unless_stopped(backoff, &self.stop);
                             backoff = (backoff * 2).min(reconnect_max);
                             metrics.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -617,11 +768,24 @@ impl Pipeline {
                 }
             }
         }
+        crate::sd_notify::notify("STOPPING=1");
         drop(prep_tx);
-        let _ = prep.join();
-        let _ = inference.join();
+        // run_stage catches a stage's panic; a join error here means one escaped it (a panic
+        // while panicking), which is recorded all the same.
+        if prep.join().is_err() {
+            watch.fail("the preprocess thread ended abnormally".into());
+        }
+        if inference.join().is_err() {
+            watch.fail("the inference thread ended abnormally".into());
+        }
         drop(source_notices);
-        let rss_peak = publisher.join().ok();
+        let rss_peak = match publisher.join() {
+            Ok(peak) => peak,
+            Err(_) => {
+                watch.fail("the publisher thread ended abnormally".into());
+                None
+            }
+        };
         let m = &self.metrics;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         Ok(RunSummary {
@@ -633,6 +797,10 @@ impl Pipeline {
             estimates_published: load(&m.estimates_published),
             estimates_withheld: load(&m.estimates_withheld),
             stale_published: load(&m.stale_published),
+            records_written: load(&m.records_written),
+            record_write_failures: load(&m.record_write_failures),
+            records_journaled: load(&m.records_journaled),
+            journal_write_failures: load(&m.journal_write_failures),
             drops: m.drops(),
             invalid_frames: m.invalid_frames(),
             latency_p50_ms: m.latency_capture_to_publish.percentile_ms(0.5),
@@ -640,6 +808,7 @@ impl Pipeline {
             rss_after_warmup_mb: rss_after_warmup,
             rss_end_mb: rss_mb("VmRSS:"),
             rss_peak_mb: rss_peak,
+            stage_failures: watch.failures(),
         })
     }
 }

@@ -325,3 +325,21 @@ fn bad_inputs_are_refused_clearly() {
         .to_string()
         .contains("float32"));
 }
+
+#[test]
+fn special_files_are_refused_before_any_read() {
+    // `/dev/zero` never ends: reading it whole grew until memory ran out.
+    let e = err_text(Path::new("/dev/zero"));
+    assert!(
+        e.contains("/dev/zero") && e.contains("character device") && e.contains("regular file"),
+        "{e}"
+    );
+    // A FIFO with no writer: a plain open blocks forever.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("model.safetensors");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let e = err_text(&fifo);
+    assert!(e.contains("FIFO"), "{e}");
+}

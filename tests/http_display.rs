@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use display_support::{estimate, get, start, withheld};
 use echonet_edge::frame::Image;
+use echonet_edge::publish::frame_mask::FramePolicy;
 use echonet_edge::publish::{DisplayServer, HubConfig, ServerConfig};
 use serde_json::{json, Value};
 
@@ -420,6 +421,8 @@ fn frame_and_outline_are_served() {
     let (hub, server) = start(
         HubConfig {
             frame_interval: Duration::ZERO,
+            // A frame without an outline is served only unmasked.
+            frame_policy: FramePolicy::Unmasked,
             ..HubConfig::default()
         },
         ServerConfig::default(),
@@ -495,4 +498,184 @@ fn unknown_paths_are_404_and_wrong_methods_405() {
     let r = display_support::agent().post(&url).send("x").unwrap();
     assert_eq!(r.status().as_u16(), 405);
     assert_eq!(r.headers()["allow"], "GET, HEAD");
+}
+
+/// Sends `request` raw and returns everything the server writes before closing (bounded wait).
+fn raw_exchange(server: &DisplayServer, request: &[u8]) -> String {
+    let mut socket = TcpStream::connect(server.local_addr()).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // The server may answer and close before all of a hostile request is written.
+    let _ = socket.write_all(request);
+    let mut reply = Vec::new();
+    let _ = socket.read_to_end(&mut reply);
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[test]
+fn hostile_requests_get_a_clean_error_and_the_server_keeps_answering() {
+    let (hub, server) = start(HubConfig::default(), ServerConfig::default());
+    hub.publish_estimate(estimate(1, 50.0)).unwrap();
+
+    // tiny_http allocated the declared body when discarding it: this aborted the daemon.
+    let reply = raw_exchange(
+        &server,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 413 "), "{reply}");
+    assert!(
+        reply.contains("99999999999"),
+        "the error names the size: {reply}"
+    );
+    assert_eq!(get(&server, "/healthz").status, 200);
+
+    // A header line of 1 MB: refused at the head limit, without reading it all.
+    let mut long = b"GET /api/latest HTTP/1.1\r\nX-Long: ".to_vec();
+    long.extend(std::iter::repeat_n(b'a', 1 << 20));
+    long.extend_from_slice(b"\r\n\r\n");
+    let reply = raw_exchange(&server, &long);
+    assert!(reply.starts_with("HTTP/1.1 431 "), "{reply}");
+
+    let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+    for i in 0..100 {
+        many.extend_from_slice(format!("X-{i}: 1\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    assert!(raw_exchange(&server, &many).starts_with("HTTP/1.1 431 "));
+
+    for (request, status) in [
+        (
+            &b"GET /healthz HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            "501",
+        ),
+        (
+            &b"GET /healthz HTTP/1.1\r\nContent-Length: -5\r\n\r\n"[..],
+            "400",
+        ),
+        (
+            &b"GET /healthz HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"[..],
+            "400",
+        ),
+        (&b"GET /healthz HTTP/9.9\r\n\r\n"[..], "505"),
+        (&b"\x00\xff\xfe garbage\r\n\r\n"[..], "400"),
+    ] {
+        let reply = raw_exchange(&server, request);
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{:?} -> {reply}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    // A small body is read and discarded; the method is still refused by name.
+    let reply = raw_exchange(
+        &server,
+        b"POST /api/latest HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert!(reply.starts_with("HTTP/1.1 405 "), "{reply}");
+    // HEAD: the headers without the body.
+    let reply = raw_exchange(&server, b"HEAD /healthz HTTP/1.1\r\n\r\n");
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
+    assert!(reply.ends_with("\r\n\r\n"), "HEAD sent a body: {reply:?}");
+
+    assert_eq!(get(&server, "/healthz").status, 200);
+    let m = parse_metrics(&get(&server, "/metrics").text());
+    assert_eq!(
+        m["echonet_display_http_refused_total{reason=\"body_too_large\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["echonet_display_http_refused_total{reason=\"head_too_large\"}"],
+        1.0
+    );
+}
+
+#[test]
+fn slow_and_surplus_connections_are_bounded() {
+    let (hub, server) = start(
+        HubConfig::default(),
+        ServerConfig {
+            max_connections: 3,
+            request_timeout: Duration::from_millis(500),
+            ..ServerConfig::default()
+        },
+    );
+    hub.publish_estimate(estimate(1, 50.0)).unwrap();
+    // Three clients that send half a request line and stall (slowloris) hold every slot.
+    let mut stalled: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(server.local_addr()).unwrap();
+            s.write_all(b"GET /healthz HT").unwrap();
+            s
+        })
+        .collect();
+    // A fourth is answered 503 at once and closed (once the server has accepted all three).
+    let mut reply = String::new();
+    wait_for(
+        "a surplus connection to be refused",
+        Duration::from_secs(5),
+        || {
+            reply = raw_exchange(&server, b"GET /healthz HTTP/1.1\r\n\r\n");
+            reply.starts_with("HTTP/1.1 503 ")
+        },
+    );
+    assert!(reply.contains("too many connections"), "{reply}");
+
+    // The stalled ones run into the request timeout: 408, then closed.
+    for s in &mut stalled {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
+    }
+    // Slots freed: the server answers again.
+    wait_for("the server to answer again", Duration::from_secs(5), || {
+        raw_exchange(&server, b"GET /healthz HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 ")
+    });
+    let m = parse_metrics(&get(&server, "/metrics").text());
+    assert!(m["echonet_display_http_refused_total{reason=\"connection_limit\"}"] >= 1.0);
+    assert_eq!(
+        m["echonet_display_http_refused_total{reason=\"timeout\"}"],
+        3.0
+    );
+}
+
+#[test]
+fn the_served_frame_is_masked_to_the_sector_by_default() {
+    let (hub, server) = start(
+        HubConfig {
+            frame_interval: Duration::ZERO,
+            ..HubConfig::default()
+        },
+        ServerConfig::default(),
+    );
+    // A bright frame, as if text were burned in everywhere.
+    let image = Image::gray(300, 200, vec![250; 300 * 200]).unwrap();
+    // No sector known yet: nothing is served.
+    assert!(!hub.publish_frame(&image, None).unwrap());
+    assert_eq!(get(&server, "/api/frame").status, 503);
+
+    let outline = vec![(150.0, 20.0), (40.0, 180.0), (260.0, 180.0)];
+    assert!(hub.publish_frame(&image, Some(outline)).unwrap());
+    let r = get(&server, "/api/frame");
+    assert_eq!(r.status, 200);
+    let decoded = image::load_from_memory(&r.body).unwrap().to_luma8();
+    // Inside the triangle: bright; the top corners (where names and dates sit): black.
+    assert!(decoded.get_pixel(150, 120)[0] > 200);
+    assert!(decoded.get_pixel(5, 5)[0] < 20);
+    assert!(decoded.get_pixel(294, 5)[0] < 20);
+
+    // Frames off: nothing, whatever the outline.
+    let (hub, server) = start(
+        HubConfig {
+            frame_policy: FramePolicy::Off,
+            ..HubConfig::default()
+        },
+        ServerConfig::default(),
+    );
+    assert!(!hub
+        .publish_frame(&image, Some(vec![(0.0, 0.0), (300.0, 0.0), (0.0, 200.0)]))
+        .unwrap());
+    assert_eq!(get(&server, "/api/frame").status, 503);
 }

@@ -442,3 +442,127 @@ fn offline_short_clip_is_withheld_with_the_reason() {
     assert!(r.estimates.is_empty());
     assert!(r.reason.unwrap().contains("clip too short"));
 }
+
+/// Panics on the `at`-th frame it is asked to prepare.
+struct PanickingPreparer {
+    at: usize,
+    seen: usize,
+}
+
+impl FramePreparer for PanickingPreparer {
+    fn prepare(&mut self, frame: &Frame, spec: &InputSpec) -> Prepared {
+        self.seen += 1;
+        if self.seen == self.at {
+            panic!("preparer bug at frame {}", frame.seq);
+        }
+        TestPreparer {
+            delay: Duration::ZERO,
+            mark_invalid: false,
+        }
+        .prepare(frame, spec)
+    }
+}
+
+/// Records faults next to the published records.
+#[derive(Clone, Default)]
+struct FaultCollector {
+    records: Collector,
+    faults: Arc<Mutex<Vec<String>>>,
+    /// Panics on this published record (1-based), to kill the publisher stage.
+    panic_on: Option<usize>,
+}
+
+impl EstimateSink for FaultCollector {
+    fn publish(&mut self, record: &serde_json::Value) {
+        self.records.publish(record);
+        if self.panic_on == Some(self.records.0.lock().unwrap().len()) {
+            panic!("sink bug");
+        }
+    }
+    fn fault(&mut self, reason: &str) {
+        self.faults.lock().unwrap().push(reason.to_string());
+    }
+}
+
+/// Runs `p` on a thread and fails the test if it does not end within `limit` (a dead stage used
+/// to leave the run going forever on an endless source).
+fn run_bounded(
+    p: Pipeline,
+    source: ScriptedSource,
+    preparer: Box<dyn FramePreparer>,
+    dir: &std::path::Path,
+    sinks: Vec<Box<dyn EstimateSink>>,
+    limit: Duration,
+) -> echonet_edge::pipeline::RunSummary {
+    let build = fixture_model_builder(dir);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(p.run(Box::new(source), preparer, build, sinks));
+    });
+    rx.recv_timeout(limit)
+        .expect("the run ends by itself after a stage dies")
+        .expect("the run returns its summary")
+}
+
+#[test]
+fn a_dead_preprocess_stage_publishes_stale_faults_and_fails_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = FaultCollector::default();
+    let mut source = ScriptedSource::frames(1_000_000, 1000.0 / 30.0);
+    source.pace = Duration::from_millis(1);
+    let summary = run_bounded(
+        pipeline(PipelineConfig::default(), RunLimits::default()),
+        source,
+        Box::new(PanickingPreparer { at: 30, seen: 0 }),
+        dir.path(),
+        vec![Box::new(sink.clone())],
+        Duration::from_secs(60),
+    );
+    assert_eq!(summary.stage_failures.len(), 1, "{summary:?}");
+    assert!(
+        summary.stage_failures[0].contains("preprocess stage died: preparer bug at frame"),
+        "{:?}",
+        summary.stage_failures
+    );
+    let records = sink.records.0.lock().unwrap().clone();
+    let last = records.last().expect("a stale notice");
+    assert_eq!(last["status"], "stale");
+    assert!(
+        last["withheld_reason"]
+            .as_str()
+            .unwrap()
+            .contains("preprocess stage died"),
+        "{last}"
+    );
+    assert_eq!(sink.faults.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn a_dead_publisher_ends_the_run_with_the_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = FaultCollector {
+        panic_on: Some(3),
+        ..FaultCollector::default()
+    };
+    let mut source = ScriptedSource::frames(1_000_000, 1000.0 / 30.0);
+    source.pace = Duration::from_millis(1);
+    let summary = run_bounded(
+        pipeline(PipelineConfig::default(), RunLimits::default()),
+        source,
+        Box::new(TestPreparer {
+            delay: Duration::ZERO,
+            mark_invalid: false,
+        }),
+        dir.path(),
+        vec![Box::new(sink.clone())],
+        Duration::from_secs(60),
+    );
+    assert!(
+        summary
+            .stage_failures
+            .iter()
+            .any(|f| f.contains("publisher stage died: sink bug")),
+        "{:?}",
+        summary.stage_failures
+    );
+}

@@ -15,7 +15,6 @@
 //! is refused at once rather than mid-replay.
 
 use std::borrow::Cow;
-use std::io::BufRead;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +30,7 @@ use crate::frame::{Image, PixelFormat, PixelRect, SourceGeometry};
 
 mod metadata;
 mod pixels;
+mod precheck;
 mod source;
 #[cfg(test)]
 mod tests;
@@ -385,12 +385,22 @@ impl DicomClip {
     /// Reads and checks a DICOM file, and decodes its first frame to prove it can be replayed.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, DicomError> {
         let path = path.as_ref().to_path_buf();
+        // A FIFO or device would block or never end: refused before any read.
+        let (file, size) = crate::safe_file::open_regular(&path).map_err(|e| DicomError::Read {
+            path: path.clone(),
+            reason: e.reason(),
+        })?;
         // Refuse an unsupported transfer syntax from the file meta alone, before reading pixel
         // data (possibly hundreds of megabytes) that could not be decoded anyway, and before
         // dicom-rs refuses to parse a data set it cannot read (deflate) in its own words.
-        if let Some(uid) = peek_transfer_syntax(&path) {
-            supported_transfer_syntax(&path, &uid)?;
+        let uid = precheck::peek_transfer_syntax(&path);
+        if let Some(uid) = &uid {
+            supported_transfer_syntax(&path, uid)?;
         }
+        // dicom-rs allocates each declared length before reading: every length must fit in
+        // what is left of the file first.
+        precheck::check_lengths(file, size, uid.as_deref().unwrap_or(""))
+            .map_err(|fault| precheck::fault_error(&path, &fault))?;
         // dicom-rs's parser and codecs index into file-controlled data; a damaged file must come
         // back as an error, never take the process down.
         let object = match catch_unwind(AssertUnwindSafe(|| dicom_object::open_file(&path))) {
@@ -814,27 +824,6 @@ fn describe(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// The transfer syntax from the file meta group only; `None` when that cannot be read (the full
-/// read then reports why).
-fn peek_transfer_syntax(path: &Path) -> Option<String> {
-    let read = || -> Option<String> {
-        let mut file = std::io::BufReader::new(std::fs::File::open(path).ok()?);
-        let start = file.fill_buf().ok()?;
-        // The 128-byte preamble is optional in practice; the meta group starts at "DICM".
-        let skip = if start.len() >= 132 && &start[128..132] == b"DICM" {
-            128
-        } else if start.starts_with(b"DICM") {
-            0
-        } else {
-            return None;
-        };
-        file.consume(skip);
-        let meta = dicom_object::FileMetaTable::from_reader(file).ok()?;
-        Some(meta.transfer_syntax().to_string())
-    };
-    catch_unwind(read).ok().flatten()
 }
 
 /// The transfer syntax's UID, name and encoding when this module decodes it.

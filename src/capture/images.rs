@@ -52,9 +52,15 @@ impl ImagesSource {
     }
 }
 
+/// Largest image file read as one frame.
+pub const MAX_IMAGE_FILE_BYTES: u64 = 64 << 20;
+
 /// Decodes one image file into a frame image (grey stays grey, anything else becomes RGB).
 pub fn decode_image_file(path: &Path) -> Result<Image, String> {
-    let img = image::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // A FIFO or device in the folder would block or never end; a huge file is refused by size.
+    let bytes = crate::safe_file::read_capped(path, MAX_IMAGE_FILE_BYTES, "an image frame")
+        .map_err(|e| e.to_string())?;
+    let img = image::load_from_memory(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let decoded = if img.color().has_color() {
         Image::new(w, h, PixelFormat::Rgb8, img.to_rgb8().into_raw())
@@ -105,7 +111,12 @@ impl FrameSource for ImagesSource {
         self.next += 1;
         let seq = self.seq;
         self.seq += 1;
-        let media_time = Duration::from_secs_f64(seq as f64 / self.fps);
+        let media_time = Duration::try_from_secs_f64(seq as f64 / self.fps).map_err(|_| {
+            self.fatal(format!(
+                "frame {seq} at {} fps has no representable time",
+                self.fps
+            ))
+        })?;
         self.clock.wait_until(media_time);
         let image = decode_image_file(&path).map_err(|reason| SourceError::BadFrame {
             source_name: self.folder.display().to_string(),

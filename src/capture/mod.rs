@@ -65,11 +65,18 @@ pub enum Pacing {
     AsFastAsPossible,
 }
 
+/// Longest a replay source waits for one frame. A longer gap (a damaged frame time, an absurd
+/// frame rate) is cut to this and the clock moves on with it, so `next_frame` always returns
+/// within this and a stop request or run limit is seen in time.
+pub const MAX_FRAME_WAIT: Duration = Duration::from_secs(2);
+
 /// Releases replayed frames on time.
 #[derive(Debug, Clone)]
 pub struct ReplayClock {
     pacing: Pacing,
     start: Option<Instant>,
+    /// Media time skipped by cutting over-long waits to `MAX_FRAME_WAIT`.
+    skipped: Duration,
 }
 
 impl ReplayClock {
@@ -77,19 +84,54 @@ impl ReplayClock {
         Self {
             pacing,
             start: None,
+            skipped: Duration::ZERO,
         }
     }
 
-    /// Blocks until `media_time` after the first call (real time), or returns at once.
+    /// Blocks until `media_time` after the first call (real time), or returns at once; never
+    /// longer than `MAX_FRAME_WAIT`.
     pub fn wait_until(&mut self, media_time: Duration) {
         if self.pacing == Pacing::AsFastAsPossible {
             return;
         }
         let start = *self.start.get_or_insert_with(Instant::now);
-        let due = start + media_time;
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
+        let target = media_time.saturating_sub(self.skipped);
+        let elapsed = start.elapsed();
+        if target <= elapsed {
+            return;
         }
+        let mut wait = target - elapsed;
+        if wait > MAX_FRAME_WAIT {
+            tracing::warn!(
+                "next replayed frame is due in {:.1} s: waiting {:.0} s instead",
+                wait.as_secs_f64(),
+                MAX_FRAME_WAIT.as_secs_f64()
+            );
+            self.skipped += wait - MAX_FRAME_WAIT;
+            wait = MAX_FRAME_WAIT;
+        }
+        std::thread::sleep(wait);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_absurd_frame_time_waits_at_most_the_cap() {
+        let mut clock = ReplayClock::new(Pacing::RealTime);
+        clock.wait_until(Duration::ZERO);
+        let t0 = Instant::now();
+        clock.wait_until(Duration::from_secs(1_000_000_000));
+        let waited = t0.elapsed();
+        assert!(
+            waited >= MAX_FRAME_WAIT && waited < MAX_FRAME_WAIT * 3,
+            "{waited:?}"
+        );
+        // The clock moved on: a frame shortly after that one is due shortly.
+        let t0 = Instant::now();
+        clock.wait_until(Duration::from_secs(1_000_000_000) + Duration::from_millis(50));
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
     }
 }

@@ -5,6 +5,7 @@ pub mod convert;
 pub mod doctor;
 pub mod eval;
 pub mod explain;
+pub mod export;
 pub mod infer;
 pub mod phantom;
 pub mod predict;

@@ -92,6 +92,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "no DICOM files found in {:?}",
         args.paths
     );
+    let total = files.len();
+    let mut refused = 0usize;
     for file in files {
         let name = file.display().to_string();
         let result = match load_frames(&file) {
@@ -119,7 +121,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
             }
         };
+        if result.status == "refused" {
+            refused += 1;
+        }
         println!("{}", serde_json::to_string(&result)?);
+    }
+    if refused == total {
+        // Nothing could be read: a script must not take this for a study with results.
+        anyhow::bail!("none of the {total} input(s) could be used (each line above says why)");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use echonet_edge::model::catalog::Catalog;
 use echonet_edge::model::{read_bundle, EchoNetModel};
 use echonet_edge::pipeline::{EstimateSink, Pipeline, RunLimits};
 use echonet_edge::preprocess::{PreparedInput, Preprocessor};
+use echonet_edge::publish::journal::{new_session_id, Journal, SessionInfo};
 use echonet_edge::publish::jsonl::{open_target, JsonlWriter};
 use echonet_edge::publish::{DisplayHub, DisplayServer, HubConfig, ServerConfig};
 
@@ -53,7 +54,7 @@ pub struct Args {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Stop after this many seconds.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub duration: Option<f64>,
     /// Stop after this many captured frames.
     #[arg(long)]
@@ -67,6 +68,12 @@ pub struct Args {
     /// Write the end-of-run summary as JSON to this file too.
     #[arg(long)]
     pub summary: Option<PathBuf>,
+    /// Results journal, SQLite (overrides publish.journal).
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
+    /// Exam id recorded with every journal row (an accession number, say); none by default.
+    #[arg(long)]
+    pub exam: Option<String>,
 }
 
 fn quoted(s: &str) -> String {
@@ -86,6 +93,19 @@ pub fn load_config(path: Option<&PathBuf>, overrides: &[String]) -> anyhow::Resu
         ),
     };
     Ok(Config::from_toml_with_overrides(&text, &name, overrides)?)
+}
+
+/// Longest `--duration` accepted, seconds (about 31 years: effectively unbounded, but a number
+/// a `Duration` can hold).
+const MAX_DURATION_S: f64 = 1e9;
+
+/// `--duration` as a `Duration`: a finite number of seconds above 0.
+pub fn parse_duration(seconds: f64) -> anyhow::Result<Duration> {
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= MAX_DURATION_S) {
+        bail!("--duration {seconds}: expected a number of seconds above 0 and at most {MAX_DURATION_S:e}");
+    }
+    Duration::try_from_secs_f64(seconds)
+        .with_context(|| format!("--duration {seconds}: not representable as a duration"))
 }
 
 impl Args {
@@ -112,6 +132,9 @@ impl Args {
         }
         if let Some(h) = &self.http {
             set("publish.http", quoted(h));
+        }
+        if let Some(j) = &self.journal {
+            set("publish.journal", quoted(&j.display().to_string()));
         }
         o
     }
@@ -221,20 +244,150 @@ pub fn build_source(config: &Config, inputs: &[PathBuf]) -> anyhow::Result<Box<d
     })
 }
 
-/// JSON Lines sink: a failed write is logged once per burst and counted, never fatal.
+/// The display's address: loopback, or anything else only with `publish.allow_remote_display`
+/// (the display has no login), and then with a warning.
+pub fn display_address(config: &Config) -> anyhow::Result<std::net::SocketAddr> {
+    let addr: std::net::SocketAddr = config.publish.http.parse().with_context(|| {
+        format!(
+            "publish.http {:?}: expected IP:port (e.g. 127.0.0.1:8470) or off",
+            config.publish.http
+        )
+    })?;
+    if !addr.ip().is_loopback() {
+        if !config.publish.allow_remote_display {
+            bail!(
+                "publish.http {addr} is not a loopback address: the display has no login and \
+                 would be open to the network; set publish.allow_remote_display = true to serve it there"
+            );
+        }
+        tracing::warn!(
+            "THE BEDSIDE DISPLAY IS OPEN TO THE NETWORK on {addr}, without a login \
+             (publish.allow_remote_display = true): anyone who can reach this port sees the \
+             estimates and the live frame"
+        );
+    }
+    Ok(addr)
+}
+
+/// JSON Lines sink: every record is counted as written or failed (`/metrics`, the run summary);
+/// a failure is logged at the first of a burst and raises a `jsonl` fault on the display
+/// (`/healthz` 503) until a write succeeds again. Never fatal: the display carries on.
 struct JsonlSink {
     writer: JsonlWriter,
-    failures: u64,
+    metrics: Arc<PipelineMetrics>,
+    hub: Option<Arc<DisplayHub>>,
+    failing: bool,
 }
 
 impl EstimateSink for JsonlSink {
     fn publish(&mut self, record: &serde_json::Value) {
-        if let Err(e) = self.writer.write(record) {
-            if self.failures == 0 {
-                tracing::error!("{e}");
+        match self.writer.write(record) {
+            Ok(()) => {
+                self.metrics.records_written.fetch_add(1, Ordering::Relaxed);
+                if self.failing {
+                    self.failing = false;
+                    tracing::info!("{}: writing again", self.writer.target());
+                    if let Some(hub) = &self.hub {
+                        hub.set_fault("jsonl", None);
+                    }
+                }
             }
-            self.failures += 1;
+            Err(e) => {
+                self.metrics
+                    .record_write_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                if !self.failing {
+                    self.failing = true;
+                    tracing::error!("{e}");
+                    if let Some(hub) = &self.hub {
+                        hub.set_fault("jsonl", Some(e.to_string()));
+                    }
+                }
+            }
         }
+    }
+}
+
+/// Journal sink: each record appended (committed) before the display sees it. A failure (disk
+/// full, read-only) is counted, logged at the first of a burst and raises a `journal` fault on the
+/// display until an append succeeds again; the run and the display carry on. A journal that could
+/// not be opened is tried again every `JOURNAL_RETRY`.
+struct JournalSink {
+    path: PathBuf,
+    durability: echonet_edge::publish::journal::Durability,
+    session: SessionInfo,
+    journal: Option<Journal>,
+    last_attempt: Option<std::time::Instant>,
+    metrics: Arc<PipelineMetrics>,
+    hub: Option<Arc<DisplayHub>>,
+    failing: bool,
+}
+
+const JOURNAL_RETRY: Duration = Duration::from_secs(10);
+
+impl JournalSink {
+    fn open(&mut self) -> Result<(), echonet_edge::publish::journal::JournalError> {
+        let mut journal = Journal::open(&self.path, self.durability)?;
+        journal.begin_session(self.session.clone())?;
+        self.journal = Some(journal);
+        Ok(())
+    }
+
+    fn report(&mut self, result: Result<(), String>) {
+        match result {
+            Ok(()) => {
+                self.metrics
+                    .records_journaled
+                    .fetch_add(1, Ordering::Relaxed);
+                if self.failing {
+                    self.failing = false;
+                    tracing::info!("journal {}: writing again", self.path.display());
+                    if let Some(hub) = &self.hub {
+                        hub.set_fault("journal", None);
+                    }
+                }
+            }
+            Err(e) => {
+                self.metrics
+                    .journal_write_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                if !self.failing {
+                    self.failing = true;
+                    tracing::error!("{e}");
+                    if let Some(hub) = &self.hub {
+                        hub.set_fault("journal", Some(e));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl EstimateSink for JournalSink {
+    fn publish(&mut self, record: &serde_json::Value) {
+        if self.journal.is_none() {
+            if self
+                .last_attempt
+                .is_some_and(|t| t.elapsed() < JOURNAL_RETRY)
+            {
+                self.report(Err(format!(
+                    "journal {}: not open (retrying every {} s)",
+                    self.path.display(),
+                    JOURNAL_RETRY.as_secs()
+                )));
+                return;
+            }
+            self.last_attempt = Some(std::time::Instant::now());
+            if let Err(e) = self.open() {
+                self.report(Err(e.to_string()));
+                return;
+            }
+        }
+        let result = match self.journal.as_mut() {
+            Some(j) => j.append(record).map_err(|e| e.to_string()),
+            None => Ok(()),
+        };
+        self.report(result);
     }
 }
 
@@ -258,10 +411,18 @@ impl EstimateSink for DisplaySink {
     fn model_input(&mut self, seq: u64, input: &Arc<PreparedInput>) {
         self.hub.set_model_input(seq, input.clone());
     }
+    fn fault(&mut self, reason: &str) {
+        self.hub.set_fault("pipeline", Some(reason.to_string()));
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let duration = args.duration.map(parse_duration).transpose()?;
     let config = load_config(args.config.as_ref(), &args.overrides())?;
+    // Before anything slow: a display open to the network is refused (or warned about) first.
+    let display_addr = (config.publish.http != "off")
+        .then(|| display_address(&config))
+        .transpose()?;
     let threads =
         echonet_edge::runtime::configure_cpu_threads(Some(config.model.threads).filter(|t| *t > 0));
     let bundle_path = resolve_bundle(&config)?;
@@ -279,18 +440,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     preprocessor.set_source_fps(source.info().nominal_fps);
 
     let metrics = Arc::new(PipelineMetrics::default());
-    let mut sinks: Vec<Box<dyn EstimateSink>> = vec![Box::new(JsonlSink {
-        writer: open_target(&config.publish.jsonl)?,
-        failures: 0,
-    })];
-    let server = if config.publish.http != "off" {
-        let addr = config.publish.http.parse().with_context(|| {
-            format!(
-                "publish.http {:?}: expected host:port or off",
-                config.publish.http
-            )
-        })?;
-        let hub = DisplayHub::new(HubConfig::default());
+    let jsonl = open_target(&config.publish.jsonl)?;
+    let model_id = bundle_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned());
+    let mut sinks: Vec<Box<dyn EstimateSink>> = Vec::new();
+    let mut display_hub = None;
+    let server = if let Some(addr) = display_addr {
+        let hub = DisplayHub::new(HubConfig {
+            frame_policy: config.publish.frame,
+            ..HubConfig::default()
+        });
         // Saliency maps on demand: a low-priority thread with its own CPU copy of the network,
         // always on the CPU in f32 whatever `model.device` says, so it never touches the GPU
         // that the inference thread owns.
@@ -308,11 +468,55 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             },
         )?;
         tracing::info!("bedside display at {}", server.url());
+        display_hub = Some(hub.clone());
         sinks.push(Box::new(DisplaySink { hub }));
         Some(server)
     } else {
         None
     };
+    if let Some(path) = &config.publish.journal {
+        let info = source.info();
+        let mut sink = JournalSink {
+            path: path.clone(),
+            durability: config.publish.journal_durability,
+            session: SessionInfo {
+                session_id: new_session_id(),
+                exam_id: args.exam.clone(),
+                started_at: echonet_edge::timefmt::rfc3339_millis(std::time::SystemTime::now()),
+                model_id: model_id.clone().unwrap_or_default(),
+                model_hash: bundle.manifest.content_hash.clone(),
+                intended_use: bundle.manifest.intended_use.clone(),
+                source_kind: info.kind.to_string(),
+                source_name: info.name.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            },
+            journal: None,
+            last_attempt: None,
+            metrics: metrics.clone(),
+            hub: display_hub.clone(),
+            failing: false,
+        };
+        sink.last_attempt = Some(std::time::Instant::now());
+        match sink.open() {
+            Ok(()) => tracing::info!(
+                journal = %path.display(),
+                session = %sink.session.session_id,
+                "results journal open"
+            ),
+            // The display must carry on: the fault shows on /healthz and the sink retries.
+            Err(e) => sink.report(Err(e.to_string())),
+        }
+        sinks.insert(0, Box::new(sink));
+    }
+    sinks.insert(
+        0,
+        Box::new(JsonlSink {
+            writer: jsonl,
+            metrics: metrics.clone(),
+            hub: display_hub,
+            failing: false,
+        }),
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -320,13 +524,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .context("installing the signal handler")?;
     }
     let pipeline = Pipeline {
-        model_id: bundle_path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned()),
+        model_id,
         config: config.pipeline.clone(),
         window: config.window.clone(),
         limits: RunLimits {
-            duration: args.duration.map(Duration::from_secs_f64),
+            duration,
             frames: args.frames,
         },
         metrics: metrics.clone(),
@@ -359,6 +561,156 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     eprintln!("run summary:\n{text}");
     if let Some(path) = &args.summary {
         std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !summary.stage_failures.is_empty() {
+        // Non-zero, so a supervisor (systemd Restart=on-failure) restarts the daemon.
+        bail!("the pipeline failed: {}", summary.stage_failures.join("; "));
+    }
+    if summary.record_write_failures > 0 {
+        bail!(
+            "{} of {} records could not be written to {}",
+            summary.record_write_failures,
+            summary.record_write_failures + summary.records_written,
+            config.publish.jsonl
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `echonet check-config`: everything `run` would check before starting, and a little more,
+/// without opening a device or starting a thread. Prints one `ok` line per check; the first
+/// failure is the error (exit 2).
+pub fn check_config(args: Args) -> anyhow::Result<ExitCode> {
+    let ok = |what: String| println!("ok  {what}");
+    if let Some(d) = args.duration {
+        parse_duration(d)?;
+    }
+    let config = load_config(args.config.as_ref(), &args.overrides())?;
+    ok(format!(
+        "settings: {} (every value in its range)",
+        args.config
+            .as_ref()
+            .map_or("<embedded default profile>".into(), |p| p
+                .display()
+                .to_string())
+    ));
+    if config.publish.http == "off" {
+        ok("display: off".into());
+    } else {
+        let addr = display_address(&config)?;
+        ok(format!(
+            "display: http://{addr}/ (frame policy {:?})",
+            config.publish.frame
+        ));
+    }
+    let bundle_path = resolve_bundle(&config)?;
+    let bundle = read_bundle(&bundle_path)?;
+    ok(format!(
+        "model: {} ({}, {})",
+        bundle_path.display(),
+        bundle.manifest.content_hash,
+        bundle.manifest.intended_use
+    ));
+    let s = &config.source;
+    match s.kind {
+        SourceKind::Dicom => {
+            let paths = if args.input.is_empty() {
+                s.dicom.paths.clone()
+            } else {
+                args.input.clone()
+            };
+            anyhow::ensure!(
+                !paths.is_empty(),
+                "source.kind is dicom but no files are given (source.dicom.paths or --input)"
+            );
+            for p in &paths {
+                if !p.is_dir() {
+                    echonet_edge::safe_file::check_regular(p)?;
+                }
+            }
+            ok(format!("source: dicom, {} path(s)", paths.len()));
+        }
+        SourceKind::Images => {
+            let folder = args
+                .input
+                .first()
+                .cloned()
+                .or_else(|| s.images.folder.clone())
+                .context("source.kind is images but no folder is given")?;
+            anyhow::ensure!(
+                folder.is_dir(),
+                "source.images.folder {}: not a folder",
+                folder.display()
+            );
+            ok(format!("source: images in {}", folder.display()));
+        }
+        SourceKind::V4l2 | SourceKind::Auto => {
+            let device = args
+                .input
+                .first()
+                .cloned()
+                .unwrap_or_else(|| s.v4l2.device.clone());
+            use std::os::unix::fs::FileTypeExt;
+            match std::fs::metadata(&device) {
+                Ok(m) if m.file_type().is_char_device() => {
+                    ok(format!("source: capture device {}", device.display()))
+                }
+                Ok(_) => bail!(
+                    "source.v4l2.device {}: not a character device",
+                    device.display()
+                ),
+                Err(e) if s.kind == SourceKind::V4l2 => {
+                    bail!("source.v4l2.device {}: {e}", device.display())
+                }
+                Err(_) => ok(format!(
+                    "source: auto; no device at {}, the phantom would play",
+                    device.display()
+                )),
+            }
+        }
+        SourceKind::Phantom => ok(format!("source: phantom, seed {}", s.phantom.seed)),
+    }
+    if config.publish.jsonl != "-" {
+        let path = PathBuf::from(&config.publish.jsonl);
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        anyhow::ensure!(
+            dir.is_dir(),
+            "publish.jsonl {}: folder {} does not exist",
+            path.display(),
+            dir.display()
+        );
+        ok(format!("jsonl: {}", path.display()));
+    }
+    if let Some(path) = &config.publish.journal {
+        if path.exists() {
+            let journal = Journal::open_existing(path)?;
+            let integrity = journal.integrity_check()?;
+            anyhow::ensure!(
+                integrity == "ok",
+                "journal {}: integrity check: {integrity}",
+                path.display()
+            );
+            ok(format!(
+                "journal: {} ({} session(s), integrity ok)",
+                path.display(),
+                journal.sessions()?.len()
+            ));
+        } else {
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            anyhow::ensure!(
+                dir.is_dir(),
+                "publish.journal {}: folder {} does not exist",
+                path.display(),
+                dir.display()
+            );
+            ok(format!("journal: {} (will be created)", path.display()));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

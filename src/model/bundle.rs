@@ -255,11 +255,12 @@ fn dtype_name(d: StDtype) -> String {
 }
 
 /// Reads, checks and verifies a bundle. Every failure names the file and the field or tensor.
+/// Largest bundle file accepted. The full-width network in f32 is about 100 MB; the cap leaves
+/// room for wider variants while refusing a wrong path (`/dev/zero`, a disk image) at once.
+pub const MAX_BUNDLE_BYTES: u64 = 2 << 30;
+
 pub fn read_bundle(path: &Path) -> Result<Bundle> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-        file: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = crate::safe_file::read_capped(path, MAX_BUNDLE_BYTES, "a model bundle")?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Format {
         file: path.to_path_buf(),
         reason: format!("{e:?} — the file may be truncated or not a safetensors file"),

@@ -11,6 +11,9 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
+    /// Not a regular file (FIFO, device), or over the size accepted; the message names both.
+    #[error("{0}")]
+    File(#[from] crate::safe_file::SafeFileError),
     #[error("{file}: not a valid safetensors file ({reason})")]
     Format { file: PathBuf, reason: String },
     #[error("{file}: cannot read as a PyTorch state dict ({reason})")]

@@ -1,7 +1,9 @@
 //! The bedside display's HTTP server: the page, the latest estimate, a Server-Sent Events stream,
 //! the trend history, the live frame, Prometheus metrics and a health check, all read from a
-//! `DisplayHub`. Synchronous (tiny_http): a few worker threads answer short requests, and every
-//! stream client gets its own thread, up to a limit.
+//! `DisplayHub`. Synchronous: an accept thread hands each connection (up to `max_connections`
+//! open at once; more are answered 503 and closed) to a thread of its own, which reads one
+//! bounded request (`http_wire`), answers it and closes; a stream client keeps its thread (and its
+//! connection slot) up to `max_stream_clients`.
 //!
 //! Nothing here can hold up the publisher: the hub never waits for a client, and a client that
 //! stops reading is cut off by a send timeout on its socket as soon as an event no longer fits in
@@ -9,15 +11,17 @@
 //! heartbeat guarantees every few seconds.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tiny_http::{Header, Method, Request, Response, StatusCode};
-
+use super::http_wire::{
+    read_request, write_response, ConnectionSlots, RequestHead, SlotGuard, WireError, WireLimits,
+};
 use super::hub::{DisplayHub, Health, Subscription};
 use crate::explain::worker::Refusal;
 
@@ -46,12 +50,23 @@ pub struct ServerConfig {
     /// A stream with nothing to send writes a comment this often, so a closed or reset
     /// connection shows up as a write error (and proxies keep the stream open). Default 2 s.
     pub heartbeat: Duration,
-    /// Threads answering the short requests. Default 2.
-    pub workers: usize,
+    /// Connections open at once, streams included; one more is answered 503 and closed at once.
+    /// Default 32.
+    pub max_connections: usize,
     /// A write to a client that takes longer than this fails and the connection is closed.
     /// Default 5 s.
     pub send_timeout: Duration,
+    /// A request must arrive whole (head of at most 8 KiB and 64 lines, body of at most 8 KiB)
+    /// within this, or it is answered 408 and closed. Default 5 s.
+    pub request_timeout: Duration,
 }
+
+/// Request head bytes accepted (request line and headers).
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// Header lines accepted.
+pub const MAX_HEADERS: usize = 64;
+/// A larger declared body is refused with 413 before a byte of it is read.
+pub const MAX_BODY_BYTES: u64 = 8 * 1024;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -59,8 +74,9 @@ impl Default for ServerConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             max_stream_clients: 8,
             heartbeat: Duration::from_secs(2),
-            workers: 2,
+            max_connections: 32,
             send_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -73,8 +89,6 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("display server on {addr} could not start: {reason}")]
-    Start { addr: SocketAddr, reason: String },
     #[error("display server could not start a thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -143,11 +157,34 @@ impl Endpoint {
     }
 }
 
+/// Refusals before a handler, by `WireError::label` (plus `connection_limit`).
+const REFUSAL_LABELS: [&str; 8] = [
+    "connection_limit",
+    "timeout",
+    "head_too_large",
+    "too_many_headers",
+    "body_too_large",
+    "malformed",
+    "bad_version",
+    "chunked_body",
+];
+
 struct Shared {
     hub: Arc<DisplayHub>,
     config: ServerConfig,
+    limits: WireLimits,
     stop: AtomicBool,
     requests: [AtomicU64; Endpoint::ALL.len()],
+    refused: [AtomicU64; REFUSAL_LABELS.len()],
+    slots: Arc<ConnectionSlots>,
+}
+
+impl Shared {
+    fn count_refusal(&self, label: &str) {
+        if let Some(i) = REFUSAL_LABELS.iter().position(|l| *l == label) {
+            self.refused[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A running display server. Dropping it (or `shutdown`) stops the workers and ends every stream
@@ -155,7 +192,7 @@ struct Shared {
 pub struct DisplayServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    workers: Vec<JoinHandle<()>>,
+    acceptor: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for DisplayServer {
@@ -169,50 +206,40 @@ impl std::fmt::Debug for DisplayServer {
 impl DisplayServer {
     pub fn start(hub: Arc<DisplayHub>, config: ServerConfig) -> Result<Self, ServerError> {
         let requested = config.addr;
-        let listener = TcpListener::bind(requested).map_err(|source| ServerError::Bind {
+        let bind_error = |source| ServerError::Bind {
             addr: requested,
             source,
-        })?;
-        // Linux (and the BSDs) copy the send timeout of a listening socket to the sockets it
-        // accepts; tiny_http gives no other way to bound a write to a client that stops reading.
-        socket2::SockRef::from(&listener)
-            .set_write_timeout(Some(config.send_timeout))
-            .map_err(|source| ServerError::Bind {
-                addr: requested,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: requested,
-            source,
-        })?;
-        let server =
-            tiny_http::Server::from_listener(listener, None).map_err(|e| ServerError::Start {
-                addr,
-                reason: e.to_string(),
-            })?;
-        let server = Arc::new(server);
+        };
+        let listener = TcpListener::bind(requested).map_err(bind_error)?;
+        // Non-blocking, so the accept thread can wait in poll(2) with a timeout and see `stop`.
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        let limits = WireLimits {
+            max_head_bytes: MAX_HEAD_BYTES,
+            max_headers: MAX_HEADERS,
+            max_body_bytes: MAX_BODY_BYTES,
+            request_timeout: config.request_timeout,
+        };
         let shared = Arc::new(Shared {
             hub,
             config,
+            limits,
             stop: AtomicBool::new(false),
             requests: Default::default(),
+            refused: Default::default(),
+            slots: Arc::new(ConnectionSlots::default()),
         });
-        let mut this = Self {
+        let accept_shared = Arc::clone(&shared);
+        let acceptor = std::thread::Builder::new()
+            .name("display-accept".into())
+            .spawn(move || accept_loop(&accept_shared, &listener))
+            .map_err(ServerError::Thread)?;
+        tracing::info!("display at http://{addr}/");
+        Ok(Self {
             addr,
             shared,
-            workers: Vec::new(),
-        };
-        for i in 0..this.shared.config.workers.max(1) {
-            let shared = Arc::clone(&this.shared);
-            let server = Arc::clone(&server);
-            let handle = std::thread::Builder::new()
-                .name(format!("display-http-{i}"))
-                .spawn(move || worker(&shared, &server))
-                .map_err(ServerError::Thread)?;
-            this.workers.push(handle);
-        }
-        tracing::info!("display at http://{addr}/");
-        Ok(this)
+            acceptor: Some(acceptor),
+        })
     }
 
     /// The address actually bound (the real port when the configuration asked for port 0).
@@ -233,53 +260,180 @@ impl DisplayServer {
 impl Drop for DisplayServer {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        for handle in self.workers.drain(..) {
+        if let Some(handle) = self.acceptor.take() {
             if handle.join().is_err() {
-                tracing::error!("a display worker thread panicked");
+                tracing::error!("the display accept thread panicked");
             }
         }
-        // The last worker dropped the tiny_http server, which closes the listener.
+        // The accept thread dropped the listener; connection threads see `stop` within `POLL`.
     }
 }
 
-fn worker(shared: &Arc<Shared>, server: &tiny_http::Server) {
+/// Waits for connections (poll with a timeout, so `stop` is seen) and gives each a thread, or a
+/// 503 when `max_connections` are open.
+fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     while !shared.stop.load(Ordering::Relaxed) {
-        match server.recv_timeout(POLL) {
-            Ok(Some(request)) => {
-                // A bug in one handler must not shrink the pool: the request (dropped during
-                // unwinding) is answered 500 by tiny_http and the worker goes on.
-                let outcome =
-                    std::panic::catch_unwind(AssertUnwindSafe(|| handle(shared, request)));
-                if outcome.is_err() {
-                    tracing::error!("display request handler panicked");
+        pfd.revents = 0;
+        // SAFETY: one valid pollfd for the listener's open descriptor, which outlives the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, POLL.as_millis() as libc::c_int) };
+        if ready <= 0 {
+            continue;
+        }
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => admit(shared, stream),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // Out of descriptors, say: back off instead of spinning.
+                    tracing::warn!("display server: accept failed: {e}");
+                    std::thread::sleep(POLL);
+                    break;
                 }
             }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!("display server: {e}");
-                std::thread::sleep(POLL);
+        }
+    }
+}
+
+fn admit(shared: &Arc<Shared>, mut stream: TcpStream) {
+    let configured = stream.set_nonblocking(false).is_ok()
+        && stream
+            .set_write_timeout(Some(shared.config.send_timeout))
+            .is_ok();
+    if !configured {
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    let Some(slot) = shared.slots.try_take(shared.config.max_connections.max(1)) else {
+        shared.count_refusal("connection_limit");
+        shared.slots.rejected.fetch_add(1, Ordering::Relaxed);
+        // A fresh socket's send buffer takes this at once; the short timeout bounds the rest.
+        let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+        let body = error_json(
+            "too many connections",
+            &format!(
+                "{} connections are open (limit {})",
+                shared.slots.open(),
+                shared.config.max_connections
+            ),
+        );
+        let _ = write_response(
+            &mut stream,
+            503,
+            &[("Content-Type", JSON), NO_STORE, ("Retry-After", "1")],
+            body.as_bytes(),
+            false,
+        );
+        return;
+    };
+    let thread_shared = Arc::clone(shared);
+    let spawned = std::thread::Builder::new()
+        .name("display-conn".into())
+        .spawn(move || serve_connection(&thread_shared, stream, slot));
+    if let Err(e) = spawned {
+        // The closure (stream and slot) is dropped: the connection closes, the slot frees.
+        tracing::warn!("display: no thread for a connection: {e}");
+    }
+}
+
+fn serve_connection(shared: &Arc<Shared>, mut stream: TcpStream, slot: SlotGuard) {
+    let stop = || shared.stop.load(Ordering::Relaxed);
+    let head = match read_request(&mut stream, &shared.limits, &stop) {
+        Ok(head) => head,
+        Err(e) => {
+            refuse(shared, &mut stream, &e);
+            return;
+        }
+    };
+    let request = Request {
+        head,
+        stream: Some(stream),
+        slot: Some(slot),
+    };
+    // A bug in one handler must not take the server down: the request (dropped during
+    // unwinding) is answered 500 by `Request`'s drop.
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| handle(shared, request)));
+    if outcome.is_err() {
+        tracing::error!("display request handler panicked");
+    }
+}
+
+/// Answers a request refused by the wire layer (nothing for a peer that is gone).
+fn refuse(shared: &Shared, stream: &mut TcpStream, error: &WireError) {
+    shared.count_refusal(error.label());
+    let Some(status) = error.status() else {
+        return;
+    };
+    tracing::debug!(
+        "display: refused a request: {}",
+        error.reason(&shared.limits)
+    );
+    let body = error_json(
+        crate::publish::http_wire::reason_phrase(status),
+        &error.reason(&shared.limits),
+    );
+    let _ = write_response(
+        stream,
+        status,
+        &[("Content-Type", JSON), NO_STORE],
+        body.as_bytes(),
+        false,
+    );
+}
+
+/// One request read from a connection. Answered exactly once (or turned into a stream); one
+/// dropped unanswered (a handler that panicked) is answered 500.
+struct Request {
+    head: RequestHead,
+    stream: Option<TcpStream>,
+    slot: Option<SlotGuard>,
+}
+
+impl Request {
+    fn url(&self) -> &str {
+        &self.head.target
+    }
+
+    fn method(&self) -> &str {
+        &self.head.method
+    }
+
+    fn respond(mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        let head_only = self.head.method == "HEAD";
+        if let Some(mut stream) = self.stream.take() {
+            if let Err(e) = write_response(&mut stream, status, headers, body, head_only) {
+                tracing::debug!("display client went away: {e}");
             }
         }
     }
+
+    /// The raw connection and its slot, for a response written over time (SSE).
+    fn into_stream(mut self) -> Option<(TcpStream, SlotGuard)> {
+        Some((self.stream.take()?, self.slot.take()?))
+    }
 }
 
-fn header(name: &str, value: &str) -> Option<Header> {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
-}
-
-fn respond<R: std::io::Read>(
-    request: Request,
-    mut response: Response<R>,
-    headers: &[(&str, &str)],
-) {
-    for (name, value) in headers {
-        if let Some(h) = header(name, value) {
-            response.add_header(h);
+impl Drop for Request {
+    fn drop(&mut self) {
+        if let Some(mut stream) = self.stream.take() {
+            let body = error_json("internal error", "the request handler failed");
+            let _ = write_response(
+                &mut stream,
+                500,
+                &[("Content-Type", JSON), NO_STORE],
+                body.as_bytes(),
+                false,
+            );
         }
     }
-    if let Err(e) = request.respond(response) {
-        tracing::debug!("display client went away: {e}");
-    }
+}
+
+fn respond(request: Request, status: u16, body: &[u8], headers: &[(&str, &str)]) {
+    request.respond(status, headers, body);
 }
 
 const JSON: &str = "application/json; charset=utf-8";
@@ -288,11 +442,7 @@ const NO_STORE: (&str, &str) = ("Cache-Control", "no-store");
 fn respond_json(request: Request, status: u16, body: String, extra: &[(&str, &str)]) {
     let mut headers = vec![("Content-Type", JSON), NO_STORE];
     headers.extend_from_slice(extra);
-    respond(
-        request,
-        Response::from_string(body).with_status_code(StatusCode(status)),
-        &headers,
-    );
+    respond(request, status, body.as_bytes(), &headers);
 }
 
 fn error_json(error: &str, reason: &str) -> String {
@@ -308,10 +458,10 @@ fn handle(shared: &Arc<Shared>, request: Request) {
         .to_string();
     let endpoint = Endpoint::route(&path);
     shared.requests[endpoint.index()].fetch_add(1, Ordering::Relaxed);
-    let method = request.method().clone();
+    let method = request.method().to_string();
     let allowed = match endpoint {
-        Endpoint::Stream => method == Method::Get,
-        _ => method == Method::Get || method == Method::Head,
+        Endpoint::Stream => method == "GET",
+        _ => method == "GET" || method == "HEAD",
     };
     if endpoint != Endpoint::NotFound && !allowed {
         let allow = if endpoint == Endpoint::Stream {
@@ -331,7 +481,8 @@ fn handle(shared: &Arc<Shared>, request: Request) {
     match endpoint {
         Endpoint::Page => respond(
             request,
-            Response::from_string(PAGE),
+            200,
+            PAGE.as_bytes(),
             &[
                 ("Content-Type", "text/html; charset=utf-8"),
                 ("Content-Security-Policy", PAGE_CSP),
@@ -376,7 +527,8 @@ fn handle(shared: &Arc<Shared>, request: Request) {
                 let seq = frame.seq.to_string();
                 respond(
                     request,
-                    Response::from_data(frame.bytes.to_vec()),
+                    200,
+                    &frame.bytes,
                     &[
                         ("Content-Type", frame.content_type),
                         NO_STORE,
@@ -406,7 +558,8 @@ fn handle(shared: &Arc<Shared>, request: Request) {
             render_request_counters(shared, &mut text);
             respond(
                 request,
-                Response::from_string(text),
+                200,
+                text.as_bytes(),
                 &[
                     ("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
                     NO_STORE,
@@ -417,6 +570,7 @@ fn handle(shared: &Arc<Shared>, request: Request) {
             let (status, body) = match hub.health() {
                 Health::Fed { .. } => (200, "ok\n".to_string()),
                 Health::NeverFed => (503, "stale: no estimate or heartbeat yet\n".to_string()),
+                Health::Failed { faults } => (503, format!("failed: {}\n", faults.join("; "))),
                 Health::Stale { age } => (
                     503,
                     format!(
@@ -427,7 +581,8 @@ fn handle(shared: &Arc<Shared>, request: Request) {
             };
             respond(
                 request,
-                Response::from_string(body).with_status_code(StatusCode(status)),
+                status,
+                body.as_bytes(),
                 &[("Content-Type", "text/plain; charset=utf-8"), NO_STORE],
             );
         }
@@ -446,6 +601,21 @@ fn render_request_counters(shared: &Shared, out: &mut String) {
         let count = shared.requests[endpoint.index()].load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}{{endpoint=\"{}\"}} {count}", endpoint.label());
     }
+    let name = "echonet_display_http_refused_total";
+    let _ = write!(
+        out,
+        "# HELP {name} Connections or requests refused before reaching an endpoint, by reason.\n# TYPE {name} counter\n"
+    );
+    for (i, label) in REFUSAL_LABELS.iter().enumerate() {
+        let count = shared.refused[i].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}{{reason=\"{label}\"}} {count}");
+    }
+    let name = "echonet_display_http_connections";
+    let _ = write!(
+        out,
+        "# HELP {name} Open display connections (streams included).\n# TYPE {name} gauge\n{name} {}\n",
+        shared.slots.open()
+    );
 }
 
 /// Hands a stream request to a thread of its own, or answers 503 at the client limit.
@@ -462,23 +632,15 @@ fn start_stream(shared: &Arc<Shared>, request: Request) {
             return;
         }
     };
-    let thread_shared = Arc::clone(shared);
-    let spawned = std::thread::Builder::new()
-        .name("display-sse".into())
-        .spawn(move || {
-            let writer = request.into_writer();
-            run_stream(&thread_shared, &subscription, writer);
-        });
-    if let Err(e) = spawned {
-        // The closure, request included, is dropped: tiny_http answers it 500, and dropping the
-        // subscription unregisters it.
-        tracing::warn!("display: no thread for a stream client: {e}");
+    // This connection's thread becomes the stream's: it already holds the connection's slot.
+    if let Some((stream, _slot)) = request.into_stream() {
+        run_stream(shared, &subscription, stream);
     }
 }
 
 /// Writes the SSE response until the client goes away or the server stops. Events waiting in the
 /// queue are written together and flushed once.
-fn run_stream(shared: &Shared, subscription: &Subscription, mut out: Box<dyn Write + Send>) {
+fn run_stream(shared: &Shared, subscription: &Subscription, mut out: TcpStream) {
     let head = "HTTP/1.1 200 OK\r\n\
                 Content-Type: text/event-stream; charset=utf-8\r\n\
                 Cache-Control: no-store\r\n\
@@ -594,7 +756,8 @@ fn saliency(hub: &DisplayHub, request: Request) {
             let ms = format!("{:.0}", r.compute.as_secs_f64() * 1000.0);
             respond(
                 request,
-                Response::from_data(r.png),
+                200,
+                &r.png,
                 &[
                     ("Content-Type", "image/png"),
                     NO_STORE,

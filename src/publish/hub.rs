@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::frame_mask::{mask_outside, FramePolicy};
 use crate::explain::worker::SaliencyWorker;
 use crate::frame::{Image, PixelFormat};
 use crate::preprocess::PreparedInput;
@@ -47,6 +48,8 @@ pub struct HubConfig {
     pub frame_max_side: usize,
     /// JPEG quality of the encoded frame, 1–100. Default 75.
     pub frame_jpeg_quality: u8,
+    /// What of the frame is served: the scanning sector only (default), nothing, or all of it.
+    pub frame_policy: FramePolicy,
 }
 
 impl Default for HubConfig {
@@ -59,6 +62,7 @@ impl Default for HubConfig {
             frame_interval: Duration::from_millis(200),
             frame_max_side: 320,
             frame_jpeg_quality: 75,
+            frame_policy: FramePolicy::Sector,
         }
     }
 }
@@ -162,7 +166,7 @@ pub struct HubEvent {
 }
 
 /// What `/healthz` reports.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Health {
     /// Neither an estimate nor a heartbeat since the hub was made.
     NeverFed,
@@ -171,6 +175,11 @@ pub enum Health {
     },
     Stale {
         age: Duration,
+    },
+    /// Something the daemon cannot recover from by itself (a pipeline stage died, results can no
+    /// longer be recorded): reported whatever the feed does, each fault as `key: reason`.
+    Failed {
+        faults: Vec<String>,
     },
 }
 
@@ -197,6 +206,8 @@ struct State {
     /// The newest usable model input (source frame seq), for on-demand saliency maps.
     model_input: Option<(u64, Arc<PreparedInput>)>,
     saliency: Option<Arc<SaliencyWorker>>,
+    /// Open faults by key (`pipeline`, `journal`, ...), shown by `/healthz`.
+    faults: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Default)]
@@ -207,6 +218,8 @@ struct Counters {
     frames: AtomicU64,
     frames_skipped: AtomicU64,
     frames_failed: AtomicU64,
+    /// Frames not served under the frame policy (no sector known, or frames off).
+    frames_withheld: AtomicU64,
     sse_dropped: AtomicU64,
     sse_rejected: AtomicU64,
 }
@@ -350,6 +363,22 @@ impl DisplayHub {
             }
             *gate = Some(now);
         }
+        let masked;
+        let image = match (self.config.frame_policy, sector_outline.as_deref()) {
+            (FramePolicy::Unmasked, _) => image,
+            // Burned-in text lies outside the sector: with no sector known, or frames off,
+            // nothing is served.
+            (FramePolicy::Off, _) | (FramePolicy::Sector, None) => {
+                self.counters
+                    .frames_withheld
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(false);
+            }
+            (FramePolicy::Sector, Some(outline)) => {
+                masked = mask_outside(image, outline);
+                &masked
+            }
+        };
         let encoded = encode_frame(
             image,
             self.config.frame_max_side,
@@ -437,8 +466,31 @@ impl DisplayHub {
         })
     }
 
+    /// Raises (Some) or clears (None) the fault named `key`; any open fault fails `/healthz`.
+    pub fn set_fault(&self, key: &str, reason: Option<String>) {
+        let mut state = lock(&self.state);
+        match reason {
+            Some(r) => {
+                state.faults.insert(key.to_string(), r);
+            }
+            None => {
+                state.faults.remove(key);
+            }
+        }
+    }
+
     pub fn health(&self) -> Health {
-        match lock(&self.state).last_fed {
+        let state = lock(&self.state);
+        if !state.faults.is_empty() {
+            return Health::Failed {
+                faults: state
+                    .faults
+                    .iter()
+                    .map(|(k, r)| format!("{k}: {r}"))
+                    .collect(),
+            };
+        }
+        match state.last_fed {
             None => Health::NeverFed,
             Some(t) => {
                 let age = t.elapsed();
@@ -550,6 +602,7 @@ impl DisplayHub {
             ("echonet_display_frames_total", "counter", "Frames encoded for the display.", load(&c.frames)),
             ("echonet_display_frames_skipped_total", "counter", "Frames skipped by the display frame-rate limit.", load(&c.frames_skipped)),
             ("echonet_display_frames_failed_total", "counter", "Frames that could not be published (bad outline, encoder error).", load(&c.frames_failed)),
+            ("echonet_display_frames_withheld_total", "counter", "Frames not served: no scanning sector known to mask to, or frames off.", load(&c.frames_withheld)),
             ("echonet_display_sse_clients", "gauge", "Connected Server-Sent Events clients.", clients as f64),
             ("echonet_display_sse_dropped_events_total", "counter", "Events dropped (oldest first) because a stream client was not reading fast enough.", load(&c.sse_dropped)),
             ("echonet_display_sse_rejected_total", "counter", "Stream clients refused because the client limit was reached.", load(&c.sse_rejected)),

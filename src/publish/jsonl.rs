@@ -2,7 +2,7 @@
 //! (or a crash) never sees half a record and nothing published is held back in a buffer.
 
 use std::fs::OpenOptions;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +18,9 @@ pub enum JsonlError {
 pub struct JsonlWriter {
     target: String,
     out: Box<dyn Write + Send>,
+    /// The last write failed part-way: the next record starts on a new line, so a torn line
+    /// never swallows the one after it.
+    torn: bool,
 }
 
 impl JsonlWriter {
@@ -25,6 +28,7 @@ impl JsonlWriter {
         Self {
             target: "stdout".into(),
             out: Box::new(std::io::stdout()),
+            torn: false,
         }
     }
 
@@ -40,7 +44,10 @@ impl JsonlWriter {
             })?;
         Ok(Self {
             target: path.display().to_string(),
-            out: Box::new(BufWriter::new(file)),
+            // Unbuffered: each record is one write(2) on an O_APPEND file, so a failed write
+            // leaves nothing queued to come out later in the middle of another line.
+            out: Box::new(file),
+            torn: false,
         })
     }
 
@@ -49,13 +56,24 @@ impl JsonlWriter {
             target: self.target.clone(),
             source,
         };
-        let mut line = record.to_string();
+        let mut line = if self.torn {
+            "\n".to_string()
+        } else {
+            String::new()
+        };
+        line.push_str(&record.to_string());
         line.push('\n');
-        self.out.write_all(line.as_bytes()).map_err(io)?;
-        self.out.flush().map_err(|source| JsonlError::Io {
-            target: self.target.clone(),
-            source,
-        })
+        let written = self
+            .out
+            .write_all(line.as_bytes())
+            .and_then(|()| self.out.flush());
+        self.torn = written.is_err();
+        written.map_err(io)
+    }
+
+    /// The file or `stdout`.
+    pub fn target(&self) -> &str {
+        &self.target
     }
 }
 

@@ -3,8 +3,12 @@
 //! metrics) and an HTTP server that serves a live page, an SSE stream, the trend history,
 //! Prometheus metrics and a health check from it (`hub`, `http`).
 
+pub mod export;
+pub mod frame_mask;
 pub mod http;
+pub mod http_wire;
 pub mod hub;
+pub mod journal;
 pub mod jsonl;
 pub mod record;
 

@@ -1,0 +1,267 @@
+//! What is checked in a DICOM file before dicom-rs reads it: the transfer syntax from the file
+//! meta group alone, and every element length against the bytes left in the file.
+//!
+//! Lengths: dicom-rs allocates a value's declared length before reading it, so one
+//! damaged length field (a flipped byte in a 2-byte length that shifts every element after it)
+//! made it allocate gigabytes and spend seconds failing. This walk reads only element headers,
+//! seeks over values, and stops at the first length that cannot fit.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::panic::catch_unwind;
+use std::path::Path;
+
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+use dicom_core::{Tag, VR};
+use dicom_dictionary_std::StandardDataDictionary;
+
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
+
+/// A length that does not fit, in words for the error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LengthFault {
+    pub offset: u64,
+    pub tag: (u16, u16),
+    pub declared: u64,
+    pub remaining: u64,
+}
+
+impl std::fmt::Display for LengthFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "element ({:04X},{:04X}) at byte {} declares {} bytes but only {} remain in the file",
+            self.tag.0, self.tag.1, self.offset, self.declared, self.remaining
+        )
+    }
+}
+
+/// The error for a length that does not fit: pixel data running past the end of the file is the
+/// usual damage (a copy cut short) and reads as truncated pixel data; anything else as damage.
+pub(super) fn fault_error(path: &Path, fault: &LengthFault) -> super::DicomError {
+    if fault.tag == PIXEL_DATA {
+        super::DicomError::DamagedPixelData {
+            path: path.to_path_buf(),
+            reason: format!("truncated: {fault}"),
+        }
+    } else {
+        super::DicomError::Read {
+            path: path.to_path_buf(),
+            reason: format!("damaged element length: {fault}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Syntax {
+    ExplicitLittle,
+    ImplicitLittle,
+    ExplicitBig,
+}
+
+/// VRs whose explicit form has 2 reserved bytes and a 4-byte length.
+fn has_long_length(vr: [u8; 2]) -> bool {
+    matches!(
+        &vr,
+        b"OB"
+            | b"OD"
+            | b"OF"
+            | b"OL"
+            | b"OV"
+            | b"OW"
+            | b"SQ"
+            | b"SV"
+            | b"UC"
+            | b"UN"
+            | b"UR"
+            | b"UT"
+            | b"UV"
+    )
+}
+
+/// Whether an implicit-VR element is a sequence (whose items must be walked, not skipped).
+fn is_sequence(tag: (u16, u16)) -> bool {
+    StandardDataDictionary
+        .by_tag(Tag(tag.0, tag.1))
+        .is_some_and(|e| e.vr().relaxed() == VR::SQ)
+}
+
+/// Walks the file meta group and the data set of the file at `file`, `size` bytes long, whose
+/// data set uses `transfer_syntax`. Ok(()) also for files this walk does not understand (no
+/// "DICM" marker): dicom-rs refuses those in its own words. Err only for a length that cannot
+/// fit, or an I/O error (as a fault at the offset reached).
+pub fn check_lengths(file: File, size: u64, transfer_syntax: &str) -> Result<(), LengthFault> {
+    let mut r = BufReader::new(file);
+    let mut magic = [0u8; 132];
+    if size < 132 || r.read_exact(&mut magic).is_err() || &magic[128..132] != b"DICM" {
+        return Ok(());
+    }
+    let data_syntax = match transfer_syntax.trim_end_matches(['\0', ' ']) {
+        "1.2.840.10008.1.2" => Syntax::ImplicitLittle,
+        "1.2.840.10008.1.2.2" => Syntax::ExplicitBig,
+        _ => Syntax::ExplicitLittle,
+    };
+    let mut pos: u64 = 132;
+    let mut in_encapsulated = false;
+    let io_fault = |pos: u64| LengthFault {
+        offset: pos,
+        tag: (0, 0),
+        declared: 0,
+        remaining: size.saturating_sub(pos),
+    };
+    while pos < size {
+        let mut head = [0u8; 8];
+        if size - pos < 8 {
+            // A trailing fragment shorter than an element header: dicom-rs reports it.
+            return Ok(());
+        }
+        r.read_exact(&mut head).map_err(|_| io_fault(pos))?;
+        // The meta group (0002) is always explicit little endian; peek the group to choose.
+        let group_le = u16::from_le_bytes([head[0], head[1]]);
+        let syntax = if group_le == 0x0002 {
+            Syntax::ExplicitLittle
+        } else {
+            data_syntax
+        };
+        let u16_at = |b: [u8; 2]| match syntax {
+            Syntax::ExplicitBig => u16::from_be_bytes(b),
+            _ => u16::from_le_bytes(b),
+        };
+        let u32_at = |b: [u8; 4]| match syntax {
+            Syntax::ExplicitBig => u32::from_be_bytes(b),
+            _ => u32::from_le_bytes(b),
+        };
+        let tag = (u16_at([head[0], head[1]]), u16_at([head[2], head[3]]));
+        let offset = pos;
+        pos += 8;
+        let (length, sequence) = if tag.0 == 0xFFFE {
+            // Item and delimiters: tag + 4-byte length, no VR, in every syntax.
+            let length = u32_at([head[4], head[5], head[6], head[7]]);
+            match tag.1 {
+                0xE000 if in_encapsulated => (length, false),
+                // An item of a sequence: its elements follow, walk them.
+                0xE000 => (length, true),
+                0xE0DD => {
+                    in_encapsulated = false;
+                    (0, false)
+                }
+                _ => (0, false),
+            }
+        } else if syntax == Syntax::ImplicitLittle {
+            let length = u32_at([head[4], head[5], head[6], head[7]]);
+            (length, is_sequence(tag))
+        } else {
+            let vr = [head[4], head[5]];
+            if has_long_length(vr) {
+                let mut more = [0u8; 4];
+                r.read_exact(&mut more).map_err(|_| io_fault(pos))?;
+                pos += 4;
+                (u32_at(more), &vr == b"SQ")
+            } else {
+                (u32::from(u16_at([head[6], head[7]])), false)
+            }
+        };
+        if length == UNDEFINED {
+            // Undefined length: a sequence or encapsulated pixel data; its contents follow.
+            if tag == PIXEL_DATA {
+                in_encapsulated = true;
+            }
+            continue;
+        }
+        let remaining = size - pos;
+        if u64::from(length) > remaining {
+            return Err(LengthFault {
+                offset,
+                tag,
+                declared: length.into(),
+                remaining,
+            });
+        }
+        if !sequence {
+            r.seek(SeekFrom::Current(i64::from(length)))
+                .map_err(|_| io_fault(pos))?;
+            pos += u64::from(length);
+        }
+    }
+    Ok(())
+}
+
+/// The transfer syntax from the file meta group only; `None` when that cannot be read (the full
+/// read then reports why).
+pub(super) fn peek_transfer_syntax(path: &Path) -> Option<String> {
+    let read = || -> Option<String> {
+        let mut file = std::io::BufReader::new(std::fs::File::open(path).ok()?);
+        let start = file.fill_buf().ok()?;
+        // The 128-byte preamble is optional in practice; the meta group starts at "DICM".
+        let skip = if start.len() >= 132 && &start[128..132] == b"DICM" {
+            128
+        } else if start.starts_with(b"DICM") {
+            0
+        } else {
+            return None;
+        };
+        file.consume(skip);
+        let meta = dicom_object::FileMetaTable::from_reader(file).ok()?;
+        Some(meta.transfer_syntax().to_string())
+    };
+    catch_unwind(read).ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A file: preamble, DICM, a meta element, then `body` (explicit VR little endian).
+    fn file_with(body: &[u8]) -> (tempfile::NamedTempFile, u64) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let mut bytes = vec![0u8; 128];
+        bytes.extend_from_slice(b"DICM");
+        // (0002,0010) UI, 2-byte length 20.
+        bytes.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I', 20, 0]);
+        bytes.extend_from_slice(b"1.2.840.10008.1.2.1\0");
+        bytes.extend_from_slice(body);
+        f.write_all(&bytes).unwrap();
+        (f, bytes.len() as u64)
+    }
+
+    fn check(body: &[u8]) -> Result<(), LengthFault> {
+        let (f, size) = file_with(body);
+        check_lengths(f.reopen().unwrap(), size, "1.2.840.10008.1.2.1")
+    }
+
+    #[test]
+    fn fitting_lengths_pass_and_an_oversized_one_is_named() {
+        // (0028,0010) US 2 bytes.
+        let rows = [0x28, 0x00, 0x10, 0x00, b'U', b'S', 2, 0, 0x40, 0x00];
+        assert_eq!(check(&rows), Ok(()));
+        // The same element with its length flipped to 0x4002.
+        let flipped = [0x28, 0x00, 0x10, 0x00, b'U', b'S', 2, 0x40, 0x40, 0x00];
+        let fault = check(&flipped).unwrap_err();
+        assert_eq!(fault.tag, (0x0028, 0x0010));
+        assert_eq!(fault.declared, 0x4002);
+        assert!(fault.to_string().contains("(0028,0010)"), "{fault}");
+        // A 4-byte OB length of 0x7F000000.
+        let ob = [0x09, 0x00, 0x10, 0x10, b'O', b'B', 0, 0, 0, 0, 0, 0x7F];
+        assert_eq!(check(&ob).unwrap_err().declared, 0x7F00_0000);
+    }
+
+    #[test]
+    fn encapsulated_fragments_and_sequences_are_walked() {
+        let mut body = Vec::new();
+        // Pixel data, OB, undefined length; an empty offset table item; a 4-byte fragment;
+        // the sequence delimiter.
+        body.extend_from_slice(&[
+            0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ]);
+        body.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+        body.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 4, 0, 0, 0, 1, 2, 3, 4]);
+        body.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        assert_eq!(check(&body), Ok(()));
+        // A fragment claiming more than the file holds.
+        let mut bad = body.clone();
+        bad[24..28].copy_from_slice(&[0, 0, 0, 0x7F]);
+        assert_eq!(check(&bad).unwrap_err().tag, (0xFFFE, 0xE000));
+    }
+}

@@ -76,7 +76,7 @@ fn a_clip_with_refused_frames_keeps_them_in_place_when_batched() {
     let mut frames = clip.load_frames().expect("frames");
     // Blank every fourth frame: the quality gate refuses those, the others go in batches.
     for f in frames.iter_mut().step_by(4) {
-        let (w, h) = (f.image.width(), f.image.height());
+        let (w, h) = (f.image.width, f.image.height);
         f.image = Image::gray(w, h, vec![0; w * h]).expect("blank frame");
     }
     let window = WindowConfig::default();

@@ -33,11 +33,12 @@ fn emulator() -> &'static (PathBuf, PathBuf) {
         std::fs::create_dir_all(&dir).unwrap();
         // Each process builds its own copy, so parallel test processes never see a half-written one.
         let so = dir.join(format!("libv4l2emu-{}.so", std::process::id()));
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/v4l2-emu/v4l2_emu.c");
+        let emu = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/v4l2-emu");
         let out = Command::new("cc")
             .args(["-shared", "-fPIC", "-O2", "-Wall", "-o"])
             .arg(&so)
-            .arg(&src)
+            .arg(emu.join("v4l2_emu.c"))
+            .arg(emu.join("v4l2_emu_frames.c"))
             .args(["-ldl", "-lpthread"])
             .output()
             .expect("cc must be installed (scripts/install-deps.sh installs gcc)");

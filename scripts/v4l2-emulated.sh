@@ -2,7 +2,7 @@
 # Runs any command with an emulated V4L2 capture device at /dev/video-emu (or V4L2_EMU_DEVICE):
 #   scripts/v4l2-emulated.sh ./target/release/echonet run --source v4l2 --input /dev/video-emu --duration 10
 #   V4L2_EMU_FORMAT=NV12 scripts/v4l2-emulated.sh ./target/release/echonet probe-capture /dev/video-emu
-# The device is tools/v4l2-emu/v4l2_emu.c, preloaded (LD_PRELOAD); it is built here with cc into
+# The device is tools/v4l2-emu/ (v4l2_emu.c + v4l2_emu_frames.c), preloaded (LD_PRELOAD); it is built here with cc into
 # target/v4l2-emu/ when missing or older than its source. It serves phantom echo frames: unless
 # V4L2_EMU_FRAMES names a frame file, one is written with `echonet phantom --emu-frames` (the
 # release binary, built if missing) and reused.
@@ -27,11 +27,12 @@ if [ $# -eq 0 ]; then
 fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 build_dir="$root/target/v4l2-emu"
-src="$root/tools/v4l2-emu/v4l2_emu.c"
+emu="$root/tools/v4l2-emu"
 so="$build_dir/libv4l2emu.so"
 mkdir -p "$build_dir"
-if [ ! -f "$so" ] || [ "$src" -nt "$so" ]; then
-  cc -shared -fPIC -O2 -Wall -o "$so.tmp" "$src" -ldl -lpthread
+if [ ! -f "$so" ] || [ "$emu/v4l2_emu.c" -nt "$so" ] || [ "$emu/v4l2_emu_frames.c" -nt "$so" ] \
+  || [ "$emu/v4l2_emu.h" -nt "$so" ]; then
+  cc -shared -fPIC -O2 -Wall -o "$so.tmp" "$emu/v4l2_emu.c" "$emu/v4l2_emu_frames.c" -ldl -lpthread
   mv "$so.tmp" "$so"
 fi
 if [ -z "${V4L2_EMU_FRAMES:-}" ]; then

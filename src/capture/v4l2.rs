@@ -100,7 +100,7 @@ impl SizeRange {
             } => (w, h) == (width, height),
             SizeRange::Stepwise { min, max, step } => {
                 let fits = |v: u32, lo: u32, hi: u32, st: u32| {
-                    (lo..=hi).contains(&v) && (v - lo) % st.max(1) == 0
+                    (lo..=hi).contains(&v) && (v - lo).is_multiple_of(st.max(1))
                 };
                 fits(width, min.0, max.0, step.0) && fits(height, min.1, max.1, step.1)
             }

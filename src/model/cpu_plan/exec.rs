@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use super::gemm::{self, AlignedVec, Epilogue, MicroKernel, PackedWeights, MR, NR};
+use super::gemm::{self, AlignedVec, Epilogue, MicroKernel, PackedWeights, Pass, KC, MR, NR};
 use crate::model::conv::Geometry;
 
 /// A convolution in the plan: weights packed in im2col order (ky, kx, input channel).
@@ -84,14 +84,20 @@ pub struct Tiling {
     pub scratch: usize,
 }
 
-/// im2col bytes of one tile kept near the core's L2 share.
-const TILE_A_BYTES: usize = 160 * 1024;
+/// Bytes of one tile's A block (rows x one pass of [`KC`] columns), kept in the core's L2.
+const TILE_A_BYTES: usize = 128 * 1024;
+/// Bytes of one tile's whole im2col (rows x all of K).
+const TILE_IM2COL_BYTES: usize = 512 * 1024;
 
 /// Plans the work items of a convolution with `m` output rows for `threads` threads.
 pub fn tiling(conv: &PreparedConv, m: usize, threads: usize) -> Tiling {
     let k = conv.weights.k;
     let panels = conv.weights.panels();
-    let cap = ((TILE_A_BYTES / 4 / k.max(1)) / MR * MR).max(MR);
+    let mut cap = TILE_A_BYTES / 4 / k.clamp(1, KC);
+    if !conv.is_pointwise() {
+        cap = cap.min(TILE_IM2COL_BYTES / 4 / k.max(1));
+    }
+    let cap = (cap / MR * MR).max(MR);
     let threads = threads.max(1);
     let weight_heavy = conv.cout() >= m;
     let (rows_per_tile, panel_chunks) = if weight_heavy {
@@ -193,22 +199,24 @@ pub unsafe fn conv(
         let panel0 = chunk * t.panels_per_item;
         let panel1 = (panel0 + t.panels_per_item).min(conv.weights.panels());
         let run = |a: *const f32, lda: usize| {
-            for j in panel0..panel1 {
-                let mut r = 0;
-                while r < rows {
-                    let n = MR.min(rows - r);
-                    gemm::strip(
-                        kernel,
-                        &conv.weights,
-                        j,
-                        a.add(r * lda),
-                        lda,
-                        n,
-                        dst.at((row0 + r) * dst.ld + j * NR),
-                        dst.ld,
-                        ep,
-                    );
-                    r += n;
+            for pass in Pass::over(k, ep) {
+                for j in panel0..panel1 {
+                    let mut r = 0;
+                    while r < rows {
+                        let n = MR.min(rows - r);
+                        gemm::strip(
+                            kernel,
+                            &conv.weights,
+                            j,
+                            a.add(r * lda + pass.k0),
+                            lda,
+                            n,
+                            dst.at((row0 + r) * dst.ld + j * NR),
+                            dst.ld,
+                            pass,
+                        );
+                        r += n;
+                    }
                 }
             }
         };

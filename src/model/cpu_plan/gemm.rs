@@ -97,6 +97,37 @@ pub struct Epilogue {
     pub relu: bool,
 }
 
+/// Rows of B (and columns of A) per pass: a 16-column panel slice of `KC` rows is 16 KiB, so it
+/// stays in L1 while a tile's strips stream past it.
+pub const KC: usize = 256;
+
+/// One pass over rows `k0..k0+kc` of the weights. Passes after the first add to what the
+/// previous ones stored; the last applies the ReLU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub k0: usize,
+    pub kc: usize,
+    /// Add what `C` holds (an earlier pass, or the residual on the first).
+    pub load_c: bool,
+    /// Add the bias (first pass only).
+    pub bias: bool,
+    pub relu: bool,
+}
+
+impl Pass {
+    /// The passes covering `k` rows of weights for an epilogue.
+    pub fn over(k: usize, ep: Epilogue) -> impl Iterator<Item = Pass> {
+        let passes = k.div_ceil(KC).max(1);
+        (0..passes).map(move |i| Pass {
+            k0: i * KC,
+            kc: KC.min(k - i * KC),
+            load_c: i > 0 || ep.accumulate,
+            bias: i == 0,
+            relu: i + 1 == passes && ep.relu,
+        })
+    }
+}
+
 /// The micro-kernel implementation, chosen once (at plan load).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MicroKernel {
@@ -130,11 +161,11 @@ impl MicroKernel {
     }
 }
 
-/// Computes rows `rows` (at most [`MR`]) of A against panel `j` of `w`.
+/// Computes rows `rows` (at most [`MR`]) of A against rows `pass.k0..+pass.kc` of panel `j`.
 ///
 /// # Safety
-/// `a` points at row 0 of the strip: rows `0..rows` start at `a + r*lda` and hold `w.k` readable
-/// floats each. `c` points at the strip's output row 0, column `16j`: rows `0..rows` start at
+/// `a` points at row 0 of the strip, column `pass.k0`: rows `0..rows` start at `a + r*lda` and
+/// hold `pass.kc` readable floats each. `c` points at the strip's output row 0, column `16j`: rows `0..rows` start at
 /// `c + r*ldc` and hold `min(16, w.n - 16j)` writable (and, with `accumulate`, initialised)
 /// floats. No other thread touches those output floats during the call.
 #[allow(clippy::too_many_arguments)]
@@ -147,7 +178,7 @@ pub unsafe fn strip(
     rows: usize,
     c: *mut f32,
     ldc: usize,
-    ep: Epilogue,
+    pass: Pass,
 ) {
     let cols = (w.n - j * NR).min(NR);
     // Rows past `rows` repeat row 0 (always readable); their results are never stored.
@@ -156,9 +187,9 @@ pub unsafe fn strip(
         *p = a.add(r * lda);
     }
     match kernel {
-        MicroKernel::Portable => portable_strip(w, j, &rp, rows, cols, c, ldc, ep),
+        MicroKernel::Portable => portable_strip(w, j, &rp, rows, cols, c, ldc, pass),
         #[cfg(target_arch = "x86_64")]
-        MicroKernel::Avx2Fma => avx2::strip(w, j, &rp, rows, cols, c, ldc, ep),
+        MicroKernel::Avx2Fma => avx2::strip(w, j, &rp, rows, cols, c, ldc, pass),
     }
 }
 
@@ -171,11 +202,11 @@ unsafe fn portable_strip(
     cols: usize,
     c: *mut f32,
     ldc: usize,
-    ep: Epilogue,
+    pass: Pass,
 ) {
-    let panel = w.panel(j);
+    let panel = &w.panel(j)[pass.k0 * NR..];
     let mut acc = [[0f32; NR]; MR];
-    for p in 0..w.k {
+    for p in 0..pass.kc {
         let b: &[f32; NR] = panel[p * NR..(p + 1) * NR].try_into().unwrap_or(&[0.0; NR]);
         for r in 0..MR {
             let av = *rp[r].add(p);
@@ -188,11 +219,14 @@ unsafe fn portable_strip(
     for (r, row) in acc.iter().enumerate().take(rows) {
         let out = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
         for (col, o) in out.iter_mut().enumerate() {
-            let mut v = row[col] + bias[col];
-            if ep.accumulate {
+            let mut v = row[col];
+            if pass.bias {
+                v += bias[col];
+            }
+            if pass.load_c {
                 v += *o;
             }
-            if ep.relu {
+            if pass.relu {
                 v = v.max(0.0);
             }
             *o = v;
@@ -202,7 +236,7 @@ unsafe fn portable_strip(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Epilogue, PackedWeights, MR, NR};
+    use super::{PackedWeights, Pass, MR, NR};
     use std::arch::x86_64::*;
 
     /// # Safety
@@ -217,14 +251,14 @@ mod avx2 {
         cols: usize,
         c: *mut f32,
         ldc: usize,
-        ep: Epilogue,
+        pass: Pass,
     ) {
-        let b = w.panel(j).as_ptr();
+        let b = w.panel(j).as_ptr().add(pass.k0 * NR);
         let [a0, a1, a2, a3, a4, a5] = *rp;
         let z = _mm256_setzero_ps();
         let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
         let (mut c30, mut c31, mut c40, mut c41, mut c50, mut c51) = (z, z, z, z, z, z);
-        for p in 0..w.k {
+        for p in 0..pass.kc {
             let b0 = _mm256_load_ps(b.add(p * NR));
             let b1 = _mm256_load_ps(b.add(p * NR + 8));
             let x = _mm256_broadcast_ss(&*a0.add(p));
@@ -255,17 +289,21 @@ mod avx2 {
             (c50, c51),
         ];
         let bias = w.panel_bias(j).as_ptr();
-        let (bias0, bias1) = (_mm256_load_ps(bias), _mm256_load_ps(bias.add(8)));
+        let (bias0, bias1) = if pass.bias {
+            (_mm256_load_ps(bias), _mm256_load_ps(bias.add(8)))
+        } else {
+            (z, z)
+        };
         for (r, &(lo, hi)) in acc.iter().enumerate().take(rows) {
             let mut lo = _mm256_add_ps(lo, bias0);
             let mut hi = _mm256_add_ps(hi, bias1);
             let out = c.add(r * ldc);
             if cols == NR {
-                if ep.accumulate {
+                if pass.load_c {
                     lo = _mm256_add_ps(lo, _mm256_loadu_ps(out));
                     hi = _mm256_add_ps(hi, _mm256_loadu_ps(out.add(8)));
                 }
-                if ep.relu {
+                if pass.relu {
                     lo = _mm256_max_ps(lo, z);
                     hi = _mm256_max_ps(hi, z);
                 }
@@ -278,10 +316,10 @@ mod avx2 {
                 for (col, &t) in tmp.iter().enumerate().take(cols) {
                     let o = out.add(col);
                     let mut v = t;
-                    if ep.accumulate {
+                    if pass.load_c {
                         v += *o;
                     }
-                    if ep.relu {
+                    if pass.relu {
                         v = v.max(0.0);
                     }
                     *o = v;

@@ -6,8 +6,11 @@ use std::path::Path;
 
 use echonet_edge::capture::dicom::DicomClip;
 
-/// Mutated variants tried per fixture. Kept small because a corrupted length field currently
-/// makes dicom-rs allocate the declared size (up to 4 GiB) before failing, which takes seconds.
+/// Mutated variants tried per fixture. Every element length is now checked against the file
+/// size before dicom-rs allocates it (src/capture/dicom/precheck.rs): 24 variants per file took
+/// 301.7 s and 4.2 GB RSS before that check and 3.1 s and 44 MB after it. 96 variants took 75 s
+/// and 862 MB: some mutation beyond the 24th still costs memory after the length check (not yet
+/// found), so the count stays at 24.
 const MUTATIONS_PER_FILE: u64 = 24;
 
 fn xorshift(state: &mut u64) -> u64 {

@@ -1,8 +1,9 @@
 //! After warm-up, a frame through the prepared CPU plan allocates nothing: a counting global
 //! allocator (this test binary only) counts allocations on the calling thread and the pool's
 //! worker threads alike. Single-threaded the count is exactly zero; with two threads the only
-//! allocation left is rayon's job injector taking a new block once per 63 hand-overs (the plan
-//! hands each frame to the pool once).
+//! allocations left are rayon's own (its job injector takes a new block once per 63 hand-overs,
+//! and its scheduling allocates now and then depending on timing; the plan hands each frame to
+//! the pool once).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,6 +37,8 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 const FRAMES: usize = 130;
+/// Allocations tolerated in `FRAMES` two-thread frames, all of them rayon's (see below).
+const RAYON_ALLOWANCE: usize = FRAMES / 10;
 
 #[test]
 fn planned_frame_allocates_nothing_after_warm_up() {
@@ -76,9 +79,13 @@ fn planned_frame_allocates_nothing_after_warm_up() {
         plan.features_into(&input, shape, &mut out).unwrap();
     }
     let during = ALLOCATIONS.load(Ordering::SeqCst) - before;
+    // Rayon's own scheduling (its job injector's blocks, worker wake-ups) allocates now and then,
+    // depending on timing: 2 in 130 frames seen on the x86 host, 5 under qemu-aarch64. A plan that
+    // allocated on the frame path would show at least one per frame (>= FRAMES).
     assert!(
-        during <= FRAMES.div_ceil(63),
-        "{during} allocations in {FRAMES} planned frames after warm-up"
+        during <= RAYON_ALLOWANCE,
+        "{during} allocations in {FRAMES} planned frames after warm-up (allowance for rayon's \
+         scheduler: {RAYON_ALLOWANCE})"
     );
     assert_eq!(out, warm, "the same frame gives the same features");
     assert!(plan.workspace_bytes() > 0);

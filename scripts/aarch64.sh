@@ -76,22 +76,52 @@ check_published() {
   echo "aarch64: phantom run published $published estimates, last EF $ef %" >&2
 }
 
-# The binary itself on aarch64: doctor passes, and a phantom run publishes estimates whose EF is
-# a finite percentage.
+# The binary itself on aarch64, in two parts:
+# 1. Numbers: `echonet phantom` writes one clip, `echonet predict` runs its 20 frames at 10 fps
+#    offline (no real-time pacing, so emulation speed cannot matter) and must give an `ok` result
+#    whose EF is a finite percentage.
+# 2. The daemon: a 150-frame phantom run must run every stage (frames inferred, no stage failure)
+#    and either publish estimates or, when emulation is slower than the 10 fps budget (qemu runs
+#    the plan's portable kernel at ~400 ms a frame on a quiet 2-core host), say so in its withheld
+#    records ("inference too slow"), as the daemon must on slow hardware.
 smoke() {
-  local t0=$SECONDS dir
+  local t0=$SECONDS dir published inferred ef
   dir=$(mktemp -d)
   trap 'rm -rf "$dir"' RETURN
   # shellcheck disable=SC2086  # AARCH64_RUN is a command and its arguments
   $AARCH64_RUN "$BIN" doctor
   # shellcheck disable=SC2086
-  # A number of frames, not seconds: the phantom's media time sets the 10 fps sampling, so the run
-  # publishes estimates however slowly emulation renders and infers on a loaded machine (150 frames
-  # = 5 s of a 30 fps echo = 50 samples; in real time when the machine keeps up).
+  $AARCH64_RUN "$BIN" phantom --out "$dir/clips" --clips 1 --seed 1
+  # shellcheck disable=SC2086
+  $AARCH64_RUN "$BIN" predict "$dir/clips" >"$dir/predict.jsonl"
+  ef=$(grep '"status":"ok"' "$dir/predict.jsonl" | grep -oE '"ef":\{[^}]*\}' | head -1 | grep -oE '"value":-?[0-9.eE+-]+' | sed 's/.*://' || true)
+  if [ -z "$ef" ] || ! awk -v v="$ef" 'BEGIN { exit !(v >= 0 && v <= 100) }'; then
+    echo "aarch64: predict on a phantom clip gave no ok EF in 0-100 % (got '${ef:-none}')" >&2
+    cat "$dir/predict.jsonl" >&2
+    return 1
+  fi
+  echo "aarch64: predict on phantom clip seed 1: EF $ef %" >&2
+  # shellcheck disable=SC2086
   $AARCH64_RUN "$BIN" run --source phantom --frames "${SMOKE_FRAMES:-150}" --http off \
     --jsonl "$dir/estimates.jsonl" --summary "$dir/summary.json"
-  check_published "$dir/summary.json" "$dir/estimates.jsonl"
-  echo "aarch64: doctor and phantom run passed in $((SECONDS - t0)) s" >&2
+  published=$(grep -oE '"estimates_published": *[0-9]+' "$dir/summary.json" | grep -oE '[0-9]+$' || true)
+  inferred=$(grep -oE '"frames_inferred": *[0-9]+' "$dir/summary.json" | grep -oE '[0-9]+$' || true)
+  if [ -z "$inferred" ] || [ "$inferred" -eq 0 ] || ! grep -qE '"stage_failures": *\[\]' "$dir/summary.json"; then
+    echo "aarch64: the phantom run inferred no frame or lost a stage" >&2
+    cat "$dir/summary.json" >&2
+    return 1
+  fi
+  if [ "${published:-0}" -gt 0 ]; then
+    check_published "$dir/summary.json" "$dir/estimates.jsonl"
+  elif grep -q 'inference too slow' "$dir/estimates.jsonl"; then
+    echo "aarch64: phantom run inferred $inferred frames; emulation is below 10 fps and the withheld records say so" >&2
+  else
+    echo "aarch64: the phantom run published nothing and did not say that inference is too slow" >&2
+    cat "$dir/summary.json" >&2
+    tail -3 "$dir/estimates.jsonl" >&2
+    return 1
+  fi
+  echo "aarch64: doctor, predict and phantom run passed in $((SECONDS - t0)) s" >&2
 }
 
 case "${1:-}" in

@@ -23,24 +23,16 @@ import time
 
 
 def import_facenet():
-    """facenet-pytorch's model file alone: the package root pulls in MTCNN and torchvision."""
-    import importlib
+    """facenet-pytorch's model class, imported the way the parity tool does (the model file
+    alone: the package root pulls in MTCNN and torchvision)."""
     import importlib.util
-    import sys
-    import types
 
-    spec = importlib.util.find_spec("facenet_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("facenet-pytorch is not installed (pip install --no-deps facenet-pytorch)")
-    pkg_dir = list(spec.submodule_search_locations)[0]
-    if "facenet_pytorch" not in sys.modules:
-        pkg = types.ModuleType("facenet_pytorch")
-        pkg.__path__ = [pkg_dir]
-        sys.modules["facenet_pytorch"] = pkg
-        sub = types.ModuleType("facenet_pytorch.models")
-        sub.__path__ = [os.path.join(pkg_dir, "models")]
-        sys.modules["facenet_pytorch.models"] = sub
-    return importlib.import_module("facenet_pytorch.models.inception_resnet_v1").InceptionResnetV1
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(here, os.pardir, "parity", "make_goldens.py")
+    spec = importlib.util.spec_from_file_location("make_goldens", path)
+    goldens = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(goldens)
+    return goldens.import_facenet()
 
 
 def export(path, size, batch):

@@ -275,8 +275,45 @@ pub fn display_address(config: &Config) -> anyhow::Result<std::net::SocketAddr> 
 struct JsonlSink {
     writer: JsonlWriter,
     metrics: Arc<PipelineMetrics>,
+    health: FaultLatch,
+}
+
+/// A sink's health as the display sees it: the first failure of a burst is logged and raises the
+/// sink's named fault (`/healthz` 503); the first success after it logs the recovery and clears it.
+struct FaultLatch {
+    fault: &'static str,
     hub: Option<Arc<DisplayHub>>,
     failing: bool,
+}
+
+impl FaultLatch {
+    fn new(fault: &'static str, hub: Option<Arc<DisplayHub>>) -> Self {
+        Self {
+            fault,
+            hub,
+            failing: false,
+        }
+    }
+
+    /// `target` names what is written again (a file, the journal) in the recovery log line.
+    fn succeeded(&mut self, target: &dyn std::fmt::Display) {
+        if std::mem::take(&mut self.failing) {
+            tracing::info!("{target}: writing again");
+            if let Some(hub) = &self.hub {
+                hub.set_fault(self.fault, None);
+            }
+        }
+    }
+
+    fn failed(&mut self, error: String) {
+        if !self.failing {
+            self.failing = true;
+            tracing::error!("{error}");
+            if let Some(hub) = &self.hub {
+                hub.set_fault(self.fault, Some(error));
+            }
+        }
+    }
 }
 
 impl EstimateSink for JsonlSink {
@@ -284,25 +321,13 @@ impl EstimateSink for JsonlSink {
         match self.writer.write(record) {
             Ok(()) => {
                 self.metrics.records_written.fetch_add(1, Ordering::Relaxed);
-                if self.failing {
-                    self.failing = false;
-                    tracing::info!("{}: writing again", self.writer.target());
-                    if let Some(hub) = &self.hub {
-                        hub.set_fault("jsonl", None);
-                    }
-                }
+                self.health.succeeded(&self.writer.target());
             }
             Err(e) => {
                 self.metrics
                     .record_write_failures
                     .fetch_add(1, Ordering::Relaxed);
-                if !self.failing {
-                    self.failing = true;
-                    tracing::error!("{e}");
-                    if let Some(hub) = &self.hub {
-                        hub.set_fault("jsonl", Some(e.to_string()));
-                    }
-                }
+                self.health.failed(e.to_string());
             }
         }
     }
@@ -319,8 +344,7 @@ struct JournalSink {
     journal: Option<Journal>,
     last_attempt: Option<std::time::Instant>,
     metrics: Arc<PipelineMetrics>,
-    hub: Option<Arc<DisplayHub>>,
-    failing: bool,
+    health: FaultLatch,
 }
 
 const JOURNAL_RETRY: Duration = Duration::from_secs(10);
@@ -339,25 +363,14 @@ impl JournalSink {
                 self.metrics
                     .records_journaled
                     .fetch_add(1, Ordering::Relaxed);
-                if self.failing {
-                    self.failing = false;
-                    tracing::info!("journal {}: writing again", self.path.display());
-                    if let Some(hub) = &self.hub {
-                        hub.set_fault("journal", None);
-                    }
-                }
+                self.health
+                    .succeeded(&format_args!("journal {}", self.path.display()));
             }
             Err(e) => {
                 self.metrics
                     .journal_write_failures
                     .fetch_add(1, Ordering::Relaxed);
-                if !self.failing {
-                    self.failing = true;
-                    tracing::error!("{e}");
-                    if let Some(hub) = &self.hub {
-                        hub.set_fault("journal", Some(e));
-                    }
-                }
+                self.health.failed(e);
             }
         }
     }
@@ -493,8 +506,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             journal: None,
             last_attempt: None,
             metrics: metrics.clone(),
-            hub: display_hub.clone(),
-            failing: false,
+            health: FaultLatch::new("journal", display_hub.clone()),
         };
         sink.last_attempt = Some(std::time::Instant::now());
         match sink.open() {
@@ -513,8 +525,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Box::new(JsonlSink {
             writer: jsonl,
             metrics: metrics.clone(),
-            hub: display_hub,
-            failing: false,
+            health: FaultLatch::new("jsonl", display_hub),
         }),
     );
 

@@ -35,7 +35,8 @@ impl CpuGemmConv {
     }
 }
 
-fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout) -> Option<&'a [f32]> {
+/// A CPU f32 tensor's data from its first element, or `None` off the CPU or in another dtype.
+pub(super) fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout) -> Option<&'a [f32]> {
     match storage {
         Storage::Cpu(s) => s
             .as_slice::<f32>()

@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Layout, Storage, Tensor};
+use candle_core::{Device, Tensor};
 
 use super::conv::{ConvKernel, FoldedConv};
-use super::cpu_conv::CpuGemmConv;
+use super::cpu_conv::{cpu_f32, CpuGemmConv};
 use exec::{PreparedConv, Scratch, Tiling, View};
 use gemm::{AlignedVec, Epilogue, MicroKernel};
 
@@ -548,15 +548,5 @@ impl PreparedConv {
         Tensor::from_vec(dst, (n, oh, ow, cout), &Device::Cpu)?
             .permute((0, 3, 1, 2))?
             .contiguous()
-    }
-}
-
-fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout) -> Option<&'a [f32]> {
-    match storage {
-        Storage::Cpu(s) => s
-            .as_slice::<f32>()
-            .ok()
-            .map(|d| &d[layout.start_offset()..]),
-        _ => None,
     }
 }

@@ -207,7 +207,7 @@ impl CpuPlan {
     pub fn build(net: &InceptionResnetV1, threads: usize) -> candle_core::Result<Self> {
         let c = net.channels;
         let mut b = Builder {
-            algorithm: Algorithm::Auto,
+            algorithm: Algorithm::Direct,
             convs: Vec::new(),
             buffers: Vec::new(),
             steps: Vec::new(),
@@ -234,6 +234,11 @@ impl CpuPlan {
             },
             label: format!("conv2d_1a 3x3 s2 {stem_channels}->{}", c.c1a),
         });
+        // Winograd where it pays (measured with `echonet bench --profile`, thread CPU time):
+        // F(4x4) on the wide stem layers and mixed_6a's 35x35 3x3; F(2x2) at 17x17, where 4x4
+        // tiles would pad the output to 20x20; direct for Block35's 32-channel 3x3s, whose
+        // transforms cost as much as their GEMMs save.
+        b.algorithm = Algorithm::Winograd(4);
         let s2 = b.buffer(c.c2a);
         b.plain("conv2d_2a", &net.conv2d_2a, b.whole(s1), b.whole(s2))?;
         let s3 = b.buffer(c.c2b);
@@ -244,6 +249,7 @@ impl CpuPlan {
         b.plain("conv2d_3b", &net.conv2d_3b, b.whole(s4), b.whole(s5))?;
         let s6 = b.buffer(c.c4a);
         b.plain("conv2d_4a", &net.conv2d_4a, b.whole(s5), b.whole(s6))?;
+        b.algorithm = Algorithm::Direct;
         let x35 = b.buffer(c.c4b);
         b.plain("conv2d_4b", &net.conv2d_4b, b.whole(s6), b.whole(x35))?;
 
@@ -309,7 +315,9 @@ impl CpuPlan {
         let t6a = b.buffer(c.m6a_b1_mid);
         let t6b = b.buffer(c.m6a_b1_mid);
         b.plain("mixed_6a b1.0", &m6.branch1_0, b.whole(x35), b.whole(t6a))?;
+        b.algorithm = Algorithm::Winograd(4);
         b.plain("mixed_6a b1.1", &m6.branch1_1, b.whole(t6a), b.whole(t6b))?;
+        b.algorithm = Algorithm::Direct;
         b.plain(
             "mixed_6a b1.2",
             &m6.branch1_2,
@@ -343,12 +351,14 @@ impl CpuPlan {
             Builder::slice(e7, m, m),
             Builder::slice(x8, c.m7a_b0_out, c.m7a_b1_out),
         )?;
+        b.algorithm = Algorithm::Winograd(2);
         b.plain(
             "mixed_7a b2.1",
             &m7.branch2_1,
             Builder::slice(e7, 2 * m, m),
             b.whole(t7),
         )?;
+        b.algorithm = Algorithm::Direct;
         let o = c.m7a_b0_out + c.m7a_b1_out;
         b.plain(
             "mixed_7a b2.2",

@@ -21,6 +21,7 @@ pub mod input;
 pub mod metrics;
 pub mod model;
 pub mod offline;
+pub mod phantom;
 pub mod pipeline;
 pub mod preprocess;
 pub mod publish;

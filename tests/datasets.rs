@@ -365,7 +365,7 @@ fn unknown_folder_is_refused() {
 /// An EchoNet-Dynamic folder whose videos are phantom echoes (MJPG, 160x120, 50 fps, 40 frames:
 /// enough for the sector to be found from motion, as in a real 2-4 s EchoNet-Dynamic clip).
 fn echonet_phantom_folder(dir: &Path) {
-    use echonet_edge::capture::phantom::{Phantom, PhantomParams};
+    use echonet_edge::phantom::{Phantom, PhantomParams};
     std::fs::create_dir_all(dir.join("Videos")).unwrap();
     for (name, seed) in [("0XAAA", 11u64), ("0XBBB", 12), ("0XCCC", 13)] {
         let p = Phantom::new(PhantomParams {

@@ -14,13 +14,13 @@ use std::time::{Duration, Instant, SystemTime};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarMap;
 use common::echonet;
-use echonet_edge::capture::phantom::{Phantom, PhantomParams};
 use echonet_edge::explain::occlusion::{masked, predict_raw};
 use echonet_edge::explain::{black_values, mask_to_input, Explainer, SmoothGrad};
 use echonet_edge::frame::Frame;
 use echonet_edge::model::{
     read_bundle, Architecture, EchoNetModel, InputSpec, RunOptions, TaskSpec,
 };
+use echonet_edge::phantom::{Phantom, PhantomParams};
 use echonet_edge::preprocess::resize::letterbox;
 use echonet_edge::preprocess::{PreparedInput, PreprocessConfig, Preprocessor, Sector};
 use echonet_edge::train::TrainableIrv1;

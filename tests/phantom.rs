@@ -12,7 +12,7 @@ use std::path::Path;
 use common::echonet;
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::open_file;
-use echonet_edge::capture::phantom::{clip_seed, Phantom, PhantomParams};
+use echonet_edge::phantom::{clip_seed, Phantom, PhantomParams};
 
 /// `echonet ARGS`, waited for.
 fn run_echonet(args: &[&str]) -> std::process::Output {

@@ -15,11 +15,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::echonet;
-use echonet_edge::capture::phantom::PhantomParams;
 use echonet_edge::capture::v4l2::emu_frames::{phantom_frames, write_emu_frames};
 use echonet_edge::capture::v4l2::{V4l2Config, V4l2Source};
 use echonet_edge::capture::{FrameSource, SourceError};
 use echonet_edge::frame::{Frame, Image, PixelFormat};
+use echonet_edge::phantom::PhantomParams;
 
 const DEVICE: &str = "/dev/video-emu";
 /// Size of the phantom frames served (small: the CI machine has two cores).

@@ -516,7 +516,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "results journal open"
             ),
             // The display must carry on: the fault shows on /healthz and the sink retries.
-            Err(e) => sink.report(Err(e.to_string())),
+            // Not counted: `journal_write_failures` counts records that were not journaled.
+            Err(e) => sink.health.failed(e.to_string()),
         }
         sinks.insert(0, Box::new(sink));
     }

@@ -467,15 +467,17 @@ impl DisplayHub {
     }
 
     /// Raises (Some) or clears (None) the fault named `key`; any open fault fails `/healthz`.
+    /// A change goes to every page as a `faults` event (`{"faults":["key: reason",...]}`), so
+    /// the bedside sees that results are not being recorded while the numbers carry on.
     pub fn set_fault(&self, key: &str, reason: Option<String>) {
         let mut state = lock(&self.state);
-        match reason {
-            Some(r) => {
-                state.faults.insert(key.to_string(), r);
-            }
-            None => {
-                state.faults.remove(key);
-            }
+        let changed = match reason {
+            Some(r) => state.faults.insert(key.to_string(), r.clone()).as_ref() != Some(&r),
+            None => state.faults.remove(key).is_some(),
+        };
+        if changed {
+            let event = faults_event(&state);
+            self.fan_out(&mut state, event);
         }
     }
 
@@ -507,7 +509,7 @@ impl DisplayHub {
     /// with a `snapshot` event (the latest estimate and its age, so a page that connects late
     /// can tell an old number from a live one) and the latest `frame` event.
     pub fn subscribe(self: &Arc<Self>, limit: usize) -> Result<Subscription, SubscriberLimit> {
-        let (tx, rx) = crossbeam_channel::bounded(self.config.subscriber_queue.max(2));
+        let (tx, rx) = crossbeam_channel::bounded(self.config.subscriber_queue.max(3));
         let mut state = lock(&self.state);
         if state.subscribers.len() >= limit {
             self.counters.sse_rejected.fetch_add(1, Ordering::Relaxed);
@@ -515,7 +517,7 @@ impl DisplayHub {
         }
         let id = state.next_subscriber;
         state.next_subscriber += 1;
-        // The queue is new and holds at least two events, so these cannot fail.
+        // The queue is new and holds at least three events, so these cannot fail.
         if let Some(latest) = &state.latest {
             let age_ms = latest.received.elapsed().as_secs_f64() * 1000.0;
             let data = format!("{{\"age_ms\":{age_ms:.1},\"estimate\":{}}}", latest.json);
@@ -529,6 +531,9 @@ impl DisplayHub {
                 name: "frame",
                 data: frame.meta.clone(),
             });
+        }
+        if !state.faults.is_empty() {
+            let _ = tx.try_send(faults_event(&state));
         }
         let dropped = Arc::new(AtomicU64::new(0));
         state.subscribers.push(Subscriber {
@@ -826,6 +831,20 @@ fn encode_frame(
         color,
     )?;
     Ok((width, height, bytes))
+}
+
+/// The open faults as the page's `faults` event: `{"faults":["key: reason",...]}` (empty when
+/// the last one cleared).
+fn faults_event(state: &State) -> HubEvent {
+    let list: Vec<String> = state
+        .faults
+        .iter()
+        .map(|(k, r)| format!("{k}: {r}"))
+        .collect();
+    HubEvent {
+        name: "faults",
+        data: serde_json::json!({ "faults": list }).to_string().into(),
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod dataset;
 pub mod eval;
 pub mod explain;
 pub mod frame;
+pub mod fuzzing;
 pub mod gpu;
 pub mod input;
 pub mod metrics;

@@ -3,7 +3,7 @@
 //! (bundled model, the V4L2 device or else the built-in phantom) unless told otherwise; SIGINT and
 //! SIGTERM finish the frame in flight, flush every output and exit 0.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -517,7 +517,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "results journal open"
             ),
             // The display must carry on: the fault shows on /healthz and the sink retries.
-            Err(e) => sink.report(Err(e.to_string())),
+            // Not counted: `journal_write_failures` counts records that were not journaled.
+            Err(e) => sink.health.failed(e.to_string()),
         }
         sinks.insert(0, Box::new(sink));
     }
@@ -584,6 +585,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             summary.record_write_failures,
             summary.record_write_failures + summary.records_written,
             config.publish.jsonl
+        );
+    }
+    if summary.journal_write_failures > 0 {
+        let journal = config.publish.journal.as_deref().unwrap_or(Path::new("-"));
+        bail!(
+            "{} of {} records could not be journaled to {}",
+            summary.journal_write_failures,
+            summary.journal_write_failures + summary.records_journaled,
+            journal.display()
         );
     }
     Ok(ExitCode::SUCCESS)

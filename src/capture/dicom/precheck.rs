@@ -60,23 +60,34 @@ enum Syntax {
     ExplicitBig,
 }
 
-/// VRs whose explicit form has 2 reserved bytes and a 4-byte length.
-fn has_long_length(vr: [u8; 2]) -> bool {
+/// VRs whose explicit form has a 2-byte length (PS3.5 7.1.2). Every other pair of bytes, a
+/// VR this list does not name included, has 2 reserved bytes and a 4-byte length: dicom-rs reads
+/// an unknown VR as UN, so a flipped VR byte ("UI" -> "~I") makes it read 4 length bytes from
+/// the value, and this walk must read the same length to check it.
+fn has_short_length(vr: [u8; 2]) -> bool {
     matches!(
         &vr,
-        b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"SQ"
-            | b"SV"
-            | b"UC"
-            | b"UN"
-            | b"UR"
-            | b"UT"
-            | b"UV"
+        b"AE"
+            | b"AS"
+            | b"AT"
+            | b"CS"
+            | b"DA"
+            | b"DS"
+            | b"DT"
+            | b"FL"
+            | b"FD"
+            | b"IS"
+            | b"LO"
+            | b"LT"
+            | b"PN"
+            | b"SH"
+            | b"SL"
+            | b"SS"
+            | b"ST"
+            | b"TM"
+            | b"UI"
+            | b"UL"
+            | b"US"
     )
 }
 
@@ -153,13 +164,16 @@ pub fn check_lengths(file: File, size: u64, transfer_syntax: &str) -> Result<(),
             (length, is_sequence(tag))
         } else {
             let vr = [head[4], head[5]];
-            if has_long_length(vr) {
+            if has_short_length(vr) {
+                (u32::from(u16_at([head[6], head[7]])), false)
+            } else {
+                if size - pos < 4 {
+                    return Ok(()); // a header cut short: dicom-rs reports it
+                }
                 let mut more = [0u8; 4];
                 r.read_exact(&mut more).map_err(|_| io_fault(pos))?;
                 pos += 4;
                 (u32_at(more), &vr == b"SQ")
-            } else {
-                (u32::from(u16_at([head[6], head[7]])), false)
             }
         };
         if length == UNDEFINED {
@@ -245,6 +259,25 @@ mod tests {
         // A 4-byte OB length of 0x7F000000.
         let ob = [0x09, 0x00, 0x10, 0x10, b'O', b'B', 0, 0, 0, 0, 0, 0x7F];
         assert_eq!(check(&ob).unwrap_err().declared, 0x7F00_0000);
+    }
+
+    /// A flipped VR byte ("UI" -> "~I"): dicom-rs reads the unknown VR as UN, with 2 reserved
+    /// bytes and a 4-byte length taken from the value's text (0x2E333231, 775 MB: what 96
+    /// mutations of tests/dicom_mutations.rs allocated). The walk reads the same length.
+    #[test]
+    fn an_unknown_vr_has_a_four_byte_length_as_dicom_rs_reads_it() {
+        let mut uid = vec![0x20, 0x00, 0x0D, 0x00, b'~', b'I', 8, 0];
+        uid.extend_from_slice(b"1.23.4.5");
+        let fault = check(&uid).unwrap_err();
+        assert_eq!(fault.tag, (0x0020, 0x000D));
+        assert_eq!(fault.declared, u64::from(u32::from_le_bytes(*b"1.23")));
+        // Known short and long VRs keep their own forms.
+        let mut short = vec![0x20, 0x00, 0x0D, 0x00, b'U', b'I', 8, 0];
+        short.extend_from_slice(b"1.23.4.5");
+        assert_eq!(check(&short), Ok(()));
+        let mut long = vec![0x09, 0x00, 0x10, 0x10, b'U', b'T', 0, 0, 4, 0, 0, 0];
+        long.extend_from_slice(b"text");
+        assert_eq!(check(&long), Ok(()));
     }
 
     #[test]

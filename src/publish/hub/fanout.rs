@@ -22,7 +22,7 @@ impl DisplayHub {
     /// with a `snapshot` event (the latest estimate and its age, so a page that connects late
     /// can tell an old number from a live one) and the latest `frame` event.
     pub fn subscribe(self: &Arc<Self>, limit: usize) -> Result<Subscription, SubscriberLimit> {
-        let (tx, rx) = crossbeam_channel::bounded(self.config.subscriber_queue.max(2));
+        let (tx, rx) = crossbeam_channel::bounded(self.config.subscriber_queue.max(3));
         let mut state = lock(&self.state);
         if state.subscribers.len() >= limit {
             self.counters.sse_rejected.fetch_add(1, Ordering::Relaxed);
@@ -30,7 +30,7 @@ impl DisplayHub {
         }
         let id = state.next_subscriber;
         state.next_subscriber += 1;
-        // The queue is new and holds at least two events, so these cannot fail.
+        // The queue is new and holds at least three events, so these cannot fail.
         if let Some(latest) = &state.latest {
             let age_ms = latest.received.elapsed().as_secs_f64() * 1000.0;
             let data = format!("{{\"age_ms\":{age_ms:.1},\"estimate\":{}}}", latest.json);
@@ -44,6 +44,9 @@ impl DisplayHub {
                 name: "frame",
                 data: frame.meta.clone(),
             });
+        }
+        if !state.faults.is_empty() {
+            let _ = tx.try_send(faults_event(&state));
         }
         let dropped = Arc::new(AtomicU64::new(0));
         state.subscribers.push(Subscriber {
@@ -136,5 +139,19 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.hub.unsubscribe(self.id);
+    }
+}
+
+/// The open faults as the page's `faults` event: `{"faults":["key: reason",...]}` (empty when
+/// the last one cleared).
+pub(super) fn faults_event(state: &State) -> HubEvent {
+    let list: Vec<String> = state
+        .faults
+        .iter()
+        .map(|(k, r)| format!("{k}: {r}"))
+        .collect();
+    HubEvent {
+        name: "faults",
+        data: serde_json::json!({ "faults": list }).to_string().into(),
     }
 }

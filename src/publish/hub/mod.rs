@@ -30,7 +30,7 @@ mod tests;
 pub use fanout::{HubEvent, Subscription};
 pub use frames::{EncodedFrame, FrameError};
 
-use fanout::Subscriber;
+use fanout::{faults_event, Subscriber};
 
 /// The `schema` value of every estimate the hub accepts (docs/estimate-schema.md).
 pub const ESTIMATE_SCHEMA: &str = "echonet.estimate/1";
@@ -336,15 +336,17 @@ impl DisplayHub {
     }
 
     /// Raises (Some) or clears (None) the fault named `key`; any open fault fails `/healthz`.
+    /// A change goes to every page as a `faults` event (`{"faults":["key: reason",...]}`), so
+    /// the bedside sees that results are not being recorded while the numbers carry on.
     pub fn set_fault(&self, key: &str, reason: Option<String>) {
         let mut state = lock(&self.state);
-        match reason {
-            Some(r) => {
-                state.faults.insert(key.to_string(), r);
-            }
-            None => {
-                state.faults.remove(key);
-            }
+        let changed = match reason {
+            Some(r) => state.faults.insert(key.to_string(), r.clone()).as_ref() != Some(&r),
+            None => state.faults.remove(key).is_some(),
+        };
+        if changed {
+            let event = faults_event(&state);
+            self.fan_out(&mut state, event);
         }
     }
 

@@ -5,6 +5,8 @@
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (scripts/install-deps.sh installs them); the
 //! test fails, and says so, when they are missing.
+// Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod display_support;
 

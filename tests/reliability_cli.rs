@@ -2,6 +2,8 @@
 //! meet it: nonsense `--duration` and settings, FIFOs and devices where files belong, an output
 //! that cannot be written, a display address open to the network, inputs that are all unusable;
 //! and the results journal: written, exported, and sound after SIGKILL at random moments.
+// Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -12,14 +14,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use echonet_edge::model::StorageDtype;
 use echonet_edge::publish::journal::{displayed_numbers, Journal};
-
-fn echonet() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_echonet"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("ECHONET_LOG", "warn")
-        .stdin(Stdio::null());
-    c
-}
 
 /// Runs `cmd`, killing it if it outlives `limit` (a hang is a failure, not a stuck test).
 fn run_within(cmd: &mut Command, limit: Duration) -> std::process::Output {

@@ -1,6 +1,7 @@
 # The two commands of the README. Both install what they need first.
 #   make run    build, check the installation, and run the bedside daemon (echonet run)
-#   make test   build and pass every test (what .ci/run calls), then build the CUDA binary
+#   make test   format check, clippy (warnings are errors), build and pass every test (what .ci/run
+#               calls), then build the CUDA binary
 #   make cuda   the CUDA binary only (target/cuda/release/echonet); no GPU needed to build it
 CARGO ?= cargo
 # The GPU the CUDA binary's kernels are compiled for: 87 = Jetson Orin (the design card's device).
@@ -20,6 +21,8 @@ run: deps
 	./target/release/echonet run $(if $(MODEL),--model $(MODEL),)
 
 test: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
 	$(CARGO) test --release
 	$(MAKE) --no-print-directory test-aarch64
 	$(MAKE) cuda

@@ -1,5 +1,7 @@
 //! Forward-pass benchmarks of the full-size InceptionResNet-v1 (299x299, f32, CPU) at batch 1 and
 //! 20 (the paper's frames per video), on untrained weights: speed does not depend on the values.
+// Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use echonet_edge::model::{

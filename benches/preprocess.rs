@@ -3,6 +3,8 @@
 //! detection itself amortised over its window), with a fixed sector, and `prepare` alone.
 //!
 //! `CARGO_BUILD_JOBS=1 cargo bench --bench preprocess`
+// Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

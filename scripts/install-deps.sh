@@ -28,6 +28,16 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo not found; install the Rust toolchain (rustup) first" >&2
   exit 1
 fi
+# `make test` checks formatting and runs clippy with warnings as errors: a fresh machine needs both.
+if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
+  if command -v rustup >/dev/null 2>&1; then
+    echo "install-deps: adding the clippy and rustfmt components" >&2
+    rustup component add clippy rustfmt
+  else
+    echo "install-deps: cargo clippy / cargo fmt missing and no rustup to add them" >&2
+    exit 1
+  fi
+fi
 if [ "${1:-}" = "--cross" ]; then
   bash "$(dirname "$0")/install-cross.sh"
 fi

@@ -1,6 +1,7 @@
 //! Counters and latency histograms shared by the pipeline stages, rendered as Prometheus text for
-//! `/metrics` and summarised at the end of a run. Lock-free: stages on the frame path only do
-//! atomic adds.
+//! `/metrics` and summarised at the end of a run. Counters and latency observations are atomic adds
+//! only (no lock on the frame path); the per-reason drop and invalid-frame tallies take a short
+//! lock, once per dropped or unfit frame.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,18 +14,62 @@ pub const LATENCY_BUCKETS_MS: [f64; 14] = [
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 2000.0, 5000.0,
 ];
 
-/// A fixed-bucket histogram of durations.
-#[derive(Debug, Default)]
+/// Sub-buckets per power of two in the percentile histogram: values are kept to within
+/// 1/`SUB_BUCKETS` (about 3 %) of their size, exactly below `SUB_BUCKETS` microseconds.
+const SUB_BUCKETS: u64 = 32;
+const SUB_BITS: u32 = SUB_BUCKETS.trailing_zeros();
+/// Powers of two above the exact range: up to 2^40 µs (about 12 days), enough for any latency.
+const OCTAVES: usize = 40 - SUB_BITS as usize + 1;
+const FINE_BUCKETS: usize = SUB_BUCKETS as usize * (OCTAVES + 1);
+
+/// The log-linear bucket a value (µs) falls in: exact below `SUB_BUCKETS`, then `SUB_BUCKETS`
+/// equal steps per power of two. Values beyond the last bucket land in it.
+fn fine_index(us: u64) -> usize {
+    if us < SUB_BUCKETS {
+        return us as usize;
+    }
+    let octave = 63 - us.leading_zeros(); // >= SUB_BITS
+    let shift = octave - SUB_BITS;
+    let sub = (us >> shift) - SUB_BUCKETS; // 0..SUB_BUCKETS
+    let index = SUB_BUCKETS as usize * (shift as usize + 1) + sub as usize;
+    index.min(FINE_BUCKETS - 1)
+}
+
+/// The middle of a bucket's range of values (µs): its lower bound where the bucket is exact.
+fn fine_value(index: usize) -> f64 {
+    let sub_buckets = SUB_BUCKETS as usize;
+    if index < sub_buckets {
+        return index as f64;
+    }
+    let shift = (index / sub_buckets - 1) as u32;
+    let sub = (index % sub_buckets) as u64;
+    let lower = (SUB_BUCKETS + sub) << shift;
+    let width = 1u64 << shift;
+    lower as f64 + (width as f64 - 1.0) / 2.0
+}
+
+/// A histogram of durations, lock-free: every observation is a handful of relaxed atomic adds.
+/// It keeps the Prometheus buckets (`LATENCY_BUCKETS_MS`) and a fine log-linear histogram for
+/// percentiles, so it records every value of a run however long (nothing is kept per value).
+#[derive(Debug)]
 pub struct Histogram {
     buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
     count: AtomicU64,
     sum_us: AtomicU64,
-    /// Exact recent values for percentiles in the run summary (bounded).
-    recent_us: Mutex<Vec<u64>>,
+    /// Counts per log-linear bucket (`fine_index`), for percentiles within about 3 %.
+    fine: Box<[AtomicU64]>,
 }
 
-/// How many exact values a histogram keeps for percentiles (a 30 s run at 10 fps is 300).
-const RECENT_CAP: usize = 100_000;
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: Default::default(),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+            fine: (0..FINE_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
 
 impl Histogram {
     pub fn observe(&self, d: Duration) {
@@ -35,28 +80,37 @@ impl Histogram {
             }
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        let us = d.as_micros() as u64;
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
-        if let Ok(mut r) = self.recent_us.lock() {
-            if r.len() < RECENT_CAP {
-                r.push(us);
-            }
-        }
+        self.fine[fine_index(us)].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// The p-th percentile (0..=1) of the observed values, milliseconds.
+    /// The p-th percentile (0..=1) of every observed value, milliseconds: exact below 32 µs,
+    /// otherwise within about 3 % (the middle of the value's log-linear bucket).
     pub fn percentile_ms(&self, p: f64) -> Option<f64> {
-        let mut v = self.recent_us.lock().ok()?.clone();
-        if v.is_empty() {
+        let counts: Vec<u64> = self
+            .fine
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
             return None;
         }
-        v.sort_unstable();
-        let idx = ((v.len() as f64 - 1.0) * p.clamp(0.0, 1.0)).round() as usize;
-        Some(v[idx] as f64 / 1000.0)
+        // The same rank as indexing a sorted list of the values: round((n - 1) * p).
+        let rank = ((total as f64 - 1.0) * p.clamp(0.0, 1.0)).round() as u64;
+        let mut seen = 0u64;
+        for (index, n) in counts.iter().enumerate() {
+            seen += n;
+            if seen > rank {
+                return Some(fine_value(index) / 1000.0);
+            }
+        }
+        None
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
@@ -251,7 +305,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_are_cumulative_and_percentiles_exact() {
+    fn histogram_buckets_are_cumulative_and_percentiles_close() {
         let h = Histogram::default();
         for ms in [1u64, 3, 7, 40, 400] {
             h.observe(Duration::from_millis(ms));
@@ -261,8 +315,49 @@ mod tests {
         assert!(s.contains("x_bucket{le=\"0.005\"} 2"), "{s}");
         assert!(s.contains("x_bucket{le=\"0.5\"} 5"), "{s}");
         assert!(s.contains("x_count{} 5"), "{s}");
-        assert_eq!(h.percentile_ms(0.5), Some(7.0));
-        assert_eq!(h.percentile_ms(1.0), Some(400.0));
+        let within = |got: Option<f64>, want: f64| {
+            let got = got.unwrap();
+            assert!((got - want).abs() <= want / 32.0, "{got} vs {want}");
+        };
+        within(h.percentile_ms(0.5), 7.0);
+        within(h.percentile_ms(1.0), 400.0);
+    }
+
+    #[test]
+    fn fine_buckets_are_exact_when_small_and_within_a_thirty_second_above() {
+        for us in [0u64, 1, 5, 31] {
+            assert_eq!(fine_value(fine_index(us)), us as f64);
+        }
+        let mut last = 0;
+        for us in (32u64..5_000_000).step_by(997) {
+            let i = fine_index(us);
+            assert!(i >= last, "buckets follow the values' order");
+            last = i;
+            let v = fine_value(i);
+            assert!(
+                (v - us as f64).abs() <= us as f64 / 32.0,
+                "{us} µs read back as {v}"
+            );
+        }
+        assert_eq!(fine_index(u64::MAX), FINE_BUCKETS - 1);
+    }
+
+    #[test]
+    fn percentiles_keep_counting_past_any_number_of_values() {
+        // Two hundred thousand fast frames, then as many slow ones: the old recorder stopped at
+        // 100,000 values and would still say 1 ms.
+        let h = Histogram::default();
+        for _ in 0..200_000 {
+            h.observe(Duration::from_millis(1));
+        }
+        for _ in 0..200_001 {
+            h.observe(Duration::from_millis(300));
+        }
+        assert_eq!(h.count(), 400_001);
+        let median = h.percentile_ms(0.5).unwrap();
+        assert!((median - 300.0).abs() <= 300.0 / 32.0, "{median}");
+        let low = h.percentile_ms(0.1).unwrap();
+        assert!((low - 1.0).abs() <= 1.0 / 32.0, "{low}");
     }
 
     #[test]

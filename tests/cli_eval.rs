@@ -2,21 +2,14 @@
 //! fixture's weights are random, so nothing is asserted about metric quality; the report's
 //! structure, its metrics against `metrics::regression` recomputed from its own per-clip pairs,
 //! the JSON Lines predictions and the plots are.
+// Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-
-use std::process::Command;
 
 use common::*;
 use echonet_edge::eval::metrics;
 use echonet_edge::model::StorageDtype;
-
-fn echonet() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_echonet"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("ECHONET_LOG", "warn");
-    c
-}
 
 #[test]
 fn eval_on_phantom_clips_reports_metrics_that_match_its_own_pairs() {

@@ -1,7 +1,12 @@
 //! Every shipped deployment profile parses, and a misspelt key in one is an error naming it.
+// Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
 
 use std::path::Path;
 
+use common::echonet;
 use echonet_edge::config::Config;
 
 #[test]
@@ -35,7 +40,7 @@ fn misspelt_key_names_its_path() {
 
 #[test]
 fn doctor_passes_on_this_checkout() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_echonet"))
+    let out = echonet()
         .args(["doctor", "--json"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()

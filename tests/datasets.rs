@@ -1,10 +1,14 @@
 //! The dataset layouts read from folders built here: an EchoNet-Dynamic release in miniature
 //! (synthetic MJPG AVIs, FileList.csv, VolumeTracings.csv), a clip manifest (a DICOM written by
 //! `echonet phantom`, an image folder, an AVI), and their error messages.
+// Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
 
 use std::path::Path;
-use std::process::Command;
 
+use common::echonet;
 use echonet_edge::dataset::avi::{encode_jpeg, write_avi, AviSpec};
 use echonet_edge::dataset::echonet_dynamic::open_echonet_dynamic;
 use echonet_edge::dataset::{
@@ -213,7 +217,7 @@ fn unsupported_fourcc_is_refused_with_the_file_and_a_conversion_hint() {
 }
 
 fn phantom_dicom(out: &Path) {
-    let status = Command::new(env!("CARGO_BIN_EXE_echonet"))
+    let status = echonet()
         .args(["phantom", "--out"])
         .arg(out)
         .args([
@@ -361,7 +365,7 @@ fn unknown_folder_is_refused() {
 /// An EchoNet-Dynamic folder whose videos are phantom echoes (MJPG, 160x120, 50 fps, 40 frames:
 /// enough for the sector to be found from motion, as in a real 2-4 s EchoNet-Dynamic clip).
 fn echonet_phantom_folder(dir: &Path) {
-    use echonet_edge::capture::phantom::{Phantom, PhantomParams};
+    use echonet_edge::phantom::{Phantom, PhantomParams};
     std::fs::create_dir_all(dir.join("Videos")).unwrap();
     for (name, seed) in [("0XAAA", 11u64), ("0XBBB", 12), ("0XCCC", 13)] {
         let p = Phantom::new(PhantomParams {

@@ -1,17 +1,64 @@
 //! Damaged DICOM must never crash the runtime: every fixture with bytes flipped, cut short or
 //! spliced (deterministic pseudo-random mutations) is either decoded or refused with an error
 //! naming the file. Each case runs in the test thread, so a panic anywhere in decoding fails it.
+// Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use echonet_edge::capture::dicom::DicomClip;
 
-/// Mutated variants tried per fixture. Every element length is now checked against the file
-/// size before dicom-rs allocates it (src/capture/dicom/precheck.rs): 24 variants per file took
-/// 301.7 s and 4.2 GB RSS before that check and 3.1 s and 44 MB after it. 96 variants took 75 s
-/// and 862 MB: some mutation beyond the 24th still costs memory after the length check (not yet
-/// found), so the count stays at 24.
-const MUTATIONS_PER_FILE: u64 = 24;
+struct PeakTracking;
+
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only keeps the live total and its peak.
+unsafe impl GlobalAlloc for PeakTracking {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = CURRENT.fetch_add(layout.size(), Ordering::SeqCst) + layout.size();
+            PEAK.fetch_max(now, Ordering::SeqCst);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        CURRENT.fetch_sub(layout.size(), Ordering::SeqCst);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            if new_size >= layout.size() {
+                let grow = new_size - layout.size();
+                let now = CURRENT.fetch_add(grow, Ordering::SeqCst) + grow;
+                PEAK.fetch_max(now, Ordering::SeqCst);
+            } else {
+                CURRENT.fetch_sub(layout.size() - new_size, Ordering::SeqCst);
+            }
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static GLOBAL: PeakTracking = PeakTracking;
+
+/// Most memory one damaged file may take at once while it is opened and three frames decoded,
+/// beyond what was live before: a few times the largest fixture (0.9 MB) and its decoded frames.
+const PEAK_LIMIT: usize = 32 << 20;
+
+/// Mutated variants tried per fixture. Every element length is checked against the file size
+/// before dicom-rs allocates it (src/capture/dicom/precheck.rs): 24 variants per file took
+/// 301.7 s and 4.2 GB RSS before that check and 3.1 s and 44 MB after it. 96 variants then took
+/// 75 s and 862 MB: seven of them still made dicom-rs allocate 739-835 MB, an unknown VR read
+/// as UN (4-byte length) where the check read 2 bytes, and a damaged meta group read by
+/// dicom-rs's meta reader before the check ran. With both fixed, 96 variants stay under
+/// `PEAK_LIMIT` each (`ECHONET_DICOM_MUTATIONS=N` tries N).
+const MUTATIONS_PER_FILE: u64 = 96;
 
 fn xorshift(state: &mut u64) -> u64 {
     *state ^= *state << 13;
@@ -63,19 +110,30 @@ fn mutate(original: &[u8], seed: u64) -> Vec<u8> {
 
 #[test]
 fn mutated_fixtures_are_decoded_or_refused_never_a_panic() {
+    // Panics inside dicom-rs are caught (and refused); the default hook would symbolise a
+    // backtrace for each when RUST_BACKTRACE is set (30 MB of DWARF, charged to the variant).
+    std::panic::set_hook(Box::new(|info| eprintln!("{info}")));
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom");
     let tmp = tempfile::tempdir().unwrap();
     let mut refused = 0;
     let mut decoded = 0;
+    let mut largest = (0usize, String::new());
+    let mut over = Vec::new();
+    let variants = std::env::var("ECHONET_DICOM_MUTATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MUTATIONS_PER_FILE);
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().and_then(|e| e.to_str()) != Some("dcm") {
             continue;
         }
         let original = std::fs::read(&path).unwrap();
-        for seed in 0..MUTATIONS_PER_FILE {
+        for seed in 0..variants {
             let target = tmp.path().join(format!("m{seed}.dcm"));
             std::fs::write(&target, mutate(&original, seed)).unwrap();
+            let before = CURRENT.load(Ordering::SeqCst);
+            PEAK.store(before, Ordering::SeqCst);
             match DicomClip::open(&target) {
                 Err(e) => {
                     assert!(
@@ -99,8 +157,26 @@ fn mutated_fixtures_are_decoded_or_refused_never_a_panic() {
                     decoded += 1;
                 }
             }
+            let peak = PEAK.load(Ordering::SeqCst).saturating_sub(before);
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if peak > largest.0 {
+                largest = (peak, format!("{name} seed {seed}"));
+            }
+            if peak > PEAK_LIMIT {
+                over.push(format!("{name} seed {seed}: {} MiB", peak >> 20));
+            }
         }
     }
+    eprintln!(
+        "{refused} refused, {decoded} decoded; largest peak {} KiB ({})",
+        largest.0 >> 10,
+        largest.1
+    );
+    assert!(
+        over.is_empty(),
+        "over {} MiB at once: {over:?}",
+        PEAK_LIMIT >> 20
+    );
     // Both outcomes must occur, or the mutations are not exercising anything.
     assert!(
         refused > 10 && decoded > 10,

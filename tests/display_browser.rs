@@ -5,6 +5,8 @@
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (scripts/install-deps.sh installs them); the
 //! test fails, and says so, when they are missing.
+// Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod display_support;
 
@@ -207,4 +209,55 @@ fn saliency_button_shows_the_map_beside_the_frame() {
     browser.wait_text("saliency-button", WAIT, "the button reset", |t| {
         t == "Where the model looks"
     });
+}
+
+/// Results that cannot be recorded (the journal unwritable) or a dead stage: the page flags the
+/// fault, over the stream and when polling, while the live numbers carry on; the flag goes when
+/// the fault clears.
+#[test]
+fn a_fault_is_flagged_on_the_page_while_the_numbers_carry_on() {
+    require_browser();
+    let (hub, server) = start(HubConfig::default(), ServerConfig::default());
+    let feeder = Feeder::start(hub.clone());
+    feeder.set(Some(estimate(0, 41.0)));
+    let browser = Browser::start(1280, 800);
+    browser.goto(&server.url());
+    browser.wait_text("ef-value", WAIT, "EF 41", |t| t == "41");
+    assert_eq!(browser.text("fault-flag"), "");
+
+    let reason = "journal /data/journal.sqlite: database or disk is full";
+    hub.set_fault("journal", Some(reason.to_string()));
+    let flag = browser.wait_text("fault-flag", WAIT, "the journal fault", |t| {
+        t.contains(reason)
+    });
+    assert!(flag.starts_with("FAULT"), "{flag}");
+    feeder.set(Some(estimate(0, 52.0)));
+    browser.wait_text("ef-value", WAIT, "EF 52 with the fault open", |t| t == "52");
+    assert_eq!(browser.text("status"), "LIVE");
+
+    // A page that connects while the fault is open sees it at once; polling sees it too.
+    browser.goto(&server.url());
+    browser.wait_text("fault-flag", WAIT, "the fault on a new page", |t| {
+        t.contains(reason)
+    });
+    browser.goto(&format!("{}?transport=poll", server.url()));
+    browser.wait_text("fault-flag", WAIT, "the fault when polling", |t| {
+        t.contains(reason)
+    });
+    browser.wait_text("ef-value", WAIT, "EF 52 by polling", |t| t == "52");
+
+    hub.set_fault("journal", None);
+    browser.wait_text("fault-flag", WAIT, "the fault cleared (polling)", |t| {
+        t.is_empty()
+    });
+    browser.goto(&server.url());
+    hub.set_fault("journal", Some(reason.to_string()));
+    browser.wait_text("fault-flag", WAIT, "the fault again (stream)", |t| {
+        t.contains(reason)
+    });
+    hub.set_fault("journal", None);
+    browser.wait_text("fault-flag", WAIT, "the fault cleared (stream)", |t| {
+        t.is_empty()
+    });
+    drop(feeder);
 }

@@ -1,7 +1,10 @@
 //! Where the model looks (`echonet_edge::explain`): SmoothGrad against finite differences and the
 //! vanilla gradient, saliency mass on the phantom's heart, occlusion of the left ventricle against
 //! occlusion elsewhere, and the `echonet saliency` / `echonet occlusion` commands.
+// Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
 mod display_support;
 
 use std::path::{Path, PathBuf};
@@ -10,13 +13,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarMap;
-use echonet_edge::capture::phantom::{Phantom, PhantomParams};
+use common::echonet;
 use echonet_edge::explain::occlusion::{masked, predict_raw};
 use echonet_edge::explain::{black_values, mask_to_input, Explainer, SmoothGrad};
 use echonet_edge::frame::Frame;
 use echonet_edge::model::{
     read_bundle, Architecture, EchoNetModel, InputSpec, RunOptions, TaskSpec,
 };
+use echonet_edge::phantom::{Phantom, PhantomParams};
 use echonet_edge::preprocess::resize::letterbox;
 use echonet_edge::preprocess::{PreparedInput, PreprocessConfig, Preprocessor, Sector};
 use echonet_edge::train::TrainableIrv1;
@@ -458,12 +462,9 @@ fn masking_the_left_ventricle_moves_volume_more_than_masking_elsewhere() {
     }
 }
 
-fn echonet(args: &[&str]) -> std::process::Output {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_echonet"))
-        .args(args)
-        .env("ECHONET_LOG", "warn")
-        .output()
-        .unwrap();
+/// `echonet ARGS`, which must succeed.
+fn run_echonet_ok(args: &[&str]) -> std::process::Output {
+    let out = echonet().args(args).output().unwrap();
     assert!(
         out.status.success(),
         "echonet {args:?}: {}",
@@ -496,7 +497,7 @@ fn saliency_and_occlusion_commands_write_png_and_npy() {
     let model = bundled();
     let model = model.to_str().unwrap();
     let spec = read_bundle(&bundled()).unwrap().manifest.input;
-    echonet(&[
+    run_echonet_ok(&[
         "phantom",
         "--out",
         d.join("ph").to_str().unwrap(),
@@ -539,7 +540,7 @@ fn saliency_and_occlusion_commands_write_png_and_npy() {
                 frames,
             ];
             args.extend(extra.iter().copied());
-            let out = echonet(&args);
+            let out = run_echonet_ok(&args);
             let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
                 .unwrap()
                 .lines()
@@ -567,7 +568,7 @@ fn saliency_and_occlusion_commands_write_png_and_npy() {
     }
     // Deterministic: the same seed writes the same map.
     let again = d.join("again");
-    echonet(&[
+    run_echonet_ok(&[
         "saliency",
         "--model",
         model,
@@ -587,7 +588,7 @@ fn saliency_and_occlusion_commands_write_png_and_npy() {
         std::fs::read(d.join("saliency-1/frame.npy")).unwrap()
     );
     // An unknown task is an error that names the model's tasks.
-    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_echonet"))
+    let bad = echonet()
         .args([
             "saliency",
             "--model",
@@ -686,7 +687,7 @@ fn saliency_endpoint_of_the_running_daemon() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_echonet"))
+    let mut child = echonet()
         .args([
             "run",
             "--model",

@@ -1,6 +1,8 @@
 //! The display server over real sockets: every endpoint, the SSE stream read raw, health
 //! transitions, the Prometheus text format, client limits, and that a client that never reads
 //! cannot slow the publisher down.
+// Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod display_support;
 
@@ -678,4 +680,75 @@ fn the_served_frame_is_masked_to_the_sector_by_default() {
         .publish_frame(&image, Some(vec![(0.0, 0.0), (300.0, 0.0), (0.0, 200.0)]))
         .unwrap());
     assert_eq!(get(&server, "/api/frame").status, 503);
+}
+
+/// The trend history is what grew the daemon's memory in a soak (about 1.8 KB/s): it is capped,
+/// by age (10 minutes) and by count (20 000 points, about 2 MB), so memory levels off whatever
+/// the estimate rate. Here the count cap, with the daemon's settings: nothing ages out in a test
+/// this short, and the oldest points go first.
+#[test]
+fn trend_history_levels_off_at_its_cap() {
+    let config = HubConfig::default();
+    let cap = config.history_max_points;
+    assert_eq!(cap, 20_000);
+    assert_eq!(config.history_window, Duration::from_secs(600));
+    let (hub, server) = start(config, ServerConfig::default());
+    let extra = 1_500u64;
+    for seq in 0..cap as u64 + extra {
+        hub.publish_estimate(estimate(seq, 40.0 + (seq % 20) as f64))
+            .unwrap();
+        if seq as usize == cap - 1 {
+            assert_eq!(hub.history().len(), cap);
+        }
+    }
+    let history = hub.history();
+    assert_eq!(history.len(), cap, "the history grew past its cap");
+    assert_eq!(history.first().and_then(|p| p.seq), Some(extra));
+    assert_eq!(
+        history.last().and_then(|p| p.seq),
+        Some(cap as u64 + extra - 1)
+    );
+    let metrics = get(&server, "/metrics").text();
+    assert!(
+        metrics.contains(&format!("echonet_display_history_points {cap}")),
+        "{metrics}"
+    );
+    let served = get(&server, "/api/history").json();
+    assert_eq!(served["points"].as_array().map(Vec::len), Some(cap));
+}
+
+/// A fault (the journal cannot be written, a stage died) reaches every page as a `faults` event
+/// while the estimates keep coming; a page that connects later starts with it; clearing it sends
+/// an empty list.
+#[test]
+fn faults_reach_the_page_as_events_while_estimates_carry_on() {
+    let (hub, server) = start(HubConfig::default(), ServerConfig::default());
+    hub.publish_estimate(estimate(1, 50.0)).unwrap();
+    let early = hub.subscribe(4).unwrap();
+    assert_eq!(early.try_recv().map(|e| e.name), Some("snapshot"));
+    let reason = "journal /data/j.sqlite: disk I/O error";
+    hub.set_fault("journal", Some(reason.to_string()));
+    // The same fault again is no news.
+    hub.set_fault("journal", Some(reason.to_string()));
+    hub.publish_estimate(estimate(2, 51.0)).unwrap();
+    let e = early.try_recv().unwrap();
+    assert_eq!(e.name, "faults");
+    let v: Value = serde_json::from_str(&e.data).unwrap();
+    assert_eq!(v, json!({ "faults": [format!("journal: {reason}")] }));
+    assert_eq!(early.try_recv().map(|e| e.name), Some("estimate"));
+    assert!(early.try_recv().is_none());
+    let r = get(&server, "/healthz");
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains(reason), "{}", r.text());
+    assert_eq!(get(&server, "/api/latest").status, 200);
+
+    let late = hub.subscribe(4).unwrap();
+    let names: Vec<&str> = std::iter::from_fn(|| late.try_recv().map(|e| e.name)).collect();
+    assert_eq!(names, ["snapshot", "faults"]);
+
+    hub.set_fault("journal", None);
+    let e = early.try_recv().unwrap();
+    assert_eq!(e.name, "faults");
+    assert_eq!(&*e.data, r#"{"faults":[]}"#);
+    assert_eq!(get(&server, "/healthz").status, 200);
 }

@@ -2,6 +2,8 @@
 //! per pass) gives the estimates of one frame at a time, on the CPU too: sampling, preparation
 //! and window order do not depend on the batch size, including a short last batch and frames the
 //! quality gate refuses. The CUDA side of the same check is in tests/gpu.rs.
+// Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use echonet_edge::aggregate::WindowConfig;
 use echonet_edge::config::Config;

@@ -1,9 +1,9 @@
 //! Parity with PyTorch: the fixture network (width 0.125, 75x75, random BN-randomised weights)
 //! converted from its PyTorch files must reproduce the goldens of tools/parity/make_goldens.py.
+// Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-
-use std::process::Command;
 
 use common::*;
 use echonet_edge::input::load_npy;
@@ -96,7 +96,7 @@ fn infer_cli_prints_the_documented_json() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = convert_fixture("irv1_w0125.pth", dir.path(), StorageDtype::F32);
     let g = golden("rgb");
-    let out = Command::new(env!("CARGO_BIN_EXE_echonet"))
+    let out = echonet()
         .args(["infer", "--model"])
         .arg(&bundle)
         .arg("--input")
@@ -118,7 +118,7 @@ fn infer_cli_prints_the_documented_json() {
         assert!(f["outputs"]["ef"].is_number() && f["outputs"]["pacemaker"].is_number());
     }
     // Without --features, no features key.
-    let out = Command::new(env!("CARGO_BIN_EXE_echonet"))
+    let out = echonet()
         .args(["infer", "--model"])
         .arg(&bundle)
         .arg("--input")
@@ -133,7 +133,7 @@ fn infer_cli_prints_the_documented_json() {
 fn convert_cli_reports_reduced_precision_deviation() {
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("f16.safetensors");
-    let out = Command::new(env!("CARGO_BIN_EXE_echonet"))
+    let out = echonet()
         .arg("convert")
         .arg(fixture("irv1_w0125.pth"))
         .arg(&out_path)

@@ -1,20 +1,22 @@
 //! `echonet phantom` end to end: the clips it writes are valid multi-frame ultrasound DICOM whose
 //! pixels, timing and geometry are the phantom's own, and its CSV ground truth agrees with the
 //! library's volume curve.
+// Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 
+use common::echonet;
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::open_file;
-use echonet_edge::capture::phantom::{clip_seed, Phantom, PhantomParams};
+use echonet_edge::phantom::{clip_seed, Phantom, PhantomParams};
 
-fn echonet(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_echonet"))
-        .args(args)
-        .output()
-        .expect("run echonet")
+/// `echonet ARGS`, waited for.
+fn run_echonet(args: &[&str]) -> std::process::Output {
+    echonet().args(args).output().expect("run echonet")
 }
 
 /// Rows of a CSV file (no quoting in these files), keyed by header name.
@@ -44,7 +46,7 @@ fn cli_writes_dicom_clips_and_agreeing_csvs() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("set");
     let (clips, frames, fps, w, h) = (3u32, 10u64, 25.0, 320usize, 240usize);
-    let o = echonet(&[
+    let o = run_echonet(&[
         "phantom",
         "--out",
         out.to_str().unwrap(),
@@ -212,7 +214,7 @@ fn cli_writes_dicom_clips_and_agreeing_csvs() {
 
     // The same command gives the same bytes (no dates, no random UIDs).
     let again = dir.path().join("again");
-    let o = echonet(&[
+    let o = run_echonet(&[
         "phantom",
         "--out",
         again.to_str().unwrap(),
@@ -259,7 +261,7 @@ fn cli_rejects_bad_requests() {
             "phantom", "--out", out, "--clips", "1", "--seed", "1", "--width", "50",
         ],
     ] {
-        let o = echonet(&args);
+        let o = run_echonet(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
         assert!(
             String::from_utf8_lossy(&o.stderr).contains("error"),

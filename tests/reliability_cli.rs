@@ -2,6 +2,8 @@
 //! meet it: nonsense `--duration` and settings, FIFOs and devices where files belong, an output
 //! that cannot be written, a display address open to the network, inputs that are all unusable;
 //! and the results journal: written, exported, and sound after SIGKILL at random moments.
+// Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -12,14 +14,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use echonet_edge::model::StorageDtype;
 use echonet_edge::publish::journal::{displayed_numbers, Journal};
-
-fn echonet() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_echonet"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("ECHONET_LOG", "warn")
-        .stdin(Stdio::null());
-    c
-}
 
 /// Runs `cmd`, killing it if it outlives `limit` (a hang is a failure, not a stuck test).
 fn run_within(cmd: &mut Command, limit: Duration) -> std::process::Output {
@@ -410,5 +404,278 @@ fn sigkill_at_random_moments_loses_at_most_the_record_in_flight() {
             published.len()
         );
         assert_eq!(rows[..], published[..rows.len()], "round {round}");
+    }
+}
+
+/// One HTTP/1.1 GET over a plain socket: the status line and everything read until the server
+/// closes, `until` appears, or `limit` passes (an SSE stream never closes).
+fn http_get(port: u16, path: &str, until: &str, limit: Duration) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let (started, mut got, mut buf) = (Instant::now(), Vec::new(), [0u8; 4096]);
+    while started.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        if !until.is_empty() && String::from_utf8_lossy(&got).contains(until) {
+            break;
+        }
+    }
+    Some(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// A journal that cannot be written (its folder is a file: no permission trick that root would
+/// ignore) never stops the live results: JSON Lines and the display carry on, `/healthz` fails
+/// naming the journal, the page is sent a `faults` event, every lost row is counted, and the run
+/// ends non-zero.
+#[test]
+fn an_unwritable_journal_is_flagged_on_healthz_and_the_page_while_results_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = convert_fixture("irv1_w0125.pth", dir.path(), StorageDtype::F32);
+    let not_a_folder = dir.path().join("not-a-folder");
+    std::fs::write(&not_a_folder, b"a file").unwrap();
+    let journal = not_a_folder.join("journal.sqlite");
+    let (jsonl, summary) = (
+        dir.path().join("out.jsonl"),
+        dir.path().join("summary.json"),
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = echonet()
+        .args([
+            "run",
+            "--source",
+            "phantom",
+            "--duration",
+            "60",
+            "--threads",
+            "1",
+        ])
+        .args(["--http", &format!("127.0.0.1:{port}"), "--jsonl"])
+        .arg(&jsonl)
+        .arg("--journal")
+        .arg(&journal)
+        .arg("--summary")
+        .arg(&summary)
+        .arg("--model")
+        .arg(&bundle)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let (mut health, mut latest, mut stream) = (String::new(), String::new(), String::new());
+    while started.elapsed() < Duration::from_secs(50) {
+        std::thread::sleep(Duration::from_millis(200));
+        if !health.contains("503") {
+            health = http_get(port, "/healthz", "", Duration::from_secs(2)).unwrap_or_default();
+        }
+        if !latest.contains("200 OK") {
+            latest = http_get(port, "/api/latest", "", Duration::from_secs(2)).unwrap_or_default();
+        }
+        if !stream.contains("event: faults") {
+            stream = http_get(port, "/api/stream", "event: faults", Duration::from_secs(2))
+                .unwrap_or_default();
+        }
+        if health.contains("503") && latest.contains("200 OK") && stream.contains("event: faults") {
+            break;
+        }
+    }
+    // SIGTERM: the run ends as a supervisor would end it, writing its summary.
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(
+        health.contains("503") && health.contains("journal"),
+        "{health}\n{err}"
+    );
+    assert!(
+        health.contains("not-a-folder"),
+        "the fault names the file: {health}"
+    );
+    assert!(
+        latest.contains("200 OK"),
+        "the display carries on: {latest}"
+    );
+    let faults_line = stream
+        .lines()
+        .skip_while(|l| *l != "event: faults")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        faults_line.starts_with("data: ") && faults_line.contains("journal"),
+        "{stream}"
+    );
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let written = s["records_written"].as_u64().unwrap();
+    assert!(written > 0, "JSON Lines carry on: {s}");
+    assert_eq!(s["records_journaled"], 0, "{s}");
+    assert_eq!(s["journal_write_failures"].as_u64(), Some(written), "{s}");
+    assert!(err.contains("could not be journaled"), "{err}");
+}
+
+/// The DICOM's patient name and id never leave the process: not in JSON Lines, the logs (at
+/// debug level), the display's endpoints and stream, or the journal's bytes.
+#[test]
+fn patient_identifiers_reach_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let clips = dir.path().join("clips");
+    let out = run_within(
+        echonet()
+            .args(["phantom", "--clips", "1", "--seed", "7", "--frames", "40"])
+            .args(["--width", "320", "--height", "240", "--out"])
+            .arg(&clips),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let clip = std::fs::read_dir(&clips)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .unwrap();
+    // What the phantom writes as the patient (src/cli/phantom.rs): seed 7, clip 0.
+    let identifiers = ["PHANTOM^SYNTHETIC", "PHANTOM-7000"];
+    let raw = std::fs::read(&clip).unwrap();
+    for id in identifiers {
+        assert!(
+            raw.windows(id.len()).any(|w| w == id.as_bytes()),
+            "the clip does not carry {id}: the test would prove nothing"
+        );
+    }
+    let journal = dir.path().join("journal.sqlite");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = echonet()
+        .env("ECHONET_LOG", "debug")
+        .args([
+            "run",
+            "--source",
+            "dicom",
+            "--duration",
+            "30",
+            "--threads",
+            "1",
+        ])
+        .args(["--http", &format!("127.0.0.1:{port}"), "--input"])
+        .arg(&clip)
+        .arg("--journal")
+        .arg(&journal)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut served = String::new();
+    while started.elapsed() < Duration::from_secs(25) {
+        std::thread::sleep(Duration::from_millis(300));
+        let latest = http_get(port, "/api/latest", "", Duration::from_secs(2)).unwrap_or_default();
+        if latest.contains("200 OK") {
+            served = latest;
+            for path in ["/metrics", "/api/history", "/healthz", "/api/frame/outline"] {
+                served += &http_get(port, path, "", Duration::from_secs(2)).unwrap_or_default();
+            }
+            served += &http_get(
+                port,
+                "/api/stream",
+                "event: estimate",
+                Duration::from_secs(3),
+            )
+            .unwrap_or_default();
+            break;
+        }
+    }
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        served.contains("\"status\""),
+        "no estimate was served: {served}"
+    );
+    let mut outputs = vec![
+        ("JSON Lines", out.stdout.clone()),
+        ("logs", out.stderr.clone()),
+        ("endpoints", served.into_bytes()),
+    ];
+    for suffix in ["", "-wal"] {
+        let mut name = journal.as_os_str().to_owned();
+        name.push(suffix);
+        if let Ok(bytes) = std::fs::read(&name) {
+            outputs.push(("journal", bytes));
+        }
+    }
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"status\""));
+    for (what, bytes) in &outputs {
+        for id in identifiers {
+            assert!(
+                !bytes.windows(id.len()).any(|w| w == id.as_bytes()),
+                "{id} found in the {what}"
+            );
+        }
+    }
+}
+
+/// JSON Lines to a pipe whose reader stops reading: the full pipe blocks a write, which used to
+/// hold the publisher and with it the whole shutdown, so neither `--duration` nor SIGTERM ended
+/// the run. Now the line waits at most 2 s, the rest are counted as failures, the run ends on
+/// time, and the exit status says records were lost.
+#[test]
+fn a_jsonl_reader_that_stops_reading_does_not_hang_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("summary.json");
+    let mut cmd = echonet();
+    cmd.args([
+        "run",
+        "--source",
+        "phantom",
+        "--duration",
+        "8",
+        "--threads",
+        "1",
+    ])
+    .args([
+        "--set",
+        "source.pacing=as_fast_as_possible",
+        "--http",
+        "off",
+    ])
+    .arg("--summary")
+    .arg(&summary);
+    // run_within reads stdout only once the child has exited: until then nobody reads the pipe,
+    // and at about 25 records a second its 64 KiB fill in a few seconds.
+    let out = run_within(&mut cmd, Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let failed = s["record_write_failures"].as_u64().unwrap();
+    let written = s["records_written"].as_u64().unwrap();
+    assert!(failed > 0 && written > 0, "{s}");
+    assert!(stderr(&out).contains("still reading"), "{}", stderr(&out));
+    // Whatever did reach the pipe is whole lines.
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
     }
 }

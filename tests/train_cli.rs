@@ -3,17 +3,17 @@
 //! exactly, the grid and per-task layouts write what they say, and bad settings are refused by
 //! name. Whether training learns is checked where it matters, on the bundled model
 //! (tests/bundled_model.rs).
+// Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+use common::echonet;
 
 use echonet_edge::model::{read_bundle, EchoNetModel, RunOptions};
-
-fn echonet() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_echonet"));
-    c.env("ECHONET_LOG", "warn");
-    c
-}
 
 const TINY: &[&str] = &[
     "train",

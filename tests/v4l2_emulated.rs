@@ -4,17 +4,22 @@
 //! and preloaded into child processes: either this test binary again (running one test's body in
 //! process, against `V4l2Source` itself) or the `echonet` binary (the daemon and probe-capture as
 //! a user runs them). A child that does not run its body fails the test; nothing is skipped.
+// Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use echonet_edge::capture::phantom::PhantomParams;
+use common::echonet;
 use echonet_edge::capture::v4l2::emu_frames::{phantom_frames, write_emu_frames};
 use echonet_edge::capture::v4l2::{V4l2Config, V4l2Source};
 use echonet_edge::capture::{FrameSource, SourceError};
 use echonet_edge::frame::{Frame, Image, PixelFormat};
+use echonet_edge::phantom::PhantomParams;
 
 const DEVICE: &str = "/dev/video-emu";
 /// Size of the phantom frames served (small: the CI machine has two cores).
@@ -447,9 +452,7 @@ fn garbage_and_short_buffers_are_bad_frames_never_a_crash() {
 
 fn echonet_under_emulator(env: &[(&str, &str)], args: &[&str]) -> Output {
     let (so, frames) = emulator();
-    Command::new(env!("CARGO_BIN_EXE_echonet"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("ECHONET_LOG", "warn")
+    echonet()
         .env("LD_PRELOAD", so)
         .env("V4L2_EMU_FRAMES", frames)
         .envs(env.iter().copied())

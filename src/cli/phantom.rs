@@ -17,8 +17,8 @@ use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
-use echonet_edge::capture::phantom::{clip_seed, Phantom, PhantomParams};
 use echonet_edge::capture::v4l2::emu_frames;
+use echonet_edge::phantom::{clip_seed, Phantom, PhantomParams};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

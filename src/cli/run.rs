@@ -3,7 +3,7 @@
 //! (bundled model, the V4L2 device or else the built-in phantom) unless told otherwise; SIGINT and
 //! SIGTERM finish the frame in flight, flush every output and exit 0.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use echonet_edge::capture::dicom::DicomSource;
 use echonet_edge::capture::images::ImagesSource;
-use echonet_edge::capture::phantom::{PhantomParams, PhantomSource};
+use echonet_edge::capture::phantom::PhantomSource;
 use echonet_edge::capture::v4l2::V4l2Source;
 use echonet_edge::capture::FrameSource;
 use echonet_edge::config::{Config, SourceKind, EMBEDDED_DEFAULT};
@@ -21,6 +21,7 @@ use echonet_edge::frame::Image;
 use echonet_edge::metrics::PipelineMetrics;
 use echonet_edge::model::catalog::Catalog;
 use echonet_edge::model::{read_bundle, EchoNetModel};
+use echonet_edge::phantom::PhantomParams;
 use echonet_edge::pipeline::{EstimateSink, Pipeline, RunLimits};
 use echonet_edge::preprocess::{PreparedInput, Preprocessor};
 use echonet_edge::publish::journal::{new_session_id, Journal, SessionInfo};
@@ -516,7 +517,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "results journal open"
             ),
             // The display must carry on: the fault shows on /healthz and the sink retries.
-            Err(e) => sink.report(Err(e.to_string())),
+            // Not counted: `journal_write_failures` counts records that were not journaled.
+            Err(e) => sink.health.failed(e.to_string()),
         }
         sinks.insert(0, Box::new(sink));
     }
@@ -583,6 +585,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             summary.record_write_failures,
             summary.record_write_failures + summary.records_written,
             config.publish.jsonl
+        );
+    }
+    if summary.journal_write_failures > 0 {
+        let journal = config.publish.journal.as_deref().unwrap_or(Path::new("-"));
+        bail!(
+            "{} of {} records could not be journaled to {}",
+            summary.journal_write_failures,
+            summary.journal_write_failures + summary.records_journaled,
+            journal.display()
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::capture::phantom::{Phantom, PhantomParams};
 use crate::frame::{Frame, SourceGeometry};
+use crate::phantom::{Phantom, PhantomParams};
 
 pub mod avi;
 pub mod echonet_dynamic;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::{ClipRecord, ClipSource, Dataset, DatasetError, DatasetKind, Result, LV_VOLUME};
-use crate::capture::phantom::{clip_seed, Phantom, PhantomParams};
+use crate::phantom::{clip_seed, Phantom, PhantomParams};
 
 /// Clip-level labels of a phantom patient, in task units.
 pub fn clip_labels(params: &PhantomParams) -> BTreeMap<String, f64> {

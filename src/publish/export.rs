@@ -153,9 +153,9 @@ pub fn to_fhir_bundle(session: &SessionInfo, rows: &[JournalRow]) -> Value {
                 obs["issued"] = json!(t);
             }
             if let Some(exam) = &r.exam_id {
-                obs["identifier"]
-                    .as_array_mut()
-                    .map(|a| a.push(json!({"system": "urn:echonet-edge:exam", "value": exam})));
+                if let Some(identifiers) = obs["identifier"].as_array_mut() {
+                    identifiers.push(json!({"system": "urn:echonet-edge:exam", "value": exam}));
+                }
             }
             entries.push(json!({
                 "fullUrl": format!("urn:uuid:{}", pseudo_uuid(&id)),

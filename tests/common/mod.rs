@@ -1,11 +1,22 @@
-//! Shared helpers for the integration tests: fixture paths, the PyTorch goldens, and a converted
-//! bundle of the parity fixture.
+//! Shared helpers for the integration tests: the `echonet` binary as a command, fixture paths, the
+//! PyTorch goldens, and a converted bundle of the parity fixture.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use echonet_edge::model::import::{convert, ConvertOptions, ConvertSpec};
 use echonet_edge::model::StorageDtype;
+
+/// The `echonet` binary built for this test run, as a command started in the source tree, logging
+/// warnings only (`ECHONET_LOG=warn`) and reading nothing from stdin. The one way tests run it.
+pub fn echonet() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_echonet"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("ECHONET_LOG", "warn")
+        .stdin(Stdio::null());
+    c
+}
 
 /// Relative L2 error allowed on pooled features against PyTorch, f32 (issue #2).
 pub const F32_FEATURE_TOL: f64 = 1e-4;

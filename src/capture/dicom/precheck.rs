@@ -60,23 +60,34 @@ enum Syntax {
     ExplicitBig,
 }
 
-/// VRs whose explicit form has 2 reserved bytes and a 4-byte length.
-fn has_long_length(vr: [u8; 2]) -> bool {
+/// VRs whose explicit form has a 2-byte length (PS3.5 7.1.2). Every other pair of bytes, a
+/// VR this list does not name included, has 2 reserved bytes and a 4-byte length: dicom-rs reads
+/// an unknown VR as UN, so a flipped VR byte ("UI" -> "~I") makes it read 4 length bytes from
+/// the value, and this walk must read the same length to check it.
+fn has_short_length(vr: [u8; 2]) -> bool {
     matches!(
         &vr,
-        b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"SQ"
-            | b"SV"
-            | b"UC"
-            | b"UN"
-            | b"UR"
-            | b"UT"
-            | b"UV"
+        b"AE"
+            | b"AS"
+            | b"AT"
+            | b"CS"
+            | b"DA"
+            | b"DS"
+            | b"DT"
+            | b"FL"
+            | b"FD"
+            | b"IS"
+            | b"LO"
+            | b"LT"
+            | b"PN"
+            | b"SH"
+            | b"SL"
+            | b"SS"
+            | b"ST"
+            | b"TM"
+            | b"UI"
+            | b"UL"
+            | b"US"
     )
 }
 
@@ -92,9 +103,30 @@ fn is_sequence(tag: (u16, u16)) -> bool {
 /// "DICM" marker): dicom-rs refuses those in its own words. Err only for a length that cannot
 /// fit, or an I/O error (as a fault at the offset reached).
 pub fn check_lengths(file: File, size: u64, transfer_syntax: &str) -> Result<(), LengthFault> {
+    walk(file, size, transfer_syntax, false)
+}
+
+/// The same walk over the file meta group only (always explicit VR little endian), for before
+/// the transfer syntax is known: dicom-rs's meta group reader, which `peek_transfer_syntax`
+/// uses, allocates each declared length too (a zeroed VR in (0002,0012) made it take 775 MB).
+pub fn check_meta_lengths(file: &File, size: u64) -> Result<(), LengthFault> {
+    let file = file.try_clone().map_err(|_| LengthFault {
+        offset: 0,
+        tag: (0, 0),
+        declared: 0,
+        remaining: size,
+    })?;
+    walk(file, size, "", true)
+}
+
+fn walk(file: File, size: u64, transfer_syntax: &str, meta_only: bool) -> Result<(), LengthFault> {
     let mut r = BufReader::new(file);
     let mut magic = [0u8; 132];
-    if size < 132 || r.read_exact(&mut magic).is_err() || &magic[128..132] != b"DICM" {
+    if size < 132
+        || r.seek(SeekFrom::Start(0)).is_err()
+        || r.read_exact(&mut magic).is_err()
+        || &magic[128..132] != b"DICM"
+    {
         return Ok(());
     }
     let data_syntax = match transfer_syntax.trim_end_matches(['\0', ' ']) {
@@ -119,6 +151,9 @@ pub fn check_lengths(file: File, size: u64, transfer_syntax: &str) -> Result<(),
         r.read_exact(&mut head).map_err(|_| io_fault(pos))?;
         // The meta group (0002) is always explicit little endian; peek the group to choose.
         let group_le = u16::from_le_bytes([head[0], head[1]]);
+        if meta_only && group_le != 0x0002 {
+            return Ok(());
+        }
         let syntax = if group_le == 0x0002 {
             Syntax::ExplicitLittle
         } else {
@@ -153,13 +188,16 @@ pub fn check_lengths(file: File, size: u64, transfer_syntax: &str) -> Result<(),
             (length, is_sequence(tag))
         } else {
             let vr = [head[4], head[5]];
-            if has_long_length(vr) {
+            if has_short_length(vr) {
+                (u32::from(u16_at([head[6], head[7]])), false)
+            } else {
+                if size - pos < 4 {
+                    return Ok(()); // a header cut short: dicom-rs reports it
+                }
                 let mut more = [0u8; 4];
                 r.read_exact(&mut more).map_err(|_| io_fault(pos))?;
                 pos += 4;
                 (u32_at(more), &vr == b"SQ")
-            } else {
-                (u32::from(u16_at([head[6], head[7]])), false)
             }
         };
         if length == UNDEFINED {
@@ -245,6 +283,44 @@ mod tests {
         // A 4-byte OB length of 0x7F000000.
         let ob = [0x09, 0x00, 0x10, 0x10, b'O', b'B', 0, 0, 0, 0, 0, 0x7F];
         assert_eq!(check(&ob).unwrap_err().declared, 0x7F00_0000);
+    }
+
+    /// A flipped VR byte ("UI" -> "~I"): dicom-rs reads the unknown VR as UN, with 2 reserved
+    /// bytes and a 4-byte length taken from the value's text (0x2E333231, 775 MB: what 96
+    /// mutations of tests/dicom_mutations.rs allocated). The walk reads the same length.
+    #[test]
+    fn an_unknown_vr_has_a_four_byte_length_as_dicom_rs_reads_it() {
+        let mut uid = vec![0x20, 0x00, 0x0D, 0x00, b'~', b'I', 8, 0];
+        uid.extend_from_slice(b"1.23.4.5");
+        let fault = check(&uid).unwrap_err();
+        assert_eq!(fault.tag, (0x0020, 0x000D));
+        assert_eq!(fault.declared, u64::from(u32::from_le_bytes(*b"1.23")));
+        // Known short and long VRs keep their own forms.
+        let mut short = vec![0x20, 0x00, 0x0D, 0x00, b'U', b'I', 8, 0];
+        short.extend_from_slice(b"1.23.4.5");
+        assert_eq!(check(&short), Ok(()));
+        let mut long = vec![0x09, 0x00, 0x10, 0x10, b'U', b'T', 0, 0, 4, 0, 0, 0];
+        long.extend_from_slice(b"text");
+        assert_eq!(check(&long), Ok(()));
+    }
+
+    /// The meta group is checked on its own, before the transfer syntax is read from it: a
+    /// zeroed VR there (an unknown VR: 4-byte length) is caught, and a data set element that
+    /// would not fit is left to the full walk.
+    #[test]
+    fn the_meta_group_is_checked_before_the_transfer_syntax_is_read() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let mut bytes = vec![0u8; 128];
+        bytes.extend_from_slice(b"DICM");
+        bytes.extend_from_slice(&[0x02, 0x00, 0x12, 0x00, 0, 0, 0, 0]);
+        bytes.extend_from_slice(b"1.2.826.0.1.3680043");
+        f.write_all(&bytes).unwrap();
+        let size = bytes.len() as u64;
+        let fault = check_meta_lengths(&f.reopen().unwrap(), size).unwrap_err();
+        assert_eq!(fault.tag, (0x0002, 0x0012));
+        let (g, size) = file_with(&[0x28, 0x00, 0x10, 0x00, b'U', b'S', 2, 0x40, 0x40, 0x00]);
+        assert_eq!(check_meta_lengths(&g.reopen().unwrap(), size), Ok(()));
+        assert!(check_lengths(g.reopen().unwrap(), size, "1.2.840.10008.1.2.1").is_err());
     }
 
     #[test]

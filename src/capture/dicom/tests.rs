@@ -902,3 +902,60 @@ fn a_damaged_frame_is_a_bad_frame_and_the_replay_goes_on() {
     assert!(last.image.data.iter().all(|&v| v.abs_diff(90) <= 2));
     assert!(source.next_frame().unwrap().is_none());
 }
+
+/// Seeds of the DICOM fuzz target (fuzz/corpus/dicom/): small synthetic files reaching the
+/// JPEG, 16-bit, timing and region paths (run by hand; the outputs are committed).
+#[test]
+#[ignore = "writes fuzz/corpus/dicom seeds (run by hand)"]
+fn write_fuzz_seeds() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/dicom");
+    std::fs::create_dir_all(&dir).unwrap();
+    let grey = image::GrayImage::from_fn(16, 8, |x, y| image::Luma([(x * 16 + y) as u8]));
+    jpeg_clip(&dir, "jpeg_grey.dcm", "MONOCHROME2", grey.into());
+    let rgb = image::RgbImage::from_fn(16, 8, |x, y| {
+        image::Rgb([(x * 16) as u8, (y * 30) as u8, 90])
+    });
+    jpeg_clip(&dir, "jpeg_ybr422.dcm", "YBR_FULL_422", rgb.into());
+    let mut elements = image(4, 6, "MONOCHROME1", (16, 12), 2);
+    elements.push(ds(tags::WINDOW_CENTER, &["2000"]));
+    elements.push(ds(tags::WINDOW_WIDTH, &["1000"]));
+    elements.push(ds(tags::FRAME_TIME_VECTOR, &["0", "33.3"]));
+    elements.push(pixels16((0..48).map(|i| i * 80).collect()));
+    write(&dir, "mono1_16bit_timing.dcm", elements);
+    let region: Vec<InMemElement> = vec![
+        DataElement::new(
+            tags::REGION_LOCATION_MIN_X0,
+            VR::UL,
+            PrimitiveValue::from(1u32),
+        ),
+        DataElement::new(
+            tags::REGION_LOCATION_MIN_Y0,
+            VR::UL,
+            PrimitiveValue::from(1u32),
+        ),
+        DataElement::new(
+            tags::REGION_LOCATION_MAX_X1,
+            VR::UL,
+            PrimitiveValue::from(5u32),
+        ),
+        DataElement::new(
+            tags::REGION_LOCATION_MAX_Y1,
+            VR::UL,
+            PrimitiveValue::from(3u32),
+        ),
+        us(tags::REGION_SPATIAL_FORMAT, 1),
+        us(tags::REGION_DATA_TYPE, 1),
+        us(tags::PHYSICAL_UNITS_X_DIRECTION, 3),
+        us(tags::PHYSICAL_UNITS_Y_DIRECTION, 3),
+        DataElement::new(tags::PHYSICAL_DELTA_X, VR::FD, PrimitiveValue::from(0.05)),
+        DataElement::new(tags::PHYSICAL_DELTA_Y, VR::FD, PrimitiveValue::from(0.05)),
+    ];
+    let mut elements = image(4, 6, "RGB", (8, 8), 1);
+    elements.push(sequence(
+        tags::SEQUENCE_OF_ULTRASOUND_REGIONS,
+        vec![InMemDicomObject::from_element_iter(region)],
+    ));
+    elements.push(text(tags::CINE_RATE, VR::IS, "25"));
+    elements.push(pixels8((0..72).map(|i| i as u8 * 3).collect()));
+    write(&dir, "rgb_regions.dcm", elements);
+}

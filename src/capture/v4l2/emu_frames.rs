@@ -8,9 +8,9 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::capture::phantom::{Phantom, PhantomError, PhantomParams};
 use crate::dataset::avi::encode_jpeg;
 use crate::frame::{Image, PixelFormat};
+use crate::phantom::{Phantom, PhantomError, PhantomParams};
 
 /// Why a frame file could not be written.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,396 @@
+//! The renderer: fan, tissue and speckle, chambers, attenuation, burned-in labels, the ECG strip
+//! and the grey bar, from the heart model at one instant.
+
+use std::time::Duration;
+
+use crate::frame::{Image, PixelRect};
+
+use super::random::mix;
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// Imaging. Grey levels are in display units (0-255) before the probe's gain and offset.
+// ---------------------------------------------------------------------------------------------
+
+/// Half-opening of the fan each side of the beam axis (86 degrees in all), typical of cardiac
+/// phased-array probes.
+pub(super) const SECTOR_HALF_ANGLE_DEG: f64 = 43.0;
+/// Echo levels at zero depth: blood is nearly anechoic, myocardium and valves bright.
+pub(super) const LEVEL_BLOOD: f32 = 12.0;
+pub(super) const LEVEL_TISSUE: f32 = 80.0;
+pub(super) const LEVEL_MYOCARDIUM: f32 = 170.0;
+pub(super) const LEVEL_VALVE: f32 = 190.0;
+/// Log compression maps a 60 dB dynamic range onto 0-255.
+pub(super) const GREY_PER_DB: f64 = 255.0 / 60.0;
+/// Attenuation left after time-gain compensation, dB per cm of depth.
+pub(super) const RESIDUAL_ATTENUATION_DB_PER_CM: f64 = 0.8;
+/// Speckle cells: 0.08 cm along the beam, 0.6 degrees across it (lateral resolution degrades
+/// with depth, so speckle widens with depth like on a real scanner).
+pub(super) const SPECKLE_AXIAL_CM: f64 = 0.08;
+pub(super) const SPECKLE_LATERAL_DEG: f64 = 0.6;
+/// Share of the speckle variance that is frozen per patient (tissue texture) rather than new in
+/// every frame (decorrelation from motion and blood flow).
+pub(super) const SPECKLE_STATIC_SHARE: f64 = 0.7;
+/// Tissue edges blur over this width (the point-spread function), at least one pixel.
+pub(super) const EDGE_BLUR_CM: f64 = 0.06;
+/// Lowest value inside the fan: the receiver's noise floor, so the fan's footprint is exactly
+/// the set of non-zero pixels in every frame.
+pub(super) const FAN_FLOOR: f32 = 1.0;
+pub(super) const TEXT_LEVEL: u8 = 235;
+pub(super) const ECG_LEVEL: u8 = 230;
+/// ECG trace: how many seconds the strip shows.
+pub(super) const ECG_WINDOW_S: f64 = 3.0;
+
+/// Precomputed per-pixel tables (they depend on the image size and depth, not on time).
+#[derive(Default)]
+pub(super) struct Tables {
+    /// Per row, the half-open span of fan pixels (empty when start == end).
+    pub(super) spans: Vec<(usize, usize)>,
+    /// Per pixel: grey levels lost to attenuation.
+    pub(super) attenuation: Vec<f32>,
+    /// Per pixel: the speckle cell in each of two grids offset by half a cell (their average
+    /// hides the cell edges).
+    pub(super) cells: [Vec<u32>; 2],
+    pub(super) cell_count: usize,
+    /// Per cell: the frozen part of the speckle.
+    pub(super) static_speckle: [Vec<f32>; 2],
+    /// Annotations that never change (text, grey bar): (pixel index, value).
+    pub(super) overlay: Vec<(u32, u8)>,
+    pub(super) text_regions: Vec<PixelRect>,
+}
+
+impl Phantom {
+    /// The frame at time `t`. Anatomy follows `t` exactly; the speckle belongs to the nearest
+    /// frame index (round(t × fps)), so `render(frame_time(i))` is frame i of the stream.
+    pub fn render(&self, t: Duration) -> Image {
+        let p = &self.params;
+        let (w, h) = (p.width, p.height);
+        let state = self.heart_state(t);
+        let mut level = vec![LEVEL_TISSUE; w * h];
+        let half_edge = 0.5 * self.edge_cm();
+        // Painter's order: walls and valves, then cavities over them, then open valve orifices.
+        for e in [
+            &state.lv_outer,
+            &state.rv_outer,
+            &state.la_outer,
+            &state.ra_outer,
+        ] {
+            self.paint(&mut level, e, LEVEL_MYOCARDIUM, half_edge);
+        }
+        for e in [&state.mitral_valve, &state.tricuspid_valve] {
+            self.paint(&mut level, e, LEVEL_VALVE, half_edge);
+        }
+        for e in [
+            &state.la_cavity,
+            &state.ra_cavity,
+            &state.rv_cavity,
+            &state.lv_cavity,
+        ] {
+            self.paint(&mut level, e, LEVEL_BLOOD, half_edge);
+        }
+        for e in [&state.mitral_orifice, &state.tricuspid_orifice]
+            .into_iter()
+            .flatten()
+        {
+            self.paint(&mut level, e, LEVEL_BLOOD, half_edge);
+        }
+
+        let frame_index = (t.as_secs_f64() * p.fps).round() as u64;
+        let dynamic = self.dynamic_speckle(frame_index);
+        let ws = (SPECKLE_STATIC_SHARE.sqrt() / 2.0) as f32;
+        let wd = ((1.0 - SPECKLE_STATIC_SHARE).sqrt() / 2.0) as f32;
+        let (gain, offset) = (p.gain as f32, p.offset as f32);
+        let tb = &self.tables;
+        let mut out = vec![0u8; w * h];
+        for (y, &(x0, x1)) in tb.spans.iter().enumerate() {
+            for i in y * w + x0..y * w + x1 {
+                let (c0, c1) = (tb.cells[0][i] as usize, tb.cells[1][i] as usize);
+                let speckle = ws * (tb.static_speckle[0][c0] + tb.static_speckle[1][c1])
+                    + wd * (dynamic[0][c0] + dynamic[1][c1]);
+                let v = offset + gain * (level[i] - tb.attenuation[i] + speckle);
+                out[i] = v.clamp(FAN_FLOOR, 255.0) as u8;
+            }
+        }
+        for &(i, v) in &tb.overlay {
+            out[i as usize] = v;
+        }
+        self.draw_ecg(&mut out, t);
+        Image {
+            width: w,
+            height: h,
+            format: crate::frame::PixelFormat::Gray8,
+            data: out,
+        }
+    }
+
+    // --- rendering ---------------------------------------------------------------------------
+
+    pub(super) fn edge_cm(&self) -> f64 {
+        EDGE_BLUR_CM.max(self.cm_per_px)
+    }
+
+    /// Pixel rectangle holding the ellipse grown by `grow_cm`, clipped to the image.
+    pub(super) fn ellipse_box(&self, e: &Ellipse, grow_cm: f64) -> PixelRect {
+        let (s, c) = self.tilt_rad.sin_cos();
+        let a = e.a_apex.max(e.a_base) + grow_cm;
+        let b = e.b + grow_cm;
+        let hx = ((a * s).powi(2) + (b * c).powi(2)).sqrt() / self.cm_per_px;
+        let hy = ((a * c).powi(2) + (b * s).powi(2)).sqrt() / self.cm_per_px;
+        let (cx, cy) = self.heart_to_px(e.cu, e.cv);
+        let (w, h) = (self.params.width as f64, self.params.height as f64);
+        let clip = |v: f64, hi: f64| v.clamp(0.0, hi) as usize;
+        PixelRect {
+            x0: clip((cx - hx).floor() - 1.0, w),
+            y0: clip((cy - hy).floor() - 1.0, h),
+            x1: clip((cx + hx).ceil() + 1.0, w),
+            y1: clip((cy + hy).ceil() + 1.0, h),
+        }
+    }
+
+    /// Blends `value` into `level` over the ellipse, with an edge ramp `2 * half_edge` cm wide
+    /// centred on the boundary (so the blended area equals the ellipse's area).
+    pub(super) fn paint(&self, level: &mut [f32], e: &Ellipse, value: f32, half_edge: f64) {
+        let w = self.params.width;
+        let r = self.ellipse_box(e, half_edge);
+        // Points whose scaled radius s = sqrt(f) is beyond 1 ± δ are at least δ × (smallest
+        // semi-axis) from the boundary, i.e. fully in or out.
+        let delta = half_edge / e.a_apex.min(e.a_base).min(e.b);
+        let f_in = (1.0 - delta).max(0.0).powi(2);
+        let f_out = (1.0 + delta).powi(2);
+        let edge = 2.0 * half_edge;
+        let (s, c) = self.tilt_rad.sin_cos();
+        let step = self.cm_per_px;
+        for y in r.y0..r.y1 {
+            let (mut u, mut v) = self.px_to_heart(r.x0 as f64 + 0.5, y as f64 + 0.5);
+            let row = &mut level[y * w..(y + 1) * w];
+            for px in &mut row[r.x0..r.x1] {
+                let (f, gu, gv) = e.implicit(u, v);
+                if f < f_out {
+                    let cover = if f <= f_in {
+                        1.0
+                    } else {
+                        // First-order distance to the boundary: (f - 1) / |∇f|.
+                        let d = (f - 1.0) / (2.0 * (gu * gu + gv * gv).sqrt());
+                        (0.5 - d / edge).clamp(0.0, 1.0)
+                    } as f32;
+                    *px += (value - *px) * cover;
+                }
+                u += step * s;
+                v += step * c;
+            }
+        }
+    }
+
+    /// Per-frame speckle for both grids, from (seed, frame index).
+    pub(super) fn dynamic_speckle(&self, frame_index: u64) -> [Vec<f32>; 2] {
+        let n = self.tables.cell_count;
+        let mut out = [vec![0f32; n], vec![0f32; n]];
+        for (g, table) in out.iter_mut().enumerate() {
+            let key =
+                mix(self.params.seed ^ mix(frame_index.wrapping_add(1) ^ ((g as u64 + 1) << 60)));
+            for (i, v) in table.iter_mut().enumerate() {
+                *v = self.speckle_lut[(mix(key ^ i as u64) >> (64 - LUT_BITS)) as usize];
+            }
+        }
+        out
+    }
+
+    pub(super) fn build_tables(&self) -> Tables {
+        let p = &self.params;
+        let (w, h) = (p.width, p.height);
+        let sec = self.layout.sector;
+        let mut spans = Vec::with_capacity(h);
+        for y in 0..h {
+            let inside: Vec<usize> = (0..w).filter(|&x| sec.contains(x, y)).collect();
+            // A row of a wedge of a disc is one interval (both conditions bound |dx|).
+            spans.push(match (inside.first(), inside.last()) {
+                (Some(&a), Some(&b)) => (a, b + 1),
+                _ => (0, 0),
+            });
+        }
+        let grey_per_cm = (RESIDUAL_ATTENUATION_DB_PER_CM * GREY_PER_DB) as f32;
+        let axial_px = SPECKLE_AXIAL_CM / self.cm_per_px;
+        let lateral_rad = SPECKLE_LATERAL_DEG.to_radians();
+        let n_r = (sec.radius_px / axial_px).ceil() as usize + 2;
+        let n_a = (2.0 * sec.half_angle_rad / lateral_rad).ceil() as usize + 2;
+        let cell_count = n_r * n_a;
+        let mut attenuation = vec![0f32; w * h];
+        let mut cells = [vec![0u32; w * h], vec![0u32; w * h]];
+        for (y, &(x0, x1)) in spans.iter().enumerate() {
+            for x in x0..x1 {
+                let dx = x as f64 + 0.5 - sec.apex_x;
+                let dy = y as f64 + 0.5 - sec.apex_y;
+                let r = (dx * dx + dy * dy).sqrt();
+                let ang = dx.atan2(dy) + sec.half_angle_rad;
+                let i = y * w + x;
+                attenuation[i] = (r * self.cm_per_px) as f32 * grey_per_cm;
+                for (g, grid) in cells.iter_mut().enumerate() {
+                    let off = 0.5 * g as f64;
+                    let ir = ((r / axial_px + off) as usize).min(n_r - 1);
+                    let ia = ((ang / lateral_rad + off).max(0.0) as usize).min(n_a - 1);
+                    grid[i] = (ir * n_a + ia) as u32;
+                }
+            }
+        }
+        let mut static_speckle = [vec![0f32; cell_count], vec![0f32; cell_count]];
+        for (g, table) in static_speckle.iter_mut().enumerate() {
+            let key = mix(p.seed ^ mix(0xA5A5_0000 + g as u64));
+            for (i, v) in table.iter_mut().enumerate() {
+                *v = self.speckle_lut[(mix(key ^ i as u64) >> (64 - LUT_BITS)) as usize];
+            }
+        }
+        let (overlay, text_regions) = self.build_overlay();
+        Tables {
+            spans,
+            attenuation,
+            cells,
+            cell_count,
+            static_speckle,
+            overlay,
+            text_regions,
+        }
+    }
+
+    pub(super) fn labels(&self) -> (Vec<String>, Vec<String>) {
+        let p = &self.params;
+        let number = |v: f64| {
+            if (v - v.round()).abs() < 1e-9 {
+                format!("{}", v.round() as i64)
+            } else {
+                format!("{v:.1}")
+            }
+        };
+        (
+            vec!["ECHONET PHANTOM".into(), "SYNTHETIC A4C".into()],
+            vec![
+                format!("DEPTH {} CM", number(p.depth_cm)),
+                format!("{} FPS", number(p.fps)),
+                format!("HR {} BPM", p.heart_rate_bpm.round() as i64),
+            ],
+        )
+    }
+
+    /// Text blocks (top left: product, top right: acquisition) and the grey-scale bar.
+    pub(super) fn build_overlay(&self) -> (Vec<(u32, u8)>, Vec<PixelRect>) {
+        let (w, h) = (self.params.width, self.params.height);
+        let lay = &self.layout;
+        let sec = lay.sector;
+        let mut canvas = vec![0u8; w * h];
+        let s = lay.text_scale;
+        let (left, right) = self.labels();
+        let mut regions = Vec::new();
+        for (lines, right_aligned) in [(left, false), (right, true)] {
+            let mut rect: Option<PixelRect> = None;
+            for (k, line) in lines.iter().enumerate() {
+                let text_w = font::text_width(line, s);
+                let x = if right_aligned {
+                    w.saturating_sub(lay.margin + text_w)
+                } else {
+                    lay.margin
+                };
+                let y = lay.margin + k * font::LINE_HEIGHT * s;
+                if let Some(r) = font::draw(&mut canvas, w, h, x, y, line, s, TEXT_LEVEL) {
+                    rect = Some(match rect {
+                        None => r,
+                        Some(q) => PixelRect {
+                            x0: q.x0.min(r.x0),
+                            y0: q.y0.min(r.y0),
+                            x1: q.x1.max(r.x1),
+                            y1: q.y1.max(r.y1),
+                        },
+                    });
+                }
+            }
+            regions.extend(rect);
+        }
+        // Grey-scale bar: 16 steps from white (top) to black.
+        let bar = lay.bar;
+        for y in bar.y0..bar.y1 {
+            let step = 15 - (16 * (y - bar.y0) / bar.height().max(1)).min(15);
+            for x in bar.x0..bar.x1 {
+                canvas[y * w + x] = (step * 17) as u8;
+            }
+        }
+        let mut overlay = Vec::new();
+        for (i, &v) in canvas.iter().enumerate() {
+            // Annotations live outside the fan by construction; the check keeps it true on
+            // any image size.
+            if v != 0 && !sec.contains(i % w, i / w) {
+                overlay.push((i as u32, v));
+            }
+        }
+        (overlay, regions)
+    }
+
+    /// A scrolling ECG: the right end of the strip is `t`, the left end `t - 3 s`; R waves fall
+    /// on the beat starts (end-diastole).
+    pub(super) fn draw_ecg(&self, out: &mut [u8], t: Duration) {
+        let w = self.params.width;
+        let r = self.layout.ecg;
+        if r.width() < 2 || r.height() < 4 {
+            return;
+        }
+        let baseline = r.y0 as f64 + 0.7 * r.height() as f64;
+        let amplitude = 0.6 * r.height() as f64;
+        let thick = self.layout.text_scale;
+        let period = self.params.beat_period_s();
+        let now = t.as_secs_f64();
+        let span = (r.width() - 1) as f64;
+        let y_at = |x: usize| {
+            let tau = now - ECG_WINDOW_S * (1.0 - (x - r.x0) as f64 / span);
+            let y = baseline - amplitude * ecg_mv(tau.rem_euclid(period), period);
+            (y.round() as usize).clamp(r.y0, r.y1 - 1)
+        };
+        let mut prev = y_at(r.x0);
+        for x in r.x0..r.x1 {
+            let y = y_at(x);
+            let (lo, hi) = (prev.min(y), prev.max(y));
+            for yy in lo..=(hi + thick - 1).min(r.y1 - 1) {
+                out[yy * w + x] = ECG_LEVEL;
+            }
+            prev = y;
+        }
+    }
+}
+
+/// ECG amplitude (R wave = 1) at `tb` seconds into a beat of `period` seconds: P wave 0.16 s
+/// before the R wave, QRS at the beat start (ED), T wave ending near end-systole. Waves are
+/// Gaussians; each is evaluated at its nearest occurrence so the trace is periodic.
+pub(super) fn ecg_mv(tb: f64, period: f64) -> f64 {
+    // (centre s, width s, amplitude)
+    let waves = [
+        (-0.16, 0.025, 0.12),
+        (-0.02, 0.008, -0.12),
+        (0.0, 0.010, 1.0),
+        (0.025, 0.010, -0.25),
+        (period * SYSTOLE_FRACTION - 0.08, 0.045, 0.3),
+    ];
+    waves
+        .iter()
+        .map(|&(c, wdt, amp)| {
+            let d = (tb - c).rem_euclid(period);
+            let d = d.min(period - d);
+            amp * (-0.5 * (d / wdt).powi(2)).exp()
+        })
+        .sum()
+}
+
+pub(super) const LUT_BITS: u32 = 12;
+
+/// Log-compressed Rayleigh speckle, grey levels, indexed by a uniform 12-bit number and shifted
+/// to zero mean (so speckle adds texture, not brightness).
+pub(super) fn speckle_lut() -> Vec<f32> {
+    let n = 1usize << LUT_BITS;
+    let db: Vec<f64> = (0..n)
+        .map(|i| {
+            let u = (i as f64 + 0.5) / n as f64;
+            // Rayleigh amplitude (σ = 1) by inverting its CDF; its RMS is √2.
+            let a = (-2.0 * (1.0 - u).ln()).sqrt();
+            20.0 * (a / std::f64::consts::SQRT_2).log10()
+        })
+        .collect();
+    let mean = db.iter().sum::<f64>() / n as f64;
+    db.iter()
+        .map(|d| ((d - mean) * GREY_PER_DB) as f32)
+        .collect()
+}

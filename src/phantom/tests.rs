@@ -1,0 +1,453 @@
+//! The phantom's own checks: volumes, shapes, rendering, parameters, labels.
+
+use std::time::Instant;
+
+use crate::frame::Image;
+
+use super::*;
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// Pixels of `img` below `threshold` among those where `region` is set.
+fn dark_in(img: &Image, region: &[bool], threshold: u8) -> usize {
+    img.data
+        .iter()
+        .zip(region)
+        .filter(|&(&v, &r)| r && v < threshold)
+        .count()
+}
+
+fn in_any(rects: &[PixelRect], x: usize, y: usize) -> bool {
+    rects
+        .iter()
+        .any(|r| (r.x0..r.x1).contains(&x) && (r.y0..r.y1).contains(&y))
+}
+
+#[test]
+fn same_seed_same_bytes_different_seed_different_bytes() {
+    let a = Phantom::new(PhantomParams::random(11)).unwrap();
+    let b = Phantom::new(PhantomParams::random(11)).unwrap();
+    let c = Phantom::new(PhantomParams::random(12)).unwrap();
+    assert_eq!(PhantomParams::random(11), PhantomParams::random(11));
+    assert_ne!(PhantomParams::random(11), PhantomParams::random(12));
+    for k in [0, 1, 17] {
+        let t = a.frame_time(k);
+        assert_eq!(a.render(t).data, b.render(t).data, "frame {k}");
+        assert_ne!(a.render(t).data, c.render(t).data, "frame {k}");
+    }
+    // Same patient, only the speckle seed changed: still different bytes.
+    let d = Phantom::new(PhantomParams {
+        seed: 12,
+        ..PhantomParams::random(11)
+    })
+    .unwrap();
+    assert_ne!(a.render(Duration::ZERO).data, d.render(Duration::ZERO).data);
+    // Speckle changes from frame to frame.
+    assert_ne!(
+        a.render(a.frame_time(0)).data,
+        a.render(a.frame_time(1)).data
+    );
+}
+
+#[test]
+fn random_patients_are_in_range_and_fit_the_sector() {
+    for seed in 0..400 {
+        let p = PhantomParams::random(seed);
+        let ef = p.ef_percent();
+        assert!((70.0..220.0).contains(&p.edv_ml), "{p:?}");
+        assert!((15.0..75.0).contains(&ef), "{p:?}");
+        assert!((50.0..110.0).contains(&p.heart_rate_bpm), "{p:?}");
+        assert!((0.85..1.2).contains(&p.gain) && (-8.0..10.0).contains(&p.offset));
+        assert!(p.tilt_deg.abs() <= 5.0 && p.shift_cm.0.abs() <= 0.3 && p.shift_cm.1.abs() <= 0.3);
+        if let Err(e) = Phantom::new(p) {
+            panic!("seed {seed}: {e}");
+        }
+    }
+    // The corners of the drawn ranges fit too (largest and smallest hearts, tilted and
+    // shifted every way).
+    for edv in [RANDOM_EDV_ML.0, RANDOM_EDV_ML.1] {
+        for ef in [RANDOM_EF_PERCENT.0, RANDOM_EF_PERCENT.1] {
+            for tilt in [RANDOM_TILT_DEG.0, RANDOM_TILT_DEG.1] {
+                for sx in [RANDOM_SHIFT_CM.0, RANDOM_SHIFT_CM.1] {
+                    for sz in [RANDOM_SHIFT_CM.0, RANDOM_SHIFT_CM.1] {
+                        let p = PhantomParams {
+                            edv_ml: edv,
+                            esv_ml: edv * (1.0 - ef / 100.0),
+                            tilt_deg: tilt,
+                            shift_cm: (sx, sz),
+                            ..PhantomParams::default()
+                        };
+                        assert!(Phantom::new(p.clone()).is_ok(), "{p:?}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn volume_curve_hits_edv_at_beat_start_and_esv_at_end_systole() {
+    for seed in [1, 2, 3, 99] {
+        let p = PhantomParams::random(seed);
+        let ph = Phantom::new(p.clone()).unwrap();
+        let period = p.beat_period_s();
+        let close = |v: f64, want: f64| (v - want).abs() <= 0.005 * want;
+        for beat in 0..3 {
+            let start = beat as f64 * period;
+            assert!(close(ph.lv_volume_ml(secs(start)), p.edv_ml), "{p:?}");
+            assert!(
+                close(ph.lv_volume_ml(secs(start + period / 3.0)), p.esv_ml),
+                "{p:?}"
+            );
+        }
+        // Over a fine grid the curve stays within [ESV, EDV] and reaches both; it moves
+        // smoothly (no step bigger than the steepest systolic slope allows).
+        let n = 3000;
+        let vols: Vec<f64> = (0..=n)
+            .map(|i| ph.lv_volume_ml(secs(2.0 * period * i as f64 / n as f64)))
+            .collect();
+        let (lo, hi) = vols
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        assert!(
+            close(lo, p.esv_ml) && close(hi, p.edv_ml),
+            "{lo} {hi} {p:?}"
+        );
+        let max_step =
+            (p.edv_ml - p.esv_ml) * std::f64::consts::PI / 2.0 * 3.0 * (2.0 / n as f64) * 1.01;
+        assert!(vols.windows(2).all(|w| (w[1] - w[0]).abs() <= max_step));
+        let ef = 100.0 * (hi - lo) / hi;
+        assert!(
+            (ef - p.ef_percent()).abs() < 0.5,
+            "{ef} vs {}",
+            p.ef_percent()
+        );
+        assert!((p.ef_percent() - 100.0 * (p.edv_ml - p.esv_ml) / p.edv_ml).abs() < 1e-12);
+        // Systole is the first third: volume falls there and rises after.
+        assert!(ph.lv_volume_ml(secs(0.1 * period)) > ph.lv_volume_ml(secs(0.2 * period)));
+        assert!(ph.lv_volume_ml(secs(0.5 * period)) < ph.lv_volume_ml(secs(0.9 * period)));
+    }
+}
+
+#[test]
+fn lv_mask_follows_the_area_length_relation() {
+    for seed in [4, 5, 6] {
+        let ph = Phantom::new(PhantomParams::random(seed)).unwrap();
+        let cm2 = ph.cm_per_pixel().powi(2);
+        let period = ph.params().beat_period_s();
+        for frac in [0.0, 0.1, 0.2, 1.0 / 3.0, 0.5, 0.8] {
+            let t = secs(frac * period);
+            let shape = ph.lv_shape(t);
+            let pixels = ph.lv_mask(t).iter().filter(|&&m| m).count();
+            let area = pixels as f64 * cm2;
+            assert!(
+                (area - shape.area_cm2).abs() < 0.015 * shape.area_cm2,
+                "{area} vs {shape:?}"
+            );
+            // V = 8 A² / (3 π L) from the pixel area recovers the volume.
+            let v = 8.0 * area * area / (3.0 * std::f64::consts::PI * shape.length_cm);
+            assert!(
+                (v - shape.volume_ml).abs() < 0.03 * shape.volume_ml,
+                "{v} vs {shape:?}"
+            );
+            assert!((shape.volume_ml - ph.lv_volume_ml(t)).abs() < 1e-9);
+        }
+    }
+}
+
+#[test]
+fn rendered_lv_cavity_grows_with_volume() {
+    for seed in [7, 8, 9] {
+        let ph = Phantom::new(PhantomParams::random(seed)).unwrap();
+        let period = ph.params().beat_period_s();
+        // The known LV region: the cavity at ED, above the mitral plane at ES (the base
+        // descends toward the apex in systole, bringing the left atrium with it).
+        let es = ph.heart_state(secs(period / 3.0));
+        let base_es = es.wall_cm + es.length_cm;
+        let w = ph.params().width;
+        let region: Vec<bool> = ph
+            .lv_mask(Duration::ZERO)
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| {
+                let (u, _) = ph.px_to_heart((i % w) as f64 + 0.5, (i / w) as f64 + 0.5);
+                m && u < base_es
+            })
+            .collect();
+        let mut samples: Vec<(f64, usize, usize)> = (0..8)
+            .map(|k| {
+                let t = secs(period * (0.1 + 0.12 * k as f64));
+                let dark = dark_in(&ph.render(t), &region, 60);
+                let truth = ph
+                    .lv_mask(t)
+                    .iter()
+                    .zip(&region)
+                    .filter(|&(&m, &r)| m && r)
+                    .count();
+                (ph.lv_volume_ml(t), dark, truth)
+            })
+            .collect();
+        samples.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // Diastasis is a plateau: equal volumes there may differ by a speckle pixel or two.
+        samples.dedup_by(|b, a| b.0 - a.0 < 1.0);
+        assert!(samples.len() >= 6, "{samples:?}");
+        for w in samples.windows(2) {
+            assert!(
+                w[1].1 > w[0].1,
+                "dark pixels not growing with volume: {samples:?}"
+            );
+        }
+        for &(v, dark, truth) in &samples {
+            let err = (dark as f64 - truth as f64).abs() / truth as f64;
+            assert!(
+                err < 0.05,
+                "V {v}: {dark} dark pixels vs {truth} in the cavity"
+            );
+        }
+    }
+}
+
+#[test]
+fn outside_the_fan_only_annotations_and_the_fan_matches_its_truth() {
+    for (w, h, seed) in [
+        (640, 480, 21),
+        (320, 240, 22),
+        (1024, 768, 23),
+        (480, 640, 24),
+    ] {
+        let ph = Phantom::new(PhantomParams {
+            width: w,
+            height: h,
+            ..PhantomParams::random(seed)
+        })
+        .unwrap();
+        let sec = ph.sector();
+        let opening = (sec.end_angle_rad() - sec.start_angle_rad()).to_degrees();
+        assert!((75.0..=90.0).contains(&opening));
+        let notes = ph.annotation_regions();
+        for r in &notes {
+            for y in r.y0..r.y1 {
+                for x in r.x0..r.x1 {
+                    assert!(
+                        !sec.contains(x, y),
+                        "{w}x{h}: annotation {r:?} overlaps the fan"
+                    );
+                }
+            }
+        }
+        let mask = sec.mask(w, h);
+        for k in [0, 5, 13] {
+            let img = ph.render(ph.frame_time(k));
+            for y in 0..h {
+                for x in 0..w {
+                    let v = img.data[y * w + x];
+                    if mask[y * w + x] {
+                        assert!(v > 0, "{w}x{h}: fan pixel ({x},{y}) is black");
+                    } else if v != 0 {
+                        assert!(in_any(&notes, x, y), "{w}x{h}: stray pixel ({x},{y}) = {v}");
+                    }
+                }
+            }
+            // Text, ECG and bar are all there.
+            for r in &notes {
+                let lit = (r.y0..r.y1)
+                    .flat_map(|y| (r.x0..r.x1).map(move |x| (x, y)))
+                    .filter(|&(x, y)| img.data[y * w + x] > 0)
+                    .count();
+                assert!(lit > 20, "{w}x{h}: annotation {r:?} is empty");
+            }
+        }
+        let g = ph.geometry();
+        assert_eq!(g.regions, vec![sec.bounding_box(w, h)]);
+        let bb = g.regions[0];
+        assert!(
+            mask[bb.y0 * w + (bb.x0 + bb.x1) / 2] || (bb.x0..bb.x1).any(|x| mask[bb.y0 * w + x])
+        );
+        assert!((0..h).all(|y| !mask[y * w + bb.x0.saturating_sub(1)] || bb.x0 == 0));
+        let (cx, cy) = g.cm_per_pixel.unwrap();
+        assert_eq!(cx, cy);
+        assert!((cx * sec.radius_px - ph.params().depth_cm).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn ecg_scrolls_and_peaks_at_end_diastole() {
+    let ph = Phantom::new(PhantomParams::default()).unwrap();
+    let r = ph.layout.ecg;
+    let strip = |img: &Image| -> Vec<u8> {
+        (r.y0..r.y1)
+            .flat_map(|y| img.data[y * img.width + r.x0..y * img.width + r.x1].to_vec())
+            .collect()
+    };
+    let a = strip(&ph.render(ph.frame_time(0)));
+    let b = strip(&ph.render(ph.frame_time(3)));
+    assert_ne!(a, b);
+    let period = ph.params().beat_period_s();
+    let peak = (0..1000)
+        .map(|i| period * i as f64 / 1000.0)
+        .max_by(|&x, &y| ecg_mv(x, period).total_cmp(&ecg_mv(y, period)))
+        .unwrap();
+    assert!(peak.min(period - peak) < 0.005, "R wave at {peak} s");
+    // At ED the newest column (right end) is at the top of the R wave.
+    let img = ph.render(secs(period * 2.0));
+    let col = r.x1 - 1;
+    let top = (r.y0..r.y1)
+        .find(|&y| img.data[y * img.width + col] > 0)
+        .unwrap();
+    assert!(top < r.y0 + r.height() / 4, "top {top} in {r:?}");
+}
+
+#[test]
+fn apical_four_chamber_layout() {
+    for seed in [30, 31, 32, 33] {
+        let ph = Phantom::new(PhantomParams::random(seed)).unwrap();
+        let c = ph.chamber_centres(Duration::ZERO);
+        assert!(c.lv.0 > c.rv.0, "LV right of RV: {c:?}");
+        assert!(c.la.0 > c.ra.0, "LA right of RA: {c:?}");
+        assert!(
+            c.la.1 > c.lv.1 && c.ra.1 > c.rv.1,
+            "atria below ventricles: {c:?}"
+        );
+        assert!(
+            c.lv.1 < ph.params().height as f64 / 2.0,
+            "LV in the upper half: {c:?}"
+        );
+    }
+}
+
+#[test]
+fn chambers_never_merge() {
+    // Cavities of different chambers are separated by wall at every phase, for small
+    // hyperdynamic and large failing hearts alike.
+    for (edv, ef) in [(70.0, 75.0), (220.0, 15.0), (140.0, 73.0), (120.0, 60.0)] {
+        let ph = Phantom::new(PhantomParams {
+            edv_ml: edv,
+            esv_ml: edv * (1.0 - ef / 100.0),
+            ..PhantomParams::default()
+        })
+        .unwrap();
+        let period = ph.params().beat_period_s();
+        for k in 0..12 {
+            let st = ph.heart_state(secs(period * k as f64 / 12.0));
+            let gap = (st.la_cavity.cv - st.la_cavity.b) - (st.ra_cavity.cv + st.ra_cavity.b);
+            assert!(
+                gap >= 2.0 * ATRIAL_WALL_CM - 1e-9,
+                "interatrial septum {gap} cm"
+            );
+            let sep = (st.lv_cavity.cv - st.lv_cavity.b) - (st.rv_cavity.cv + st.rv_cavity.b);
+            assert!(sep >= st.wall_cm, "interventricular septum {sep} cm");
+            let lv_base = st.lv_cavity.cu + st.lv_cavity.a_base;
+            let la_top = st.la_cavity.cu - st.la_cavity.a_apex;
+            assert!(
+                la_top - lv_base >= VALVE_CM,
+                "mitral plane {} cm",
+                la_top - lv_base
+            );
+        }
+    }
+}
+
+#[test]
+fn standard_view_has_the_lv_right_of_centre() {
+    let ph = Phantom::new(PhantomParams::default()).unwrap();
+    let c = ph.chamber_centres(Duration::ZERO);
+    assert!(c.lv.0 > ph.params().width as f64 / 2.0 && c.rv.0 < ph.params().width as f64 / 2.0);
+}
+
+#[test]
+fn wall_thickens_in_systole_and_mitral_valve_opens_in_diastole() {
+    let ph = Phantom::new(PhantomParams::default()).unwrap();
+    let period = ph.params().beat_period_s();
+    let ed = ph.lv_shape(Duration::ZERO);
+    let es = ph.lv_shape(secs(period / 3.0));
+    assert!(es.wall_cm > ed.wall_cm * 1.2 && es.length_cm < ed.length_cm);
+    assert!(ph.heart_state(secs(period * 0.2)).mitral_orifice.is_none());
+    assert!(ph.heart_state(secs(period * 0.45)).mitral_orifice.is_some());
+}
+
+#[test]
+fn bad_parameters_are_rejected() {
+    let ok = PhantomParams::default();
+    for p in [
+        PhantomParams {
+            esv_ml: 130.0,
+            ..ok.clone()
+        },
+        PhantomParams {
+            fps: 0.0,
+            ..ok.clone()
+        },
+        PhantomParams {
+            fps: f64::NAN,
+            ..ok.clone()
+        },
+        PhantomParams {
+            width: 100,
+            ..ok.clone()
+        },
+        PhantomParams {
+            heart_rate_bpm: 0.0,
+            ..ok.clone()
+        },
+    ] {
+        assert!(matches!(
+            Phantom::new(p),
+            Err(PhantomError::InvalidParam { .. })
+        ));
+    }
+    let big = PhantomParams {
+        edv_ml: 220.0,
+        depth_cm: 8.0,
+        ..ok
+    };
+    assert!(matches!(
+        Phantom::new(big),
+        Err(PhantomError::DoesNotFit { .. })
+    ));
+}
+
+#[test]
+fn clip_seeds_are_distinct_and_bounded() {
+    assert_eq!(clip_seed(5, 0), Some(5000));
+    assert_eq!(clip_seed(5, 999), Some(5999));
+    assert_eq!(clip_seed(6, 0), Some(6000));
+    assert_eq!(clip_seed(5, 1000), None);
+    assert_eq!(clip_seed(u64::MAX, 0), None);
+}
+
+#[test]
+fn labels_use_only_drawable_characters() {
+    let ph = Phantom::new(PhantomParams {
+        fps: 29.97,
+        depth_cm: 15.5,
+        ..PhantomParams::random(3)
+    })
+    .unwrap();
+    let (l, r) = ph.labels();
+    for line in l.iter().chain(&r) {
+        assert!(line.chars().all(|c| font::glyph(c).is_some()), "{line}");
+    }
+    assert!(r.contains(&"29.9 FPS".to_string()) || r.contains(&"30.0 FPS".to_string()));
+}
+
+/// `cargo test --release --lib render_time -- --ignored --nocapture`
+#[test]
+#[ignore = "timing; run by hand in release"]
+fn render_time() {
+    let ph = Phantom::new(PhantomParams::random(1)).unwrap();
+    let mut ms: Vec<f64> = (0..300)
+        .map(|k| {
+            let started = Instant::now();
+            std::hint::black_box(ph.render(ph.frame_time(k)));
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "640x480 render: median {:.2} ms, p90 {:.2} ms, max {:.2} ms",
+        ms[150], ms[270], ms[299]
+    );
+    assert!(ms[150] < 10.0);
+}

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::LV_VOLUME;
 use crate::model::TaskSpec;
+use crate::preprocess::UnfitReason;
 use crate::volume_curve;
 
 /// The paper's window: 20 frames, one every 100 ms.
@@ -59,8 +60,8 @@ impl Default for WindowConfig {
 pub enum Verdict {
     /// The model ran: task name -> reported value.
     Valid(BTreeMap<String, f64>),
-    /// The frame was unfit to feed an estimate, for these reasons (e.g. "frozen", "no_sector").
-    Invalid(Vec<String>),
+    /// The frame was unfit to feed an estimate, for these reasons.
+    Invalid(Vec<UnfitReason>),
 }
 
 #[derive(Debug, Clone)]
@@ -205,7 +206,7 @@ impl RollingWindow {
                 }
                 Verdict::Invalid(rs) => {
                     for r in rs {
-                        *reasons.entry(r.clone()).or_default() += 1;
+                        *reasons.entry(r.as_str().to_string()).or_default() += 1;
                     }
                 }
             }
@@ -361,6 +362,7 @@ impl RollingWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::preprocess::QualityReason;
 
     fn tasks() -> Vec<TaskSpec> {
         ["ef", "esv", "edv"]
@@ -462,8 +464,8 @@ mod tests {
         let mut w = RollingWindow::new(WindowConfig::default());
         for i in 0..20 {
             let v = match i % 4 {
-                0 => Verdict::Invalid(vec!["frozen".into()]),
-                1 => Verdict::Invalid(vec!["no_sector".into()]),
+                0 => Verdict::Invalid(vec![QualityReason::Frozen.into()]),
+                1 => Verdict::Invalid(vec![QualityReason::NoSector.into()]),
                 _ => valid(55.0, 40.0, 90.0),
             };
             w.push(frame(i, v));
@@ -487,7 +489,7 @@ mod tests {
         let mut w = RollingWindow::new(WindowConfig::default());
         for i in 0..20 {
             let v = if i < 3 {
-                Verdict::Invalid(vec!["low_signal".into()])
+                Verdict::Invalid(vec![QualityReason::LowSignal.into()])
             } else {
                 valid(60.0, 30.0, 75.0)
             };

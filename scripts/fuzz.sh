@@ -6,6 +6,7 @@
 #   scripts/fuzz.sh                 every target, FUZZ_SECONDS (default 60) each
 #   scripts/fuzz.sh dicom avi       those targets only
 #   FUZZ_SECONDS=300 FUZZ_JOBS=2 scripts/fuzz.sh config
+#   FUZZ_PROFILE=release FUZZ_SANITIZER=address scripts/fuzz.sh     optimised, with ASan
 #
 # Installs cargo-fuzz (cargo install) and the nightly toolchain (rustup) when they are missing.
 # New inputs found go to fuzz/target/corpus/<target>/ (not committed: fold the interesting ones
@@ -20,6 +21,16 @@ JOBS="${FUZZ_JOBS:-1}"
 # libFuzzer's own limits: memory (MB of RSS), one input's time (s) and its length (bytes).
 RSS_MB="${FUZZ_RSS_MB:-1024}"
 TIMEOUT_S="${FUZZ_TIMEOUT_S:-10}"
+# dev (opt-level 1, see fuzz/Cargo.toml: builds in a fraction of release's time on a small machine)
+# or release; a sanitizer of cargo-fuzz's (none, address, ...). The code under test is safe Rust
+# over dependencies with some unsafe: address is worth it on a fast machine.
+PROFILE="${FUZZ_PROFILE:-dev}"
+SANITIZER="${FUZZ_SANITIZER:-none}"
+case "$PROFILE" in
+  dev) PROFILE_FLAG=--dev ;;
+  release) PROFILE_FLAG=--release ;;
+  *) echo "fuzz.sh: FUZZ_PROFILE is dev or release, not $PROFILE" >&2; exit 2 ;;
+esac
 ALL_TARGETS=(dicom bundle config avi v4l2_convert)
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=("${ALL_TARGETS[@]}")
@@ -51,7 +62,7 @@ for t in "${TARGETS[@]}"; do
   mkdir -p "$work" "fuzz/artifacts/$t"
   echo "== $t: ${SECONDS_EACH}s, rss ${RSS_MB} MB, ${TIMEOUT_S}s per input, max_len $(max_len_of "$t")" >&2
   # The work corpus first (libFuzzer writes new inputs into the first folder), then the seeds.
-  if ! (cd fuzz && cargo +nightly fuzz run --release "$t" "target/corpus/$t" "corpus/$t" -- \
+  if ! (cd fuzz && cargo +nightly fuzz run "$PROFILE_FLAG" -s "$SANITIZER" "$t" "target/corpus/$t" "corpus/$t" -- \
       -max_total_time="$SECONDS_EACH" -rss_limit_mb="$RSS_MB" -malloc_limit_mb="$RSS_MB" \
       -timeout="$TIMEOUT_S" -max_len="$(max_len_of "$t")" -jobs="$JOBS" -workers="$JOBS" \
       -print_final_stats=1); then

@@ -637,3 +637,45 @@ fn patient_identifiers_reach_no_output() {
         }
     }
 }
+
+/// JSON Lines to a pipe whose reader stops reading: the full pipe blocks a write, which used to
+/// hold the publisher and with it the whole shutdown, so neither `--duration` nor SIGTERM ended
+/// the run. Now the line waits at most 2 s, the rest are counted as failures, the run ends on
+/// time, and the exit status says records were lost.
+#[test]
+fn a_jsonl_reader_that_stops_reading_does_not_hang_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("summary.json");
+    let mut cmd = echonet();
+    cmd.args([
+        "run",
+        "--source",
+        "phantom",
+        "--duration",
+        "8",
+        "--threads",
+        "1",
+    ])
+    .args([
+        "--set",
+        "source.pacing=as_fast_as_possible",
+        "--http",
+        "off",
+    ])
+    .arg("--summary")
+    .arg(&summary);
+    // run_within reads stdout only once the child has exited: until then nobody reads the pipe,
+    // and at about 25 records a second its 64 KiB fill in a few seconds.
+    let out = run_within(&mut cmd, Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let failed = s["record_write_failures"].as_u64().unwrap();
+    let written = s["records_written"].as_u64().unwrap();
+    assert!(failed > 0 && written > 0, "{s}");
+    assert!(stderr(&out).contains("still reading"), "{}", stderr(&out));
+    // Whatever did reach the pipe is whole lines.
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+}

@@ -390,6 +390,9 @@ impl DicomClip {
             path: path.clone(),
             reason: e.reason(),
         })?;
+        // The meta group's lengths first: reading the transfer syntax from it allocates them.
+        precheck::check_meta_lengths(&file, size)
+            .map_err(|fault| precheck::fault_error(&path, &fault))?;
         // Refuse an unsupported transfer syntax from the file meta alone, before reading pixel
         // data (possibly hundreds of megabytes) that could not be decoded anyway, and before
         // dicom-rs refuses to parse a data set it cannot read (deflate) in its own words.

@@ -243,8 +243,8 @@ fn warn_if_too_slow(frame_ms: f64, model: &EchoNetModel) {
             budget_ms = FRAME_BUDGET_MS,
             backend = %model.backend_name(),
             "inference too slow: one frame takes {frame_ms:.0} ms, over the {FRAME_BUDGET_MS:.0} ms budget of 10 sampled frames/s; \
-             frames will be dropped and windows withheld. Use a GPU (--device cuda), f32 rather than f16 on the CPU, \
-             more cores, or a smaller model variant"
+             frames will be dropped and windows withheld: {}; on the CPU also f32 rather than f16, or more cores",
+            crate::aggregate::SLOW_INFERENCE_ADVICE
         );
     } else {
         tracing::info!(

@@ -103,9 +103,30 @@ fn is_sequence(tag: (u16, u16)) -> bool {
 /// "DICM" marker): dicom-rs refuses those in its own words. Err only for a length that cannot
 /// fit, or an I/O error (as a fault at the offset reached).
 pub fn check_lengths(file: File, size: u64, transfer_syntax: &str) -> Result<(), LengthFault> {
+    walk(file, size, transfer_syntax, false)
+}
+
+/// The same walk over the file meta group only (always explicit VR little endian), for before
+/// the transfer syntax is known: dicom-rs's meta group reader, which `peek_transfer_syntax`
+/// uses, allocates each declared length too (a zeroed VR in (0002,0012) made it take 775 MB).
+pub fn check_meta_lengths(file: &File, size: u64) -> Result<(), LengthFault> {
+    let file = file.try_clone().map_err(|_| LengthFault {
+        offset: 0,
+        tag: (0, 0),
+        declared: 0,
+        remaining: size,
+    })?;
+    walk(file, size, "", true)
+}
+
+fn walk(file: File, size: u64, transfer_syntax: &str, meta_only: bool) -> Result<(), LengthFault> {
     let mut r = BufReader::new(file);
     let mut magic = [0u8; 132];
-    if size < 132 || r.read_exact(&mut magic).is_err() || &magic[128..132] != b"DICM" {
+    if size < 132
+        || r.seek(SeekFrom::Start(0)).is_err()
+        || r.read_exact(&mut magic).is_err()
+        || &magic[128..132] != b"DICM"
+    {
         return Ok(());
     }
     let data_syntax = match transfer_syntax.trim_end_matches(['\0', ' ']) {
@@ -130,6 +151,9 @@ pub fn check_lengths(file: File, size: u64, transfer_syntax: &str) -> Result<(),
         r.read_exact(&mut head).map_err(|_| io_fault(pos))?;
         // The meta group (0002) is always explicit little endian; peek the group to choose.
         let group_le = u16::from_le_bytes([head[0], head[1]]);
+        if meta_only && group_le != 0x0002 {
+            return Ok(());
+        }
         let syntax = if group_le == 0x0002 {
             Syntax::ExplicitLittle
         } else {
@@ -278,6 +302,25 @@ mod tests {
         let mut long = vec![0x09, 0x00, 0x10, 0x10, b'U', b'T', 0, 0, 4, 0, 0, 0];
         long.extend_from_slice(b"text");
         assert_eq!(check(&long), Ok(()));
+    }
+
+    /// The meta group is checked on its own, before the transfer syntax is read from it: a
+    /// zeroed VR there (an unknown VR: 4-byte length) is caught, and a data set element that
+    /// would not fit is left to the full walk.
+    #[test]
+    fn the_meta_group_is_checked_before_the_transfer_syntax_is_read() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let mut bytes = vec![0u8; 128];
+        bytes.extend_from_slice(b"DICM");
+        bytes.extend_from_slice(&[0x02, 0x00, 0x12, 0x00, 0, 0, 0, 0]);
+        bytes.extend_from_slice(b"1.2.826.0.1.3680043");
+        f.write_all(&bytes).unwrap();
+        let size = bytes.len() as u64;
+        let fault = check_meta_lengths(&f.reopen().unwrap(), size).unwrap_err();
+        assert_eq!(fault.tag, (0x0002, 0x0012));
+        let (g, size) = file_with(&[0x28, 0x00, 0x10, 0x00, b'U', b'S', 2, 0x40, 0x40, 0x00]);
+        assert_eq!(check_meta_lengths(&g.reopen().unwrap(), size), Ok(()));
+        assert!(check_lengths(g.reopen().unwrap(), size, "1.2.840.10008.1.2.1").is_err());
     }
 
     #[test]

@@ -234,13 +234,14 @@ impl CpuPlan {
             },
             label: format!("conv2d_1a 3x3 s2 {stem_channels}->{}", c.c1a),
         });
-        // Winograd where it pays (measured with `echonet bench --profile`, thread CPU time):
-        // F(4x4) on the wide stem layers and mixed_6a's 35x35 3x3; F(2x2) at 17x17, where 4x4
-        // tiles would pad the output to 20x20; direct for Block35's 32-channel 3x3s, whose
-        // transforms cost as much as their GEMMs save.
-        b.algorithm = Algorithm::Winograd(4);
         let s2 = b.buffer(c.c2a);
         b.plain("conv2d_2a", &net.conv2d_2a, b.whole(s1), b.whole(s2))?;
+        // Winograd where it pays (thread CPU time per step, `echonet bench --threads 1
+        // --profile`): F(4x4) on conv2d_2b, conv2d_4a and mixed_6a's 35x35 3x3 (1.2x, 2.0x, 1.8x
+        // faster than direct); F(2x2) at 17x17, where 4x4 tiles would pad the output to 20x20;
+        // direct for the 32-channel 3x3s (conv2d_2a, Block35), whose transforms cost about what
+        // their GEMMs save.
+        b.algorithm = Algorithm::Winograd(4);
         let s3 = b.buffer(c.c2b);
         b.plain("conv2d_2b", &net.conv2d_2b, b.whole(s2), b.whole(s3))?;
         let s4 = b.buffer(c.c2b);

@@ -269,6 +269,13 @@ mod avx2 {
     ) {
         let b = w.panel(j).as_ptr().add(pass.k0 * NR);
         let [a0, a1, a2, a3, a4, a5] = *rp;
+        if pass.load_c {
+            // The tile's C rows (the residual, far apart in the block's buffer and usually out
+            // of L1) are fetched while the K loop runs, not waited for in the epilogue.
+            for r in 0..rows {
+                _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc) as *const i8);
+            }
+        }
         let z = _mm256_setzero_ps();
         let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
         let (mut c30, mut c31, mut c40, mut c41, mut c50, mut c51) = (z, z, z, z, z, z);

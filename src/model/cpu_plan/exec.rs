@@ -118,7 +118,7 @@ const TILE_IM2COL_BYTES: usize = 512 * 1024;
 fn even_count(from: usize, times: usize, threads: usize, max: usize) -> usize {
     let from = from.clamp(1, max.max(1));
     (from..=max)
-        .find(|x| (x * times) % threads == 0)
+        .find(|x| (x * times).is_multiple_of(threads))
         .unwrap_or(max.max(1))
 }
 

@@ -190,7 +190,7 @@ pub fn tiling(w: &WinogradConv, n: usize, oh: usize, ow: usize, threads: usize) 
     let mut blocks = strips.div_ceil(cap_strips);
     if threads > 1 {
         blocks = blocks.max(2 * threads).min(strips);
-        while blocks < strips && blocks % threads != 0 {
+        while blocks < strips && !blocks.is_multiple_of(threads) {
             blocks += 1;
         }
     }
@@ -211,6 +211,7 @@ pub fn tiling(w: &WinogradConv, n: usize, oh: usize, ow: usize, threads: usize) 
 /// # Safety
 /// As [`super::exec::conv`]: valid, non-overlapping views; `t` planned by [`tiling`] for this
 /// output; nothing else touches `dst` during the call.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn conv(
     kernel: MicroKernel,
     w: &WinogradConv,

@@ -16,7 +16,6 @@
 # test keeps it fixed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# (the tee below keeps each target's log in fuzz/target/<target>.log; pipefail keeps its status)
 SECONDS_EACH="${FUZZ_SECONDS:-60}"
 JOBS="${FUZZ_JOBS:-1}"
 # libFuzzer's own limits: memory (MB of RSS), one input's time (s) and its length (bytes).
@@ -69,7 +68,7 @@ for t in "${TARGETS[@]}"; do
   if ! (cd fuzz && cargo +nightly fuzz run "$PROFILE_FLAG" -s "$SANITIZER" "$t" "target/corpus/$t" "corpus/$t" -- \
       -max_total_time="$SECONDS_EACH" -rss_limit_mb="$RSS_MB" -malloc_limit_mb="$RSS_MB" \
       -timeout="$TIMEOUT_S" -max_len="$(max_len_of "$t")" "${parallel[@]}" \
-      -print_final_stats=1 2>&1 | tee "fuzz/target/$t.log"); then
+      -print_final_stats=1 2>&1 | tee "target/$t.log"); then
     failed+=("$t")
   fi
 done

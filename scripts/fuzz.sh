@@ -56,6 +56,9 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install --locked cargo-fuzz
 fi
 
+# More than one job: libFuzzer's jobs write fuzz-N.log files instead of the terminal.
+parallel=()
+[ "$JOBS" -gt 1 ] && parallel=(-jobs="$JOBS" -workers="$JOBS")
 failed=()
 for t in "${TARGETS[@]}"; do
   work="fuzz/target/corpus/$t"
@@ -64,8 +67,8 @@ for t in "${TARGETS[@]}"; do
   # The work corpus first (libFuzzer writes new inputs into the first folder), then the seeds.
   if ! (cd fuzz && cargo +nightly fuzz run "$PROFILE_FLAG" -s "$SANITIZER" "$t" "target/corpus/$t" "corpus/$t" -- \
       -max_total_time="$SECONDS_EACH" -rss_limit_mb="$RSS_MB" -malloc_limit_mb="$RSS_MB" \
-      -timeout="$TIMEOUT_S" -max_len="$(max_len_of "$t")" -jobs="$JOBS" -workers="$JOBS" \
-      -print_final_stats=1); then
+      -timeout="$TIMEOUT_S" -max_len="$(max_len_of "$t")" "${parallel[@]}" \
+      -print_final_stats=1 2>&1 | tee "target/$t.log"); then
     failed+=("$t")
   fi
 done

@@ -18,11 +18,45 @@ use crate::pipeline::{InferenceStep, DEFAULT_VIEW_THRESHOLD};
 use crate::preprocess::{FramePreparer, PreparedInput, UnfitReason};
 use crate::sampler::{Decision, Sampler};
 
+/// What became of a clip: serialised as `ok`, `withheld` or `refused`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClipStatus {
+    /// An estimate from enough usable frames.
+    Ok,
+    /// Read, but not enough usable frames (or not an echocardiogram): no estimate.
+    Withheld,
+    /// The file could not be used at all.
+    Refused,
+}
+
+impl ClipStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Withheld => "withheld",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+impl std::fmt::Display for ClipStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Comparisons with the serialised name, for reports and tests.
+impl PartialEq<&str> for ClipStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ClipResult {
     pub file: String,
-    /// "ok", "withheld" or "refused".
-    pub status: String,
+    pub status: ClipStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub estimates: std::collections::BTreeMap<String, TaskEstimate>,
@@ -38,7 +72,7 @@ impl ClipResult {
     pub fn refused(file: &str, reason: String) -> Self {
         Self {
             file: file.to_string(),
-            status: "refused".into(),
+            status: ClipStatus::Refused,
             reason: Some(reason),
             estimates: Default::default(),
             quality: None,
@@ -173,7 +207,7 @@ pub fn predict_clip_batched(
     }
     let base = ClipResult {
         file: file.to_string(),
-        status: "withheld".into(),
+        status: ClipStatus::Withheld,
         reason: None,
         estimates: Default::default(),
         quality: None,
@@ -212,8 +246,8 @@ pub fn predict_clip_batched(
         },
         Some(e) => ClipResult {
             status: match e.status {
-                Status::Ok => "ok".into(),
-                _ => "withheld".into(),
+                Status::Ok => ClipStatus::Ok,
+                _ => ClipStatus::Withheld,
             },
             reason: e.withheld_reason,
             estimates: e.estimates,

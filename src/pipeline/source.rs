@@ -30,6 +30,19 @@ pub(super) struct SourceStage<'a> {
     pub watch: Arc<StageWatch>,
 }
 
+impl SourceStage<'_> {
+    /// The stream broke: the publisher is told (stale notices say why) and the window gets a
+    /// gap, so frames on both sides of it never mix.
+    fn report_break(&self, e: &SourceError) {
+        send_unless_dead(
+            self.notices,
+            ToPublish::SourceTrouble(e.to_string()),
+            &self.watch,
+        );
+        send_unless_dead(self.gaps, ToPrep::Gap(e.to_string()), &self.watch);
+    }
+}
+
 /// The source loop.
 pub(super) fn run_source_stage(source: &mut dyn FrameSource, stage: SourceStage<'_>) {
     let metrics = &stage.metrics;
@@ -73,22 +86,12 @@ pub(super) fn run_source_stage(source: &mut dyn FrameSource, stage: SourceStage<
                     SourceError::Timeout { .. } => {
                         tracing::warn!("{e}");
                         in_trouble = true;
-                        send_unless_dead(
-                            stage.notices,
-                            ToPublish::SourceTrouble(e.to_string()),
-                            watch,
-                        );
-                        send_unless_dead(stage.gaps, ToPrep::Gap(e.to_string()), watch);
+                        stage.report_break(&e);
                     }
                     SourceError::Disconnected { .. } => {
                         tracing::warn!("{e}; reopening in {backoff:?}");
                         in_trouble = true;
-                        send_unless_dead(
-                            stage.notices,
-                            ToPublish::SourceTrouble(e.to_string()),
-                            watch,
-                        );
-                        send_unless_dead(stage.gaps, ToPrep::Gap(e.to_string()), watch);
+                        stage.report_break(&e);
                         sleep_unless_stopped(backoff, stage.stop);
                         backoff = (backoff * 2).min(stage.reconnect_max);
                         metrics.reconnects.fetch_add(1, Ordering::Relaxed);

@@ -136,6 +136,9 @@ fn walk(file: File, size: u64, transfer_syntax: &str, meta_only: bool) -> Result
     };
     let mut pos: u64 = 132;
     let mut in_encapsulated = false;
+    // Where the meta group ends: dicom-rs reads it by its group length (0002,0000), element
+    // after element in explicit VR little endian whatever their tags say, not by group number.
+    let mut meta_end: Option<u64> = None;
     let io_fault = |pos: u64| LengthFault {
         offset: pos,
         tag: (0, 0),
@@ -151,10 +154,11 @@ fn walk(file: File, size: u64, transfer_syntax: &str, meta_only: bool) -> Result
         r.read_exact(&mut head).map_err(|_| io_fault(pos))?;
         // The meta group (0002) is always explicit little endian; peek the group to choose.
         let group_le = u16::from_le_bytes([head[0], head[1]]);
-        if meta_only && group_le != 0x0002 {
+        let in_meta = meta_end.map_or(group_le == 0x0002, |end| pos < end);
+        if meta_only && !in_meta {
             return Ok(());
         }
-        let syntax = if group_le == 0x0002 {
+        let syntax = if in_meta {
             Syntax::ExplicitLittle
         } else {
             data_syntax
@@ -200,6 +204,13 @@ fn walk(file: File, size: u64, transfer_syntax: &str, meta_only: bool) -> Result
                 (u32_at(more), &vr == b"SQ")
             }
         };
+        if offset == 132 && tag == (0x0002, 0x0000) && length == 4 && size - pos >= 4 {
+            let mut value = [0u8; 4];
+            r.read_exact(&mut value).map_err(|_| io_fault(pos))?;
+            pos += 4;
+            meta_end = Some(pos + u64::from(u32::from_le_bytes(value)));
+            continue;
+        }
         if length == UNDEFINED {
             // Undefined length: a sequence or encapsulated pixel data; its contents follow.
             if tag == PIXEL_DATA {
@@ -321,6 +332,26 @@ mod tests {
         let (g, size) = file_with(&[0x28, 0x00, 0x10, 0x00, b'U', b'S', 2, 0x40, 0x40, 0x00]);
         assert_eq!(check_meta_lengths(&g.reopen().unwrap(), size), Ok(()));
         assert!(check_lengths(g.reopen().unwrap(), size, "1.2.840.10008.1.2.1").is_err());
+    }
+
+    /// Found by the `dicom` fuzz target (fuzz/regressions/dicom/): (0002,0002) with its group
+    /// damaged to F002 inside the meta group's length, then (0002,0010) with the VR FEFE and a
+    /// 4-byte length of 4.3 GB. dicom-rs's meta reader reads by the group length, not by group
+    /// number, so the walk does too.
+    #[test]
+    fn the_meta_group_ends_where_its_group_length_says() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let mut bytes = vec![0u8; 128];
+        bytes.extend_from_slice(b"DICM");
+        bytes.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0, 34, 0, 0, 0]);
+        bytes.extend_from_slice(&[0x02, 0xF0, 0x02, 0x00, b'U', b'I', 2, 0, b'1', 0]);
+        bytes.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, 0xFE, 0xFE, 0, 0, 0xFE, 0xFE]);
+        bytes.extend_from_slice(&[0xFE, 0xFE, b'1', b'.', b'2', 0, 0, 0, 0, 0, 0, 0]);
+        f.write_all(&bytes).unwrap();
+        let size = bytes.len() as u64;
+        let fault = check_meta_lengths(&f.reopen().unwrap(), size).unwrap_err();
+        assert_eq!(fault.tag, (0x0002, 0x0010));
+        assert_eq!(fault.declared, 0xFEFE_FEFE);
     }
 
     #[test]

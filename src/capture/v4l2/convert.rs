@@ -149,8 +149,19 @@ pub fn decode_buffer(n: &Negotiated, buf: &[u8]) -> Result<Image, String> {
                     buf.len()
                 ));
             }
-            let img = image::load_from_memory_with_format(&buf[..end], image::ImageFormat::Jpeg)
-                .map_err(|e| format!("MJPEG frame: {e}"))?;
+            // A damaged frame may declare any size (the fuzzer's: 2048x32774 in a 8x6 stream,
+            // seconds to decode): nothing larger than the negotiated size is decoded.
+            let mut reader = image::ImageReader::with_format(
+                std::io::Cursor::new(&buf[..end]),
+                image::ImageFormat::Jpeg,
+            );
+            let mut limits = image::Limits::default();
+            limits.max_image_width = Some(u32::try_from(w).unwrap_or(u32::MAX));
+            limits.max_image_height = Some(u32::try_from(h).unwrap_or(u32::MAX));
+            reader.limits(limits);
+            let img = reader
+                .decode()
+                .map_err(|e| format!("MJPEG frame (stream {w}x{h}): {e}"))?;
             let (iw, ih) = (img.width() as usize, img.height() as usize);
             if img.color().has_color() {
                 Image::new(iw, ih, PixelFormat::Rgb8, img.to_rgb8().into_raw()).ok_or_else(bad)
@@ -182,6 +193,24 @@ fn yuv_to_rgb(y: u8, u: u8, v: u8) -> [u8; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `v4l2_convert` fuzz target (fuzz/regressions/v4l2_convert/): an MJPG frame
+    /// declaring a picture far larger than the negotiated stream is refused, not decoded.
+    #[test]
+    fn an_mjpeg_frame_larger_than_the_stream_is_refused() {
+        let big = image::GrayImage::from_fn(64, 48, |x, y| image::Luma([(x + y) as u8]));
+        let mut jpeg = Vec::new();
+        image::DynamicImage::from(big)
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
+            .unwrap();
+        let e = decode_buffer(&neg(b"MJPG", 8, 6, 0), &jpeg).unwrap_err();
+        assert!(e.contains("MJPEG frame (stream 8x6)"), "{e}");
+        let ok = decode_buffer(&neg(b"MJPG", 64, 48, 0), &jpeg).unwrap();
+        assert_eq!((ok.width, ok.height), (64, 48));
+    }
 
     fn neg(fourcc: &[u8; 4], w: usize, h: usize, stride: usize) -> Negotiated {
         Negotiated {

@@ -104,3 +104,31 @@ for lib in libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvr
   esac
 done
 echo "jetson-build: $BIN built in $((SECONDS - t0)) s; NEEDED: $needed" >&2
+
+# Every library and symbol it needs resolves: under qemu, with the aarch64 CUDA libraries and the
+# driver stub on the loader's path, the binary starts and `doctor` runs to its CUDA check (which
+# reports no device: the stub's cuInit fails). A missing or mismatched library fails here, not on
+# the Jetson.
+if command -v qemu-aarch64 >/dev/null; then
+  STUB_DIR="$SBSA_KIT/loader"
+  mkdir -p "$STUB_DIR"
+  ln -sf "$LINK/libcuda.so" "$STUB_DIR/libcuda.so.1"
+  if ! out=$(LD_LIBRARY_PATH="$STUB_DIR:$SBSA" timeout 300 qemu-aarch64 -L /usr/aarch64-linux-gnu "$BIN" doctor --json 2>&1); then
+    case "$out" in
+      *"error while loading shared libraries"* | *"symbol lookup error"* | *"version \`"*)
+        echo "jetson-build: $BIN does not load under qemu:" >&2
+        echo "$out" >&2
+        exit 1
+        ;;
+    esac
+  fi
+  if echo "$out" | grep -qE '"cuda_feature": ?true'; then
+    echo "jetson-build: loads under qemu with the driver stub; doctor: $(echo "$out" | grep -oE '"reason": ?"[^"]*"' | head -1)" >&2
+  else
+    echo "jetson-build: $BIN ran under qemu but doctor did not report a CUDA build:" >&2
+    echo "$out" >&2
+    exit 1
+  fi
+else
+  echo "jetson-build: qemu-aarch64 not found; the load check under emulation was skipped" >&2
+fi

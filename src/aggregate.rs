@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::LV_VOLUME;
 use crate::model::TaskSpec;
+use crate::preprocess::UnfitReason;
 use crate::volume_curve;
 
 /// The paper's window: 20 frames, one every 100 ms.
@@ -59,8 +60,8 @@ impl Default for WindowConfig {
 pub enum Verdict {
     /// The model ran: task name -> reported value.
     Valid(BTreeMap<String, f64>),
-    /// The frame was unfit to feed an estimate, for these reasons (e.g. "frozen", "no_sector").
-    Invalid(Vec<String>),
+    /// The frame was unfit to feed an estimate, for these reasons.
+    Invalid(Vec<UnfitReason>),
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +121,20 @@ pub struct RollingWindow {
 
 /// One sampled frame every 100 ms (10 fps): the most one frame's inference may cost.
 pub const FRAME_BUDGET_MS: f64 = 100.0;
+
+/// What to do when inference is over the budget, said wherever slowness is reported (the
+/// start-up log, and the withheld reason the display shows in place of the number).
+pub const SLOW_INFERENCE_ADVICE: &str =
+    "run it on a GPU (--device cuda), use an int8 model or a smaller variant";
+
+/// The start of a withheld reason when slow inference stretched the window: the cost, the
+/// budget and what to do. The display shows the reason as it is and flags this prefix.
+pub fn slow_inference_cause(ms_per_frame: f64) -> String {
+    format!(
+        "inference too slow ({ms_per_frame:.0} ms per frame, budget {FRAME_BUDGET_MS:.0} ms; \
+         {SLOW_INFERENCE_ADVICE}): "
+    )
+}
 
 fn mean_and_spread(values: &[f64]) -> (f64, Option<f64>) {
     let n = values.len() as f64;
@@ -191,7 +206,7 @@ impl RollingWindow {
                 }
                 Verdict::Invalid(rs) => {
                     for r in rs {
-                        *reasons.entry(r.clone()).or_default() += 1;
+                        *reasons.entry(r.as_str().to_string()).or_default() += 1;
                     }
                 }
             }
@@ -218,12 +233,10 @@ impl RollingWindow {
         );
         if span > Duration::from_millis(self.config.max_span_ms) {
             estimate.status = Status::Withheld;
-            let cause = match self.slow_inference_ms {
-                Some(ms) => format!(
-                    "inference too slow ({ms:.0} ms per frame, budget {FRAME_BUDGET_MS:.0} ms): "
-                ),
-                None => String::new(),
-            };
+            let cause = self
+                .slow_inference_ms
+                .map(slow_inference_cause)
+                .unwrap_or_default();
             estimate.withheld_reason = Some(format!(
                 "{cause}the window's {} frames span {:.1} s (at most {:.1} s): frames were dropped, so it is not {} frames at 10 fps",
                 self.frames.len(),
@@ -349,6 +362,7 @@ impl RollingWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::preprocess::QualityReason;
 
     fn tasks() -> Vec<TaskSpec> {
         ["ef", "esv", "edv"]
@@ -450,8 +464,8 @@ mod tests {
         let mut w = RollingWindow::new(WindowConfig::default());
         for i in 0..20 {
             let v = match i % 4 {
-                0 => Verdict::Invalid(vec!["frozen".into()]),
-                1 => Verdict::Invalid(vec!["no_sector".into()]),
+                0 => Verdict::Invalid(vec![QualityReason::Frozen.into()]),
+                1 => Verdict::Invalid(vec![QualityReason::NoSector.into()]),
                 _ => valid(55.0, 40.0, 90.0),
             };
             w.push(frame(i, v));
@@ -475,7 +489,7 @@ mod tests {
         let mut w = RollingWindow::new(WindowConfig::default());
         for i in 0..20 {
             let v = if i < 3 {
-                Verdict::Invalid(vec!["low_signal".into()])
+                Verdict::Invalid(vec![QualityReason::LowSignal.into()])
             } else {
                 valid(60.0, 30.0, 75.0)
             };
@@ -515,7 +529,11 @@ mod tests {
         }
         let reason = w.estimate(&tasks()).unwrap().withheld_reason.unwrap();
         assert!(
-            reason.starts_with("inference too slow (160 ms per frame, budget 100 ms)"),
+            reason.starts_with("inference too slow (160 ms per frame, budget 100 ms; "),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("GPU") && reason.contains("int8") && reason.contains("smaller variant"),
             "{reason}"
         );
         // Within budget: the plain reason.

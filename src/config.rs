@@ -168,7 +168,8 @@ impl Default for PhantomSourceConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishConfig {
-    /// JSON Lines target: `-` for stdout, or a file appended to. Default `-`.
+    /// JSON Lines target: `-` for stdout, `off` for none, or a file appended to (`./off` for a
+    /// file named off). Default `-`.
     #[serde(default = "default_jsonl")]
     pub jsonl: String,
     /// Address of the bedside display server (`host:port`), or `off`. Default `127.0.0.1:8470`.

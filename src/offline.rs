@@ -1,11 +1,12 @@
 //! Offline studies (`echonet predict`): one result per clip, from the paper's 20 frames at 10 fps
-//! taken from the clip's start, through the same sampler, preprocessing, model and window as the
-//! live daemon (the clip's usable frames run as one batch). A clip too short for 20 frames at 10 fps, or with too few usable frames, is
-//! withheld with its reasons; a file that cannot be read is refused with the reason.
+//! taken from the clip's start, through the same sampler, preprocessing, inference step
+//! (`pipeline::InferenceStep`, view gate included) and window as the live daemon (the clip's
+//! usable frames run as one batch). A clip too short for 20 frames at 10 fps, or with too few
+//! usable frames, is withheld with its reasons; a file that cannot be read is refused with the
+//! reason.
 
 use std::time::Duration;
 
-use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use crate::aggregate::{
@@ -13,14 +14,49 @@ use crate::aggregate::{
 };
 use crate::frame::Frame;
 use crate::model::EchoNetModel;
-use crate::pipeline::FramePreparer;
+use crate::pipeline::{InferenceStep, DEFAULT_VIEW_THRESHOLD};
+use crate::preprocess::{FramePreparer, PreparedInput, UnfitReason};
 use crate::sampler::{Decision, Sampler};
+
+/// What became of a clip: serialised as `ok`, `withheld` or `refused`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClipStatus {
+    /// An estimate from enough usable frames.
+    Ok,
+    /// Read, but not enough usable frames (or not an echocardiogram): no estimate.
+    Withheld,
+    /// The file could not be used at all.
+    Refused,
+}
+
+impl ClipStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Withheld => "withheld",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+impl std::fmt::Display for ClipStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Comparisons with the serialised name, for reports and tests.
+impl PartialEq<&str> for ClipStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ClipResult {
     pub file: String,
-    /// "ok", "withheld" or "refused".
-    pub status: String,
+    pub status: ClipStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub estimates: std::collections::BTreeMap<String, TaskEstimate>,
@@ -36,7 +72,7 @@ impl ClipResult {
     pub fn refused(file: &str, reason: String) -> Self {
         Self {
             file: file.to_string(),
-            status: "refused".into(),
+            status: ClipStatus::Refused,
             reason: Some(reason),
             estimates: Default::default(),
             quality: None,
@@ -80,66 +116,30 @@ pub fn predict_clip(
     )
 }
 
-/// Each usable input's outputs, `batch` frames per forward pass (a short last batch padded with
-/// copies of its last frame when `pad` is set); a failed pass marks its frames `inference_error`.
+/// Each usable input's verdict through the daemon's inference step, `batch` frames per forward
+/// pass (a short last batch padded with copies of its last frame when `pad` is set); a failed
+/// pass marks its frames `inference_error`.
 fn infer_inputs(
     file: &str,
-    inputs: &[(u64, Vec<f32>, [usize; 3])],
+    inputs: &[(u64, std::sync::Arc<PreparedInput>)],
     model: &EchoNetModel,
     batch: usize,
     pad: bool,
 ) -> Vec<Verdict> {
+    let step = InferenceStep::new(&model.manifest().tasks, DEFAULT_VIEW_THRESHOLD);
     let mut verdicts = Vec::with_capacity(inputs.len());
     for chunk in inputs.chunks(batch.max(1)) {
-        let [c, h, w] = chunk[0].2;
-        let same_shape = chunk.iter().all(|(_, _, d)| *d == [c, h, w]);
-        let run = || -> crate::model::Result<Vec<crate::model::FrameOutput>> {
-            if !same_shape {
-                // Mixed shapes cannot share a batch: one pass per frame.
-                let mut out = Vec::with_capacity(chunk.len());
-                for (_, data, [c, h, w]) in chunk {
-                    let x = Tensor::from_slice(data, (1, *c, *h, *w), &Device::Cpu)?;
-                    out.extend(model.infer(&x, false)?);
-                }
-                return Ok(out);
-            }
-            let n = if pad {
-                batch.max(chunk.len())
-            } else {
-                chunk.len()
-            };
-            let mut data = Vec::with_capacity(n * c * h * w);
-            for i in 0..n {
-                data.extend_from_slice(&chunk[i.min(chunk.len() - 1)].1);
-            }
-            let x = Tensor::from_vec(data, (n, c, h, w), &Device::Cpu)?;
-            let mut out = model.infer(&x, false)?;
-            out.truncate(chunk.len());
-            Ok(out)
-        };
-        match run() {
-            Ok(out) if out.len() == chunk.len() => {
-                verdicts.extend(out.into_iter().map(|o| Verdict::Valid(o.outputs)))
-            }
-            Ok(out) => {
-                tracing::error!(
-                    "{file}: {} outputs for a batch of {} frames",
-                    out.len(),
-                    chunk.len()
-                );
-                verdicts.extend(
-                    chunk
-                        .iter()
-                        .map(|_| Verdict::Invalid(vec!["inference_error".into()])),
-                );
-            }
+        let chunk_inputs: Vec<&PreparedInput> = chunk.iter().map(|(_, i)| i.as_ref()).collect();
+        let pad_to = if pad { batch } else { chunk.len() };
+        match step.infer(model, &chunk_inputs, pad_to) {
+            Ok(out) => verdicts.extend(out),
             Err(e) => {
-                let seqs: Vec<u64> = chunk.iter().map(|(s, _, _)| *s).collect();
+                let seqs: Vec<u64> = chunk.iter().map(|(s, _)| *s).collect();
                 tracing::error!("{file}: frames {seqs:?}: inference failed: {e}");
                 verdicts.extend(
                     chunk
                         .iter()
-                        .map(|_| Verdict::Invalid(vec!["inference_error".into()])),
+                        .map(|_| Verdict::Invalid(vec![UnfitReason::InferenceError])),
                 );
             }
         }
@@ -164,8 +164,8 @@ pub fn predict_clip_batched(
     let mut used = Vec::new();
     let mut times = Vec::new();
     // (frame, its verdict when already known, or the index of its input)
-    let mut taken: Vec<(&Frame, Result<usize, Vec<String>>)> = Vec::new();
-    let mut inputs: Vec<(u64, Vec<f32>, [usize; 3])> = Vec::new();
+    let mut taken: Vec<(&Frame, Result<usize, Vec<UnfitReason>>)> = Vec::new();
+    let mut inputs: Vec<(u64, std::sync::Arc<PreparedInput>)> = Vec::new();
     for frame in frames {
         if used.len() >= window.frames {
             break;
@@ -178,9 +178,9 @@ pub fn predict_clip_batched(
         let prepared = preparer.prepare(frame, &spec);
         match prepared.input {
             None => taken.push((frame, Err(prepared.reasons))),
-            Some((data, dims)) => {
+            Some(input) => {
                 taken.push((frame, Ok(inputs.len())));
-                inputs.push((frame.seq, data, dims));
+                inputs.push((frame.seq, input));
             }
         }
     }
@@ -195,7 +195,7 @@ pub fn predict_clip_batched(
             Ok(i) => verdicts
                 .get_mut(i)
                 .and_then(Option::take)
-                .unwrap_or_else(|| Verdict::Invalid(vec!["inference_error".into()])),
+                .unwrap_or_else(|| Verdict::Invalid(vec![UnfitReason::InferenceError])),
         };
         ring.push(FramePrediction {
             seq: frame.seq,
@@ -207,7 +207,7 @@ pub fn predict_clip_batched(
     }
     let base = ClipResult {
         file: file.to_string(),
-        status: "withheld".into(),
+        status: ClipStatus::Withheld,
         reason: None,
         estimates: Default::default(),
         quality: None,
@@ -246,8 +246,8 @@ pub fn predict_clip_batched(
         },
         Some(e) => ClipResult {
             status: match e.status {
-                Status::Ok => "ok".into(),
-                _ => "withheld".into(),
+                Status::Ok => ClipStatus::Ok,
+                _ => ClipStatus::Withheld,
             },
             reason: e.withheld_reason,
             estimates: e.estimates,

@@ -178,4 +178,82 @@ fn predict_gives_an_estimate_for_a_phantom_clip() {
     assert_eq!(r["status"], "ok", "{r}");
     assert_eq!(r["frames_used"].as_array().unwrap().len(), 20);
     assert!(r["estimates"]["ef"]["value"].is_number());
+    // Every line names the model that made it, as the daemon's records do.
+    let bundle_hash = echonet_edge::model::read_bundle(&bundle)
+        .unwrap()
+        .manifest
+        .content_hash;
+    assert_eq!(r["model"]["content_hash"], bundle_hash.as_str(), "{r}");
+    assert!(!r["model"]["id"].as_str().unwrap().is_empty(), "{r}");
+    assert!(
+        !r["model"]["intended_use"].as_str().unwrap().is_empty(),
+        "{r}"
+    );
+}
+
+#[test]
+fn predict_of_a_missing_file_exits_non_zero_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = convert_fixture("irv1_w0125.pth", dir.path(), StorageDtype::F32);
+    let out = echonet()
+        .args([
+            "predict",
+            "/nonexistent/clip.dcm",
+            "--threads",
+            "1",
+            "--model",
+        ])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(line["status"], "refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could be used"));
+}
+
+#[test]
+fn jsonl_off_writes_no_file_named_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = echonet()
+        .current_dir(dir.path())
+        .args([
+            "run",
+            "--source",
+            "phantom",
+            "--frames",
+            "3",
+            "--http",
+            "off",
+            "--jsonl",
+            "off",
+            "--threads",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.path().join("off").exists());
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn a_missing_models_folder_names_the_model_flag_and_the_environment_variable() {
+    let out = echonet()
+        .env("ECHONET_MODELS_DIR", "/nonexistent/models")
+        .args([
+            "run", "--source", "phantom", "--frames", "1", "--http", "off",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--model"), "{err}");
+    assert!(err.contains("ECHONET_MODELS_DIR"), "{err}");
+    assert!(err.contains("/nonexistent/models"), "{err}");
 }

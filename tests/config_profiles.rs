@@ -75,3 +75,13 @@ fn doctor_passes_on_this_checkout() {
         );
     }
 }
+
+#[test]
+fn doctor_text_lines_stay_short() {
+    let out = echonet().arg("doctor").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().count() > 3, "{text}");
+    for line in text.lines() {
+        assert!(line.chars().count() <= 120, "long doctor line: {line}");
+    }
+}

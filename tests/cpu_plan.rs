@@ -19,6 +19,10 @@ use proptest::prelude::*;
 /// Max abs difference of one convolution, relative to the largest reference value: f32 sums of
 /// at most a few hundred products, in a different order.
 const KERNEL_REL_TOL: f32 = 1e-5;
+/// The same for Winograd F(4x4, 3x3): its transforms multiply by up to 8 and 5 before the products
+/// are summed back, which costs about a decimal digit of f32 (F(2x2) uses only 0, 1 and 1/2 and is
+/// held to `KERNEL_REL_TOL`).
+const WINOGRAD_F4_REL_TOL: f32 = 1e-4;
 /// Relative L2 of pooled features, planned trunk vs candle trunk: ~30 layers of reordered f32
 /// sums; well inside the 1e-4 allowed against PyTorch.
 const TRUNK_REL_L2_TOL: f64 = 2e-5;
@@ -81,14 +85,56 @@ proptest! {
         if relu {
             reference = reference.relu().unwrap();
         }
-        let prepared = PreparedConv::from_folded(&folded).unwrap();
-        for kernel in kernels() {
-            let fast = prepared
-                .forward_nchw(&x, residual.then_some(&res), relu, kernel, threads)
-                .unwrap();
-            prop_assert_eq!(fast.dims(), reference.dims());
-            let d = max_rel_diff(&fast, &reference);
-            prop_assert!(d <= KERNEL_REL_TOL, "{:?}: max rel diff {}", kernel, d);
+        // Direct, and Winograd with 2x2 and 4x4 output tiles (3x3 stride 1; others run direct).
+        for (winograd, tol) in [(None, KERNEL_REL_TOL), (Some(2), KERNEL_REL_TOL), (Some(4), WINOGRAD_F4_REL_TOL)] {
+            let prepared = PreparedConv::from_folded_with(&folded, winograd).unwrap();
+            for kernel in kernels() {
+                let fast = prepared
+                    .forward_nchw(&x, residual.then_some(&res), relu, kernel, threads)
+                    .unwrap();
+                prop_assert_eq!(fast.dims(), reference.dims());
+                let d = max_rel_diff(&fast, &reference);
+                prop_assert!(d <= tol, "{:?} winograd {:?}: max rel diff {}", kernel, winograd, d);
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// Winograd's own shapes (3x3 stride 1) with enough input channels for several K passes of
+    /// the GEMM, partial tiles at the borders and one-axis padding.
+    #[test]
+    fn winograd_matches_candle(
+        n in 1usize..3, cin in 1usize..300, cout in 1usize..70,
+        h in 3usize..20, w in 3usize..20, pad_h in 0usize..2, pad_w in 0usize..2,
+        relu in any::<bool>(), residual in any::<bool>(), threads in 1usize..4, seed in any::<u64>(),
+    ) {
+        let x = mk(&[n, cin, h, w], seed);
+        let folded = FoldedConv {
+            weight: mk(&[cout, cin, 3, 3], seed.wrapping_add(1)),
+            bias: mk(&[cout], seed.wrapping_add(2)),
+            geometry: Geometry { stride: 1, pad_h, pad_w },
+            relu: false,
+        };
+        let mut reference = CandleConv.forward(&x, &folded).unwrap();
+        let res = mk(reference.dims(), seed.wrapping_add(3));
+        if residual {
+            reference = (reference + &res).unwrap();
+        }
+        if relu {
+            reference = reference.relu().unwrap();
+        }
+        for (tile, tol) in [(2, KERNEL_REL_TOL), (4, WINOGRAD_F4_REL_TOL)] {
+            let prepared = PreparedConv::from_folded_with(&folded, Some(tile)).unwrap();
+            for kernel in kernels() {
+                let fast = prepared
+                    .forward_nchw(&x, residual.then_some(&res), relu, kernel, threads)
+                    .unwrap();
+                prop_assert_eq!(fast.dims(), reference.dims());
+                let d = max_rel_diff(&fast, &reference);
+                prop_assert!(d <= tol, "{:?} F({}x{}): max rel diff {}", kernel, tile, tile, d);
+            }
         }
     }
 }

@@ -126,6 +126,24 @@ fn display_page_in_headless_chromium() {
     );
     assert!(!has_digit(&browser.text("esv-value")) && !has_digit(&browser.text("edv-value")));
     assert_eq!(browser.text("withheld-reason"), reason);
+    assert_eq!(
+        browser.text("status-detail"),
+        "no number: the estimate was withheld"
+    );
+
+    // Withheld because inference is over the budget: the page says so, and what to do.
+    let reason = format!(
+        "{}the window's 20 frames span 3.8 s (at most 2.5 s): frames were dropped",
+        echonet_edge::aggregate::slow_inference_cause(160.0)
+    );
+    feeder.set(Some(withheld(0, &reason)));
+    browser.wait_text("withheld-reason", WAIT, "the slow reason", |t| t == reason);
+    assert_eq!(
+        browser.text("status-detail"),
+        "no number: inference is too slow for live use"
+    );
+    let shown = browser.text("withheld-reason");
+    assert!(shown.contains("GPU") && shown.contains("int8") && shown.contains("smaller variant"));
 
     // Back to live, then the publisher stops: STALE within a few seconds, number hidden.
     feeder.set(Some(estimate(0, 57.0)));

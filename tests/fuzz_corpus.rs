@@ -7,6 +7,7 @@
 //! `cargo test --release --test fuzz_corpus -- --ignored write_seeds` rewrites the generated
 //! seeds (AVI, bundle, configuration, V4L2 buffers; the DICOM seeds come from
 //! `echonet phantom` and tests/fixtures/dicom, see fuzz/README.md).
+// Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::alloc::{GlobalAlloc, Layout, System};

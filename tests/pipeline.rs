@@ -16,8 +16,9 @@ use echonet_edge::capture::{FrameSource, SourceError, SourceInfo};
 use echonet_edge::frame::{Frame, Image, SourceGeometry};
 use echonet_edge::metrics::PipelineMetrics;
 use echonet_edge::model::{read_bundle, EchoNetModel, InputSpec, RunOptions, StorageDtype};
-use echonet_edge::pipeline::{
-    EstimateSink, FramePreparer, Pipeline, PipelineConfig, Prepared, RunLimits,
+use echonet_edge::pipeline::{EstimateSink, Pipeline, PipelineConfig, RunLimits};
+use echonet_edge::preprocess::{
+    FramePreparer, Prepared, PreparedInput, QualityReason, UnfitReason,
 };
 
 /// What a scripted source does at each step.
@@ -111,7 +112,7 @@ impl FramePreparer for TestPreparer {
         if self.mark_invalid && frame.image.data[0] % 2 == 1 {
             return Prepared {
                 input: None,
-                reasons: vec!["frozen".into()],
+                reasons: vec![UnfitReason::Quality(QualityReason::Frozen)],
                 outline: None,
             };
         }
@@ -120,7 +121,12 @@ impl FramePreparer for TestPreparer {
             .map(|i| frame.image.data[(i / w) * 80 + i % w] as f32 / 128.0 - 1.0)
             .collect();
         Prepared {
-            input: Some((data, [1, h, w])),
+            input: Some(Arc::new(PreparedInput {
+                data,
+                channels: 1,
+                height: h,
+                width: w,
+            })),
             reasons: vec![],
             outline: None,
         }

@@ -216,25 +216,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(plan) = plan_profile {
         let total_ms: f64 = per_frame_ms.iter().sum::<f64>() * args.batch as f64;
         let rows = plan.profile();
-        let step_ms: f64 = rows.iter().map(|r| r.2.as_secs_f64() * 1000.0).sum();
+        let step_ms: f64 = rows.iter().map(|r| r.wall.as_secs_f64() * 1000.0).sum();
         eprintln!(
             "cpu plan ({}, {} threads): steps {step_ms:.1} ms of {total_ms:.1} ms timed ({:.0}%); the rest is input layout, pooling of features, heads",
             plan.kernel_name(),
             plan.threads(),
             100.0 * step_ms / total_ms
         );
+        // The thread CPU columns are the calling thread's only: with one thread they are the
+        // step's whole cost, undisturbed by other processes taking the core.
         eprintln!(
-            "{:<44} {:>6} {:>10} {:>8} {:>9}",
-            "step (cin->cout)", "calls", "ms/iter", "share", "GFLOP/s"
+            "{:<44} {:>6} {:>10} {:>8} {:>9} {:>11} {:>11}",
+            "step (cin->cout)", "calls", "ms/iter", "share", "GFLOP/s", "thread cpu", "GFLOP/cpu-s"
         );
-        for (label, calls, time, flops) in rows {
-            let ms = time.as_secs_f64() * 1000.0;
+        for row in rows {
+            let ms = row.wall.as_secs_f64() * 1000.0;
+            let cpu = row.thread_cpu.as_secs_f64();
+            let work = row.flops * args.iters as f64;
             eprintln!(
-                "{label:<44} {:>6} {:>10.2} {:>7.1}% {:>9.1}",
-                calls,
+                "{:<44} {:>6} {:>10.2} {:>7.1}% {:>9.1} {:>11.2} {:>11.1}",
+                row.label,
+                row.steps,
                 ms / args.iters as f64,
                 100.0 * ms / total_ms,
-                flops * args.iters as f64 / time.as_secs_f64().max(1e-12) / 1e9
+                work / row.wall.as_secs_f64().max(1e-12) / 1e9,
+                cpu * 1000.0 / args.iters as f64,
+                work / cpu.max(1e-12) / 1e9
             );
         }
         plan.set_profiling(false);

@@ -170,17 +170,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         for c in &r.checks {
             let ok = c["ok"].as_bool().unwrap_or(false);
-            let body = if ok {
-                c["detail"].to_string()
-            } else {
-                c["error"].to_string()
-            };
             println!(
-                "[{}] {}: {}",
+                "[{}] {}",
                 if ok { " ok " } else { "FAIL" },
-                c["check"].as_str().unwrap_or("?"),
-                body
+                c["check"].as_str().unwrap_or("?")
             );
+            let body = if ok { &c["detail"] } else { &c["error"] };
+            for line in detail_lines(body) {
+                println!("       {line}");
+            }
         }
     }
     Ok(if r.failed {
@@ -188,4 +186,49 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The longest line `doctor` prints in text mode (`--json` has everything in full).
+const MAX_LINE: usize = 100;
+
+/// A check's detail as short lines: an object one `key: value` line per field, anything else
+/// one line; each cut at `MAX_LINE` characters with a pointer to `--json`.
+fn detail_lines(v: &Value) -> Vec<String> {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let lines: Vec<String> = match v {
+        Value::Object(fields) => fields
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", text(v)))
+            .collect(),
+        other => vec![text(other)],
+    };
+    lines.into_iter().map(|l| clip_line(&l)).collect()
+}
+
+fn clip_line(line: &str) -> String {
+    const MORE: &str = " ... (--json for all)";
+    if line.chars().count() <= MAX_LINE {
+        return line.to_string();
+    }
+    let keep: String = line.chars().take(MAX_LINE - MORE.len()).collect();
+    format!("{keep}{MORE}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detail_lines_are_one_per_field_and_never_long() {
+        let detail = json!({"file": "m.safetensors", "tasks": vec!["ef"; 400]});
+        let lines = detail_lines(&detail);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0], "file: m.safetensors");
+        assert!(lines[1].starts_with("tasks: [\"ef\""));
+        assert!(lines.iter().all(|l| l.chars().count() <= MAX_LINE));
+        assert!(lines[1].ends_with("(--json for all)"));
+    }
 }

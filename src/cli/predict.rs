@@ -1,7 +1,8 @@
 //! `echonet predict FILE_OR_DIR...`: offline studies. One JSON line per clip on stdout: the
 //! estimate from the paper's 20 frames at 10 fps from the clip's start, or `withheld` with the
-//! reasons, or `refused` with why the file could not be used. Folders expand to their `.dcm`
-//! files. A clip that is not ultrasound is withheld before any inference.
+//! reasons, or `refused` with why the file could not be used. Every line names the model that
+//! made it (`model`: id, content hash, intended use), as the daemon's records do. Folders expand
+//! to their `.dcm` files. A clip that is not ultrasound is withheld before any inference.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,8 +11,17 @@ use std::time::{Instant, SystemTime};
 use echonet_edge::capture::dicom::DicomClip;
 use echonet_edge::frame::Frame;
 use echonet_edge::model::read_bundle;
-use echonet_edge::offline::{predict_clip, ClipResult};
+use echonet_edge::offline::{predict_clip, ClipResult, ClipStatus};
 use echonet_edge::preprocess::Preprocessor;
+use echonet_edge::publish::record::ModelInfo;
+
+/// One line of output: the clip's result and the model that made it.
+#[derive(serde::Serialize)]
+struct PredictLine<'a> {
+    #[serde(flatten)]
+    result: &'a ClipResult,
+    model: &'a ModelInfo,
+}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -84,8 +94,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ));
     }
     let config = super::run::load_config(args.config.as_ref(), &overrides)?;
-    let bundle = read_bundle(&super::run::resolve_bundle(&config)?)?;
+    let bundle_path = echonet_edge::daemon::resolve_bundle(&config)?;
+    let bundle = read_bundle(&bundle_path)?;
     let model = args.run.model(&bundle)?;
+    // As `echonet run` names it: the bundle's file name without its extension.
+    let model_info = ModelInfo {
+        id: bundle_path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        intended_use: bundle.manifest.intended_use.clone(),
+        content_hash: bundle.manifest.content_hash.clone(),
+    };
     let files = expand(&args.paths);
     anyhow::ensure!(
         !files.is_empty(),
@@ -111,7 +131,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                             facts.sop_class_uid.as_deref().unwrap_or("absent")
                         ),
                     );
-                    r.status = "withheld".into();
+                    r.status = ClipStatus::Withheld;
                     r.source_frames = frames.len();
                     r
                 } else {
@@ -121,10 +141,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
             }
         };
-        if result.status == "refused" {
+        if result.status == ClipStatus::Refused {
             refused += 1;
         }
-        println!("{}", serde_json::to_string(&result)?);
+        let line = PredictLine {
+            result: &result,
+            model: &model_info,
+        };
+        println!("{}", serde_json::to_string(&line)?);
     }
     if refused == total {
         // Nothing could be read: a script must not take this for a study with results.

@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -29,7 +31,9 @@ pub struct Args {
     /// The bundle to write (the best validation network).
     #[arg(long)]
     pub out: PathBuf,
-    /// Checkpoints and per-run bundles; default `<out>.work`.
+    /// Folder for checkpoints (written every --eval-every steps) and each run's best bundle;
+    /// default: the --out path with its extension replaced by `.work` (models/x.safetensors ->
+    /// models/x.work).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
     /// Continue from the checkpoints in the work folder.
@@ -41,10 +45,13 @@ pub struct Args {
     /// TrainConfig TOML; flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Optimiser steps per run (default 1500, or --config's steps).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Width multiplier of the network's channels, e.g. 0.125, 0.25 or 1 (default 0.25).
     #[arg(long)]
     pub width: Option<f64>,
+    /// Side of the square model input, pixels (default 96).
     #[arg(long)]
     pub input_size: Option<usize>,
     /// Comma-separated heads, e.g. `ef,esv,edv,lv_volume`.
@@ -53,8 +60,10 @@ pub struct Args {
     /// `shared` (one backbone, every head) or `per_task` (one network per task, as the paper).
     #[arg(long)]
     pub heads: Option<String>,
+    /// Peak learning rate, decayed along a cosine to 5 % of it (default 1e-3).
     #[arg(long)]
     pub lr: Option<f64>,
+    /// AdamW weight decay (default 1e-4).
     #[arg(long)]
     pub weight_decay: Option<f64>,
     /// Grid over learning rates, e.g. `1e-3,3e-4`.
@@ -63,12 +72,17 @@ pub struct Args {
     /// Grid over weight decays, e.g. `1e-4,0`.
     #[arg(long, value_delimiter = ',')]
     pub weight_decay_grid: Option<Vec<f64>>,
+    /// Frames per optimiser step (default 24).
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Validate, keep the best network and write a checkpoint every this many steps (default 100).
     #[arg(long)]
     pub eval_every: Option<usize>,
+    /// Seed of the patient split, weight initialisation, batches and augmentation (default 1).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// The intended-use statement written into the bundle (default: "research and
+    /// demonstration only; not for clinical use").
     #[arg(long)]
     pub intended_use: Option<String>,
     /// CPU threads; default every core this process may use.
@@ -153,6 +167,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .work_dir
         .clone()
         .unwrap_or_else(|| args.out.with_extension("work"));
+    // Ctrl-C (or SIGTERM) stops every run after its current step with a checkpoint, so it can be
+    // resumed with --resume even before the first validation; a second Ctrl-C quits at once.
+    let interrupt = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, interrupt.clone())
+            .context("installing the signal handler")?;
+        signal_hook::flag::register(signal, interrupt.clone())
+            .context("installing the signal handler")?;
+    }
+    eprintln!(
+        "training; checkpoints every {} steps in {} (Ctrl-C stops with a checkpoint; --resume continues)",
+        cfg.eval_every,
+        work_dir.display()
+    );
     let command: Vec<String> = std::env::args().collect();
     let provenance = Provenance {
         source: format!("echonet train ({})", command[1..].join(" ")),
@@ -245,11 +273,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     RunControl {
                         resume: args.resume,
                         pause_at: args.pause_at,
+                        interrupt: Some(interrupt.clone()),
                     },
                     &device,
                     &Progress::new(&name),
                 )?;
                 results.push((lr, wd, outcome));
+                if interrupt.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+            }
+            if interrupt.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
             }
         }
         println!(
@@ -278,6 +313,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "paused; continue with the same command and --resume (checkpoints in {})",
                 work_dir.display()
             );
+            if interrupt.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
             continue;
         }
         let best = results

@@ -11,7 +11,7 @@ use crate::aggregate::WindowConfig;
 use crate::dataset::{ClipRecord, ClipSource, Split};
 use crate::frame::Frame;
 use crate::model::{EchoNetModel, TaskKind, TaskSpec};
-use crate::offline::{predict_clip, ClipResult};
+use crate::offline::{predict_clip, ClipResult, ClipStatus};
 use crate::preprocess::{PreprocessConfig, Preprocessor};
 
 pub mod metrics;
@@ -35,6 +35,26 @@ pub fn base_task(estimate: &str) -> &str {
         .filter(|b| !b.is_empty())
         .unwrap_or(estimate)
 }
+
+/// An estimate's name in plain words, for plot titles: `ef_volume_curve` -> "Ejection fraction
+/// (volume curve)". Unknown names are returned with underscores as spaces.
+pub fn plain_name(estimate: &str) -> String {
+    let base = base_task(estimate);
+    let words = match base {
+        "ef" => "Ejection fraction".to_string(),
+        "esv" => "End-systolic volume".to_string(),
+        "edv" => "End-diastolic volume".to_string(),
+        "lv_volume" => "LV volume".to_string(),
+        other => other.replace('_', " "),
+    };
+    match estimate[base.len()..].trim_start_matches('_') {
+        "" => words,
+        rest => format!("{words} ({})", rest.replace('_', " ")),
+    }
+}
+
+/// Below this many clips, the table says that R² is not to be relied on.
+pub const R2_MIN_CLIPS: usize = 30;
 
 /// The label an estimate compares with, and its value: the label named like the estimate if the
 /// clip has it, else the label of its base task.
@@ -75,8 +95,8 @@ pub struct ClipEval {
     pub patient: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub split: Option<Split>,
-    /// "ok", "withheld" or "refused" (as `echonet predict`).
-    pub status: String,
+    /// As `echonet predict`: serialised `ok`, `withheld` or `refused`.
+    pub status: ClipStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Estimate name → prediction and truth; empty unless the clip is `ok`.
@@ -86,7 +106,7 @@ pub struct ClipEval {
 impl ClipEval {
     /// Pairs an offline result with the clip's labels. Only an `ok` result's estimates count.
     pub fn pair(record: &ClipRecord, result: &ClipResult) -> Self {
-        let predictions = if result.status == "ok" {
+        let predictions = if result.status == ClipStatus::Ok {
             result
                 .estimates
                 .iter()
@@ -110,7 +130,7 @@ impl ClipEval {
             id: record.id.clone(),
             patient: record.patient.clone(),
             split: record.split,
-            status: result.status.clone(),
+            status: result.status,
             reason: result.reason.clone(),
             predictions,
         }
@@ -205,13 +225,13 @@ pub fn summarise(
     };
     for c in clips {
         let reason = || c.reason.clone().unwrap_or_else(|| "no reason given".into());
-        match c.status.as_str() {
-            "ok" => counts.ok += 1,
-            "refused" => {
+        match c.status {
+            ClipStatus::Ok => counts.ok += 1,
+            ClipStatus::Refused => {
                 counts.refused += 1;
                 *counts.refused_reasons.entry(reason()).or_default() += 1;
             }
-            _ => {
+            ClipStatus::Withheld => {
                 counts.withheld += 1;
                 *counts.withheld_reasons.entry(reason()).or_default() += 1;
             }
@@ -345,8 +365,8 @@ impl EvalReport {
         }
         let _ = writeln!(
             s,
-            "{:<20} {:<10} {:>5} {:>8} {:>9} {:>13} {:>9} {:>7} {:>7}",
-            "estimator", "label", "n", "R2", "MAE", "mean-pred MAE", "bias", "AUC", "F1"
+            "{:<20} {:<10} {:<5} {:>5} {:>8} {:>9} {:>13} {:>9} {:>7} {:>7}",
+            "estimator", "label", "unit", "n", "R2", "MAE", "mean-pred MAE", "bias", "AUC", "F1"
         );
         let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
         for (name, r) in &self.estimators {
@@ -354,9 +374,10 @@ impl EvalReport {
             let b = r.binary.as_ref();
             let _ = write!(
                 s,
-                "{:<20} {:<10} {:>5} {:>8} {:>9} {:>13} {:>9} {:>7} {:>7}",
+                "{:<20} {:<10} {:<5} {:>5} {:>8} {:>9} {:>13} {:>9} {:>7} {:>7}",
                 name,
                 r.label,
+                if r.unit.is_empty() { "-" } else { &r.unit },
                 r.n,
                 f(g.map(|m| m.r2), 3),
                 f(g.map(|m| m.mae), 2),
@@ -372,6 +393,25 @@ impl EvalReport {
                 let _ = write!(s, "  [{} clips without a label]", r.missing_truth);
             }
             s.push('\n');
+        }
+        let _ = writeln!(
+            s,
+            "MAE, mean-pred MAE (the error of always predicting the mean) and bias are in each \
+             row's unit; R2, AUC and F1 have none."
+        );
+        if let Some(n) = self
+            .estimators
+            .values()
+            .filter(|r| r.regression.is_some())
+            .map(|r| r.n)
+            .filter(|n| *n < R2_MIN_CLIPS)
+            .min()
+        {
+            let _ = writeln!(
+                s,
+                "caution: R2 from as few as {n} clips (under {R2_MIN_CLIPS}) can swing widely \
+                 with one clip; read it with MAE and the Bland-Altman limits."
+            );
         }
         s
     }
@@ -406,7 +446,7 @@ mod tests {
             id: id.into(),
             patient: id.into(),
             split: None,
-            status: status.into(),
+            status: serde_json::from_value(serde_json::json!(status)).unwrap(),
             reason: (status != "ok").then(|| format!("{status} because")),
             predictions: preds
                 .iter()
@@ -490,5 +530,25 @@ mod tests {
             "{table}"
         );
         assert!(table.lines().any(|l| l.starts_with("ef ")), "{table}");
+        // Units stated, and R² from two clips comes with a caution.
+        assert!(table.contains(" unit "), "{table}");
+        assert!(
+            table.contains("caution: R2 from as few as 2 clips"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn plain_names_for_plot_titles() {
+        assert_eq!(plain_name("ef"), "Ejection fraction");
+        assert_eq!(
+            plain_name("ef_volume_curve"),
+            "Ejection fraction (volume curve)"
+        );
+        assert_eq!(
+            plain_name("esv_from_volumes"),
+            "End-systolic volume (from volumes)"
+        );
+        assert_eq!(plain_name("view_a4c"), "view a4c");
     }
 }

@@ -119,8 +119,12 @@ pub fn bland_altman(
         let mut chart = ChartBuilder::on(root)
             .caption(
                 format!(
-                    "{name}: Bland-Altman, n = {}, bias {:.2}, 95% limits {:.2} to {:.2}",
-                    m.n, m.bias, m.loa_lower, m.loa_upper
+                    "{}: prediction minus truth, n = {}, bias {:.2}, 95% limits {:.2} to {:.2}",
+                    super::plain_name(name),
+                    m.n,
+                    m.bias,
+                    m.loa_lower,
+                    m.loa_upper
                 ),
                 (FAMILY, 22),
             )
@@ -182,7 +186,8 @@ pub fn scatter(
         let mut chart = ChartBuilder::on(root)
             .caption(
                 format!(
-                    "{name}: n = {}, R² = {:.3}, MAE = {:.2}{}",
+                    "{}: prediction against truth, n = {}, R² = {:.3}, MAE = {:.2}{}",
+                    super::plain_name(name),
                     m.n,
                     m.r2,
                     m.mae,

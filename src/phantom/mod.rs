@@ -11,6 +11,7 @@
 //! `cm_per_pixel = depth_cm / sector radius in pixels`, so `A = (pixels inside the LV ellipse) ×
 //! cm_per_pixel²` recovers the volume from the image.
 
+pub mod dicom;
 mod font;
 mod geometry;
 mod heart;

@@ -28,6 +28,7 @@ use crate::model::InputSpec;
 
 pub use quality::{
     assess, low_frame_rate, FrameQuality, QualityConfig, QualityCounts, QualityReason, SectorStats,
+    UnfitReason,
 };
 pub use sector::{DetectorConfig, Fan, Sector, SectorDetector, SectorOverride, SectorShape};
 
@@ -354,26 +355,40 @@ impl Preprocessor {
     }
 }
 
-/// The live pipeline's preprocessing stage. A malformed frame or a configuration that cannot
-/// apply to it is logged and the frame marked unusable (`bad_frame`), never a panic.
-impl crate::pipeline::FramePreparer for Preprocessor {
-    fn prepare(&mut self, frame: &Frame, spec: &InputSpec) -> crate::pipeline::Prepared {
+/// A frame made ready for the model (or found unfit) by the preprocessing stage: what the frame
+/// path carries from preprocess to inference and the display.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    /// The normalised input, shared: the inference stage and the display's saliency worker read
+    /// the same buffer. `None` when the frame must not feed an estimate.
+    pub input: Option<Arc<PreparedInput>>,
+    /// Why the frame is unfit (empty when fit).
+    pub reasons: Vec<UnfitReason>,
+    /// The scanning sector's outline in frame pixels, for the display.
+    pub outline: Option<Vec<(f32, f32)>>,
+}
+
+/// The preprocessing stage's seam (the live pipeline and offline prediction): sector, mask,
+/// crop, resize, normalise, quality checks. Tests put their own preparers here.
+pub trait FramePreparer: Send {
+    fn prepare(&mut self, frame: &Frame, spec: &InputSpec) -> Prepared;
+}
+
+/// The preprocessing stage. A malformed frame or a configuration that cannot apply to it is
+/// logged and the frame marked unusable (`bad_frame`), never a panic.
+impl FramePreparer for Preprocessor {
+    fn prepare(&mut self, frame: &Frame, spec: &InputSpec) -> Prepared {
         match self.process(frame, spec) {
-            Ok(p) => crate::pipeline::Prepared {
-                input: p.input.map(|i| (i.data, [i.channels, i.height, i.width])),
-                reasons: p
-                    .quality
-                    .reasons
-                    .iter()
-                    .map(|r| r.as_str().to_string())
-                    .collect(),
+            Ok(p) => Prepared {
+                input: p.input.map(Arc::new),
+                reasons: p.quality.reasons.iter().map(|r| (*r).into()).collect(),
                 outline: p.sector.map(|s| s.outline()),
             },
             Err(e) => {
                 tracing::warn!("frame {}: {e}", frame.seq);
-                crate::pipeline::Prepared {
+                Prepared {
                     input: None,
-                    reasons: vec!["bad_frame".into()],
+                    reasons: vec![UnfitReason::BadFrame],
                     outline: None,
                 }
             }

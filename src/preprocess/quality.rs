@@ -44,6 +44,44 @@ impl QualityReason {
     }
 }
 
+/// Why a sampled frame could not feed an estimate. Travels as this enum from the stage that
+/// finds it to the window; it becomes text (`as_str`) only in counters and published records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UnfitReason {
+    /// The quality gate refused it (no sector, frozen, low signal, colour Doppler, low rate).
+    Quality(QualityReason),
+    /// The frame was malformed, or the preprocessing configuration could not apply to it.
+    BadFrame,
+    /// The bundle's `view_a4c` head said it is not an apical four-chamber view.
+    NotA4c,
+    /// The model failed on it (or gave no output).
+    InferenceError,
+}
+
+impl UnfitReason {
+    /// The name used in records, counters and reports: `frozen`, `bad_frame`, `not_a4c`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quality(q) => q.as_str(),
+            Self::BadFrame => "bad_frame",
+            Self::NotA4c => "not_a4c",
+            Self::InferenceError => "inference_error",
+        }
+    }
+}
+
+impl From<QualityReason> for UnfitReason {
+    fn from(q: QualityReason) -> Self {
+        Self::Quality(q)
+    }
+}
+
+impl std::fmt::Display for UnfitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl std::fmt::Display for QualityReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

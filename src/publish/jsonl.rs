@@ -136,12 +136,16 @@ impl JsonlWriter {
     }
 }
 
-/// Where JSON Lines go: `-` for stdout, else a file path.
-pub fn open_target(target: &str) -> Result<JsonlWriter, JsonlError> {
-    if target == "-" {
-        JsonlWriter::stdout()
-    } else {
-        JsonlWriter::append_to(&PathBuf::from(target))
+/// The `publish.jsonl` value that turns JSON Lines off (as `off` turns the display off); a file
+/// named `off` is written as `./off`.
+pub const JSONL_OFF: &str = "off";
+
+/// Where JSON Lines go: `-` for stdout, `off` for nowhere (`None`), else a file path.
+pub fn open_target(target: &str) -> Result<Option<JsonlWriter>, JsonlError> {
+    match target {
+        "-" => JsonlWriter::stdout().map(Some),
+        JSONL_OFF => Ok(None),
+        path => JsonlWriter::append_to(&PathBuf::from(path)).map(Some),
     }
 }
 
@@ -203,6 +207,15 @@ mod tests {
         }
         assert!(wrote);
         assert_eq!(&got.lock().unwrap()[..], b"{\"a\":1}\n{\"a\":3}\n");
+    }
+
+    #[test]
+    fn off_writes_nothing_and_dot_slash_off_is_a_file() {
+        assert!(open_target(JSONL_OFF).unwrap().is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let off_file = dir.path().join("off");
+        assert!(open_target(off_file.to_str().unwrap()).unwrap().is_some());
+        assert!(off_file.exists());
     }
 
     #[test]

@@ -232,12 +232,23 @@ pub struct Validation {
 }
 
 /// How this invocation treats the run's saved state.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunControl {
     /// Continue from the work folder's checkpoint when there is one.
     pub resume: bool,
     /// Stop (with a checkpoint) once the run reaches this step, to be resumed later.
     pub pause_at: Option<usize>,
+    /// Set (by Ctrl-C, say) to stop after the current step with a checkpoint, as `pause_at`
+    /// does: an interrupted run can be resumed, even before its first validation.
+    pub interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl RunControl {
+    fn interrupted(&self) -> bool {
+        self.interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// What a finished run produced.
@@ -291,6 +302,20 @@ impl Progress {
         s_per_step: f64,
     ) {
         if !self.tty {
+            // A log line at the first step and every twentieth of the run, so a log file
+            // shows progress long before the first validation.
+            if step == 1 || step.is_multiple_of((total / 20).max(1)) {
+                let eta = s_per_step * total.saturating_sub(step) as f64;
+                tracing::info!(
+                    run = %self.label,
+                    step,
+                    of = total,
+                    loss = format!("{loss:.4}"),
+                    s_per_step = format!("{s_per_step:.2}"),
+                    eta = format!("{:.0}m{:02.0}s", (eta / 60.0).floor(), eta % 60.0),
+                    "training"
+                );
+            }
             return;
         }
         let width = 30;
@@ -536,7 +561,7 @@ pub fn train_run(
     let seconds_before = state.seconds;
     let first_step = state.step;
     let mut recent_loss = Vec::new();
-    let stop = control.pause_at.unwrap_or(cfg.steps).min(cfg.steps);
+    let mut stop = control.pause_at.unwrap_or(cfg.steps).min(cfg.steps);
     while state.step < stop {
         // Cosine decay from lr to 5 % of it.
         let progress_frac = state.step as f64 / cfg.steps as f64;
@@ -567,6 +592,13 @@ pub fn train_run(
         }
         opt.step(&loss.backward()?)?;
         state.step += 1;
+        if control.interrupted() && state.step < stop {
+            tracing::warn!(
+                step = state.step,
+                "interrupted: writing a checkpoint at this step (continue with --resume)"
+            );
+            stop = state.step;
+        }
         recent_loss.push(loss_value);
         let elapsed = started.elapsed().as_secs_f64();
         let s_per_step = elapsed / (state.step - first_step) as f64;

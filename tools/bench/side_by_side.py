@@ -29,7 +29,9 @@ def run_json(cmd):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--python", default=sys.executable, help="Python with torch and onnxruntime")
-    ap.add_argument("--echonet", default="target/release/echonet")
+    ap.add_argument("--echonet", action="append",
+                    help="echonet binary (repeatable: builds before and after a change, timed "
+                         "alternately in the same rounds); default target/release/echonet")
     ap.add_argument("--conv", action="append", help="echonet --conv values to time (repeatable)")
     ap.add_argument("--extra", default="", help="extra echonet bench arguments, one string")
     ap.add_argument("--threads", type=int, default=2)
@@ -39,16 +41,21 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     convs = args.conv or ["auto"]
+    binaries = args.echonet or ["target/release/echonet"]
     common = ["--threads", str(args.threads), "--batch", str(args.batch), "--iters", str(args.iters)]
-    systems = [(f"echonet --conv {c}", [args.echonet, "bench", "--device", "cpu", "--json",
-                                        "--input-size", str(args.size), "--conv", c, *common,
-                                        *args.extra.split()]) for c in convs]
+    def label(binary, conv):
+        name = f"echonet --conv {conv}"
+        return name if len(binaries) == 1 else f"{os.path.basename(binary)} {conv}"
+
+    systems = [(label(b, c), [b, "bench", "--device", "cpu", "--json", "--input-size",
+                              str(args.size), "--conv", c, *common, *args.extra.split()])
+               for b in binaries for c in convs]
     systems.append(("onnxruntime", [args.python, os.path.join(HERE, "ort_peer.py"), "--json",
                                     "--size", str(args.size), *common]))
     names = [n for n, _ in systems]
     rows = []
-    print("round  " + "  ".join(f"{n:>22}" for n in names) + "  " +
-          "  ".join(f"{'ratio ' + n.split()[-1]:>16}" for n in names[:-1]))
+    print("round  " + "  ".join(f"{n[-22:]:>22}" for n in names) + "  " +
+          "  ".join(f"{'ratio ' + str(i + 1):>16}" for i in range(len(names) - 1)))
     cpu_rows = []
     for r in range(args.rounds):
         reports = [run_json(cmd) for _, cmd in systems]

@@ -10,9 +10,21 @@ use std::sync::Mutex;
 
 use super::exec::PreparedConv;
 use super::gemm::{Epilogue, MicroKernel, PackedWeights};
+use super::winograd::WinogradConv;
 use super::{BufferSpec, CpuPlan, Op, Slot, Step};
 use crate::model::conv::FoldedConv;
 use crate::model::network::InceptionResnetV1;
+
+/// How a convolution is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Algorithm {
+    /// Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions, direct for the rest.
+    Auto,
+    /// im2col (or in place for 1x1) and GEMM.
+    Direct,
+    /// Winograd with output tiles of this side (2 or 4) where the shape is 3x3 stride 1.
+    Winograd(usize),
+}
 
 /// Packs a folded convolution. `in_order[i]` is the original input channel read from position `i`
 /// of the source slot, `out_order[j]` the original output channel written to column `j`.
@@ -20,6 +32,7 @@ pub(super) fn prepare(
     conv: &FoldedConv,
     in_order: Option<&[usize]>,
     out_order: Option<&[usize]>,
+    algorithm: Algorithm,
 ) -> candle_core::Result<PreparedConv> {
     let (cout, cin, kh, kw) = conv.weight.dims4()?;
     let w = conv
@@ -49,12 +62,41 @@ pub(super) fn prepare(
         },
         &bias,
     );
+    let g = conv.geometry;
+    let tile = match algorithm {
+        Algorithm::Auto => Some(2),
+        Algorithm::Direct => None,
+        Algorithm::Winograd(m) => Some(m),
+    };
+    let winograd = match tile {
+        Some(m) if kh == 3 && kw == 3 && g.stride == 1 => {
+            // In the permuted channel orders, like the packed weights.
+            let mut wp = vec![0f32; cout * cin * 9];
+            for (col, &o) in out_order.iter().enumerate() {
+                for (c, &i) in in_order.iter().enumerate() {
+                    let from = (o * cin + i) * 9;
+                    wp[(col * cin + c) * 9..(col * cin + c + 1) * 9]
+                        .copy_from_slice(&w[from..from + 9]);
+                }
+            }
+            Some(WinogradConv::new(
+                &wp,
+                &bias,
+                cout,
+                cin,
+                (g.pad_h, g.pad_w),
+                m,
+            ))
+        }
+        _ => None,
+    };
     Ok(PreparedConv {
         cin,
         kh,
         kw,
         geometry: conv.geometry,
         weights,
+        winograd,
     })
 }
 
@@ -64,6 +106,7 @@ fn range(a: usize, b: usize) -> impl Iterator<Item = usize> {
 
 /// Collects buffers, convolutions and steps while walking the network.
 struct Builder {
+    algorithm: Algorithm,
     convs: Vec<PreparedConv>,
     buffers: Vec<BufferSpec>,
     steps: Vec<Step>,
@@ -102,7 +145,7 @@ impl Builder {
         dst: Slot,
         epilogue: Epilogue,
     ) -> candle_core::Result<()> {
-        let prepared = prepare(conv, in_order, out_order)?;
+        let prepared = prepare(conv, in_order, out_order, self.algorithm)?;
         if prepared.cin != src.channels || prepared.cout() != dst.channels {
             candle_core::bail!(
                 "cpu plan {label}: {}->{} convolution between slots of {} and {} channels",
@@ -164,6 +207,7 @@ impl CpuPlan {
     pub fn build(net: &InceptionResnetV1, threads: usize) -> candle_core::Result<Self> {
         let c = net.channels;
         let mut b = Builder {
+            algorithm: Algorithm::Direct,
             convs: Vec::new(),
             buffers: Vec::new(),
             steps: Vec::new(),
@@ -171,12 +215,13 @@ impl CpuPlan {
         let stem_channels = net.input_channels;
         let input = b.buffer(stem_channels);
         let stem_rgb = {
-            b.convs.push(prepare(&net.conv2d_1a, None, None)?);
+            b.convs
+                .push(prepare(&net.conv2d_1a, None, None, Algorithm::Direct)?);
             b.convs.len() - 1
         };
         let stem_grey = match &net.conv2d_1a_grey {
             Some(g) => {
-                b.convs.push(prepare(g, None, None)?);
+                b.convs.push(prepare(g, None, None, Algorithm::Direct)?);
                 Some(b.convs.len() - 1)
             }
             None => None,
@@ -191,6 +236,12 @@ impl CpuPlan {
         });
         let s2 = b.buffer(c.c2a);
         b.plain("conv2d_2a", &net.conv2d_2a, b.whole(s1), b.whole(s2))?;
+        // Winograd where it pays (thread CPU time per step, `echonet bench --threads 1
+        // --profile`): F(4x4) on conv2d_2b, conv2d_4a and mixed_6a's 35x35 3x3 (1.2x, 2.0x, 1.8x
+        // faster than direct); F(2x2) at 17x17, where 4x4 tiles would pad the output to 20x20;
+        // direct for the 32-channel 3x3s (conv2d_2a, Block35), whose transforms cost about what
+        // their GEMMs save.
+        b.algorithm = Algorithm::Winograd(4);
         let s3 = b.buffer(c.c2b);
         b.plain("conv2d_2b", &net.conv2d_2b, b.whole(s2), b.whole(s3))?;
         let s4 = b.buffer(c.c2b);
@@ -199,6 +250,7 @@ impl CpuPlan {
         b.plain("conv2d_3b", &net.conv2d_3b, b.whole(s4), b.whole(s5))?;
         let s6 = b.buffer(c.c4a);
         b.plain("conv2d_4a", &net.conv2d_4a, b.whole(s5), b.whole(s6))?;
+        b.algorithm = Algorithm::Direct;
         let x35 = b.buffer(c.c4b);
         b.plain("conv2d_4b", &net.conv2d_4b, b.whole(s6), b.whole(x35))?;
 
@@ -264,7 +316,9 @@ impl CpuPlan {
         let t6a = b.buffer(c.m6a_b1_mid);
         let t6b = b.buffer(c.m6a_b1_mid);
         b.plain("mixed_6a b1.0", &m6.branch1_0, b.whole(x35), b.whole(t6a))?;
+        b.algorithm = Algorithm::Winograd(4);
         b.plain("mixed_6a b1.1", &m6.branch1_1, b.whole(t6a), b.whole(t6b))?;
+        b.algorithm = Algorithm::Direct;
         b.plain(
             "mixed_6a b1.2",
             &m6.branch1_2,
@@ -298,12 +352,14 @@ impl CpuPlan {
             Builder::slice(e7, m, m),
             Builder::slice(x8, c.m7a_b0_out, c.m7a_b1_out),
         )?;
+        b.algorithm = Algorithm::Winograd(2);
         b.plain(
             "mixed_7a b2.1",
             &m7.branch2_1,
             Builder::slice(e7, 2 * m, m),
             b.whole(t7),
         )?;
+        b.algorithm = Algorithm::Direct;
         let o = c.m7a_b0_out + c.m7a_b1_out;
         b.plain(
             "mixed_7a b2.2",

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::gemm::{self, AlignedVec, Epilogue, MicroKernel, PackedWeights, Pass, KC, MR, NR};
+use super::winograd::{self, WinogradConv};
 use crate::model::conv::Geometry;
 
 /// A convolution in the plan: weights packed in im2col order (ky, kx, input channel).
@@ -18,6 +19,8 @@ pub struct PreparedConv {
     pub kw: usize,
     pub geometry: Geometry,
     pub weights: PackedWeights,
+    /// The same convolution prepared for Winograd (3x3 stride 1), which then runs instead.
+    pub winograd: Option<WinogradConv>,
 }
 
 impl PreparedConv {
@@ -71,17 +74,38 @@ impl View {
     }
 }
 
-/// How one convolution is split into work items for a given input size.
+/// How one convolution is split into work items for a given input size: `row_tiles` x
+/// `panel_chunks` items, each a range of [`MR`]-row strips by a range of weight panels. Strips and
+/// panels are dealt out evenly (sizes differ by at most one), so no thread waits on a short or long
+/// last tile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tiling {
-    /// Output rows (pixels) per tile, a multiple of [`MR`] unless it covers them all.
-    pub rows_per_tile: usize,
+    /// Output rows (pixels) in all.
+    pub rows: usize,
+    /// Strips of [`MR`] rows covering them.
+    pub strips: usize,
     pub row_tiles: usize,
-    /// Output-column panels per work item.
-    pub panels_per_item: usize,
+    pub panels: usize,
     pub panel_chunks: usize,
     /// Floats of im2col scratch one item needs (0 for a 1x1 convolution read in place).
     pub scratch: usize,
+}
+
+impl Tiling {
+    /// Output rows `row0..row1` of row tile `tile`.
+    pub fn row_range(&self, tile: usize) -> (usize, usize) {
+        let s0 = tile * self.strips / self.row_tiles;
+        let s1 = (tile + 1) * self.strips / self.row_tiles;
+        ((s0 * MR).min(self.rows), (s1 * MR).min(self.rows))
+    }
+
+    /// Weight panels `j0..j1` of panel chunk `chunk`.
+    pub fn panel_range(&self, chunk: usize) -> (usize, usize) {
+        (
+            chunk * self.panels / self.panel_chunks,
+            (chunk + 1) * self.panels / self.panel_chunks,
+        )
+    }
 }
 
 /// Bytes of one tile's A block (rows x one pass of [`KC`] columns), kept in the core's L2.
@@ -89,45 +113,66 @@ const TILE_A_BYTES: usize = 128 * 1024;
 /// Bytes of one tile's whole im2col (rows x all of K).
 const TILE_IM2COL_BYTES: usize = 512 * 1024;
 
-/// Plans the work items of a convolution with `m` output rows for `threads` threads.
-pub fn tiling(conv: &PreparedConv, m: usize, threads: usize) -> Tiling {
+/// The smallest `x >= from` with `(x * times) % threads == 0`, at most `max` (then `max`): item
+/// counts that are a multiple of the thread count, so every thread gets the same share.
+fn even_count(from: usize, times: usize, threads: usize, max: usize) -> usize {
+    let from = from.clamp(1, max.max(1));
+    (from..=max)
+        .find(|x| (x * times).is_multiple_of(threads))
+        .unwrap_or(max.max(1))
+}
+
+/// Plans the work items of a convolution with an `n` x `oh` x `ow` output for `threads` threads.
+pub fn tiling(conv: &PreparedConv, n: usize, oh: usize, ow: usize, threads: usize) -> Tiling {
+    if let Some(w) = &conv.winograd {
+        return winograd::tiling(w, n, oh, ow, threads);
+    }
+    let m = n * oh * ow;
     let k = conv.weights.k;
     let panels = conv.weights.panels();
     let mut cap = TILE_A_BYTES / 4 / k.clamp(1, KC);
     if !conv.is_pointwise() {
         cap = cap.min(TILE_IM2COL_BYTES / 4 / k.max(1));
     }
-    let cap = (cap / MR * MR).max(MR);
+    let cap_strips = (cap / MR).max(1);
+    let strips = m.div_ceil(MR).max(1);
     let threads = threads.max(1);
-    let weight_heavy = conv.cout() >= m;
-    let (rows_per_tile, panel_chunks) = if weight_heavy {
-        // Few pixels, many weights (the 8x8 and 17x17 stages): read each weight panel once,
-        // split the output columns between threads.
-        let rows = m.min(cap).max(1);
-        let row_tiles = m.div_ceil(rows);
-        let want = (4 * threads).div_ceil(row_tiles);
-        (rows, want.clamp(1, panels))
+    // Fewest row tiles whose A block stays in L2.
+    let min_tiles = strips.div_ceil(cap_strips);
+    let (row_tiles, panel_chunks) = if threads == 1 {
+        (min_tiles, 1)
+    } else if conv.cout() >= m {
+        // Few pixels, many weights (the 8x8 and 17x17 stages): read each weight panel once per
+        // row tile and split the output columns between threads, 2 items per thread.
+        let chunks = even_count(
+            (2 * threads).div_ceil(min_tiles),
+            min_tiles,
+            threads,
+            panels,
+        );
+        (min_tiles, chunks)
     } else {
-        let per_item = m.div_ceil(4 * threads).div_ceil(MR) * MR;
-        let rows = per_item.min(cap).max(MR).min(m.max(1));
-        let row_tiles = m.div_ceil(rows);
-        let chunks = if row_tiles >= 2 * threads {
+        // Many pixels: about 4 row tiles per thread (slack for a thread the OS takes away),
+        // a multiple of the thread count; columns split too when there are too few strips.
+        let tiles = even_count(min_tiles.max(4 * threads), 1, threads, strips);
+        let chunks = if tiles >= 2 * threads {
             1
         } else {
-            (2 * threads).div_ceil(row_tiles).clamp(1, panels)
+            even_count((2 * threads).div_ceil(tiles), tiles, threads, panels)
         };
-        (rows, chunks)
+        (tiles, chunks)
     };
-    let panels_per_item = panels.div_ceil(panel_chunks);
+    let max_rows = strips.div_ceil(row_tiles) * MR;
     Tiling {
-        rows_per_tile,
-        row_tiles: m.div_ceil(rows_per_tile),
-        panels_per_item,
-        panel_chunks: panels.div_ceil(panels_per_item),
+        rows: m,
+        strips,
+        row_tiles,
+        panels,
+        panel_chunks,
         scratch: if conv.is_pointwise() {
             0
         } else {
-            rows_per_tile * k
+            max_rows.min(m.max(1)) * k
         },
     }
 }
@@ -160,6 +205,23 @@ impl Scratch {
         let i = rayon::current_thread_index().unwrap_or(last).min(last);
         &self.slots[i]
     }
+
+    /// Runs `items` work items, each with the running thread's scratch buffer.
+    pub fn for_each(
+        &self,
+        items: usize,
+        threads: usize,
+        f: impl Fn(usize, &mut [f32]) + Sync + Send,
+    ) {
+        for_each_item(items, threads, |item| {
+            // A poisoned slot only means another item panicked; the buffer is still sound.
+            let mut guard = match self.slot().lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            f(item, guard.as_mut_slice());
+        });
+    }
 }
 
 /// Runs `items` work items on the pool (or inline for one thread or one item).
@@ -188,16 +250,21 @@ pub unsafe fn conv(
     scratch: &Scratch,
     threads: usize,
 ) {
+    if let Some(w) = &conv.winograd {
+        return winograd::conv(kernel, w, src, dst, ep, t, scratch, threads);
+    }
     let (oh, ow) = (dst.h, dst.w);
     let m = dst.rows();
     let k = conv.weights.k;
     let items = t.row_tiles * t.panel_chunks;
     for_each_item(items, threads, |item| {
         let (tile, chunk) = (item / t.panel_chunks, item % t.panel_chunks);
-        let row0 = tile * t.rows_per_tile;
-        let rows = t.rows_per_tile.min(m - row0);
-        let panel0 = chunk * t.panels_per_item;
-        let panel1 = (panel0 + t.panels_per_item).min(conv.weights.panels());
+        let (row0, row1) = t.row_range(tile);
+        let rows = row1 - row0;
+        let (panel0, panel1) = t.panel_range(chunk);
+        if rows == 0 || m != t.rows {
+            return; // cannot happen: the tiling was planned for this output
+        }
         let run = |a: *const f32, lda: usize| {
             for pass in Pass::over(k, ep) {
                 for j in panel0..panel1 {
@@ -349,6 +416,66 @@ pub unsafe fn nchw_to_nhwc(input: &[f32], dst: View) {
             let row = std::slice::from_raw_parts_mut(dst.at((img * hw + p) * dst.ld), c);
             for (ch, v) in row.iter_mut().enumerate() {
                 *v = frame[ch * hw + p];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pointwise(cin: usize, cout: usize, kh: usize) -> PreparedConv {
+        PreparedConv {
+            cin,
+            kh,
+            kw: 1,
+            geometry: Geometry::unit(),
+            weights: PackedWeights::pack(kh * cin, cout, |_, _| 0.0, &vec![0.0; cout]),
+            winograd: None,
+        }
+    }
+
+    /// Every output row and panel is covered exactly once, tiles differ by at most one strip,
+    /// and with several threads the items divide evenly between them where the shape allows.
+    #[test]
+    fn tiling_covers_everything_evenly() {
+        for &(cin, cout, kh) in &[(896, 256, 1), (256, 896, 1), (128, 128, 7), (32, 32, 3)] {
+            let conv = pointwise(cin, cout, kh);
+            for m in [1, 5, 6, 7, 64, 289, 1225, 5329] {
+                for threads in 1..4 {
+                    let t = tiling(&conv, 1, m, 1, threads);
+                    let mut next = 0;
+                    let mut sizes = Vec::new();
+                    for tile in 0..t.row_tiles {
+                        let (a, b) = t.row_range(tile);
+                        assert_eq!(a, next, "{cin}->{cout} m {m} threads {threads}");
+                        next = b;
+                        sizes.push(b - a);
+                    }
+                    assert_eq!(next, m);
+                    let mut next = 0;
+                    for chunk in 0..t.panel_chunks {
+                        let (a, b) = t.panel_range(chunk);
+                        assert_eq!(a, next);
+                        assert!(b > a, "empty panel chunk");
+                        next = b;
+                    }
+                    assert_eq!(next, conv.weights.panels());
+                    let full: Vec<_> = sizes.iter().filter(|&&s| s > 0).collect();
+                    let (lo, hi) = (full.iter().min(), full.iter().max());
+                    if let (Some(&&lo), Some(&&hi)) = (lo, hi) {
+                        assert!(hi - lo < 2 * MR, "uneven tiles {sizes:?}");
+                    }
+                    assert!(
+                        t.scratch == 0
+                            || t.scratch >= sizes.iter().max().unwrap_or(&0) * conv.weights.k
+                    );
+                    let items = t.row_tiles * t.panel_chunks;
+                    if threads > 1 && m >= 6 * 4 * threads {
+                        assert_eq!(items % threads, 0, "{cin}->{cout} m {m} threads {threads}");
+                    }
+                }
             }
         }
     }

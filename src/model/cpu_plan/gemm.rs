@@ -2,7 +2,8 @@
 //! an im2col tile), B a convolution's weights packed once at load into 16-column panels, and the
 //! epilogue (bias, optional in-place residual, optional ReLU) is applied in registers before the
 //! single store. The 6x16 micro-kernel has an AVX2/FMA version chosen at run time on x86-64 and a
-//! portable version (plain arrays the compiler vectorises: SSE2 on x86-64, NEON on aarch64).
+//! NEON version on aarch64 (the Jetson's Cortex-A78AE cores), and a portable version (plain arrays
+//! the compiler vectorises for the build's baseline), which the tests hold the others to.
 
 /// Rows of A per micro-kernel call.
 pub const MR: usize = 6;
@@ -136,6 +137,9 @@ pub enum MicroKernel {
     /// AVX2 + FMA intrinsics, 12 accumulator registers.
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
+    /// NEON intrinsics: 24 four-lane accumulators of the 32 vector registers.
+    #[cfg(target_arch = "aarch64")]
+    Neon,
 }
 
 impl MicroKernel {
@@ -149,6 +153,12 @@ impl MicroKernel {
                 return Self::Avx2Fma;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("neon") {
+                return Self::Neon;
+            }
+        }
         Self::Portable
     }
 
@@ -157,6 +167,8 @@ impl MicroKernel {
             Self::Portable => "portable",
             #[cfg(target_arch = "x86_64")]
             Self::Avx2Fma => "avx2-fma",
+            #[cfg(target_arch = "aarch64")]
+            Self::Neon => "neon",
         }
     }
 }
@@ -190,6 +202,8 @@ pub unsafe fn strip(
         MicroKernel::Portable => portable_strip(w, j, &rp, rows, cols, c, ldc, pass),
         #[cfg(target_arch = "x86_64")]
         MicroKernel::Avx2Fma => avx2::strip(w, j, &rp, rows, cols, c, ldc, pass),
+        #[cfg(target_arch = "aarch64")]
+        MicroKernel::Neon => neon::strip(w, j, &rp, rows, cols, c, ldc, pass),
     }
 }
 
@@ -255,6 +269,13 @@ mod avx2 {
     ) {
         let b = w.panel(j).as_ptr().add(pass.k0 * NR);
         let [a0, a1, a2, a3, a4, a5] = *rp;
+        if pass.load_c {
+            // The tile's C rows (the residual, far apart in the block's buffer and usually out
+            // of L1) are fetched while the K loop runs, not waited for in the epilogue.
+            for r in 0..rows {
+                _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc) as *const i8);
+            }
+        }
         let z = _mm256_setzero_ps();
         let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
         let (mut c30, mut c31, mut c40, mut c41, mut c50, mut c51) = (z, z, z, z, z, z);
@@ -313,6 +334,88 @@ mod avx2 {
                 let mut tmp = [0f32; NR];
                 _mm256_storeu_ps(tmp.as_mut_ptr(), lo);
                 _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi);
+                for (col, &t) in tmp.iter().enumerate().take(cols) {
+                    let o = out.add(col);
+                    let mut v = t;
+                    if pass.load_c {
+                        v += *o;
+                    }
+                    if pass.relu {
+                        v = v.max(0.0);
+                    }
+                    *o = v;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::{PackedWeights, Pass, MR, NR};
+    use std::arch::aarch64::*;
+
+    /// The 6x16 tile as 24 four-lane accumulators: with the 4 B vectors and one broadcast A value
+    /// that is 29 of the 32 vector registers, so nothing spills inside the K loop. A is broadcast
+    /// with `ld1r` (one load per row and k) rather than loaded four k at a time and used by lane,
+    /// which would need 6 more registers than there are.
+    ///
+    /// # Safety
+    /// As [`super::strip`]; NEON is present (checked by `MicroKernel::detect`).
+    #[target_feature(enable = "neon")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn strip(
+        w: &PackedWeights,
+        j: usize,
+        rp: &[*const f32; MR],
+        rows: usize,
+        cols: usize,
+        c: *mut f32,
+        ldc: usize,
+        pass: Pass,
+    ) {
+        let b = w.panel(j).as_ptr().add(pass.k0 * NR);
+        let z = vdupq_n_f32(0.0);
+        let mut acc = [[z; 4]; MR];
+        for p in 0..pass.kc {
+            let bp = b.add(p * NR);
+            let bv = [
+                vld1q_f32(bp),
+                vld1q_f32(bp.add(4)),
+                vld1q_f32(bp.add(8)),
+                vld1q_f32(bp.add(12)),
+            ];
+            for (row, &a) in acc.iter_mut().zip(rp) {
+                let x = vld1q_dup_f32(a.add(p));
+                for (acc, &bq) in row.iter_mut().zip(&bv) {
+                    *acc = vfmaq_f32(*acc, bq, x);
+                }
+            }
+        }
+        let bias = w.panel_bias(j).as_ptr();
+        for (r, row) in acc.iter().enumerate().take(rows) {
+            let out = c.add(r * ldc);
+            let mut v = *row;
+            for (q, x) in v.iter_mut().enumerate() {
+                if pass.bias {
+                    *x = vaddq_f32(*x, vld1q_f32(bias.add(4 * q)));
+                }
+            }
+            if cols == NR {
+                for (q, x) in v.iter_mut().enumerate() {
+                    if pass.load_c {
+                        *x = vaddq_f32(*x, vld1q_f32(out.add(4 * q)));
+                    }
+                    if pass.relu {
+                        *x = vmaxq_f32(*x, z);
+                    }
+                    vst1q_f32(out.add(4 * q), *x);
+                }
+            } else {
+                let mut tmp = [0f32; NR];
+                for (q, x) in v.iter().enumerate() {
+                    vst1q_f32(tmp.as_mut_ptr().add(4 * q), *x);
+                }
                 for (col, &t) in tmp.iter().enumerate().take(cols) {
                     let o = out.add(col);
                     let mut v = t;

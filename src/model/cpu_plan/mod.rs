@@ -8,6 +8,7 @@
 mod build;
 pub mod exec;
 pub mod gemm;
+pub mod winograd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -114,7 +115,40 @@ pub struct CpuPlan {
     threads: usize,
     workspace: Mutex<Option<Workspace>>,
     profiling: AtomicBool,
-    timings: Mutex<Vec<Duration>>,
+    /// Per step: wall time and the running thread's CPU time, summed over profiled calls.
+    timings: Mutex<Vec<(Duration, Duration)>>,
+}
+
+/// One row of [`CpuPlan::profile`]: the steps sharing a label.
+#[derive(Debug, Clone)]
+pub struct ProfileRow {
+    pub label: String,
+    /// Steps with that label in one forward.
+    pub steps: usize,
+    /// Wall time, summed over the profiled calls.
+    pub wall: Duration,
+    /// CPU time of the thread that ran the steps (with one thread: the whole cost, and far less
+    /// sensitive to a loaded machine than wall time).
+    pub thread_cpu: Duration,
+    /// Floating-point operations of one forward at the current shape.
+    pub flops: f64,
+}
+
+/// CPU time consumed by the calling thread so far.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// Why the plan could not run a batch.
@@ -150,13 +184,13 @@ impl CpuPlan {
         self.profiling.store(on, Ordering::Relaxed);
         if let Ok(mut t) = self.timings.lock() {
             t.clear();
-            t.resize(self.steps.len(), Duration::ZERO);
+            t.resize(self.steps.len(), (Duration::ZERO, Duration::ZERO));
         }
     }
 
-    /// Per step label: steps with that label in one forward, recorded time (summed over calls)
-    /// and floating-point operations of one forward at the current shape; slowest first.
-    pub fn profile(&self) -> Vec<(String, usize, Duration, f64)> {
+    /// Per step label: steps with that label in one forward, recorded wall and thread CPU time
+    /// (summed over calls) and floating-point operations of one forward; slowest first.
+    pub fn profile(&self) -> Vec<ProfileRow> {
         let times = self.timings.lock().map(|t| t.clone()).unwrap_or_default();
         let flops = self
             .workspace
@@ -164,19 +198,26 @@ impl CpuPlan {
             .ok()
             .and_then(|g| g.as_ref().map(|ws| ws.flops.clone()))
             .unwrap_or_default();
-        let mut rows: Vec<(String, usize, Duration, f64)> = Vec::new();
-        for (i, (step, t)) in self.steps.iter().zip(times).enumerate() {
+        let mut rows: Vec<ProfileRow> = Vec::new();
+        for (i, (step, (wall, cpu))) in self.steps.iter().zip(times).enumerate() {
             let f = flops.get(i).copied().unwrap_or(0.0);
-            match rows.iter_mut().find(|r| r.0 == step.label) {
+            match rows.iter_mut().find(|r| r.label == step.label) {
                 Some(r) => {
-                    r.1 += 1;
-                    r.2 += t;
-                    r.3 += f;
+                    r.steps += 1;
+                    r.wall += wall;
+                    r.thread_cpu += cpu;
+                    r.flops += f;
                 }
-                None => rows.push((step.label.clone(), 1, t, f)),
+                None => rows.push(ProfileRow {
+                    label: step.label.clone(),
+                    steps: 1,
+                    wall,
+                    thread_cpu: cpu,
+                    flops: f,
+                }),
             }
         }
-        rows.sort_by_key(|r| std::cmp::Reverse(r.2));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.wall));
         rows
     }
 
@@ -283,7 +324,7 @@ impl CpuPlan {
             );
             exec::nchw_to_nhwc(input, input_view);
             for (i, step) in self.steps.iter().enumerate() {
-                let start = profiling.then(Instant::now);
+                let start = profiling.then(|| (Instant::now(), thread_cpu_time()));
                 match step.op {
                     Op::Stem { src, dst } => {
                         let conv = self.stem_for(c)?;
@@ -326,10 +367,11 @@ impl CpuPlan {
                         exec::max_pool_3s2(view(ws, src), view(ws, dst), self.threads);
                     }
                 }
-                if let Some(start) = start {
+                if let Some((start, cpu)) = start {
                     if let Ok(mut t) = self.timings.lock() {
                         if let Some(slot) = t.get_mut(i) {
-                            *slot += start.elapsed();
+                            slot.0 += start.elapsed();
+                            slot.1 += thread_cpu_time().saturating_sub(cpu);
                         }
                     }
                 }
@@ -397,7 +439,7 @@ impl CpuPlan {
                             step.label, pc.kh, pc.kw
                         ))
                     })?;
-                    let t = exec::tiling(pc, n * out.0 * out.1, self.threads);
+                    let t = exec::tiling(pc, n, out.0, out.1, self.threads);
                     flops[i] = 2.0 * (n * out.0 * out.1 * pc.weights.k * pc.cout()) as f64;
                     scratch = scratch.max(t.scratch);
                     tilings[i] = Some(t);
@@ -482,9 +524,23 @@ impl CpuPlan {
 }
 
 impl PreparedConv {
-    /// Packs a folded convolution with its natural channel orders.
+    /// Packs a folded convolution with its natural channel orders, as the plan would (Winograd
+    /// F(2x2, 3x3) for a 3x3 stride-1 convolution).
     pub fn from_folded(conv: &FoldedConv) -> candle_core::Result<Self> {
-        build::prepare(conv, None, None)
+        build::prepare(conv, None, None, build::Algorithm::Auto)
+    }
+
+    /// Packs a folded convolution for one algorithm: direct (`None`) or Winograd with output
+    /// tiles of `Some(2)` or `Some(4)` (3x3 stride 1 only; otherwise direct).
+    pub fn from_folded_with(
+        conv: &FoldedConv,
+        winograd: Option<usize>,
+    ) -> candle_core::Result<Self> {
+        let algorithm = match winograd {
+            None => build::Algorithm::Direct,
+            Some(m) => build::Algorithm::Winograd(m),
+        };
+        build::prepare(conv, None, None, algorithm)
     }
 
     /// Runs this convolution alone on an NCHW f32 tensor (NHWC inside), for the kernel tests:
@@ -513,7 +569,7 @@ impl PreparedConv {
         if dst.len() != n * oh * ow * cout {
             candle_core::bail!("conv: residual does not have the output's shape");
         }
-        let t = exec::tiling(self, n * oh * ow, threads);
+        let t = exec::tiling(self, n, oh, ow, threads);
         let scratch = Scratch::new(threads, t.scratch);
         // SAFETY: both views cover exactly their vectors, which do not overlap.
         unsafe {

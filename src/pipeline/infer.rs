@@ -1,0 +1,257 @@
+//! The inference stage: the one per-frame inference step (model outputs -> `Verdict`, with the
+//! view gate), shared by the live daemon and offline prediction (`crate::offline`), and the
+//! inference thread's body (build and warm the model, then window every sample).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use crossbeam_channel::{Receiver, Sender};
+
+use super::queue::{DropOldest, ToInfer, ToPublish};
+use super::StageWatch;
+use crate::aggregate::{FramePrediction, RollingWindow, Verdict, WindowConfig};
+use crate::metrics::PipelineMetrics;
+use crate::model::{EchoNetModel, InputSpec, ModelError, TaskKind, TaskSpec};
+use crate::preprocess::{PreparedInput, UnfitReason};
+use crate::publish::record::ModelInfo;
+
+/// Why a call of the inference step gave no verdicts.
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("the model gave {outputs} outputs for a batch of {frames} frames")]
+    OutputCount { outputs: usize, frames: usize },
+}
+
+impl From<candle_core::Error> for InferenceError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Model(e.into())
+    }
+}
+
+/// The per-frame inference step: runs prepared inputs through the model (several per forward
+/// pass when they share a shape) and turns each output into a `Verdict`, marking a frame the
+/// bundle's `view_a4c` head rejects as `not_a4c`.
+#[derive(Debug, Clone, Copy)]
+pub struct InferenceStep {
+    /// The `view_a4c` probability below which a frame is `not_a4c`, when the bundle has that
+    /// binary head.
+    view_gate: Option<f64>,
+}
+
+impl InferenceStep {
+    pub fn new(tasks: &[TaskSpec], view_threshold: f64) -> Self {
+        let has_view_head = tasks
+            .iter()
+            .any(|t| t.name == "view_a4c" && t.kind == TaskKind::Binary);
+        Self {
+            view_gate: has_view_head.then_some(view_threshold),
+        }
+    }
+
+    /// One verdict per input, in order. Inputs of one shape go through in one forward pass,
+    /// padded to `pad_to` frames with copies of the last (so a captured CUDA graph fits every
+    /// call); mixed shapes run one pass per frame. An error fails the whole call.
+    pub fn infer(
+        &self,
+        model: &EchoNetModel,
+        inputs: &[&PreparedInput],
+        pad_to: usize,
+    ) -> Result<Vec<Verdict>, InferenceError> {
+        let Some(first) = inputs.first() else {
+            return Ok(Vec::new());
+        };
+        let dims = |i: &PreparedInput| [i.channels, i.height, i.width];
+        let [c, h, w] = dims(first);
+        let outputs = if inputs.iter().all(|i| dims(i) == [c, h, w]) {
+            let n = pad_to.max(inputs.len());
+            let mut data = Vec::with_capacity(n * c * h * w);
+            for k in 0..n {
+                data.extend_from_slice(&inputs[k.min(inputs.len() - 1)].data);
+            }
+            let x = Tensor::from_vec(data, (n, c, h, w), &Device::Cpu)?;
+            let mut out = model.infer(&x, false)?;
+            out.truncate(inputs.len());
+            out
+        } else {
+            let mut out = Vec::with_capacity(inputs.len());
+            for i in inputs {
+                let [c, h, w] = dims(i);
+                let x = Tensor::from_slice(&i.data, (1, c, h, w), &Device::Cpu)?;
+                out.extend(model.infer(&x, false)?);
+            }
+            out
+        };
+        if outputs.len() != inputs.len() {
+            return Err(InferenceError::OutputCount {
+                outputs: outputs.len(),
+                frames: inputs.len(),
+            });
+        }
+        Ok(outputs
+            .into_iter()
+            .map(|o| self.verdict(o.outputs))
+            .collect())
+    }
+
+    fn verdict(&self, outputs: std::collections::BTreeMap<String, f64>) -> Verdict {
+        match (self.view_gate, outputs.get("view_a4c")) {
+            (Some(threshold), Some(p)) if *p < threshold => {
+                Verdict::Invalid(vec![UnfitReason::NotA4c])
+            }
+            _ => Verdict::Valid(outputs),
+        }
+    }
+}
+
+/// What the inference thread reports once the model is built and warm.
+pub(super) struct ModelReady {
+    pub info: ModelInfo,
+    pub input: InputSpec,
+}
+
+/// Everything the inference thread owns.
+pub(super) struct InferenceStage<M> {
+    pub build_model: M,
+    pub window: WindowConfig,
+    pub view_threshold: f64,
+    pub model_id: Option<String>,
+    pub metrics: Arc<PipelineMetrics>,
+    pub watch: Arc<StageWatch>,
+    pub samples: Receiver<ToInfer>,
+    pub publish: DropOldest<ToPublish>,
+    pub ready: Sender<anyhow::Result<ModelReady>>,
+}
+
+/// Builds the model and measures one frame's cost (the first call makes the buffers, the
+/// second is what a frame costs).
+fn build_and_warm<M>(build_model: M) -> anyhow::Result<(EchoNetModel, f64)>
+where
+    M: FnOnce() -> anyhow::Result<EchoNetModel>,
+{
+    let model = build_model()?;
+    let spec = model.manifest().input.clone();
+    let warm = Tensor::zeros(
+        (1, spec.channels, spec.height, spec.width),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )?;
+    model.infer(&warm, false)?;
+    let t0 = Instant::now();
+    model.infer(&warm, false)?;
+    Ok((model, t0.elapsed().as_secs_f64() * 1000.0))
+}
+
+/// The inference thread's body: build and warm the model, report it ready, then run every
+/// sample through the `InferenceStep` into the rolling window and publish each full window's
+/// estimate. A gap in the stream clears the window.
+pub(super) fn run_inference_stage<M>(stage: InferenceStage<M>)
+where
+    M: FnOnce() -> anyhow::Result<EchoNetModel>,
+{
+    let InferenceStage {
+        build_model,
+        window,
+        view_threshold,
+        model_id,
+        metrics,
+        watch,
+        samples,
+        publish,
+        ready,
+    } = stage;
+    let (model, inference_cost_ms) = match build_and_warm(build_model) {
+        Ok((model, frame_ms)) => {
+            warn_if_too_slow(frame_ms, &model);
+            (model, frame_ms)
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let manifest = model.manifest().clone();
+    let info = ModelInfo {
+        id: model_id.unwrap_or_else(|| manifest.provenance.source.clone()),
+        intended_use: manifest.intended_use.clone(),
+        content_hash: manifest.content_hash.clone(),
+    };
+    let _ = ready.send(Ok(ModelReady {
+        info,
+        input: manifest.input.clone(),
+    }));
+    let mut window = RollingWindow::new(window);
+    window.set_inference_cost(inference_cost_ms);
+    let step = InferenceStep::new(&manifest.tasks, view_threshold);
+    for msg in samples.iter() {
+        let sample = match msg {
+            ToInfer::Gap(reason) => {
+                tracing::info!("window cleared after a break in the stream: {reason}");
+                window.clear();
+                continue;
+            }
+            ToInfer::Sample(s) => s,
+        };
+        let verdict = match &sample.prepared.input {
+            None => Verdict::Invalid(sample.prepared.reasons.clone()),
+            Some(input) => {
+                let t0 = Instant::now();
+                let result = step.infer(&model, &[input.as_ref()], 1);
+                metrics.latency_inference.observe(t0.elapsed());
+                metrics.frames_inferred.fetch_add(1, Ordering::Relaxed);
+                match result {
+                    Ok(mut verdicts) if verdicts.len() == 1 => verdicts.swap_remove(0),
+                    Ok(_) => Verdict::Invalid(vec![UnfitReason::InferenceError]),
+                    Err(e) => {
+                        tracing::error!(seq = sample.seq, "inference failed: {e}");
+                        Verdict::Invalid(vec![UnfitReason::InferenceError])
+                    }
+                }
+            }
+        };
+        if let Verdict::Invalid(reasons) = &verdict {
+            for r in reasons {
+                metrics.invalid_frame(r.as_str());
+            }
+        }
+        window.push(FramePrediction {
+            seq: sample.seq,
+            media_time: sample.media_time,
+            captured_at: sample.captured_at,
+            captured_wall: sample.captured_wall,
+            verdict,
+        });
+        if window.is_full() {
+            if let Some(e) = window.estimate(&manifest.tasks) {
+                if !publish.send(ToPublish::Estimate(Box::new(e)), &metrics, &watch) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Says at start-up, with what to do, when one frame's inference exceeds the 10 fps budget.
+fn warn_if_too_slow(frame_ms: f64, model: &EchoNetModel) {
+    use crate::aggregate::FRAME_BUDGET_MS;
+    if frame_ms > FRAME_BUDGET_MS {
+        tracing::warn!(
+            frame_ms = format!("{frame_ms:.0}"),
+            budget_ms = FRAME_BUDGET_MS,
+            backend = %model.backend_name(),
+            "inference too slow: one frame takes {frame_ms:.0} ms, over the {FRAME_BUDGET_MS:.0} ms budget of 10 sampled frames/s; \
+             frames will be dropped and windows withheld: {}; on the CPU also f32 rather than f16, or more cores",
+            crate::aggregate::SLOW_INFERENCE_ADVICE
+        );
+    } else {
+        tracing::info!(
+            frame_ms = format!("{frame_ms:.1}"),
+            budget_ms = FRAME_BUDGET_MS,
+            backend = %model.backend_name(),
+            "inference cost measured at warm-up"
+        );
+    }
+}

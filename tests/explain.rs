@@ -634,12 +634,15 @@ fn saliency_endpoint_refuses_clearly_then_returns_a_png() {
     assert_eq!(r.status, 400);
     assert!(r.json()["reason"].as_str().unwrap().contains("lv_volume"));
 
-    // One map at a time: a request while one is computed is refused with 503 "busy".
+    // One map at a time: a request while one is computed is refused with 503 "busy". 8 samples
+    // take about a second on a quiet machine (long enough to be caught busy by the 30 ms polls)
+    // and stay well inside the worker's 60 s answer time when the nice-19 worker is starved by a
+    // loaded machine (20 samples were not).
     let slow = std::thread::scope(|scope| {
         let first = scope.spawn(|| {
             get_within(
                 &server,
-                "/api/saliency?task=lv_volume&samples=20",
+                "/api/saliency?task=lv_volume&samples=8",
                 Duration::from_secs(300),
             )
         });

@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
-# Soak: the daemon on the phantom, time-compressed (replayed as fast as the machine allows), for
-# SOAK_MINUTES of media time (default 60 min = 108 000 frames at 30 fps; about 20 minutes of wall
-# clock on a 2-core machine, so that the run outlasts the display history's 10-minute window), with the display on, one
-# SSE client reading the stream, a results journal, and JSON Lines to a file. Every
+# Soak: the daemon on the phantom, time-compressed (replayed as fast as the machine allows), with
+# the display on, one SSE client reading the stream, a results journal, and JSON Lines to a file.
+# The run sizes itself: it lasts SOAK_WALL_MINUTES of wall clock (default 20, so that it outlasts
+# the display history's 10-minute window whatever the machine's speed) and must have replayed at
+# least SOAK_MINUTES of media time (default 30 min = 54 000 frames at 30 fps; a quiet 2-core
+# machine replays about 15 media minutes per wall minute, a loaded one fewer). Every
 # SOAK_INTERVAL seconds (default 5) it samples the daemon's RSS, open fds and threads from /proc.
 # At the end it reports whether they are flat (the last third of the run against the first
 # third after warm-up, and the last third's slope), and whether any frame was lost beyond the
 # configured policy (from the run's --summary): every captured frame accounted for, drops only
 # by the drop-oldest queues, no stage failure, no write failure, no stale notice.
 #
-#   scripts/soak.sh                       60 minutes of frames
-#   SOAK_MINUTES=120 scripts/soak.sh      two hours
-#   SOAK_OUT=soak-out scripts/soak.sh     keep samples.csv, summary.json, report.txt there
+#   scripts/soak.sh                                   20 min of wall clock, >= 30 min of frames
+#   SOAK_WALL_MINUTES=60 SOAK_MINUTES=120 scripts/soak.sh
+#   SOAK_OUT=soak-out scripts/soak.sh                 keep samples.csv, summary.json, report.txt
 #
 # Exit status 0 when flat and nothing lost, 1 otherwise. Not part of CI (it runs for many
 # minutes); the numbers of a run are in the README (Reliability).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MINUTES="${SOAK_MINUTES:-60}"
+MINUTES="${SOAK_MINUTES:-30}"
+WALL_MINUTES="${SOAK_WALL_MINUTES:-20}"
 INTERVAL="${SOAK_INTERVAL:-5}"
 FPS=30
 BIN="${ECHONET_BIN:-target/release/echonet}"
@@ -31,12 +34,14 @@ MAX_SLOPE_KBS="${SOAK_MAX_SLOPE_KBS:-0.5}"
 SETTLE_S="${SOAK_SETTLE_S:-660}"
 mkdir -p "$OUT"
 [ -x "$BIN" ] || cargo build --release --all-targets
+# The least number of frames the run must have replayed to count as a soak.
 FRAMES=$((MINUTES * 60 * FPS))
+WALL_S=$((WALL_MINUTES * 60))
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-echo "soak: ${MINUTES} min of phantom frames (${FRAMES} at ${FPS} fps, as fast as possible), display 127.0.0.1:${PORT}, samples every ${INTERVAL} s -> ${OUT}" >&2
+echo "soak: ${WALL_MINUTES} min of wall clock, phantom frames at ${FPS} fps as fast as possible (at least ${MINUTES} min of them, ${FRAMES} frames, to pass), display 127.0.0.1:${PORT}, samples every ${INTERVAL} s -> ${OUT}" >&2
 
 rm -f "$OUT/journal.sqlite" "$OUT/out.jsonl"
-ECHONET_LOG=warn "$BIN" run --source phantom --frames "$FRAMES" \
+ECHONET_LOG=warn "$BIN" run --source phantom --duration "$WALL_S" \
   --set source.pacing=as_fast_as_possible --set "source.phantom.fps=${FPS}" \
   --http "127.0.0.1:${PORT}" --jsonl "$OUT/out.jsonl" --journal "$OUT/journal.sqlite" \
   --summary "$OUT/summary.json" 2>"$OUT/daemon.log" &
@@ -74,7 +79,7 @@ set -e
 trap - EXIT
 cleanup
 
-python3 - "$OUT" "$FRAMES" "$status" "$MAX_RISE_KB" "$MAX_SLOPE_KBS" "$SETTLE_S" <<'EOF' | tee "$OUT/report.txt"
+python3 - "$OUT" "$FRAMES" "$status" "$MAX_RISE_KB" "$MAX_SLOPE_KBS" "$SETTLE_S" "$FPS" <<'EOF' | tee "$OUT/report.txt"
 import csv, json, sys
 out, frames, status, max_rise, max_slope = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
 rows = [r for r in csv.DictReader(open(f"{out}/samples.csv")) if r["rss_kb"]]
@@ -128,7 +133,7 @@ s = json.load(open(f"{out}/summary.json"))
 captured, sampled = s["frames_captured"], s["frames_sampled"]
 inferred, drops = s["frames_inferred"], s["drops"]
 invalid = s.get("invalid_frames", {})
-print(f"frames: captured {captured} of {frames}, sampled {sampled}, inferred {inferred}; "
+print(f"frames: captured {captured} ({captured / float(sys.argv[7]) / 60:.0f} min of media time; at least {frames} needed), sampled {sampled}, inferred {inferred}; "
       f"drops {drops or 'none'}; invalid {invalid or 'none'}")
 print(f"records: {s['estimates_published']} estimates, {s['estimates_withheld']} withheld, "
       f"{s['stale_published']} stale; written {s['records_written']} (failures "
@@ -139,7 +144,11 @@ print(f"records: {s['estimates_published']} estimates, {s['estimates_withheld']}
 # sampled frame is inferred or dropped by a queue; nothing else may be lost.
 policy = all(k.startswith("queue_full_") for k in drops)
 queue_drops = sum(v for k, v in drops.items() if k.startswith("queue_full_"))
-lost = (captured != frames or not policy or s["stage_failures"] or s["record_write_failures"]
+too_few = captured < frames
+if too_few:
+    print(f"  too few frames for a soak: {captured} < {frames} (SOAK_WALL_MINUTES higher)")
+ok = ok and not too_few
+lost = (not policy or s["stage_failures"] or s["record_write_failures"]
         or s["journal_write_failures"] or s["stale_published"] or status != 0)
 print(f"  nothing lost beyond the drop-oldest policy: {'NO' if lost else 'yes'}")
 ok = ok and not lost

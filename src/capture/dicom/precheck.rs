@@ -389,11 +389,16 @@ mod tests {
         body.extend_from_slice(&[b'1'; 0x40]);
         let fault = check(&body).unwrap_err();
         assert_eq!(fault.tag, (0x0037, 0x0008));
-        assert_eq!(fault.declared, u64::from(u32::from_le_bytes([0x40, 0, b'1', b'1'])));
+        assert_eq!(
+            fault.declared,
+            u64::from(u32::from_le_bytes([0x40, 0, b'1', b'1']))
+        );
         // The same element with a whole number of u32s passes.
         let mut whole = vec![0x08, 0x00, 0x16, 0x00, b'U', b'L', 8, 0];
         whole.extend_from_slice(&[1, 0, 0, 0, 2, 0, 0, 0]);
-        whole.extend_from_slice(&[0x08, 0x00, 0x18, 0x00, b'U', b'I', 4, 0, b'1', b'.', b'2', 0]);
+        whole.extend_from_slice(&[
+            0x08, 0x00, 0x18, 0x00, b'U', b'I', 4, 0, b'1', b'.', b'2', 0,
+        ]);
         assert_eq!(check(&whole), Ok(()));
         assert_eq!(bytes_read(VR::US, 7), 6);
         assert_eq!(bytes_read(VR::FD, 17), 16);

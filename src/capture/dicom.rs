@@ -411,7 +411,8 @@ impl DicomClip {
         let object = match catch_unwind(AssertUnwindSafe(|| dicom_object::open_file(&path))) {
             Ok(Ok(object)) => object,
             Ok(Err(e)) => {
-                let reason = describe(&e);
+                // The error names the file itself: once is enough ("Could not read from file").
+                let reason = describe(&e).replace(&format!(" '{}'", path.display()), "");
                 // Tell a file cut short in its pixel data (the usual damage: an interrupted copy)
                 // from one that is not DICOM at all: its header alone still reads.
                 let header_reads = catch_unwind(AssertUnwindSafe(|| {

@@ -1,5 +1,6 @@
 //! `echonet saliency` and `echonet occlusion`: where the model looks, offline. The input is a
-//! PNG/JPEG frame (resized and normalised as `echonet infer` does) or a DICOM clip (the 10 fps
+//! PNG/JPEG frame (preprocessed as `echonet infer` and the daemon do: sector, mask, crop) or a
+//! DICOM clip (the 10 fps
 //! sampler's frames from the start, preprocessed as the daemon does, at most `--frames`). Per
 //! frame: `<name>.png` (the map over the prepared input, sector outline in cyan) and `<name>.npy`
 //! (the raw map, f32 [H, W]); one JSON line per frame on stdout.
@@ -13,8 +14,8 @@ use echonet_edge::explain::{
     display_scale, overlay, png_bytes, sector_outline, write_npy, Colouring, Explainer, Map2d,
     Occlusion, SmoothGrad,
 };
-use echonet_edge::input::load_image;
 use echonet_edge::model::{read_bundle, EchoNetModel, InputSpec};
+use echonet_edge::offline::prepare_still;
 use echonet_edge::preprocess::{PreparedInput, Preprocessor, Sector};
 use echonet_edge::sampler::{Decision, Sampler};
 
@@ -75,17 +76,19 @@ struct Item {
     sector: Option<Arc<Sector>>,
 }
 
-fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| ["png", "jpg", "jpeg"].contains(&e.to_ascii_lowercase().as_str()))
-}
-
 fn load_items(path: &Path, spec: &InputSpec, max_frames: usize) -> anyhow::Result<Vec<Item>> {
-    if is_image(path) {
-        let t = load_image(path, spec)?;
-        let (_, c, h, w) = t.dims4()?;
-        let data = t.flatten_all()?.to_vec1::<f32>()?;
+    let config = super::run::load_config(None, &[])?;
+    if super::infer::is_image(path) {
+        // The daemon's preprocessing, as `echonet infer` does: sector found in the image,
+        // masked, cropped, letterboxed; never a stretch of the whole frame.
+        let image = echonet_edge::capture::images::decode_image_file(path)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let still = prepare_still(image, spec, &config.preprocess)
+            .with_context(|| format!("preprocessing {}", path.display()))?;
+        let Some(input) = still.input else {
+            let names: Vec<&str> = still.unfit.iter().map(|r| r.as_str()).collect();
+            anyhow::bail!("{}: frame not usable: {}", path.display(), names.join(", "));
+        };
         let stem = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -94,18 +97,12 @@ fn load_items(path: &Path, spec: &InputSpec, max_frames: usize) -> anyhow::Resul
         return Ok(vec![Item {
             name: stem,
             source_frame: None,
-            input: PreparedInput {
-                data,
-                channels: c,
-                height: h,
-                width: w,
-            },
-            sector: None,
+            input,
+            sector: still.sector,
         }]);
     }
     let (clip, frames) = super::predict::load_frames(path)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let config = super::run::load_config(None, &[])?;
     let mut pre = Preprocessor::new(config.preprocess.clone())?;
     pre.set_source_fps(clip.nominal_fps());
     let mut sampler = Sampler::paper();
@@ -181,6 +178,7 @@ pub fn saliency(args: SaliencyArgs) -> anyhow::Result<ExitCode> {
     let bundle = setup(c)?;
     let explainer = Explainer::from_bundle(&bundle)?;
     let task = explainer.task_index(&c.task)?;
+    let task_spec = bundle.manifest.tasks.iter().find(|t| t.name == c.task);
     let spec = bundle.manifest.input.clone();
     let cfg = SmoothGrad {
         samples: args.samples,
@@ -190,12 +188,25 @@ pub fn saliency(args: SaliencyArgs) -> anyhow::Result<ExitCode> {
     };
     for item in load_items(&c.input, &spec, c.frames)? {
         let map = explainer.smoothgrad(&item.input, task, &cfg)?;
+        // The task's value for this very input (trainable form, eval mode), in its unit: the
+        // number the map explains, and the one `echonet infer` prints for the frame.
+        let raw: Vec<f32> = explainer
+            .outputs(&explainer.tensor(&item.input)?)?
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let value = match (raw.get(task), task_spec) {
+            (Some(r), Some(t)) => Some(t.finish(*r as f64)),
+            _ => None,
+        };
         let (png, npy) = write_outputs(&c.out, &item, &spec, &map, Colouring::Magnitude)?;
         let line = serde_json::json!({
             "frame": item.source_frame,
             "task": c.task,
             "png": png,
             "npy": npy,
+            "output": value,
+            "unit": task_spec.map(|t| t.unit.clone()),
             "samples": cfg.samples,
             "noise": cfg.noise,
             "max": map.data.iter().fold(0f32, |a, v| a.max(*v)),
@@ -231,6 +242,8 @@ pub fn occlusion(args: OcclusionArgs) -> anyhow::Result<ExitCode> {
             "task": c.task,
             "png": png,
             "npy": npy,
+            "output": r.value,
+            "unit": r.unit,
             "raw_output": r.base,
             "positions": r.positions,
             "min_change": lo,

@@ -34,9 +34,10 @@ pub struct DetectorConfig {
     pub confirmations: usize,
     /// Grey level from which a pixel counts as image when the sector must be found in one still
     /// frame (a single PNG for `echonet infer`, or the fan inside a declared region), levels
-    /// (1-255). Default 4: outside the scan sector is black, while speckle, even in the nearly
-    /// anechoic blood pool, is brighter; thin text is removed by the opening, as in detection
-    /// from motion.
+    /// (1-255). Default 1: outside the scan sector a digital frame is black (0), while the
+    /// receiver's noise floor keeps even the anechoic blood pool above it; a chamber that touches
+    /// the fan's edge would otherwise cut the edge the fan is fitted to. Raise it for a source
+    /// with a noisy background. Thin text is removed by the opening, as in detection from motion.
     pub still_level: u8,
 }
 
@@ -51,7 +52,7 @@ impl Default for DetectorConfig {
             fan_min_iou: 0.9,
             same_iou: 0.95,
             confirmations: 3,
-            still_level: 4,
+            still_level: 1,
         }
     }
 }

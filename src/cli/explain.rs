@@ -2,8 +2,10 @@
 //! PNG/JPEG frame (preprocessed as `echonet infer` and the daemon do: sector, mask, crop) or a
 //! DICOM clip (the 10 fps
 //! sampler's frames from the start, preprocessed as the daemon does, at most `--frames`). Per
-//! frame: `<name>.png` (the map over the prepared input, sector outline in cyan) and `<name>.npy`
-//! (the raw map, f32 [H, W]); one JSON line per frame on stdout.
+//! frame: `<name>.png` (the map over the prepared input, smoothed for saliency, sector outline in
+//! cyan, a title with the method, task and unit, a colour bar with its scale) and `<name>.npy`
+//! (the raw map, f32 [H, W]; occlusion in the task's unit); one JSON line per frame on stdout
+//! with the task's value for the frame (`output`, `unit`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,8 +13,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use echonet_edge::explain::{
-    display_scale, overlay, png_bytes, sector_outline, write_npy, Colouring, Explainer, Map2d,
-    Occlusion, SmoothGrad,
+    annotate, colour_top, display_scale, overlay, png_bytes, sector_outline, write_npy, Colouring,
+    Explainer, Legend, Map2d, Occlusion, SmoothGrad, SALIENCY_DISPLAY_SIGMA,
 };
 use echonet_edge::model::{read_bundle, EchoNetModel, InputSpec};
 use echonet_edge::offline::prepare_still;
@@ -146,6 +148,7 @@ fn write_outputs(
     spec: &InputSpec,
     map: &Map2d,
     colouring: Colouring,
+    legend: &Legend,
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
     let outline = match &item.sector {
         Some(s) => Some(sector_outline(s, spec)?),
@@ -159,11 +162,19 @@ fn write_outputs(
         outline.as_deref(),
         display_scale(item.input.width.max(item.input.height)),
     )?;
+    let img = annotate(&img, colouring, legend);
     let png = out.join(format!("{}.png", item.name));
     std::fs::write(&png, png_bytes(&img)?).with_context(|| format!("writing {}", png.display()))?;
     let npy = out.join(format!("{}.npy", item.name));
     write_npy(&npy, map)?;
     Ok((png, npy))
+}
+
+/// ", frame 12" for a clip's frame, nothing for a single image.
+fn frame_note(item: &Item) -> String {
+    item.source_frame
+        .map(|f| format!(" frame {f}"))
+        .unwrap_or_default()
 }
 
 fn setup(common: &Common) -> anyhow::Result<echonet_edge::model::Bundle> {
@@ -199,7 +210,14 @@ pub fn saliency(args: SaliencyArgs) -> anyhow::Result<ExitCode> {
             (Some(r), Some(t)) => Some(t.finish(*r as f64)),
             _ => None,
         };
-        let (png, npy) = write_outputs(&c.out, &item, &spec, &map, Colouring::Magnitude)?;
+        let unit = task_spec.map(|t| t.unit.clone()).unwrap_or_default();
+        let top = colour_top(&map.smoothed(SALIENCY_DISPLAY_SIGMA), Colouring::Magnitude);
+        let legend = Legend {
+            title: format!("SmoothGrad: {} ({unit}){}", c.task, frame_note(&item)),
+            high: format!("{top:.1e} {unit}"),
+            low: "0".into(),
+        };
+        let (png, npy) = write_outputs(&c.out, &item, &spec, &map, Colouring::Magnitude, &legend)?;
         let line = serde_json::json!({
             "frame": item.source_frame,
             "task": c.task,
@@ -229,7 +247,13 @@ pub fn occlusion(args: OcclusionArgs) -> anyhow::Result<ExitCode> {
     };
     for item in load_items(&c.input, &spec, c.frames)? {
         let r = echonet_edge::explain::occlusion_map(&model, &item.input, &c.task, &cfg)?;
-        let (png, npy) = write_outputs(&c.out, &item, &spec, &r.map, Colouring::Signed)?;
+        let top = colour_top(&r.map, Colouring::Signed);
+        let legend = Legend {
+            title: format!("Occlusion: {} ({}){}", c.task, r.unit, frame_note(&item)),
+            high: format!("+{top:.1} {}", r.unit),
+            low: format!("-{top:.1} {}", r.unit),
+        };
+        let (png, npy) = write_outputs(&c.out, &item, &spec, &r.map, Colouring::Signed, &legend)?;
         let (lo, hi) = r
             .map
             .data

@@ -363,7 +363,7 @@ impl Preprocessor {
             let cached = self
                 .fixed
                 .as_mut()
-                .filter(|f| f.regions == *regions && !f.refit_in.is_some_and(|n| n == 0));
+                .filter(|f| f.regions == *regions && f.refit_in.is_none_or(|n| n != 0));
             let sector = match cached {
                 Some(f) => {
                     f.refit_in = f.refit_in.map(|n| n.saturating_sub(1));

@@ -116,6 +116,17 @@ fn display_page_in_headless_chromium() {
         "trend points {points:?}"
     );
 
+    // No flag while the two EF readings agree; low agreement (issue #13 item 3): the number
+    // stays, with the flag and the difference beside it.
+    assert_eq!(browser.text("agreement-text"), "");
+    let mut flagged = estimate(0, 64.0);
+    flagged["agreement"] = json!({"difference": 23.4, "margin": 10.0, "low": true});
+    feeder.set(Some(flagged));
+    browser.wait_text("agreement-text", WAIT, "the low-agreement flag", |t| {
+        t.contains("23.4 points") && t.contains("margin 10.0")
+    });
+    assert_eq!(browser.text("ef-value"), "64");
+
     // Withheld: the number goes, the reason shows.
     let reason = "too few valid frames (9/20)";
     feeder.set(Some(withheld(0, reason)));
@@ -126,6 +137,11 @@ fn display_page_in_headless_chromium() {
     );
     assert!(!has_digit(&browser.text("esv-value")) && !has_digit(&browser.text("edv-value")));
     assert_eq!(browser.text("withheld-reason"), reason);
+    assert_eq!(
+        browser.text("agreement-text"),
+        "",
+        "no flag without a number"
+    );
     assert_eq!(
         browser.text("status-detail"),
         "no number: the estimate was withheld"

@@ -49,6 +49,7 @@ pub fn estimate_record(
         "withheld_reason": e.withheld_reason,
         "estimates": e.estimates,
         "quality": e.quality,
+        "agreement": e.agreement,
         "model": model,
         "source": source,
     })

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::gemm::{self, AlignedVec, Epilogue, MicroKernel, PackedWeights, Pass, KC, MR, NR};
+use super::qgemm::{self, QuantWeights};
 use super::winograd::{self, WinogradConv};
 use crate::model::conv::Geometry;
 
@@ -21,6 +22,9 @@ pub struct PreparedConv {
     pub weights: PackedWeights,
     /// The same convolution prepared for Winograd (3x3 stride 1), which then runs instead.
     pub winograd: Option<WinogradConv>,
+    /// The convolution in int8 (uint8 activations x 7-bit weights), which then runs instead;
+    /// `weights` then holds the shape only.
+    pub int8: Option<QuantWeights>,
 }
 
 impl PreparedConv {
@@ -134,6 +138,10 @@ pub fn tiling(conv: &PreparedConv, n: usize, oh: usize, ow: usize, threads: usiz
     if !conv.is_pointwise() {
         cap = cap.min(TILE_IM2COL_BYTES / 4 / k.max(1));
     }
+    if let Some(q) = &conv.int8 {
+        // One byte per element and the whole K in one pass: the quantised tile stays in L2.
+        cap = TILE_A_BYTES / q.k4.max(1);
+    }
     let cap_strips = (cap / MR).max(1);
     let strips = m.div_ceil(MR).max(1);
     let threads = threads.max(1);
@@ -169,10 +177,11 @@ pub fn tiling(conv: &PreparedConv, n: usize, oh: usize, ow: usize, threads: usiz
         row_tiles,
         panels,
         panel_chunks,
-        scratch: if conv.is_pointwise() {
-            0
-        } else {
-            max_rows.min(m.max(1)) * k
+        scratch: match &conv.int8 {
+            // Every int8 tile is quantised (and, unless 1x1, unfolded) into scratch bytes.
+            Some(q) => (max_rows.min(m.max(1)) * q.k4).div_ceil(4),
+            None if conv.is_pointwise() => 0,
+            None => max_rows.min(m.max(1)) * k,
         },
     }
 }
@@ -250,6 +259,9 @@ pub unsafe fn conv(
     scratch: &Scratch,
     threads: usize,
 ) {
+    if let Some(q) = &conv.int8 {
+        return conv_int8(kernel, conv, q, src, dst, ep, t, scratch, threads);
+    }
     if let Some(w) = &conv.winograd {
         return winograd::conv(kernel, w, src, dst, ep, t, scratch, threads);
     }
@@ -301,6 +313,89 @@ pub unsafe fn conv(
             }
             im2col(conv, src, oh, ow, row0, rows, &mut col[..rows * k]);
             run(col.as_ptr(), k);
+        }
+    });
+}
+
+/// The int8 form of [`conv`]: each work item quantises its output rows' inputs (the pixels for
+/// a 1x1 convolution, the im2col rows otherwise) into its scratch bytes, `q.k4` per row with the
+/// zero point beyond K and outside the image, then runs the int8 micro-kernel over its panels.
+///
+/// # Safety
+/// As [`conv`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_int8(
+    kernel: MicroKernel,
+    conv: &PreparedConv,
+    q: &QuantWeights,
+    src: View,
+    dst: View,
+    ep: Epilogue,
+    t: Tiling,
+    scratch: &Scratch,
+    threads: usize,
+) {
+    let (oh, ow) = (dst.h, dst.w);
+    let m = dst.rows();
+    let items = t.row_tiles * t.panel_chunks;
+    let (k, k4) = (q.k, q.k4);
+    let zp = q.act.zero_point;
+    scratch.for_each(items, threads, |item, buf| {
+        let (tile, chunk) = (item / t.panel_chunks, item % t.panel_chunks);
+        let (row0, row1) = t.row_range(tile);
+        let rows = row1 - row0;
+        let (panel0, panel1) = t.panel_range(chunk);
+        if rows == 0 || m != t.rows || buf.len() * 4 < rows * k4 {
+            return; // cannot happen: the workspace sizes scratch from the same tiling
+        }
+        // SAFETY: `buf` is this thread's f32 scratch, at least `rows * k4` bytes long.
+        let a = std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, rows * k4);
+        for (r, line) in a.chunks_exact_mut(k4).enumerate() {
+            line[k..].fill(zp);
+            let p = row0 + r;
+            if conv.is_pointwise() {
+                let from = std::slice::from_raw_parts(src.at(p * src.ld) as *const f32, k);
+                qgemm::quantize_row(from, &mut line[..k], q.act);
+                continue;
+            }
+            let g = conv.geometry;
+            let cin = conv.cin;
+            let (img, rest) = (p / (oh * ow), p % (oh * ow));
+            let (oy, ox) = (rest / ow, rest % ow);
+            for ky in 0..conv.kh {
+                let iy = (oy * g.stride + ky) as isize - g.pad_h as isize;
+                for kx in 0..conv.kw {
+                    let ix = (ox * g.stride + kx) as isize - g.pad_w as isize;
+                    let tap = ky * conv.kw + kx;
+                    let out = &mut line[tap * cin..(tap + 1) * cin];
+                    if iy < 0 || ix < 0 || iy as usize >= src.h || ix as usize >= src.w {
+                        out.fill(zp);
+                    } else {
+                        let pix = (img * src.h + iy as usize) * src.w + ix as usize;
+                        let from =
+                            std::slice::from_raw_parts(src.at(pix * src.ld) as *const f32, cin);
+                        qgemm::quantize_row(from, out, q.act);
+                    }
+                }
+            }
+        }
+        for j in panel0..panel1 {
+            let mut r = 0;
+            while r < rows {
+                let n = MR.min(rows - r);
+                qgemm::strip(
+                    kernel,
+                    q,
+                    j,
+                    a.as_ptr().add(r * k4),
+                    k4,
+                    n,
+                    dst.at((row0 + r) * dst.ld + j * NR),
+                    dst.ld,
+                    ep,
+                );
+                r += n;
+            }
         }
     });
 }
@@ -433,6 +528,7 @@ mod tests {
             geometry: Geometry::unit(),
             weights: PackedWeights::pack(kh * cin, cout, |_, _| 0.0, &vec![0.0; cout]),
             winograd: None,
+            int8: None,
         }
     }
 

@@ -69,8 +69,8 @@ pub enum Int8Request {
 /// Why int8 cannot run with these settings, or None when it can: int8 kernels exist in the
 /// prepared CPU plan only (f32 between layers), not on CUDA and not in the layer-by-layer
 /// kernels.
-pub fn int8_unavailable(device: &Device, dtype: DType, kernel: &dyn ConvKernel) -> Option<String> {
-    if !device.is_cpu() {
+pub fn int8_unavailable(on_cpu: bool, dtype: DType, kernel: &dyn ConvKernel) -> Option<String> {
+    if !on_cpu {
         return Some(
             "int8 kernels exist for the CPU only; on CUDA the bundle's f32 weights (which it carries beside the int8 ones) run in the run dtype, with no int8 arithmetic"
                 .into(),
@@ -141,7 +141,7 @@ impl EchoNetModel {
                 )))
             }
             (request, Some(q)) => {
-                match int8_unavailable(&model.device, model.dtype, opts.kernel.as_ref()) {
+                match int8_unavailable(model.device.is_cpu(), model.dtype, opts.kernel.as_ref()) {
                     None => model.use_int8(q, &bundle.path)?,
                     Some(why) if request == Int8Request::Require => {
                         return Err(ModelError::Unsupported(format!(

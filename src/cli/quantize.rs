@@ -48,6 +48,11 @@ pub struct Args {
     /// Deployment profile (TOML) whose preprocessing prepares the calibration frames.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Also write the held-out frames (normalised, float32 `[N, C, H, W]` .npy) here, so another
+    /// system (PyTorch, `echonet infer --input`) can be run on exactly the frames drift was
+    /// measured on.
+    #[arg(long)]
+    pub dump_held_out: Option<PathBuf>,
     /// CPU threads; default: every core this process may use.
     #[arg(long)]
     pub threads: Option<usize>,
@@ -141,6 +146,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.frames,
         args.held_out
     );
+
+    if let Some(path) = &args.dump_held_out {
+        let (c, h, w) = held[0].1;
+        let data: Vec<f32> = held.iter().flat_map(|f| f.0.iter().copied()).collect();
+        std::fs::write(path, npy4(&data, [held.len(), c, h, w]))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
 
     let opts = RunOptions {
         dtype: Some(DType::F32),
@@ -253,4 +265,25 @@ fn to_batches(frames: &Frames) -> anyhow::Result<Vec<(Vec<f32>, (usize, usize, u
         out.push((data, (chunk.len(), c, h, w)));
     }
     Ok(out)
+}
+
+/// A minimal NPY v1.0 file: little-endian f32, C order, 4-D.
+fn npy4(data: &[f32], shape: [usize; 4]) -> Vec<u8> {
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}, {}, {}), }}",
+        shape[0], shape[1], shape[2], shape[3]
+    );
+    // Magic (6) + version (2) + header length (2) + header + '\n' is a multiple of 64.
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + 4 * data.len());
+    out.extend_from_slice(b"\x93NUMPY");
+    out.extend_from_slice(&[1, 0]);
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in data {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
 }

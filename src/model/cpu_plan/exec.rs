@@ -139,8 +139,12 @@ pub fn tiling(conv: &PreparedConv, n: usize, oh: usize, ow: usize, threads: usiz
         cap = cap.min(TILE_IM2COL_BYTES / 4 / k.max(1));
     }
     if let Some(q) = &conv.int8 {
-        // One byte per element and the whole K in one pass: the quantised tile stays in L2.
-        cap = TILE_A_BYTES / q.k4.max(1);
+        // One byte per element and the whole K in one pass: the quantised tile stays in L2
+        // (and the f32 im2col it is made from stays within the f32 path's bound).
+        cap = cap.min(TILE_A_BYTES / q.k4.max(1));
+        if conv.is_pointwise() {
+            cap = TILE_A_BYTES / q.k4.max(1);
+        }
     }
     let cap_strips = (cap / MR).max(1);
     let strips = m.div_ceil(MR).max(1);
@@ -178,8 +182,12 @@ pub fn tiling(conv: &PreparedConv, n: usize, oh: usize, ow: usize, threads: usiz
         panels,
         panel_chunks,
         scratch: match &conv.int8 {
-            // Every int8 tile is quantised (and, unless 1x1, unfolded) into scratch bytes.
-            Some(q) => (max_rows.min(m.max(1)) * q.k4).div_ceil(4),
+            // Every int8 tile is quantised into scratch bytes; unless 1x1, after an f32 im2col.
+            Some(q) => {
+                let rows = max_rows.min(m.max(1));
+                let unfold = if conv.is_pointwise() { 0 } else { rows * k };
+                unfold + (rows * q.k4).div_ceil(4)
+            }
             None if conv.is_pointwise() => 0,
             None => max_rows.min(m.max(1)) * k,
         },
@@ -345,39 +353,27 @@ unsafe fn conv_int8(
         let (row0, row1) = t.row_range(tile);
         let rows = row1 - row0;
         let (panel0, panel1) = t.panel_range(chunk);
-        if rows == 0 || m != t.rows || buf.len() * 4 < rows * k4 {
+        let f32_floats = if conv.is_pointwise() { 0 } else { rows * k };
+        if rows == 0 || m != t.rows || buf.len() < f32_floats + (rows * k4).div_ceil(4) {
             return; // cannot happen: the workspace sizes scratch from the same tiling
         }
-        // SAFETY: `buf` is this thread's f32 scratch, at least `rows * k4` bytes long.
-        let a = std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, rows * k4);
+        // A 1x1 convolution quantises its pixels' channels straight from the source; others
+        // unfold the tile in f32 first (plain copies), then quantise each row in one vector pass.
+        let (col, bytes) = buf.split_at_mut(f32_floats);
+        // SAFETY: `bytes` is this thread's f32 scratch past the im2col part, at least
+        // `rows * k4` bytes long (checked above).
+        let a = std::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut u8, rows * k4);
+        if !conv.is_pointwise() {
+            im2col(conv, src, oh, ow, row0, rows, col);
+        }
         for (r, line) in a.chunks_exact_mut(k4).enumerate() {
             line[k..].fill(zp);
-            let p = row0 + r;
-            if conv.is_pointwise() {
-                let from = std::slice::from_raw_parts(src.at(p * src.ld) as *const f32, k);
-                qgemm::quantize_row(from, &mut line[..k], q.act);
-                continue;
-            }
-            let g = conv.geometry;
-            let cin = conv.cin;
-            let (img, rest) = (p / (oh * ow), p % (oh * ow));
-            let (oy, ox) = (rest / ow, rest % ow);
-            for ky in 0..conv.kh {
-                let iy = (oy * g.stride + ky) as isize - g.pad_h as isize;
-                for kx in 0..conv.kw {
-                    let ix = (ox * g.stride + kx) as isize - g.pad_w as isize;
-                    let tap = ky * conv.kw + kx;
-                    let out = &mut line[tap * cin..(tap + 1) * cin];
-                    if iy < 0 || ix < 0 || iy as usize >= src.h || ix as usize >= src.w {
-                        out.fill(zp);
-                    } else {
-                        let pix = (img * src.h + iy as usize) * src.w + ix as usize;
-                        let from =
-                            std::slice::from_raw_parts(src.at(pix * src.ld) as *const f32, cin);
-                        qgemm::quantize_row(from, out, q.act);
-                    }
-                }
-            }
+            let from: &[f32] = if conv.is_pointwise() {
+                std::slice::from_raw_parts(src.at((row0 + r) * src.ld) as *const f32, k)
+            } else {
+                &col[r * k..(r + 1) * k]
+            };
+            qgemm::quantize_row(from, &mut line[..k], q.act);
         }
         for j in panel0..panel1 {
             let mut r = 0;

@@ -21,6 +21,9 @@ enum Command {
     Infer(cli::infer::Args),
     /// Turn a PyTorch state dict (.pt/.pth) or plain safetensors into a model bundle.
     Convert(cli::convert::Args),
+    /// An int8 bundle from an f32 one: activation scales calibrated on clips or phantom
+    /// patients, weights per output channel, drift on held-out frames recorded in the bundle.
+    Quantize(cli::quantize::Args),
     /// Time one forward pass: median and p90 ms/frame, frames/s.
     Bench(cli::bench::Args),
     /// Check devices, CUDA, bundles and configuration.
@@ -62,6 +65,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Infer(a) => cli::infer::run(a),
         Command::Convert(a) => cli::convert::run(a),
+        Command::Quantize(a) => cli::quantize::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Doctor(a) => cli::doctor::run(a),
         Command::Phantom(a) => cli::phantom::run(a),

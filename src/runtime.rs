@@ -10,7 +10,7 @@ pub enum RuntimeError {
     BadDevice(String),
     #[error("device {requested}: CUDA is not usable here: {reason}")]
     CudaUnavailable { requested: String, reason: String },
-    #[error("dtype {0:?}: expected f32, f16 or bf16")]
+    #[error("dtype {0:?}: expected f32, f16, bf16 or int8")]
     BadDtype(String),
     #[error("dtype bf16 is supported on CUDA only (on the CPU use f32 or f16)")]
     Bf16OnCpu,

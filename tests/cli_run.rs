@@ -184,6 +184,7 @@ fn predict_gives_an_estimate_for_a_phantom_clip() {
         .manifest
         .content_hash;
     assert_eq!(r["model"]["content_hash"], bundle_hash.as_str(), "{r}");
+    assert_eq!(r["model"]["precision"], "f32", "{r}");
     assert!(!r["model"]["id"].as_str().unwrap().is_empty(), "{r}");
     assert!(
         !r["model"]["intended_use"].as_str().unwrap().is_empty(),

@@ -44,6 +44,7 @@ fn fixture_model(device: &Device, dtype: DType, graph: bool) -> EchoNetModel {
         device: device.clone(),
         dtype: Some(dtype),
         kernel: conv_kernel_named("auto").expect("kernel"),
+        int8: Default::default(),
     };
     let mut m = EchoNetModel::from_bundle(&b, &opts).expect("model builds");
     if graph {
@@ -135,6 +136,7 @@ fn cuda_offline_batch_of_20_matches_one_frame_at_a_time() {
         device: dev,
         dtype: Some(DType::F32),
         kernel: conv_kernel_named("auto").expect("kernel"),
+        int8: Default::default(),
     };
     let mut model = EchoNetModel::from_bundle(&bundle, &opts).expect("model");
     model.enable_cuda_graph();

@@ -155,7 +155,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         format!(
             "too slow for live use: {median:.1} ms/frame > {FRAME_BUDGET_MS:.0} ms (10 sampled frames/s); \
              the daemon would drop frames and withhold every window. Use a GPU (--device cuda), \
-             more cores (--threads), or a smaller variant (--width, --input-size)"
+             more cores (--threads), an int8 bundle (`echonet quantize`), or a smaller variant \
+             (--width, --input-size)"
         )
     };
     let dtype_warning =
@@ -174,6 +175,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "model": source.0,
         "device": args.run.device,
         "dtype": format!("{:?}", model.dtype()).to_lowercase(),
+        "precision": model.precision(),
         "threads": source.1,
         "batch": args.batch,
         "input": [spec.channels, spec.height, spec.width],
@@ -200,7 +202,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "{} on {} ({}, batch {}, {} threads, {}x{}x{}, CUDA graph {}): median {:.3} ms/frame, p90 {:.3} ms/frame, {:.1} frames/s",
             source.0,
             args.run.device,
-            report["dtype"].as_str().unwrap_or("?"),
+            model.precision(),
             args.batch,
             source.1,
             spec.channels,

@@ -47,14 +47,31 @@ impl Report {
 fn check_bundle(path: &PathBuf) -> Result<Value, String> {
     let bundle = read_bundle(path).map_err(|e| e.to_string())?;
     // Building the model proves every tensor is present, shaped right and used.
-    EchoNetModel::from_bundle(&bundle, &RunOptions::cpu()).map_err(|e| e.to_string())?;
+    let model =
+        EchoNetModel::from_bundle(&bundle, &RunOptions::cpu()).map_err(|e| e.to_string())?;
     let m = &bundle.manifest;
+    // An int8 bundle: its scheme, calibration and measured drift, and which layers stay f32.
+    let int8 = bundle.quantization.as_ref().map(|q| {
+        json!({
+            "scheme": q.info.scheme,
+            "method": q.info.method,
+            "calibration": q.info.calibration,
+            "drift": q.info.drift,
+            "features_rel_l2": q.info.features_rel_l2,
+            "int8_layers": q.info.layers.iter().filter(|l| l.precision == "int8").count(),
+            "f32_layers": q.info.layers.iter().filter(|l| l.precision == "f32")
+                .map(|l| json!({"label": l.label, "reason": l.reason})).collect::<Vec<_>>(),
+        })
+    });
     Ok(json!({
         "file": path,
         "architecture": m.architecture,
         "input": m.input,
         "tasks": m.task_names(),
         "dtype": m.dtype.as_str(),
+        "precision_on_cpu": model.precision(),
+        "backend_on_cpu": model.backend_name(),
+        "int8": int8,
         "intended_use": m.intended_use,
         "provenance": m.provenance,
         "content_hash": m.content_hash,

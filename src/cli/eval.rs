@@ -84,6 +84,12 @@ pub struct Args {
     /// Override any setting: `--set section.key=value` (repeatable).
     #[arg(long = "set")]
     pub overrides: Vec<String>,
+    /// Also evaluate this bundle on the same clips and compare the two estimate by estimate
+    /// (e.g. an int8 bundle `--against` its f32 form): per clip drift, MAE of each, and with
+    /// `--plots` a Bland-Altman plot of this model's EF against the other's. Both run with the
+    /// same device and threads; each in its own default precision.
+    #[arg(long)]
+    pub against: Option<PathBuf>,
     #[command(flatten)]
     pub run: super::RunArgs,
 }
@@ -218,9 +224,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         record_metrics(&args.model, &report)?;
     }
 
+    let against = match &args.against {
+        Some(other) => Some(compare(&args, other, &config, &report, &model)?),
+        None => None,
+    };
+
     if args.json {
         eprint!("{}", report.table());
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut value = serde_json::to_value(&report)?;
+        if let (Some(a), Some(obj)) = (against, value.as_object_mut()) {
+            obj.insert("against".into(), a);
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print!("{}", report.table());
         for p in &report.plots {
@@ -228,6 +243,136 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--against OTHER`: OTHER evaluated on the same clips; per regression estimate, this model's
+/// estimates against OTHER's (drift per clip, bias and limits, both MAEs), Bland-Altman plots of
+/// the EF estimates with `--plots`. The summary goes to stderr; the JSON is returned.
+fn compare(
+    args: &Args,
+    other: &std::path::Path,
+    config: &echonet_edge::config::Config,
+    report: &EvalReport,
+    model: &echonet_edge::model::EchoNetModel,
+) -> anyhow::Result<serde_json::Value> {
+    let bundle = read_bundle(other)?;
+    let mut run = args.run.clone();
+    run.dtype = None; // each bundle in its own default precision
+    let other_model = run.model(&bundle)?;
+    let by_id: std::collections::BTreeMap<&str, &ClipEval> =
+        report.clips.iter().map(|c| (c.id.as_str(), c)).collect();
+    let data = match (&args.data, args.phantom_seed, args.phantom_clips) {
+        (Some(dir), _, _) => dataset::open(dir)?,
+        (None, Some(seed), Some(clips)) => dataset::phantom::in_memory(
+            seed,
+            clips,
+            args.phantom_frames.unwrap_or(PHANTOM_FRAMES),
+            PHANTOM_FPS,
+        )?,
+        _ => anyhow::bail!("give --data DIR, or --phantom-seed S with --phantom-clips N"),
+    };
+    let mut theirs = Vec::new();
+    for record in data
+        .clips
+        .iter()
+        .filter(|c| by_id.contains_key(c.id.as_str()))
+    {
+        theirs.push(eval::evaluate_clip(
+            record,
+            &other_model,
+            &config.preprocess,
+            &config.window,
+        ));
+    }
+    let (this_p, other_p) = (model.precision(), other_model.precision());
+    let (la, lb) = (
+        format!("{this_p} ({})", args.model.display()),
+        format!("{other_p} ({})", other.display()),
+    );
+    let mut estimators = serde_json::Map::new();
+    let mut per_clip: Vec<serde_json::Value> = Vec::new();
+    for (name, r) in &report.estimators {
+        if r.kind != TaskKind::Regression {
+            continue;
+        }
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        let mut err_a = Vec::new();
+        let mut err_b = Vec::new();
+        for c in &theirs {
+            let (Some(mine), Some(their)) = (
+                by_id
+                    .get(c.id.as_str())
+                    .and_then(|m| m.predictions.get(name)),
+                c.predictions.get(name),
+            ) else {
+                continue;
+            };
+            a.push(mine.prediction);
+            b.push(their.prediction);
+            if let (Some(t1), Some(t2)) = (mine.truth, their.truth) {
+                err_a.push((mine.prediction - t1).abs());
+                err_b.push((their.prediction - t2).abs());
+            }
+            per_clip.push(serde_json::json!({
+                "id": c.id, "estimate": name, "this": mine.prediction, "other": their.prediction,
+                "drift": mine.prediction - their.prediction,
+            }));
+        }
+        if a.is_empty() {
+            continue;
+        }
+        let d: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
+        let n = d.len() as f64;
+        let bias = d.iter().sum::<f64>() / n;
+        let sd = (d.iter().map(|x| (x - bias).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+        let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        let (mae_a, mae_b) = (mean(&err_a), mean(&err_b));
+        eprintln!(
+            "{name}: {this_p} - {other_p} over {} clips: mean |drift| {:.3}, max {:.3}, bias {:+.3}, 95% limits {:+.3} to {:+.3}; MAE {} vs {}",
+            d.len(),
+            d.iter().map(|x| x.abs()).sum::<f64>() / n,
+            d.iter().fold(0f64, |m, x| m.max(x.abs())),
+            bias,
+            bias - 1.96 * sd,
+            bias + 1.96 * sd,
+            mae_a.map(|m| format!("{m:.3}")).unwrap_or("-".into()),
+            mae_b.map(|m| format!("{m:.3}")).unwrap_or("-".into()),
+        );
+        estimators.insert(
+            name.clone(),
+            serde_json::json!({
+                "n": d.len(),
+                "mean_abs_drift": d.iter().map(|x| x.abs()).sum::<f64>() / n,
+                "max_abs_drift": d.iter().fold(0f64, |m, x| m.max(x.abs())),
+                "bias": bias,
+                "loa_lower": bias - 1.96 * sd,
+                "loa_upper": bias + 1.96 * sd,
+                "mae_this": mae_a,
+                "mae_other": mae_b,
+                "mae_change": mae_a.zip(mae_b).map(|(x, y)| x - y),
+            }),
+        );
+        if let Some(dir) = &args.plots {
+            if eval::base_task(name) == "ef" {
+                let path = dir.join(format!("{name}_{this_p}_vs_{other_p}_bland_altman.png"));
+                match plots::bland_altman_of(&path, name, &r.unit, &a, &b, (this_p, other_p)) {
+                    Ok(_) => eprintln!("wrote {}", path.display()),
+                    Err(plots::PlotError::Metrics(e)) => {
+                        tracing::warn!("--plots: {name} against: not plotted: {e}")
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Ok(serde_json::json!({
+        "this": la,
+        "other": lb,
+        "other_id": bundle.manifest.content_hash,
+        "estimators": estimators,
+        "clips": per_clip,
+    }))
 }
 
 /// Rewrites the bundle with this evaluation's regression metrics in its provenance.

@@ -10,6 +10,7 @@ pub mod infer;
 pub mod phantom;
 pub mod predict;
 pub mod probe_capture;
+pub mod quantize;
 pub mod run;
 pub mod train;
 
@@ -24,7 +25,8 @@ pub struct RunArgs {
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// `f32`, `f16` or `bf16` (CUDA only); default: f16 on CUDA, the bundle's storage dtype on the CPU.
+    /// `f32`, `f16`, `bf16` (CUDA only) or `int8` (an `echonet quantize` bundle, CPU only);
+    /// default: f16 on CUDA, else the bundle's storage dtype, or int8 for an int8 bundle on the CPU.
     #[arg(long)]
     pub dtype: Option<String>,
     /// CPU threads; default: every core this process may use.
@@ -45,6 +47,8 @@ pub struct RunArgs {
 pub struct RunPlan {
     pub choice: DeviceChoice,
     pub dtype: DType,
+    /// `--dtype int8` (Require), another dtype (Off), or none (Auto).
+    pub int8: echonet_edge::model::Int8Request,
     pub kernel: std::sync::Arc<dyn echonet_edge::model::ConvKernel>,
     pub threads: usize,
     pub cuda_graph: bool,
@@ -71,6 +75,7 @@ impl RunPlan {
             device,
             dtype: Some(self.dtype),
             kernel: self.kernel.clone(),
+            int8: self.int8,
         })
     }
 }
@@ -81,9 +86,15 @@ impl RunArgs {
     pub fn plan(&self, bundle_dtype: DType) -> anyhow::Result<RunPlan> {
         let threads = runtime::configure_cpu_threads(self.threads);
         let choice: DeviceChoice = self.device.parse()?;
-        let dtype = match &self.dtype {
-            Some(s) => runtime::parse_dtype(s)?,
-            None => runtime::default_dtype(choice, bundle_dtype),
+        use echonet_edge::model::Int8Request;
+        let (dtype, int8) = match self.dtype.as_deref() {
+            // int8 runs inside the f32 CPU plan.
+            Some("int8") => (DType::F32, Int8Request::Require),
+            Some(s) => (runtime::parse_dtype(s)?, Int8Request::Off),
+            None => (
+                runtime::default_dtype(choice, bundle_dtype),
+                Int8Request::Auto,
+            ),
         };
         let kernel = conv_kernel_named(&self.conv).ok_or_else(|| {
             anyhow::anyhow!("--conv {:?}: expected auto, cpu-gemm or candle", self.conv)
@@ -91,6 +102,7 @@ impl RunArgs {
         Ok(RunPlan {
             choice,
             dtype,
+            int8,
             kernel,
             threads,
             cuda_graph: !self.no_cuda_graph,

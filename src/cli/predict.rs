@@ -105,6 +105,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .unwrap_or_default(),
         intended_use: bundle.manifest.intended_use.clone(),
         content_hash: bundle.manifest.content_hash.clone(),
+        precision: model.precision().to_string(),
     };
     let files = expand(&args.paths);
     anyhow::ensure!(

@@ -101,6 +101,27 @@ pub fn bland_altman(
     predictions: &[f64],
     truths: &[f64],
 ) -> Result<RegressionMetrics, PlotError> {
+    bland_altman_of(
+        path,
+        name,
+        unit,
+        predictions,
+        truths,
+        ("prediction", "truth"),
+    )
+}
+
+/// [`bland_altman`] of any two measurements `a` and `b`, named `labels.0` and `labels.1` on the
+/// plot (e.g. an int8 model's estimates against its f32 form's).
+pub fn bland_altman_of(
+    path: &Path,
+    name: &str,
+    unit: &str,
+    predictions: &[f64],
+    truths: &[f64],
+    labels: (&str, &str),
+) -> Result<RegressionMetrics, PlotError> {
+    let (la, lb) = labels;
     let m = metrics::regression(predictions, truths)?;
     let points: Vec<(f64, f64)> = predictions
         .iter()
@@ -119,7 +140,7 @@ pub fn bland_altman(
         let mut chart = ChartBuilder::on(root)
             .caption(
                 format!(
-                    "{}: prediction minus truth, n = {}, bias {:.2}, 95% limits {:.2} to {:.2}",
+                    "{}: {la} minus {lb}, n = {}, bias {:.2}, 95% limits {:.2} to {:.2}",
                     super::plain_name(name),
                     m.n,
                     m.bias,
@@ -134,8 +155,8 @@ pub fn bland_altman(
             .build_cartesian_2d(xs.clone(), ys)?;
         chart
             .configure_mesh()
-            .x_desc(format!("mean of prediction and truth{u}"))
-            .y_desc(format!("prediction - truth{u}"))
+            .x_desc(format!("mean of {la} and {lb}{u}"))
+            .y_desc(format!("{la} - {lb}{u}"))
             .label_style((FAMILY, 15))
             .axis_desc_style((FAMILY, 18))
             .draw()?;

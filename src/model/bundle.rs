@@ -15,8 +15,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::arch::{Architecture, MIN_INPUT_SIZE};
+use super::cpu_plan::qgemm::ActQuant;
+use super::cpu_plan::ConvQuant;
 use super::error::{ModelError, Result};
 use super::heads::TaskSpec;
+use super::quantize::{Quantization, QUANT_KEY};
 use super::weights::WeightStore;
 
 pub const BUNDLE_FORMAT: &str = "echonet-bundle";
@@ -222,10 +225,20 @@ pub struct Bundle {
     pub path: PathBuf,
     pub manifest: Manifest,
     pub store: WeightStore,
+    /// The int8 section, when the bundle was made by `echonet quantize`.
+    pub quantization: Option<QuantizedWeights>,
+}
+
+/// An int8 bundle's section and its tables, by plan index (None where the layer stays f32).
+#[derive(Debug, Clone)]
+pub struct QuantizedWeights {
+    pub info: Quantization,
+    pub table: Vec<Option<ConvQuant>>,
 }
 
 fn hash_contents<'a>(
     manifest: &Manifest,
+    quant: Option<&Quantization>,
     tensors: impl Iterator<Item = (&'a str, &'a str, &'a [usize], &'a [u8])>,
 ) -> String {
     let mut unhashed = manifest.clone();
@@ -234,6 +247,11 @@ fn hash_contents<'a>(
     h.update(b"echonet-bundle/1\0");
     // serde_json writes struct fields in declaration order and maps sorted (BTreeMap): stable.
     h.update(serde_json::to_vec(&unhashed).unwrap_or_default());
+    if let Some(q) = quant {
+        // Only int8 bundles hash a section, so every other bundle keeps its hash.
+        h.update(b"\0echonet.quantization\0");
+        h.update(serde_json::to_vec(q).unwrap_or_default());
+    }
     for (name, dtype, shape, data) in tensors {
         h.update((name.len() as u64).to_le_bytes());
         h.update(name.as_bytes());
@@ -287,33 +305,65 @@ pub fn read_bundle(path: &Path) -> Result<Bundle> {
         reason: format!("invalid manifest JSON: {e}"),
     })?;
     manifest.check(path)?;
+    let quant: Option<Quantization> = match meta.metadata().as_ref().and_then(|m| m.get(QUANT_KEY))
+    {
+        None => None,
+        Some(json) => {
+            let q: Quantization = serde_json::from_str(json).map_err(|e| ModelError::Metadata {
+                file: path.to_path_buf(),
+                field: QUANT_KEY.into(),
+                reason: format!("invalid quantization JSON: {e}"),
+            })?;
+            q.check().map_err(|(f, r)| ModelError::Metadata {
+                file: path.to_path_buf(),
+                field: format!("{QUANT_KEY}.{f}"),
+                reason: r,
+            })?;
+            Some(q)
+        }
+    };
 
     let expected_dtype = manifest.dtype.safetensors();
     let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
     names.sort();
     let mut views = Vec::with_capacity(names.len());
+    let mut dnames = Vec::with_capacity(names.len());
     for name in &names {
         let view = st.tensor(name).map_err(|e| ModelError::Format {
             file: path.to_path_buf(),
             reason: format!("tensor `{name}`: {e:?}"),
         })?;
-        if view.dtype() != expected_dtype {
+        let expected = match (name.starts_with("int8."), &quant) {
+            (true, None) => {
+                return Err(ModelError::Metadata {
+                    file: path.to_path_buf(),
+                    field: QUANT_KEY.into(),
+                    reason: format!("absent, but the bundle holds int8 tensor `{name}`"),
+                })
+            }
+            (true, Some(_)) if name.ends_with(".weight") => StDtype::I8,
+            (true, Some(_)) => StDtype::F32,
+            (false, _) => expected_dtype,
+        };
+        if view.dtype() != expected {
             return Err(ModelError::DtypeMismatch {
                 file: path.to_path_buf(),
                 name: name.clone(),
-                expected: dtype_name(expected_dtype),
+                expected: dtype_name(expected),
                 found: dtype_name(view.dtype()),
             });
         }
+        dnames.push(dtype_name(expected));
         views.push(view);
     }
-    let dname = dtype_name(expected_dtype);
     let computed = hash_contents(
         &manifest,
+        quant.as_ref(),
         names
             .iter()
             .zip(&views)
-            .map(|(n, v)| (n.as_str(), dname.as_str(), v.shape(), v.data())),
+            .zip(&dnames)
+            .map(|((n, v), d)| (n.as_str(), d.as_str(), v.shape(), v.data())),
     );
     if computed != manifest.content_hash {
         return Err(ModelError::HashMismatch {
@@ -323,7 +373,12 @@ pub fn read_bundle(path: &Path) -> Result<Bundle> {
         });
     }
     let mut tensors = BTreeMap::new();
+    let mut int8: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
     for (name, view) in names.into_iter().zip(views) {
+        if name.starts_with("int8.") {
+            int8.insert(name, (view.shape().to_vec(), view.data().to_vec()));
+            continue;
+        }
         let t = Tensor::from_raw_buffer(
             view.data(),
             manifest.dtype.candle(),
@@ -333,11 +388,95 @@ pub fn read_bundle(path: &Path) -> Result<Bundle> {
         tensors.insert(name, t);
     }
     let store = WeightStore::new(path, tensors)?;
+    let quantization = match quant {
+        Some(info) => Some(int8_table(path, info, int8)?),
+        None => None,
+    };
     Ok(Bundle {
         path: path.to_path_buf(),
         manifest,
         store,
+        quantization,
     })
+}
+
+/// The int8 tables of a section from its tensors; every int8 layer needs its two tensors in
+/// its layer's shape, and no tensor may be left over.
+fn int8_table(
+    path: &Path,
+    info: Quantization,
+    mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)>,
+) -> Result<QuantizedWeights> {
+    let mut table = Vec::with_capacity(info.layers.len());
+    for l in &info.layers {
+        let (act_scale, act_zp) = match (l.precision.as_str(), l.act_scale, l.act_zero_point) {
+            ("int8", Some(s), Some(z)) => (s, z),
+            _ => {
+                table.push(None);
+                continue;
+            }
+        };
+        let (wname, sname) = Quantization::tensor_names(l.index);
+        let [cout, cin, kh, kw] = l.shape;
+        let mut take = |name: &str, shape: Vec<usize>| -> Result<Vec<u8>> {
+            let (found, data) = tensors
+                .remove(name)
+                .ok_or_else(|| ModelError::MissingTensor {
+                    file: path.to_path_buf(),
+                    name: name.to_string(),
+                    expected: shape.clone(),
+                })?;
+            if found != shape {
+                return Err(ModelError::ShapeMismatch {
+                    file: path.to_path_buf(),
+                    name: name.to_string(),
+                    expected: shape,
+                    found,
+                });
+            }
+            Ok(data)
+        };
+        let weights: Vec<i8> = take(&wname, vec![cout, cin, kh, kw])?
+            .into_iter()
+            .map(|b| b as i8)
+            .collect();
+        let scales: Vec<f32> = take(&sname, vec![cout])?
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if let Some(i) = weights
+            .iter()
+            .position(|&v| (v as i32).abs() > super::cpu_plan::qgemm::WEIGHT_LEVELS)
+        {
+            return Err(ModelError::Metadata {
+                file: path.to_path_buf(),
+                field: wname,
+                reason: format!("value {} at {i} is outside -63..=63", weights[i]),
+            });
+        }
+        if let Some(i) = scales.iter().position(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(ModelError::Metadata {
+                file: path.to_path_buf(),
+                field: sname,
+                reason: format!("scale {} at {i} is not positive", scales[i]),
+            });
+        }
+        table.push(Some(ConvQuant {
+            weights,
+            scales,
+            act: ActQuant {
+                scale: act_scale,
+                zero_point: act_zp,
+            },
+        }));
+    }
+    if !tensors.is_empty() {
+        return Err(ModelError::UnexpectedTensors {
+            file: path.to_path_buf(),
+            names: tensors.into_keys().collect(),
+        });
+    }
+    Ok(QuantizedWeights { info, table })
 }
 
 fn tensor_bytes(t: &Tensor, dtype: StorageDtype) -> Result<Vec<u8>> {
@@ -372,31 +511,80 @@ pub fn write_bundle(
     manifest: &Manifest,
     tensors: &BTreeMap<String, Tensor>,
 ) -> Result<Manifest> {
+    write_bundle_with(path, manifest, tensors, None)
+}
+
+/// [`write_bundle`] with an int8 section: `quant.info` as metadata [`QUANT_KEY`] and each int8
+/// layer's weights and scales as tensors `int8.<index>.weight` / `.scale`.
+pub fn write_bundle_int8(
+    path: &Path,
+    manifest: &Manifest,
+    tensors: &BTreeMap<String, Tensor>,
+    quant: &QuantizedWeights,
+) -> Result<Manifest> {
+    quant.info.check().map_err(|(f, r)| ModelError::Metadata {
+        file: path.to_path_buf(),
+        field: format!("{QUANT_KEY}.{f}"),
+        reason: r,
+    })?;
+    write_bundle_with(path, manifest, tensors, Some(quant))
+}
+
+fn write_bundle_with(
+    path: &Path,
+    manifest: &Manifest,
+    tensors: &BTreeMap<String, Tensor>,
+    quant: Option<&QuantizedWeights>,
+) -> Result<Manifest> {
     manifest.check(path)?;
-    let mut encoded: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    let storage = manifest.dtype.safetensors();
+    let mut encoded: Vec<(String, StDtype, Vec<usize>, Vec<u8>)> =
+        Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         encoded.push((
             name.clone(),
+            storage,
             t.dims().to_vec(),
             tensor_bytes(t, manifest.dtype)?,
         ));
     }
-    let dname = dtype_name(manifest.dtype.safetensors());
+    if let Some(q) = quant {
+        for (l, conv) in q.info.layers.iter().zip(&q.table) {
+            let Some(conv) = conv else { continue };
+            let (wname, sname) = Quantization::tensor_names(l.index);
+            let [cout, cin, kh, kw] = l.shape;
+            encoded.push((
+                wname,
+                StDtype::I8,
+                vec![cout, cin, kh, kw],
+                conv.weights.iter().map(|&v| v as u8).collect(),
+            ));
+            encoded.push((
+                sname,
+                StDtype::F32,
+                vec![cout],
+                conv.scales.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ));
+        }
+        // The reader hashes in name order.
+        encoded.sort_by(|a, b| a.0.cmp(&b.0));
+    }
     let mut manifest = manifest.clone();
+    let dnames: Vec<String> = encoded.iter().map(|e| dtype_name(e.1)).collect();
     manifest.content_hash = hash_contents(
         &manifest,
+        quant.map(|q| &q.info),
         encoded
             .iter()
-            .map(|(n, s, d)| (n.as_str(), dname.as_str(), s.as_slice(), d.as_slice())),
+            .zip(&dnames)
+            .map(|((n, _, s, d), dn)| (n.as_str(), dn.as_str(), s.as_slice(), d.as_slice())),
     );
     let mut views = Vec::with_capacity(encoded.len());
-    for (name, shape, data) in &encoded {
+    for (name, dtype, shape, data) in &encoded {
         let view =
-            TensorView::new(manifest.dtype.safetensors(), shape.clone(), data).map_err(|e| {
-                ModelError::Format {
-                    file: path.to_path_buf(),
-                    reason: format!("tensor `{name}`: {e:?}"),
-                }
+            TensorView::new(*dtype, shape.clone(), data).map_err(|e| ModelError::Format {
+                file: path.to_path_buf(),
+                reason: format!("tensor `{name}`: {e:?}"),
             })?;
         views.push((name.clone(), view));
     }
@@ -405,8 +593,16 @@ pub fn write_bundle(
         field: MANIFEST_KEY.into(),
         reason: e.to_string(),
     })?;
-    let metadata: HashMap<String, String> =
+    let mut metadata: HashMap<String, String> =
         [(MANIFEST_KEY.to_string(), json)].into_iter().collect();
+    if let Some(q) = quant {
+        let qjson = serde_json::to_string(&q.info).map_err(|e| ModelError::Metadata {
+            file: path.to_path_buf(),
+            field: QUANT_KEY.into(),
+            reason: e.to_string(),
+        })?;
+        metadata.insert(QUANT_KEY.to_string(), qjson);
+    }
     let bytes =
         safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| ModelError::Format {
             file: path.to_path_buf(),

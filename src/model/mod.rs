@@ -12,6 +12,7 @@ pub mod heads;
 pub mod import;
 pub mod network;
 pub mod profile;
+pub mod quantize;
 pub mod weights;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,8 @@ pub struct RunOptions {
     /// None: the bundle's storage dtype.
     pub dtype: Option<DType>,
     pub kernel: Arc<dyn ConvKernel>,
+    /// Whether an int8 bundle runs its int8 layers.
+    pub int8: Int8Request,
 }
 
 impl RunOptions {
@@ -45,8 +48,46 @@ impl RunOptions {
             device: Device::Cpu,
             dtype: None,
             kernel: conv_kernel_named("auto").unwrap_or_else(|| Arc::new(CandleConv)),
+            int8: Int8Request::Auto,
         }
     }
+}
+
+/// What `--dtype` / `model.dtype` asks of an int8 bundle (one made by `echonet quantize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Int8Request {
+    /// No precision asked for: int8 where it can run (the CPU plan), else the bundle's f32
+    /// weights in the run dtype, with a warning saying so.
+    #[default]
+    Auto,
+    /// `int8` asked for: an error where it cannot run, or when the bundle has no int8 section.
+    Require,
+    /// Another precision asked for (`f32`, `f16`): the int8 section is not used.
+    Off,
+}
+
+/// Why int8 cannot run with these settings, or None when it can: int8 kernels exist in the
+/// prepared CPU plan only (f32 between layers), not on CUDA and not in the layer-by-layer
+/// kernels.
+pub fn int8_unavailable(on_cpu: bool, dtype: DType, kernel: &dyn ConvKernel) -> Option<String> {
+    if !on_cpu {
+        return Some(
+            "int8 kernels exist for the CPU only; on CUDA the bundle's f32 weights (which it carries beside the int8 ones) run in the run dtype, with no int8 arithmetic"
+                .into(),
+        );
+    }
+    if dtype != DType::F32 {
+        return Some(format!(
+            "int8 runs inside the f32 CPU plan; dtype {dtype:?} was asked for"
+        ));
+    }
+    if !kernel.prefers_cpu_plan() {
+        return Some(format!(
+            "--conv {} has no int8 path; use --conv auto",
+            kernel.name()
+        ));
+    }
+    None
 }
 
 /// Convolution kernels by name: `candle` (candle's own conv2d everywhere), `cpu-gemm` (the
@@ -83,11 +124,99 @@ pub struct EchoNetModel {
     dtype: DType,
     /// CUDA only, when asked for: the trunk replayed as one CUDA graph for a fixed batch shape.
     trunk_graph: Option<crate::gpu::graph::TrunkGraph>,
+    /// Whether the plan runs the bundle's int8 layers.
+    int8: bool,
 }
 
 impl EchoNetModel {
+    /// The model of a bundle; an int8 bundle runs int8 as `opts.int8` says (see [`Int8Request`]).
     pub fn from_bundle(bundle: &Bundle, opts: &RunOptions) -> Result<Self> {
-        Self::from_store(bundle.manifest.clone(), &bundle.store, opts)
+        let mut model = Self::from_store(bundle.manifest.clone(), &bundle.store, opts)?;
+        let file = bundle.path.display();
+        match (opts.int8, &bundle.quantization) {
+            (Int8Request::Off, _) | (Int8Request::Auto, None) => {}
+            (Int8Request::Require, None) => {
+                return Err(ModelError::Unsupported(format!(
+                    "{file}: dtype int8 asked for, but the bundle has no int8 section (make one with `echonet quantize`)"
+                )))
+            }
+            (request, Some(q)) => {
+                match int8_unavailable(model.device.is_cpu(), model.dtype, opts.kernel.as_ref()) {
+                    None => model.use_int8(q, &bundle.path)?,
+                    Some(why) if request == Int8Request::Require => {
+                        return Err(ModelError::Unsupported(format!(
+                            "{file}: cannot run int8: {why}"
+                        )))
+                    }
+                    Some(why) => tracing::warn!("{file}: int8 bundle not run in int8: {why}"),
+                }
+            }
+        }
+        Ok(model)
+    }
+
+    /// Rebuilds the CPU plan with the int8 layers of `q` (checked against this network's plan:
+    /// the same convolutions, labels and shapes, in the same order).
+    pub fn use_int8(&mut self, q: &bundle::QuantizedWeights, file: &std::path::Path) -> Result<()> {
+        let Some(old) = &self.plan else {
+            return Err(ModelError::Unsupported(format!(
+                "{}: int8 needs the prepared CPU plan (f32 on the CPU, --conv auto)",
+                file.display()
+            )));
+        };
+        let threads = old.threads();
+        let convs = cpu_plan::CpuPlan::convolutions(&self.network)?;
+        let bad = |field: String, reason: String| ModelError::Metadata {
+            file: file.to_path_buf(),
+            field,
+            reason,
+        };
+        if convs.len() != q.info.layers.len() || q.table.len() != convs.len() {
+            return Err(bad(
+                format!("{}.layers", quantize::QUANT_KEY),
+                format!(
+                    "{} layers, the network's plan has {} convolutions",
+                    q.info.layers.len(),
+                    convs.len()
+                ),
+            ));
+        }
+        for (i, (pc, l)) in convs.iter().zip(&q.info.layers).enumerate() {
+            let (co, ci, kh, kw) = pc.conv.weight.dims4()?;
+            if pc.label != l.label || [co, ci, kh, kw] != l.shape {
+                return Err(bad(
+                    format!("{}.layers[{i}]", quantize::QUANT_KEY),
+                    format!(
+                        "is {:?} {:?}, the network's plan has {:?} {:?} there",
+                        l.label,
+                        l.shape,
+                        pc.label,
+                        [co, ci, kh, kw]
+                    ),
+                ));
+            }
+        }
+        self.plan = None; // the f32 plan's memory goes before the int8 plan's comes
+        self.plan = Some(cpu_plan::CpuPlan::build_int8(
+            &self.network,
+            threads,
+            &q.table,
+        )?);
+        self.int8 = true;
+        Ok(())
+    }
+
+    /// What the model computes in: `int8` (the plan's int8 layers; the stem and few-channel
+    /// layers f32), else the run dtype (`f32`, `f16`, `bf16`).
+    pub fn precision(&self) -> &'static str {
+        if self.int8 {
+            return "int8";
+        }
+        match self.dtype {
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            _ => "f32",
+        }
     }
 
     /// Builds the model from `manifest` and the named tensors in `store`; every tensor must be used.
@@ -127,6 +256,7 @@ impl EchoNetModel {
             device: opts.device.clone(),
             dtype,
             trunk_graph: None,
+            int8: false,
         })
     }
 
@@ -163,6 +293,12 @@ impl EchoNetModel {
     /// What computes the trunk: `cpu-plan (avx2-fma)`, or the layer-by-layer kernel's name.
     pub fn backend_name(&self) -> String {
         match &self.plan {
+            Some(p) if self.int8 => format!(
+                "cpu-plan int8 ({}, {} of {} convolutions int8)",
+                p.kernel_name(),
+                p.int8_convs(),
+                p.conv_count()
+            ),
             Some(p) => format!("cpu-plan ({})", p.kernel_name()),
             None => self.network.kernel_name().to_string(),
         }

@@ -178,6 +178,7 @@ where
         id: model_id.unwrap_or_else(|| manifest.provenance.source.clone()),
         intended_use: manifest.intended_use.clone(),
         content_hash: manifest.content_hash.clone(),
+        precision: model.precision().to_string(),
     };
     let _ = ready.send(Ok(ModelReady {
         info,

@@ -18,6 +18,8 @@ pub struct ModelInfo {
     pub id: String,
     pub intended_use: String,
     pub content_hash: String,
+    /// What the model computes in: `f32`, `f16`, `bf16` or `int8` (`EchoNetModel::precision`).
+    pub precision: String,
 }
 
 /// Where the frames came from.

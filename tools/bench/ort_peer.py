@@ -7,6 +7,11 @@ without heads), exports it to ONNX once (cached next to --onnx), and times ONNX 
 at batch N with a fixed number of intra-op threads. Prints one line, or one JSON object with
 ``median_ms_per_frame`` like ``echonet bench --json``.
 
+``--int8`` times ONNX Runtime's static int8 of the same network instead: QDQ format, int8
+weights per output channel (symmetric), uint8 activations per tensor (MinMax calibration on
+``--calib-frames`` standard-normal frames, seed 1), made once by
+``onnxruntime.quantization.quantize_static`` and cached next to the f32 model.
+
 Environment (run by hand, never in CI)::
 
     python3 -m venv /work/pyenv-perf
@@ -64,6 +69,30 @@ def export(path, size, batch):
                           dynamo=False)
 
 
+def quantize_int8(src, dst, size, frames):
+    """ONNX Runtime's static int8 of `src`: QDQ, per-channel int8 weights, uint8 activations."""
+    import numpy as np
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Frames(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(1)
+            self.items = iter([{"x": rng.standard_normal((1, 3, size, size), dtype=np.float32)}
+                               for _ in range(frames)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    pre = dst + ".pre.onnx"
+    quant_pre_process(src, pre)
+    quantize_static(pre, dst, Frames(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    os.remove(pre)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=299)
@@ -73,11 +102,19 @@ def main():
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--onnx", default="/tmp/echonet_ort_peer_{size}.onnx")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--int8", action="store_true",
+                    help="time ONNX Runtime's static int8 (QDQ, per-channel weights) instead")
+    ap.add_argument("--calib-frames", type=int, default=16)
     args = ap.parse_args()
 
     path = args.onnx.format(size=args.size)
     if not os.path.exists(path):
         export(path, args.size, 1)
+    if args.int8:
+        qpath = path.replace(".onnx", f"_int8_qdq_c{args.calib_frames}.onnx")
+        if not os.path.exists(qpath):
+            quantize_int8(path, qpath, args.size, args.calib_frames)
+        path = qpath
 
     import numpy as np
     import onnxruntime as ort
@@ -107,7 +144,8 @@ def main():
     cpu_ms = (cpu_seconds() - cpu0) * 1000.0 / (args.iters * args.batch)
     median = statistics.median(per_frame)
     report = {
-        "system": f"onnxruntime {ort.__version__}",
+        "system": f"onnxruntime {ort.__version__}" + (" static int8" if args.int8 else ""),
+        "precision": "int8" if args.int8 else "f32",
         "threads": args.threads,
         "batch": args.batch,
         "input": [3, args.size, args.size],
@@ -119,7 +157,7 @@ def main():
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"onnxruntime {ort.__version__} f32, {args.threads} threads, batch {args.batch}, "
+        print(f"onnxruntime {ort.__version__} {'int8' if args.int8 else 'f32'}, {args.threads} threads, batch {args.batch}, "
               f"3x{args.size}x{args.size}: median {median:.2f} ms/frame")
 
 

@@ -33,12 +33,18 @@ def main():
                     help="echonet binary (repeatable: builds before and after a change, timed "
                          "alternately in the same rounds); default target/release/echonet")
     ap.add_argument("--conv", action="append", help="echonet --conv values to time (repeatable)")
+    ap.add_argument("--model", action="append",
+                    help="bundle for echonet bench --model (repeatable: e.g. an f32 bundle and its "
+                         "`echonet quantize` int8 form); default: the untrained network")
     ap.add_argument("--extra", default="", help="extra echonet bench arguments, one string")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--size", type=int, default=299)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--ort-int8", action="store_true",
+                    help="also time ONNX Runtime's static int8 (QDQ, per-channel weights, 16 "
+                         "calibration frames); ratios are then against it")
     args = ap.parse_args()
     convs = args.conv or ["auto"]
     binaries = args.echonet or ["target/release/echonet"]
@@ -47,11 +53,19 @@ def main():
         name = f"echonet --conv {conv}"
         return name if len(binaries) == 1 else f"{os.path.basename(binary)} {conv}"
 
-    systems = [(label(b, c), [b, "bench", "--device", "cpu", "--json", "--input-size",
-                              str(args.size), "--conv", c, *common, *args.extra.split()])
-               for b in binaries for c in convs]
-    systems.append(("onnxruntime", [args.python, os.path.join(HERE, "ort_peer.py"), "--json",
-                                    "--size", str(args.size), *common]))
+    models = args.model or [None]
+    systems = [(label(b, c) + (f" {os.path.basename(m)}" if m else ""),
+                [b, "bench", "--device", "cpu", "--json", "--input-size", str(args.size),
+                 "--conv", c, *common, *(["--model", m] if m else []), *args.extra.split()])
+               for b in binaries for c in convs for m in models]
+    ort = [args.python, os.path.join(HERE, "ort_peer.py"), "--json", "--size", str(args.size),
+           *common]
+    if args.ort_int8:
+        # ONNX Runtime f32 for reference, then its int8 last: the column the ratios divide by.
+        systems.append(("onnxruntime f32", ort))
+        systems.append(("onnxruntime int8", ort + ["--int8"]))
+    else:
+        systems.append(("onnxruntime", ort))
     names = [n for n, _ in systems]
     rows = []
     print("round  " + "  ".join(f"{n[-22:]:>22}" for n in names) + "  " +

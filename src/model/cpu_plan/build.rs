@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 use super::exec::PreparedConv;
 use super::gemm::{Epilogue, MicroKernel, PackedWeights};
+use super::qgemm::{ActQuant, QuantWeights};
 use super::winograd::WinogradConv;
 use super::{BufferSpec, CpuPlan, Op, Slot, Step};
 use crate::model::conv::FoldedConv;
@@ -26,6 +27,43 @@ pub(super) enum Algorithm {
     Winograd(usize),
 }
 
+/// A convolution's int8 form, in the convolution's natural layout: weights OIHW (folded, 7-bit
+/// symmetric per output channel), one scale per output channel, and the per-tensor quantisation
+/// of its input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvQuant {
+    pub weights: Vec<i8>,
+    pub scales: Vec<f32>,
+    pub act: ActQuant,
+}
+
+impl ConvQuant {
+    /// Quantises a folded convolution's weights per output channel, for input quantisation `act`.
+    pub fn from_folded(conv: &FoldedConv, act: ActQuant) -> candle_core::Result<Self> {
+        let (cout, cin, kh, kw) = conv.weight.dims4()?;
+        let k = cin * kh * kw;
+        let w = conv
+            .weight
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let (q, scales) = super::qgemm::quantize_weights(k, cout, |row, col| w[col * k + row]);
+        Ok(Self {
+            weights: q,
+            scales,
+            act,
+        })
+    }
+}
+
+/// A convolution of the plan, in plan order, for tools that quantise or inspect the plan.
+#[derive(Debug, Clone)]
+pub struct PlanConv {
+    /// The step label, e.g. `block35 entry 1x1 s1 256->96`.
+    pub label: String,
+    pub conv: FoldedConv,
+}
+
 /// Packs a folded convolution. `in_order[i]` is the original input channel read from position `i`
 /// of the source slot, `out_order[j]` the original output channel written to column `j`.
 pub(super) fn prepare(
@@ -33,6 +71,17 @@ pub(super) fn prepare(
     in_order: Option<&[usize]>,
     out_order: Option<&[usize]>,
     algorithm: Algorithm,
+) -> candle_core::Result<PreparedConv> {
+    prepare_quant(conv, in_order, out_order, algorithm, None)
+}
+
+/// [`prepare`], in int8 when `quant` is given (then never Winograd).
+pub(super) fn prepare_quant(
+    conv: &FoldedConv,
+    in_order: Option<&[usize]>,
+    out_order: Option<&[usize]>,
+    algorithm: Algorithm,
+    quant: Option<&ConvQuant>,
 ) -> candle_core::Result<PreparedConv> {
     let (cout, cin, kh, kw) = conv.weight.dims4()?;
     let w = conv
@@ -52,6 +101,39 @@ pub(super) fn prepare(
         candle_core::bail!("cpu plan: channel order does not match the {cout}x{cin} weight");
     }
     let bias: Vec<f32> = out_order.iter().map(|&o| bias[o]).collect();
+    if let Some(q) = quant {
+        let k = kh * kw * cin;
+        if q.weights.len() != k * cout || q.scales.len() != cout {
+            candle_core::bail!(
+                "cpu plan: int8 weights of {} values and {} scales for a {cout}x{cin}x{kh}x{kw} convolution",
+                q.weights.len(),
+                q.scales.len()
+            );
+        }
+        let scales: Vec<f32> = out_order.iter().map(|&o| q.scales[o]).collect();
+        let packed = QuantWeights::pack(
+            k,
+            cout,
+            |row, col| {
+                let (tap, c) = (row / cin, row % cin);
+                let (ky, kx) = (tap / kw, tap % kw);
+                q.weights[((out_order[col] * cin + in_order[c]) * kh + ky) * kw + kx]
+            },
+            &scales,
+            &bias,
+            q.act,
+        )
+        .map_err(|e| candle_core::Error::Msg(format!("cpu plan: int8 weights: {e}")))?;
+        return Ok(PreparedConv {
+            cin,
+            kh,
+            kw,
+            geometry: conv.geometry,
+            weights: PackedWeights::shape_only(k, cout),
+            winograd: None,
+            int8: Some(packed),
+        });
+    }
     let weights = PackedWeights::pack(
         kh * kw * cin,
         cout,
@@ -97,6 +179,7 @@ pub(super) fn prepare(
         geometry: conv.geometry,
         weights,
         winograd,
+        int8: None,
     })
 }
 
@@ -105,14 +188,18 @@ fn range(a: usize, b: usize) -> impl Iterator<Item = usize> {
 }
 
 /// Collects buffers, convolutions and steps while walking the network.
-struct Builder {
+struct Builder<'q> {
+    /// Per plan convolution (index into `convs`): its int8 form, or None to stay f32.
+    quant: Option<&'q [Option<ConvQuant>]>,
+    /// Every convolution as loaded, in plan order (cheap: tensors are shared).
+    folded: Vec<PlanConv>,
     algorithm: Algorithm,
     convs: Vec<PreparedConv>,
     buffers: Vec<BufferSpec>,
     steps: Vec<Step>,
 }
 
-impl Builder {
+impl Builder<'_> {
     fn buffer(&mut self, channels: usize) -> usize {
         self.buffers.push(BufferSpec { channels });
         self.buffers.len() - 1
@@ -145,7 +232,11 @@ impl Builder {
         dst: Slot,
         epilogue: Epilogue,
     ) -> candle_core::Result<()> {
-        let prepared = prepare(conv, in_order, out_order, self.algorithm)?;
+        let quant = match self.quant {
+            Some(table) => table.get(self.convs.len()).and_then(|q| q.as_ref()),
+            None => None,
+        };
+        let prepared = prepare_quant(conv, in_order, out_order, self.algorithm, quant)?;
         if prepared.cin != src.channels || prepared.cout() != dst.channels {
             candle_core::bail!(
                 "cpu plan {label}: {}->{} convolution between slots of {} and {} channels",
@@ -165,6 +256,10 @@ impl Builder {
             prepared.cout(),
             if epilogue.accumulate { " +res" } else { "" }
         );
+        self.folded.push(PlanConv {
+            label: label.clone(),
+            conv: conv.clone(),
+        });
         self.convs.push(prepared);
         self.steps.push(Step {
             op: Op::Conv {
@@ -205,8 +300,49 @@ const RELU: Epilogue = Epilogue {
 impl CpuPlan {
     /// The plan of `net` (f32 weights on the CPU), split across `threads` threads per layer.
     pub fn build(net: &InceptionResnetV1, threads: usize) -> candle_core::Result<Self> {
+        Ok(Self::build_inner(net, threads, None)?.0)
+    }
+
+    /// The plan of `net` with the convolutions `quant` gives (by plan index, see
+    /// [`CpuPlan::convolutions`]) in int8; the rest, and always the stem, in f32.
+    pub fn build_int8(
+        net: &InceptionResnetV1,
+        threads: usize,
+        quant: &[Option<ConvQuant>],
+    ) -> candle_core::Result<Self> {
+        let (plan, convs) = Self::build_inner(net, threads, Some(quant))?;
+        if quant.len() != convs.len() {
+            candle_core::bail!(
+                "cpu plan: int8 table has {} convolutions, the network's plan has {}",
+                quant.len(),
+                convs.len()
+            );
+        }
+        if quant.first().is_some_and(|q| q.is_some())
+            || (plan.stem_grey.is_some() && quant.get(1).is_some_and(|q| q.is_some()))
+        {
+            candle_core::bail!(
+                "cpu plan: the stem stays f32 (its input is signed, normalised pixels)"
+            );
+        }
+        Ok(plan)
+    }
+
+    /// Every convolution of the plan of `net`, in plan order (index 0 the stem, then the grey
+    /// stem if any): what [`CpuPlan::build_int8`]'s table is indexed by.
+    pub fn convolutions(net: &InceptionResnetV1) -> candle_core::Result<Vec<PlanConv>> {
+        Ok(Self::build_inner(net, 1, None)?.1)
+    }
+
+    fn build_inner(
+        net: &InceptionResnetV1,
+        threads: usize,
+        quant: Option<&[Option<ConvQuant>]>,
+    ) -> candle_core::Result<(Self, Vec<PlanConv>)> {
         let c = net.channels;
         let mut b = Builder {
+            quant,
+            folded: Vec::new(),
             algorithm: Algorithm::Direct,
             convs: Vec::new(),
             buffers: Vec::new(),
@@ -214,14 +350,23 @@ impl CpuPlan {
         };
         let stem_channels = net.input_channels;
         let input = b.buffer(stem_channels);
+        let stem_label = format!("conv2d_1a 3x3 s2 {stem_channels}->{}", c.c1a);
         let stem_rgb = {
             b.convs
                 .push(prepare(&net.conv2d_1a, None, None, Algorithm::Direct)?);
+            b.folded.push(PlanConv {
+                label: stem_label.clone(),
+                conv: net.conv2d_1a.clone(),
+            });
             b.convs.len() - 1
         };
         let stem_grey = match &net.conv2d_1a_grey {
             Some(g) => {
                 b.convs.push(prepare(g, None, None, Algorithm::Direct)?);
+                b.folded.push(PlanConv {
+                    label: format!("conv2d_1a grey 3x3 s2 1->{}", c.c1a),
+                    conv: g.clone(),
+                });
                 Some(b.convs.len() - 1)
             }
             None => None,
@@ -232,7 +377,7 @@ impl CpuPlan {
                 src: b.whole(input),
                 dst: b.whole(s1),
             },
-            label: format!("conv2d_1a 3x3 s2 {stem_channels}->{}", c.c1a),
+            label: stem_label,
         });
         let s2 = b.buffer(c.c2a);
         b.plain("conv2d_2a", &net.conv2d_2a, b.whole(s1), b.whole(s2))?;
@@ -377,7 +522,7 @@ impl CpuPlan {
         block8s.push(&net.block8);
         factorised(&mut b, "block8", block8s, x8)?;
 
-        Ok(CpuPlan {
+        let plan = CpuPlan {
             convs: b.convs,
             stem_rgb,
             stem_grey,
@@ -391,7 +536,8 @@ impl CpuPlan {
             workspace: Mutex::new(None),
             profiling: AtomicBool::new(false),
             timings: Mutex::new(Vec::new()),
-        })
+        };
+        Ok((plan, b.folded))
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::gemm::{self, AlignedVec, Epilogue, MicroKernel, PackedWeights, Pass, KC, MR, NR};
+use super::qgemm::{self, QuantWeights};
 use super::winograd::{self, WinogradConv};
 use crate::model::conv::Geometry;
 
@@ -21,6 +22,9 @@ pub struct PreparedConv {
     pub weights: PackedWeights,
     /// The same convolution prepared for Winograd (3x3 stride 1), which then runs instead.
     pub winograd: Option<WinogradConv>,
+    /// The convolution in int8 (uint8 activations x 7-bit weights), which then runs instead;
+    /// `weights` then holds the shape only.
+    pub int8: Option<QuantWeights>,
 }
 
 impl PreparedConv {
@@ -134,6 +138,14 @@ pub fn tiling(conv: &PreparedConv, n: usize, oh: usize, ow: usize, threads: usiz
     if !conv.is_pointwise() {
         cap = cap.min(TILE_IM2COL_BYTES / 4 / k.max(1));
     }
+    if let Some(q) = &conv.int8 {
+        // One byte per element and the whole K in one pass: the quantised tile stays in L2
+        // (and the f32 im2col it is made from stays within the f32 path's bound).
+        cap = cap.min(TILE_A_BYTES / q.k4.max(1));
+        if conv.is_pointwise() {
+            cap = TILE_A_BYTES / q.k4.max(1);
+        }
+    }
     let cap_strips = (cap / MR).max(1);
     let strips = m.div_ceil(MR).max(1);
     let threads = threads.max(1);
@@ -169,10 +181,15 @@ pub fn tiling(conv: &PreparedConv, n: usize, oh: usize, ow: usize, threads: usiz
         row_tiles,
         panels,
         panel_chunks,
-        scratch: if conv.is_pointwise() {
-            0
-        } else {
-            max_rows.min(m.max(1)) * k
+        scratch: match &conv.int8 {
+            // Every int8 tile is quantised into scratch bytes; unless 1x1, after an f32 im2col.
+            Some(q) => {
+                let rows = max_rows.min(m.max(1));
+                let unfold = if conv.is_pointwise() { 0 } else { rows * k };
+                unfold + (rows * q.k4).div_ceil(4)
+            }
+            None if conv.is_pointwise() => 0,
+            None => max_rows.min(m.max(1)) * k,
         },
     }
 }
@@ -250,6 +267,9 @@ pub unsafe fn conv(
     scratch: &Scratch,
     threads: usize,
 ) {
+    if let Some(q) = &conv.int8 {
+        return conv_int8(kernel, conv, q, src, dst, ep, t, scratch, threads);
+    }
     if let Some(w) = &conv.winograd {
         return winograd::conv(kernel, w, src, dst, ep, t, scratch, threads);
     }
@@ -301,6 +321,77 @@ pub unsafe fn conv(
             }
             im2col(conv, src, oh, ow, row0, rows, &mut col[..rows * k]);
             run(col.as_ptr(), k);
+        }
+    });
+}
+
+/// The int8 form of [`conv`]: each work item quantises its output rows' inputs (the pixels for
+/// a 1x1 convolution, the im2col rows otherwise) into its scratch bytes, `q.k4` per row with the
+/// zero point beyond K and outside the image, then runs the int8 micro-kernel over its panels.
+///
+/// # Safety
+/// As [`conv`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_int8(
+    kernel: MicroKernel,
+    conv: &PreparedConv,
+    q: &QuantWeights,
+    src: View,
+    dst: View,
+    ep: Epilogue,
+    t: Tiling,
+    scratch: &Scratch,
+    threads: usize,
+) {
+    let (oh, ow) = (dst.h, dst.w);
+    let m = dst.rows();
+    let items = t.row_tiles * t.panel_chunks;
+    let (k, k4) = (q.k, q.k4);
+    let zp = q.act.zero_point;
+    scratch.for_each(items, threads, |item, buf| {
+        let (tile, chunk) = (item / t.panel_chunks, item % t.panel_chunks);
+        let (row0, row1) = t.row_range(tile);
+        let rows = row1 - row0;
+        let (panel0, panel1) = t.panel_range(chunk);
+        let f32_floats = if conv.is_pointwise() { 0 } else { rows * k };
+        if rows == 0 || m != t.rows || buf.len() < f32_floats + (rows * k4).div_ceil(4) {
+            return; // cannot happen: the workspace sizes scratch from the same tiling
+        }
+        // A 1x1 convolution quantises its pixels' channels straight from the source; others
+        // unfold the tile in f32 first (plain copies), then quantise each row in one vector pass.
+        let (col, bytes) = buf.split_at_mut(f32_floats);
+        // SAFETY: `bytes` is this thread's f32 scratch past the im2col part, at least
+        // `rows * k4` bytes long (checked above).
+        let a = std::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut u8, rows * k4);
+        if !conv.is_pointwise() {
+            im2col(conv, src, oh, ow, row0, rows, col);
+        }
+        for (r, line) in a.chunks_exact_mut(k4).enumerate() {
+            line[k..].fill(zp);
+            let from: &[f32] = if conv.is_pointwise() {
+                std::slice::from_raw_parts(src.at((row0 + r) * src.ld) as *const f32, k)
+            } else {
+                &col[r * k..(r + 1) * k]
+            };
+            qgemm::quantize_row(from, &mut line[..k], q.act);
+        }
+        for j in panel0..panel1 {
+            let mut r = 0;
+            while r < rows {
+                let n = MR.min(rows - r);
+                qgemm::strip(
+                    kernel,
+                    q,
+                    j,
+                    a.as_ptr().add(r * k4),
+                    k4,
+                    n,
+                    dst.at((row0 + r) * dst.ld + j * NR),
+                    dst.ld,
+                    ep,
+                );
+                r += n;
+            }
         }
     });
 }
@@ -433,6 +524,7 @@ mod tests {
             geometry: Geometry::unit(),
             weights: PackedWeights::pack(kh * cin, cout, |_, _| 0.0, &vec![0.0; cout]),
             winograd: None,
+            int8: None,
         }
     }
 

@@ -77,6 +77,17 @@ impl PackedWeights {
         }
     }
 
+    /// The shape only, no weights: for a convolution that runs in int8 (its panels live in
+    /// [`super::qgemm::QuantWeights`]); the f32 micro-kernel never reads it.
+    pub fn shape_only(k: usize, n: usize) -> Self {
+        Self {
+            k,
+            n,
+            panels: AlignedVec::zeroed(0),
+            bias: AlignedVec::zeroed(0),
+        }
+    }
+
     pub fn panels(&self) -> usize {
         self.n.div_ceil(NR)
     }

@@ -8,6 +8,7 @@
 mod build;
 pub mod exec;
 pub mod gemm;
+pub mod qgemm;
 pub mod winograd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +19,7 @@ use candle_core::{Device, Tensor};
 
 use super::conv::{ConvKernel, FoldedConv};
 use super::cpu_conv::{cpu_f32, CpuGemmConv};
+pub use build::{ConvQuant, PlanConv};
 use exec::{PreparedConv, Scratch, Tiling, View};
 use gemm::{AlignedVec, Epilogue, MicroKernel};
 
@@ -253,6 +255,29 @@ impl CpuPlan {
         shape: (usize, usize, usize, usize),
         out: &mut [f32],
     ) -> Result<(), PlanError> {
+        self.features_observed(input, shape, out, None)
+    }
+
+    /// Convolutions in int8 (of [`CpuPlan::conv_count`]).
+    pub fn int8_convs(&self) -> usize {
+        self.convs.iter().filter(|c| c.int8.is_some()).count()
+    }
+
+    /// Convolutions in the plan (the stems included).
+    pub fn conv_count(&self) -> usize {
+        self.convs.len()
+    }
+
+    /// [`CpuPlan::features_into`], showing every convolution's input to `observe` first: called
+    /// with the convolution's plan index (as [`CpuPlan::convolutions`]) and each input pixel's
+    /// channels. For calibration; slow.
+    pub fn features_observed(
+        &self,
+        input: &[f32],
+        shape: (usize, usize, usize, usize),
+        out: &mut [f32],
+        observe: Option<&mut (dyn FnMut(usize, &[f32]) + Send)>,
+    ) -> Result<(), PlanError> {
         let (n, c, h, w) = shape;
         if input.len() < n * c * h * w {
             return Err(bad(format!(
@@ -278,9 +303,9 @@ impl CpuPlan {
         if self.threads > 1 && rayon::current_thread_index().is_none() {
             // One hand-over to the pool per frame rather than one per layer: layers then split
             // from a worker's own deque (rayon's injector allocates a block per 63 hand-overs).
-            rayon::scope(|_| self.run_steps(ws, input, shape, out))
+            rayon::scope(|_| self.run_steps(ws, input, shape, out, observe))
         } else {
-            self.run_steps(ws, input, shape, out)
+            self.run_steps(ws, input, shape, out, observe)
         }
     }
 
@@ -291,6 +316,7 @@ impl CpuPlan {
         input: &[f32],
         shape: (usize, usize, usize, usize),
         out: &mut [f32],
+        mut observe: Option<&mut (dyn FnMut(usize, &[f32]) + Send)>,
     ) -> Result<(), PlanError> {
         let (n, c, _, _) = shape;
         let profiling = self.profiling.load(Ordering::Relaxed);
@@ -325,6 +351,22 @@ impl CpuPlan {
             exec::nchw_to_nhwc(input, input_view);
             for (i, step) in self.steps.iter().enumerate() {
                 let start = profiling.then(|| (Instant::now(), thread_cpu_time()));
+                if let Some(f) = observe.as_mut() {
+                    let seen = match step.op {
+                        Op::Stem { src, .. } => Some((self.stem_for(c)?, src, c)),
+                        Op::Conv { conv, src, .. } => Some((conv, src, src.channels)),
+                        Op::MaxPool { .. } => None,
+                    };
+                    if let Some((conv, src, channels)) = seen {
+                        let v = view(ws, src);
+                        for p in 0..v.n * v.h * v.w {
+                            f(
+                                conv,
+                                std::slice::from_raw_parts(v.ptr.add(p * v.ld), channels),
+                            );
+                        }
+                    }
+                }
                 match step.op {
                     Op::Stem { src, dst } => {
                         let conv = self.stem_for(c)?;
@@ -528,6 +570,11 @@ impl PreparedConv {
     /// F(2x2, 3x3) for a 3x3 stride-1 convolution).
     pub fn from_folded(conv: &FoldedConv) -> candle_core::Result<Self> {
         build::prepare(conv, None, None, build::Algorithm::Auto)
+    }
+
+    /// Packs a folded convolution in int8 (weights and input quantisation from `quant`).
+    pub fn from_folded_int8(conv: &FoldedConv, quant: &ConvQuant) -> candle_core::Result<Self> {
+        build::prepare_quant(conv, None, None, build::Algorithm::Direct, Some(quant))
     }
 
     /// Packs a folded convolution for one algorithm: direct (`None`) or Winograd with output

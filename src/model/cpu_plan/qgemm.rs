@@ -1,0 +1,424 @@
+//! The plan's int8 GEMM: `C = epilogue(A_u8 · B_i8)` with A a tile of activations quantised per
+//! tensor to uint8 (scale, zero point), B a convolution's folded weights quantised per output
+//! channel to signed 7-bit integers and packed once at load, and the sum kept in int32. The
+//! epilogue turns the int32 sum back into f32 in registers: `acc * scale[col] + offset[col]`
+//! (activation scale x weight scale; the bias minus the zero point's share), then the in-place
+//! residual add and the ReLU, then one store.
+//!
+//! Weights use 7 bits (-63..=63), not 8: AVX2's `maddubs` adds two u8 x i8 products into a
+//! saturating int16, and 255 x 63 x 2 = 32130 stays below 32767, so no sum ever saturates and every
+//! kernel computes the same integers exactly. The price is one bit of weight precision per output
+//! channel (the per-channel scale keeps it small).
+//!
+//! Kernels: a portable scalar one (the reference the tests hold the others to) and AVX2
+//! (`maddubs` + `madd` + `add`, 6x16 tile, 12 int32 accumulators). Both do the epilogue with the
+//! same fused multiply-add, so their outputs are bit-identical. aarch64 runs the portable kernel.
+
+use super::gemm::{AlignedVec, Epilogue, MicroKernel, MR, NR};
+
+/// Largest weight magnitude (7-bit symmetric); see the module note on `maddubs` saturation.
+pub const WEIGHT_LEVELS: i32 = 63;
+
+/// Per-tensor activation quantisation: `q = clamp(round(x / scale) + zero_point, 0, 255)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ActQuant {
+    pub scale: f32,
+    pub zero_point: u8,
+}
+
+impl ActQuant {
+    /// The affine map covering `[lo, hi]` (widened to hold 0 exactly, as padding needs).
+    pub fn from_range(lo: f32, hi: f32) -> Self {
+        let lo = if lo.is_finite() { lo.min(0.0) } else { 0.0 };
+        let hi = if hi.is_finite() { hi.max(0.0) } else { 0.0 };
+        let span = hi - lo;
+        if span <= f32::MIN_POSITIVE {
+            return Self {
+                scale: 1.0,
+                zero_point: 0,
+            };
+        }
+        let scale = span / 255.0;
+        let zp = (-lo / scale).round().clamp(0.0, 255.0) as u8;
+        Self {
+            scale,
+            zero_point: zp,
+        }
+    }
+
+    /// Checks the fields a bundle supplies.
+    pub fn is_valid(&self) -> bool {
+        self.scale.is_finite() && self.scale > 0.0
+    }
+
+    /// The quantised value of `x` (the same arithmetic as the vector path).
+    pub fn quantize(&self, x: f32) -> u8 {
+        quantize_one(x, 1.0 / self.scale, self.zero_point as i32)
+    }
+}
+
+/// Mirrors AVX's `max_ps`/`min_ps` (the second operand when either is NaN), `cvtps_epi32`
+/// (round half to even) and the saturating packs, so scalar and vector quantisation agree.
+#[inline]
+fn quantize_one(x: f32, inv: f32, zp: i32) -> u8 {
+    let v = x * inv;
+    let v = if v > -256.0 { v } else { -256.0 };
+    let v = if v < 512.0 { v } else { 512.0 };
+    (v.round_ties_even() as i32 + zp).clamp(0, 255) as u8
+}
+
+/// Quantises `src` into `dst` (same length).
+pub fn quantize_row(src: &[f32], dst: &mut [u8], act: ActQuant) {
+    let inv = 1.0 / act.scale;
+    let zp = act.zero_point as i32;
+    let n = src.len().min(dst.len());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is present; both slices hold `n` elements.
+            done = unsafe { avx2::quantize(&src[..n], &mut dst[..n], inv, zp) };
+        }
+    }
+    for (d, &s) in dst[done..n].iter_mut().zip(&src[done..n]) {
+        *d = quantize_one(s, inv, zp);
+    }
+}
+
+/// Symmetric per-output-channel quantisation of `n` columns of `k` rows (`w(row, col)`): the
+/// int8 values (column-major, `col * k + row`) and each column's scale.
+pub fn quantize_weights(
+    k: usize,
+    n: usize,
+    w: impl Fn(usize, usize) -> f32,
+) -> (Vec<i8>, Vec<f32>) {
+    let mut q = vec![0i8; k * n];
+    let mut scales = vec![0f32; n];
+    for col in 0..n {
+        let amax = (0..k).fold(0f32, |m, row| m.max(w(row, col).abs()));
+        let scale = if amax > 0.0 && amax.is_finite() {
+            amax / WEIGHT_LEVELS as f32
+        } else {
+            1.0
+        };
+        scales[col] = scale;
+        for row in 0..k {
+            let v = (w(row, col) / scale).round();
+            q[col * k + row] = v.clamp(-(WEIGHT_LEVELS as f32), WEIGHT_LEVELS as f32) as i8;
+        }
+    }
+    (q, scales)
+}
+
+/// A convolution's int8 weights as GEMM panels, with the epilogue's per-column constants.
+/// Panel `j` holds columns `16j..16j+16` over `k4` rows (K rounded up to 4, zero beyond K) as
+/// groups of 4 rows: for each group, 16 columns x 4 consecutive rows (64 bytes), the order
+/// `maddubs` reads.
+#[derive(Debug)]
+pub struct QuantWeights {
+    pub k: usize,
+    /// K rounded up to a multiple of 4 (a quantised A row's length).
+    pub k4: usize,
+    pub n: usize,
+    pub act: ActQuant,
+    panels: Vec<i8>,
+    /// Per column (zero-padded to whole panels): activation scale x weight scale.
+    scale: AlignedVec,
+    /// Per column: bias - zero_point x scale x (sum of the column's int8 weights).
+    offset: AlignedVec,
+}
+
+impl QuantWeights {
+    /// From int8 weights `q(row, col)` in `-63..=63` (checked: values outside are clamped and
+    /// reported by `Err`), per-column weight scales, the bias and the input's quantisation.
+    pub fn pack(
+        k: usize,
+        n: usize,
+        q: impl Fn(usize, usize) -> i8,
+        weight_scale: &[f32],
+        bias: &[f32],
+        act: ActQuant,
+    ) -> Result<Self, String> {
+        if weight_scale.len() < n || bias.len() < n {
+            return Err(format!(
+                "{} weight scales and {} biases for {n} output channels",
+                weight_scale.len(),
+                bias.len()
+            ));
+        }
+        if !act.is_valid() {
+            return Err(format!("activation scale {} is not positive", act.scale));
+        }
+        let k4 = k.div_ceil(4) * 4;
+        let panels_count = n.div_ceil(NR);
+        let mut panels = vec![0i8; panels_count * k4 * NR];
+        let mut scale = AlignedVec::zeroed(panels_count * NR);
+        let mut offset = AlignedVec::zeroed(panels_count * NR);
+        for col in 0..n {
+            let (j, c) = (col / NR, col % NR);
+            let mut sum = 0i32;
+            for row in 0..k {
+                let v = q(row, col);
+                if (v as i32).abs() > WEIGHT_LEVELS {
+                    return Err(format!(
+                        "weight {v} at row {row}, column {col} is outside -{WEIGHT_LEVELS}..={WEIGHT_LEVELS}"
+                    ));
+                }
+                sum += v as i32;
+                let (g, r) = (row / 4, row % 4);
+                panels[j * k4 * NR + g * 4 * NR + c * 4 + r] = v;
+            }
+            let ws = weight_scale[col];
+            if !(ws.is_finite() && ws > 0.0) {
+                return Err(format!("weight scale {ws} of column {col} is not positive"));
+            }
+            let s = act.scale * ws;
+            scale.as_mut_slice()[col] = s;
+            offset.as_mut_slice()[col] = bias[col] - act.zero_point as f32 * s * sum as f32;
+        }
+        Ok(Self {
+            k,
+            k4,
+            n,
+            act,
+            panels,
+            scale,
+            offset,
+        })
+    }
+
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+
+    fn panel(&self, j: usize) -> &[i8] {
+        &self.panels[j * self.k4 * NR..(j + 1) * self.k4 * NR]
+    }
+
+    fn scale(&self, j: usize) -> &[f32] {
+        &self.scale.as_slice()[j * NR..(j + 1) * NR]
+    }
+
+    fn offset(&self, j: usize) -> &[f32] {
+        &self.offset.as_slice()[j * NR..(j + 1) * NR]
+    }
+
+    /// Bytes of packed weights and per-column constants.
+    pub fn bytes(&self) -> usize {
+        self.panels.len() + 8 * self.scale.len()
+    }
+}
+
+/// Computes rows `0..rows` (at most [`MR`]) of quantised A against panel `j`, whole K, and
+/// applies the epilogue.
+///
+/// # Safety
+/// `a` points at row 0 of the strip: rows `0..rows` start at `a + r*lda` and hold `w.k4`
+/// readable bytes each. `c` points at the strip's output row 0, column `16j`: rows `0..rows`
+/// start at `c + r*ldc` and hold `min(16, w.n - 16j)` writable (and, with `accumulate`,
+/// initialised) floats. No other thread touches those output floats during the call.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn strip(
+    kernel: MicroKernel,
+    w: &QuantWeights,
+    j: usize,
+    a: *const u8,
+    lda: usize,
+    rows: usize,
+    c: *mut f32,
+    ldc: usize,
+    ep: Epilogue,
+) {
+    let cols = (w.n - j * NR).min(NR);
+    // Rows past `rows` repeat row 0 (always readable); their results are never stored.
+    let mut rp = [a; MR];
+    for (r, p) in rp.iter_mut().enumerate().take(rows) {
+        *p = a.add(r * lda);
+    }
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        MicroKernel::Avx2Fma => avx2::strip(w, j, &rp, rows, cols, c, ldc, ep),
+        _ => portable_strip(w, j, &rp, rows, cols, c, ldc, ep),
+    }
+}
+
+/// The scalar reference kernel.
+#[allow(clippy::too_many_arguments)]
+unsafe fn portable_strip(
+    w: &QuantWeights,
+    j: usize,
+    rp: &[*const u8; MR],
+    rows: usize,
+    cols: usize,
+    c: *mut f32,
+    ldc: usize,
+    ep: Epilogue,
+) {
+    let panel = w.panel(j);
+    let mut acc = [[0i32; NR]; MR];
+    for g in 0..w.k4 / 4 {
+        let group = &panel[g * 4 * NR..(g + 1) * 4 * NR];
+        for (r, row) in acc.iter_mut().enumerate().take(rows) {
+            let a = std::slice::from_raw_parts(rp[r].add(4 * g), 4);
+            for (col, x) in row.iter_mut().enumerate() {
+                let b = &group[col * 4..col * 4 + 4];
+                *x += a
+                    .iter()
+                    .zip(b)
+                    .map(|(&av, &bv)| av as i32 * bv as i32)
+                    .sum::<i32>();
+            }
+        }
+    }
+    let (scale, offset) = (w.scale(j), w.offset(j));
+    for (r, row) in acc.iter().enumerate().take(rows) {
+        let out = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
+        for (col, o) in out.iter_mut().enumerate() {
+            let mut v = (row[col] as f32).mul_add(scale[col], offset[col]);
+            if ep.accumulate {
+                v += *o;
+            }
+            if ep.relu {
+                v = v.max(0.0);
+            }
+            *o = v;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{QuantWeights, MR, NR};
+    use crate::model::cpu_plan::gemm::Epilogue;
+    use std::arch::x86_64::*;
+
+    /// Quantises the leading multiple of 32 of `src` into `dst`; returns how many it did.
+    ///
+    /// # Safety
+    /// AVX2 is present; `dst` is at least as long as `src`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn quantize(src: &[f32], dst: &mut [u8], inv: f32, zp: i32) -> usize {
+        let n = src.len() / 32 * 32;
+        let inv = _mm256_set1_ps(inv);
+        let lo = _mm256_set1_ps(-256.0);
+        let hi = _mm256_set1_ps(512.0);
+        let zp = _mm256_set1_epi32(zp);
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let mut i = 0;
+        while i < n {
+            let q = |o: usize| {
+                let v = _mm256_mul_ps(_mm256_loadu_ps(src.as_ptr().add(i + o)), inv);
+                let v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+                _mm256_add_epi32(_mm256_cvtps_epi32(v), zp)
+            };
+            let p01 = _mm256_packs_epi32(q(0), q(8));
+            let p23 = _mm256_packs_epi32(q(16), q(24));
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(p01, p23), order);
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, bytes);
+            i += 32;
+        }
+        n
+    }
+
+    /// # Safety
+    /// As [`super::strip`]; the CPU supports AVX2 and FMA (checked by `MicroKernel::detect`).
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn strip(
+        w: &QuantWeights,
+        j: usize,
+        rp: &[*const u8; MR],
+        rows: usize,
+        cols: usize,
+        c: *mut f32,
+        ldc: usize,
+        ep: Epilogue,
+    ) {
+        let b = w.panel(j).as_ptr();
+        let [a0, a1, a2, a3, a4, a5] = *rp;
+        if ep.accumulate {
+            for r in 0..rows {
+                _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc) as *const i8);
+            }
+        }
+        let ones = _mm256_set1_epi16(1);
+        let z = _mm256_setzero_si256();
+        let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
+        let (mut c30, mut c31, mut c40, mut c41, mut c50, mut c51) = (z, z, z, z, z, z);
+        // One step: 4 consecutive k of a row (broadcast as one int32) against 8 columns x 4 k;
+        // `maddubs` makes 16 int16 pair sums (never saturating with 7-bit weights), `madd` with
+        // ones adds pairs into 8 int32 lanes.
+        macro_rules! step {
+            ($acc:ident, $a:expr, $b:expr) => {
+                $acc =
+                    _mm256_add_epi32($acc, _mm256_madd_epi16(_mm256_maddubs_epi16($a, $b), ones));
+            };
+        }
+        for g in 0..w.k4 / 4 {
+            let b0 = _mm256_loadu_si256(b.add(g * 64) as *const __m256i);
+            let b1 = _mm256_loadu_si256(b.add(g * 64 + 32) as *const __m256i);
+            let x = _mm256_set1_epi32((a0.add(4 * g) as *const i32).read_unaligned());
+            step!(c00, x, b0);
+            step!(c01, x, b1);
+            let x = _mm256_set1_epi32((a1.add(4 * g) as *const i32).read_unaligned());
+            step!(c10, x, b0);
+            step!(c11, x, b1);
+            let x = _mm256_set1_epi32((a2.add(4 * g) as *const i32).read_unaligned());
+            step!(c20, x, b0);
+            step!(c21, x, b1);
+            let x = _mm256_set1_epi32((a3.add(4 * g) as *const i32).read_unaligned());
+            step!(c30, x, b0);
+            step!(c31, x, b1);
+            let x = _mm256_set1_epi32((a4.add(4 * g) as *const i32).read_unaligned());
+            step!(c40, x, b0);
+            step!(c41, x, b1);
+            let x = _mm256_set1_epi32((a5.add(4 * g) as *const i32).read_unaligned());
+            step!(c50, x, b0);
+            step!(c51, x, b1);
+        }
+        let acc = [
+            (c00, c01),
+            (c10, c11),
+            (c20, c21),
+            (c30, c31),
+            (c40, c41),
+            (c50, c51),
+        ];
+        let (scale, offset) = (w.scale(j).as_ptr(), w.offset(j).as_ptr());
+        let (s0, s1) = (_mm256_load_ps(scale), _mm256_load_ps(scale.add(8)));
+        let (o0, o1) = (_mm256_load_ps(offset), _mm256_load_ps(offset.add(8)));
+        let zf = _mm256_setzero_ps();
+        for (r, &(lo, hi)) in acc.iter().enumerate().take(rows) {
+            let mut lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), s0, o0);
+            let mut hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), s1, o1);
+            let out = c.add(r * ldc);
+            if cols == NR {
+                if ep.accumulate {
+                    lo = _mm256_add_ps(lo, _mm256_loadu_ps(out));
+                    hi = _mm256_add_ps(hi, _mm256_loadu_ps(out.add(8)));
+                }
+                if ep.relu {
+                    lo = _mm256_max_ps(lo, zf);
+                    hi = _mm256_max_ps(hi, zf);
+                }
+                _mm256_storeu_ps(out, lo);
+                _mm256_storeu_ps(out.add(8), hi);
+            } else {
+                let mut tmp = [0f32; NR];
+                _mm256_storeu_ps(tmp.as_mut_ptr(), lo);
+                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi);
+                for (col, &t) in tmp.iter().enumerate().take(cols) {
+                    let o = out.add(col);
+                    let mut v = t;
+                    if ep.accumulate {
+                        v += *o;
+                    }
+                    if ep.relu {
+                        v = v.max(0.0);
+                    }
+                    *o = v;
+                }
+            }
+        }
+    }
+}

@@ -26,6 +26,7 @@ use crate::pipeline::{EstimateSink, Pipeline, RunLimits, RunSummary};
 use crate::preprocess::{PreparedInput, PreprocessError, Preprocessor};
 use crate::publish::journal::{new_session_id, Journal, SessionInfo};
 use crate::publish::jsonl::{open_target, JsonlError, JsonlWriter};
+use crate::publish::record::EstimateRecord;
 use crate::publish::{DisplayHub, DisplayServer, HubConfig, ServerConfig};
 
 /// Why the daemon could not be assembled or run.
@@ -281,8 +282,15 @@ impl FaultLatch {
 }
 
 impl EstimateSink for JsonlSink {
-    fn publish(&mut self, record: &serde_json::Value) {
-        match self.writer.write(record) {
+    fn publish(&mut self, record: &EstimateRecord) {
+        let written = match record.to_json() {
+            Ok(line) => self.writer.write_line(&line).map_err(|e| e.to_string()),
+            Err(e) => Err(format!(
+                "{}: record not written, it cannot be made JSON: {e}",
+                self.writer.target()
+            )),
+        };
+        match written {
             Ok(()) => {
                 self.metrics.records_written.fetch_add(1, Ordering::Relaxed);
                 self.health.succeeded(&self.writer.target());
@@ -291,7 +299,7 @@ impl EstimateSink for JsonlSink {
                 self.metrics
                     .record_write_failures
                     .fetch_add(1, Ordering::Relaxed);
-                self.health.failed(e.to_string());
+                self.health.failed(e);
             }
         }
     }
@@ -341,7 +349,7 @@ impl JournalSink {
 }
 
 impl EstimateSink for JournalSink {
-    fn publish(&mut self, record: &serde_json::Value) {
+    fn publish(&mut self, record: &EstimateRecord) {
         if self.journal.is_none() {
             if self
                 .last_attempt
@@ -375,8 +383,8 @@ struct DisplaySink {
 }
 
 impl EstimateSink for DisplaySink {
-    fn publish(&mut self, record: &serde_json::Value) {
-        if let Err(e) = self.hub.publish_estimate(record.clone()) {
+    fn publish(&mut self, record: &EstimateRecord) {
+        if let Err(e) = self.hub.publish_estimate(record) {
             tracing::warn!("display: {e}");
         }
     }

@@ -20,6 +20,7 @@ use echonet_edge::pipeline::{EstimateSink, Pipeline, PipelineConfig, RunLimits};
 use echonet_edge::preprocess::{
     FramePreparer, Prepared, PreparedInput, QualityReason, UnfitReason,
 };
+use echonet_edge::publish::EstimateRecord;
 
 /// What a scripted source does at each step.
 #[derive(Clone, Copy)]
@@ -137,8 +138,9 @@ impl FramePreparer for TestPreparer {
 struct Collector(Arc<Mutex<Vec<serde_json::Value>>>);
 
 impl EstimateSink for Collector {
-    fn publish(&mut self, record: &serde_json::Value) {
-        self.0.lock().unwrap().push(record.clone());
+    fn publish(&mut self, record: &EstimateRecord) {
+        // As a JSON sink writes it.
+        self.0.lock().unwrap().push(record.to_value().unwrap());
     }
 }
 
@@ -491,7 +493,7 @@ struct FaultCollector {
 }
 
 impl EstimateSink for FaultCollector {
-    fn publish(&mut self, record: &serde_json::Value) {
+    fn publish(&mut self, record: &EstimateRecord) {
         self.records.publish(record);
         if self.panic_on == Some(self.records.0.lock().unwrap().len()) {
             panic!("sink bug");

@@ -22,7 +22,7 @@ use crate::metrics::PipelineMetrics;
 use crate::model::catalog::Catalog;
 use crate::model::{read_bundle, Bundle, EchoNetModel, ModelError};
 use crate::phantom::PhantomParams;
-use crate::pipeline::{EstimateSink, Pipeline, RunLimits, RunSummary};
+use crate::pipeline::{BoxError, EstimateSink, Pipeline, PipelineError, RunLimits, RunSummary};
 use crate::preprocess::{PreparedInput, PreprocessError, Preprocessor};
 use crate::publish::journal::{new_session_id, Journal, SessionInfo};
 use crate::publish::jsonl::{open_target, JsonlError, JsonlWriter};
@@ -60,9 +60,9 @@ pub enum DaemonError {
     Jsonl(#[from] JsonlError),
     #[error("starting the saliency worker: {0}")]
     Saliency(std::io::Error),
-    /// Building the model (the caller's builder) or running the pipeline.
-    #[error("{0:#}")]
-    Run(anyhow::Error),
+    /// Building the model (the caller's builder) or starting the pipeline.
+    #[error(transparent)]
+    Run(#[from] PipelineError),
 }
 
 impl From<ModelError> for DaemonError {
@@ -413,7 +413,7 @@ pub struct DaemonOptions {
 }
 
 /// Builds the model from the bundle on the inference thread (which then owns the device).
-pub type ModelBuilder = Box<dyn FnOnce(&Bundle) -> anyhow::Result<EchoNetModel> + Send>;
+pub type ModelBuilder = Box<dyn FnOnce(&Bundle) -> Result<EchoNetModel, BoxError> + Send>;
 
 /// Assembles the daemon from `config` and runs it until the source ends, `stop` is set or a
 /// limit is reached; returns the run's summary (stage failures and write failures are in it,
@@ -527,12 +527,12 @@ pub fn run_daemon(
         model = %bundle_path.display(), intended_use = %bundle.manifest.intended_use, "starting"
     );
     let bundle = Arc::new(Mutex::new(Some(bundle)));
-    let build = move || -> anyhow::Result<EchoNetModel> {
+    let build = move || -> Result<EchoNetModel, BoxError> {
         let b = bundle
             .lock()
-            .map_err(|_| anyhow::anyhow!("bundle lock poisoned"))?
+            .map_err(|_| "bundle lock poisoned")?
             .take()
-            .ok_or_else(|| anyhow::anyhow!("model built twice"))?;
+            .ok_or("model built twice")?;
         build_model(&b)
     };
     let summary = pipeline

@@ -586,3 +586,66 @@ fn a_dead_publisher_ends_the_run_with_the_failure() {
         summary.stage_failures
     );
 }
+
+/// `Pipeline::run` says why it could not run as a typed error: the caller's builder failing
+/// (its whole cause chain in the message, the source never started) and a source that will not
+/// start.
+#[test]
+fn a_run_that_cannot_start_is_a_typed_error() {
+    use echonet_edge::pipeline::PipelineError;
+    let p = pipeline(PipelineConfig::default(), RunLimits::default());
+    let source = ScriptedSource::frames(10, 100.0);
+    let starts = source.starts.clone();
+    let e = p
+        .run(
+            Box::new(source),
+            Box::new(TestPreparer {
+                delay: Duration::ZERO,
+                mark_invalid: false,
+            }),
+            || -> anyhow::Result<EchoNetModel> {
+                Err(anyhow::anyhow!("no CUDA device 3").context("opening cuda:3"))
+            },
+            vec![],
+        )
+        .unwrap_err();
+    assert!(matches!(e, PipelineError::BuildModel(_)), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "building the model on the inference thread: opening cuda:3: no CUDA device 3"
+    );
+    assert_eq!(*starts.lock().unwrap(), 0, "the source started anyway");
+
+    struct Unplugged;
+    impl FrameSource for Unplugged {
+        fn info(&self) -> SourceInfo {
+            ScriptedSource::frames(0, 100.0).info()
+        }
+        fn start(&mut self) -> Result<(), SourceError> {
+            Err(SourceError::Disconnected {
+                source_name: "cam0".into(),
+                reason: "unplugged".into(),
+            })
+        }
+        fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
+            Ok(None)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let e = p
+        .run(
+            Box::new(Unplugged),
+            Box::new(TestPreparer {
+                delay: Duration::ZERO,
+                mark_invalid: false,
+            }),
+            fixture_model_builder(dir.path()),
+            vec![],
+        )
+        .unwrap_err();
+    assert!(matches!(e, PipelineError::StartSource(_)), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "starting the source: cam0: device lost: unplugged"
+    );
+}

@@ -118,6 +118,33 @@ pub fn resolve_bundle(config: &Config) -> Result<PathBuf, DaemonError> {
     Ok(path)
 }
 
+/// The source kind `config` names, `auto` resolved: the V4L2 device when there is one, else the
+/// built-in phantom, with the reason for the fallback.
+pub fn resolve_source_kind(config: &Config, inputs: &[PathBuf]) -> (SourceKind, Option<String>) {
+    let s = &config.source;
+    match s.kind {
+        SourceKind::Auto => {
+            let device = inputs
+                .first()
+                .cloned()
+                .unwrap_or_else(|| s.v4l2.device.clone());
+            if device.exists() {
+                (SourceKind::V4l2, None)
+            } else {
+                (
+                    SourceKind::Phantom,
+                    Some(format!(
+                        "no capture device at {}: playing the built-in phantom (choose with \
+                         --source, or --input DEVICE)",
+                        device.display()
+                    )),
+                )
+            }
+        }
+        k => (k, None),
+    }
+}
+
 /// The frame source `config` names (`inputs` override its paths): `auto` is the V4L2 device when
 /// there is one, else the built-in phantom.
 pub fn build_source(
@@ -125,24 +152,10 @@ pub fn build_source(
     inputs: &[PathBuf],
 ) -> Result<Box<dyn FrameSource>, DaemonError> {
     let s = &config.source;
-    let kind = match s.kind {
-        SourceKind::Auto => {
-            let device = inputs
-                .first()
-                .cloned()
-                .unwrap_or_else(|| s.v4l2.device.clone());
-            if device.exists() {
-                SourceKind::V4l2
-            } else {
-                tracing::info!(
-                    "no capture device at {}: using the built-in phantom",
-                    device.display()
-                );
-                SourceKind::Phantom
-            }
-        }
-        k => k,
-    };
+    let (kind, fallback) = resolve_source_kind(config, inputs);
+    if let Some(why) = fallback {
+        tracing::info!("{why}");
+    }
     Ok(match kind {
         SourceKind::Phantom => {
             let params = PhantomParams {
@@ -410,7 +423,13 @@ pub struct DaemonOptions {
     pub limits: RunLimits,
     /// Set to finish the frame in flight, flush every sink and return (SIGINT, SIGTERM).
     pub stop: Arc<AtomicBool>,
+    /// Told, in words for the person who started the run, where the display is and when the
+    /// source fell back to the phantom (and why). The CLI prints these on stderr.
+    pub notices: Option<Notices>,
 }
+
+/// Where a daemon run's notices for the person go (see [`DaemonOptions::notices`]).
+pub type Notices = Box<dyn Fn(&str) + Send + Sync>;
 
 /// Builds the model from the bundle on the inference thread (which then owns the device).
 pub type ModelBuilder = Box<dyn FnOnce(&Bundle) -> Result<EchoNetModel, BoxError> + Send>;
@@ -430,6 +449,14 @@ pub fn run_daemon(
     let bundle_path = resolve_bundle(config)?;
     // Read and verify the bundle before anything starts, so a bad file fails fast and clearly.
     let bundle = read_bundle(&bundle_path)?;
+    let notice = |text: &str| {
+        if let Some(n) = &options.notices {
+            n(text);
+        }
+    };
+    if let (_, Some(why)) = resolve_source_kind(config, &options.inputs) {
+        notice(&format!("source: {why}"));
+    }
     let source = build_source(config, &options.inputs)?;
     let mut preprocessor = Preprocessor::new(config.preprocess.clone())?;
     preprocessor.set_source_fps(source.info().nominal_fps);
@@ -464,6 +491,7 @@ pub fn run_daemon(
         )
         .map_err(|e| DaemonError::Display(e.to_string()))?;
         tracing::info!("bedside display at {}", server.url());
+        notice(&format!("bedside display: {}", server.url()));
         display_hub = Some(hub.clone());
         sinks.push(Box::new(DisplaySink { hub }));
         Some(server)

@@ -61,6 +61,46 @@ fn run_on_the_phantom_publishes_estimates_with_latency_and_a_summary() {
     );
 }
 
+/// A new user is told on stderr where the display is and why the phantom is playing.
+#[test]
+fn run_says_where_the_display_is_and_why_the_phantom_plays() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = convert_fixture("irv1_w0125.pth", dir.path(), StorageDtype::F32);
+    let out = echonet()
+        .args([
+            "run",
+            "--source",
+            "auto",
+            "--set",
+            "source.v4l2.device=\"/nonexistent/video9\"",
+            "--duration",
+            "1",
+            "--http",
+            "127.0.0.1:0",
+            "--jsonl",
+            "off",
+            "--threads",
+            "1",
+            "--model",
+        ])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let display = stderr
+        .lines()
+        .find(|l| l.starts_with("bedside display: http://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no display line: {stderr}"));
+    assert!(display.ends_with('/'), "{display}");
+    assert!(
+        stderr.contains(
+            "source: no capture device at /nonexistent/video9: playing the built-in phantom"
+        ),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn run_refuses_a_missing_or_damaged_bundle_clearly() {
     let out = echonet()

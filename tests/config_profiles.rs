@@ -84,4 +84,13 @@ fn doctor_text_lines_stay_short() {
     for line in text.lines() {
         assert!(line.chars().count() <= 120, "long doctor line: {line}");
     }
+    // What to do about CUDA is said within the width, not cut off.
+    if !cfg!(feature = "cuda") {
+        let reason = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("reason: CPU binary"))
+            .unwrap_or_else(|| panic!("no CUDA reason line: {text}"));
+        assert!(reason.contains("`make cuda`"), "{reason}");
+        assert!(!reason.ends_with("(--json for all)"), "{reason}");
+    }
 }

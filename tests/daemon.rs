@@ -34,6 +34,7 @@ fn options(frames: u64) -> DaemonOptions {
             frames: Some(frames),
         },
         stop: Arc::new(AtomicBool::new(false)),
+        notices: None,
     }
 }
 

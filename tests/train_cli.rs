@@ -1,7 +1,8 @@
 //! `echonet train` end to end on tiny phantom sets (width 0.125, 75x75, a few steps): the bundle
 //! it writes loads and describes itself, a paused and resumed run equals an uninterrupted one
-//! exactly, the grid and per-task layouts write what they say, and bad settings are refused by
-//! name. Whether training learns is checked where it matters, on the bundled model
+//! exactly, the grid and per-task layouts write what they say, bad settings are refused by
+//! name, progress is logged from the first step when stderr is not a terminal, and Ctrl-C before
+//! the first validation leaves a checkpoint that resumes. Whether training learns is checked where it matters, on the bundled model
 //! (tests/bundled_model.rs).
 // Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -36,14 +37,19 @@ const TINY: &[&str] = &[
 ];
 
 /// `TINY` with `extra`; a flag in `extra` replaces TINY's value for it.
-fn train(extra: &[&str]) -> Output {
+fn train_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut args: Vec<&str> = vec![TINY[0]];
     for pair in TINY[1..].chunks(2) {
         if !extra.contains(&pair[0]) {
             args.extend_from_slice(pair);
         }
     }
-    echonet().args(&args).args(extra).output().unwrap()
+    args.extend_from_slice(extra);
+    args
+}
+
+fn train(extra: &[&str]) -> Output {
+    echonet().args(train_args(extra)).output().unwrap()
 }
 
 fn ok(out: &Output) -> String {
@@ -196,4 +202,134 @@ fn bad_settings_are_refused_by_name() {
 
     let r = train(&["--out", out.to_str().unwrap(), "--batch-size", "1"]);
     assert!(String::from_utf8_lossy(&r.stderr).contains("batch_size 1"));
+}
+
+/// With stderr not a terminal (a log file, a service), progress is logged as lines from the
+/// first step on, before the first validation.
+#[test]
+fn progress_lines_come_before_the_first_validation_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.safetensors");
+    // At the log level a user gets by default.
+    let o = echonet()
+        .env("ECHONET_LOG", "info")
+        .args(train_args(&[
+            "--out",
+            out.to_str().unwrap(),
+            "--eval-every",
+            "4",
+        ]))
+        .output()
+        .unwrap();
+    ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let line_of = |pred: &dyn Fn(&str) -> bool| stderr.lines().position(pred);
+    let first_step = line_of(&|l| l.contains("training") && l.contains(" step=1 "))
+        .unwrap_or_else(|| panic!("no progress line for step 1: {stderr}"));
+    let first_validation = line_of(&|l| l.contains("validation") && l.contains(" step=4 "))
+        .unwrap_or_else(|| panic!("no validation line: {stderr}"));
+    assert!(first_step < first_validation, "{stderr}");
+    assert!(
+        !stderr.contains('\r'),
+        "a redrawn bar went to a non-terminal"
+    );
+}
+
+/// Ctrl-C before the first validation stops after the current step with a checkpoint and says
+/// how to continue; the checkpoint resumes.
+#[test]
+fn ctrl_c_before_the_first_validation_leaves_a_checkpoint_that_resumes() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.safetensors");
+    let args = train_args(&[
+        "--steps",
+        "1000",
+        "--eval-every",
+        "1000",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let mut child = echonet()
+        .env("ECHONET_LOG", "info")
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no progress line; stderr so far: {seen:#?}"));
+        let started = line.contains("training") && line.contains(" step=1 ");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("train did not stop after Ctrl-C: {seen:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    reader.join().unwrap();
+    seen.extend(rx.try_iter());
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert!(status.success(), "{status:?}: {seen:#?}");
+    let interrupted = seen
+        .iter()
+        .find(|l| l.contains("interrupted: writing a checkpoint"))
+        .unwrap_or_else(|| panic!("no interruption message: {seen:#?}"));
+    assert!(
+        stdout.contains("paused; continue with the same command and --resume"),
+        "{stdout}"
+    );
+    let checkpoint = dir
+        .path()
+        .join("m.work/lr1e-3_wd1e-4/checkpoint.safetensors");
+    assert!(checkpoint.is_file(), "no checkpoint: {seen:#?}");
+    assert!(!out.exists(), "no final bundle before the run ends");
+
+    // The checkpoint continues: one more step from where Ctrl-C stopped.
+    let step: usize = interrupted
+        .split(" step=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no step in {interrupted}"));
+    let next = (step + 1).to_string();
+    let mut again = args.clone();
+    again.extend_from_slice(&["--resume", "--pause-at", &next]);
+    let resumed = echonet()
+        .env("ECHONET_LOG", "info")
+        .args(&again)
+        .output()
+        .unwrap();
+    let text = ok(&resumed);
+    assert!(text.contains("paused"), "{text}");
+    let log = String::from_utf8_lossy(&resumed.stderr);
+    assert!(
+        log.contains("resuming") && log.contains(&format!("step={step}")),
+        "{log}"
+    );
 }

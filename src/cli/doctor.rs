@@ -85,7 +85,7 @@ fn cuda_report() -> Value {
     if !cfg!(feature = "cuda") {
         return json!({
             "usable": false,
-            "reason": "this is the CPU binary (built without `--features cuda`); the CUDA binary is built by `make cuda`",
+            "reason": "CPU binary: `make cuda` builds the CUDA one (this has no `--features cuda`)",
         });
     }
     let count = echonet_edge::gpu::device_count();

@@ -177,6 +177,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 frames: args.frames,
             },
             stop,
+            notices: Some(Box::new(|text: &str| eprintln!("{text}"))),
         },
         build_model,
     )?;

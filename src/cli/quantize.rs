@@ -253,7 +253,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Frames in batches of [`BATCH`] (frames of one shape per batch).
-fn to_batches(frames: &Frames) -> anyhow::Result<Vec<(Vec<f32>, (usize, usize, usize, usize))>> {
+fn to_batches(
+    frames: &[(Vec<f32>, (usize, usize, usize))],
+) -> anyhow::Result<Vec<(Vec<f32>, (usize, usize, usize, usize))>> {
     let mut out = Vec::new();
     for chunk in frames.chunks(BATCH) {
         let (c, h, w) = chunk[0].1;

@@ -33,6 +33,12 @@ pub struct WindowConfig {
     /// follows the paper's sampling and is withheld. Default 2500.
     #[serde(default = "default_max_span_ms")]
     pub max_span_ms: u64,
+    /// Largest difference between the paper's mean of per-frame EF (`ef`) and EF from the
+    /// volume curve (`ef_volume_curve`) before the estimate is flagged as low agreement,
+    /// percentage points (0.5-50). Default 10: twice the paper's 4.1-point MAE; two readings of
+    /// the same frames further apart than that mean the model is unsure what it sees.
+    #[serde(default = "default_ef_agreement_margin")]
+    pub ef_agreement_margin: f64,
 }
 
 fn default_window() -> usize {
@@ -44,6 +50,9 @@ fn default_min_valid() -> usize {
 fn default_max_span_ms() -> u64 {
     2500
 }
+fn default_ef_agreement_margin() -> f64 {
+    10.0
+}
 
 impl Default for WindowConfig {
     fn default() -> Self {
@@ -51,6 +60,7 @@ impl Default for WindowConfig {
             frames: default_window(),
             min_valid_frames: default_min_valid(),
             max_span_ms: default_max_span_ms(),
+            ef_agreement_margin: default_ef_agreement_margin(),
         }
     }
 }
@@ -98,12 +108,26 @@ pub struct WindowQuality {
     pub reasons: BTreeMap<String, u32>,
 }
 
+/// How far the window's two EF readings lie apart: the paper's mean of per-frame EF and EF from
+/// the volume curve. `low` when further apart than the configured margin: the number is
+/// published, flagged, for a clinician to look at the images.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EfAgreement {
+    /// |ef - ef_volume_curve|, percentage points.
+    pub difference: f64,
+    /// `window.ef_agreement_margin`, percentage points.
+    pub margin: f64,
+    pub low: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct Estimate {
     pub status: Status,
     pub withheld_reason: Option<String>,
     pub estimates: BTreeMap<String, TaskEstimate>,
     pub quality: WindowQuality,
+    /// The two EF readings compared, when the window has both (`None` otherwise).
+    pub agreement: Option<EfAgreement>,
     /// The newest frame of the window: the estimate's capture time and sequence number.
     pub newest_seq: u64,
     pub captured_at: Instant,
@@ -221,6 +245,7 @@ impl RollingWindow {
             withheld_reason: None,
             estimates: BTreeMap::new(),
             quality,
+            agreement: None,
             newest_seq: newest.seq,
             captured_at: newest.captured_at,
             captured_wall: newest.captured_wall,
@@ -355,6 +380,18 @@ impl RollingWindow {
                 );
             }
         }
+        if let (Some(mean), Some(curve)) = (
+            estimate.estimates.get("ef"),
+            estimate.estimates.get("ef_volume_curve"),
+        ) {
+            let difference = (mean.value - curve.value).abs();
+            let margin = self.config.ef_agreement_margin;
+            estimate.agreement = Some(EfAgreement {
+                difference,
+                margin,
+                low: difference > margin,
+            });
+        }
         Some(estimate)
     }
 }
@@ -429,6 +466,63 @@ mod tests {
             (e.estimates["ef"].value - 50.0).abs() < 1e-12,
             "the paper's estimate stays"
         );
+        // Mean EF 50 against curve EF 60: 10 points apart, at the default margin, not beyond.
+        let a = e.agreement.clone().unwrap();
+        assert!(
+            (a.difference - 10.0).abs() < 1e-9 && a.margin == 10.0 && !a.low,
+            "{a:?}"
+        );
+    }
+
+    /// Issue #13 item 3: the two EF readings further apart than the margin flag the estimate
+    /// (published, not withheld); within it, no flag; without a volume head, nothing to compare.
+    #[test]
+    fn ef_readings_that_disagree_are_flagged() {
+        let mut t = tasks();
+        t.push(TaskSpec {
+            name: LV_VOLUME.into(),
+            kind: crate::model::TaskKind::Regression,
+            unit: "mL".into(),
+            scale: 1.0,
+            offset: 0.0,
+            description: String::new(),
+        });
+        let run = |mean_ef: f64, margin: f64| {
+            let mut w = RollingWindow::new(WindowConfig {
+                ef_agreement_margin: margin,
+                ..WindowConfig::default()
+            });
+            for i in 0..20u64 {
+                let phase = (i as f64 / 10.0) * 2.0 * std::f64::consts::PI;
+                let v = 40.0 + 60.0 * 0.5 * (1.0 + phase.cos());
+                let out = [
+                    ("ef", mean_ef),
+                    ("esv", 45.0),
+                    ("edv", 95.0),
+                    (LV_VOLUME, v),
+                ]
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect();
+                w.push(frame(i, Verdict::Valid(out)));
+            }
+            w.estimate(&t).unwrap()
+        };
+        // Curve EF is 60 %: a mean of 30 % is 30 points off.
+        let e = run(30.0, 10.0);
+        assert_eq!(e.status, Status::Ok, "flagged, still published");
+        let a = e.agreement.unwrap();
+        assert!(a.low && (a.difference - 30.0).abs() < 1e-9, "{a:?}");
+        assert!(!run(58.0, 10.0).agreement.unwrap().low);
+        assert!(
+            run(58.0, 1.0).agreement.unwrap().low,
+            "the margin is the setting's"
+        );
+        let mut w = RollingWindow::new(WindowConfig::default());
+        for i in 0..20 {
+            w.push(frame(i, valid(55.0, 40.0, 90.0)));
+        }
+        assert!(w.estimate(&tasks()).unwrap().agreement.is_none());
     }
 
     #[test]

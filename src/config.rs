@@ -407,6 +407,13 @@ impl Config {
             600_000,
             " ms (at least (window.frames - 1) x 100 ms)",
         )?;
+        real(
+            "window.ef_agreement_margin",
+            w.ef_agreement_margin,
+            0.5,
+            50.0,
+            " percentage points of EF",
+        )?;
         self.preprocess.check().map_err(|e| ConfigError::Parse {
             file: file.to_path_buf(),
             message: e.to_string(),
@@ -514,6 +521,16 @@ mod tests {
                 "window.max_span_ms=0",
                 "window.max_span_ms",
                 "1900 to 600000",
+            ),
+            (
+                "window.ef_agreement_margin=0",
+                "window.ef_agreement_margin",
+                "0.5 to 50",
+            ),
+            (
+                "window.ef_agreement_margin=nan",
+                "window.ef_agreement_margin",
+                "0.5 to 50",
             ),
             (
                 "pipeline.stale_after_ms=0",

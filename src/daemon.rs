@@ -22,10 +22,11 @@ use crate::metrics::PipelineMetrics;
 use crate::model::catalog::Catalog;
 use crate::model::{read_bundle, Bundle, EchoNetModel, ModelError};
 use crate::phantom::PhantomParams;
-use crate::pipeline::{EstimateSink, Pipeline, RunLimits, RunSummary};
+use crate::pipeline::{BoxError, EstimateSink, Pipeline, PipelineError, RunLimits, RunSummary};
 use crate::preprocess::{PreparedInput, PreprocessError, Preprocessor};
 use crate::publish::journal::{new_session_id, Journal, SessionInfo};
 use crate::publish::jsonl::{open_target, JsonlError, JsonlWriter};
+use crate::publish::record::EstimateRecord;
 use crate::publish::{DisplayHub, DisplayServer, HubConfig, ServerConfig};
 
 /// Why the daemon could not be assembled or run.
@@ -59,9 +60,9 @@ pub enum DaemonError {
     Jsonl(#[from] JsonlError),
     #[error("starting the saliency worker: {0}")]
     Saliency(std::io::Error),
-    /// Building the model (the caller's builder) or running the pipeline.
-    #[error("{0:#}")]
-    Run(anyhow::Error),
+    /// Building the model (the caller's builder) or starting the pipeline.
+    #[error(transparent)]
+    Run(#[from] PipelineError),
 }
 
 impl From<ModelError> for DaemonError {
@@ -281,8 +282,15 @@ impl FaultLatch {
 }
 
 impl EstimateSink for JsonlSink {
-    fn publish(&mut self, record: &serde_json::Value) {
-        match self.writer.write(record) {
+    fn publish(&mut self, record: &EstimateRecord) {
+        let written = match record.to_json() {
+            Ok(line) => self.writer.write_line(&line).map_err(|e| e.to_string()),
+            Err(e) => Err(format!(
+                "{}: record not written, it cannot be made JSON: {e}",
+                self.writer.target()
+            )),
+        };
+        match written {
             Ok(()) => {
                 self.metrics.records_written.fetch_add(1, Ordering::Relaxed);
                 self.health.succeeded(&self.writer.target());
@@ -291,7 +299,7 @@ impl EstimateSink for JsonlSink {
                 self.metrics
                     .record_write_failures
                     .fetch_add(1, Ordering::Relaxed);
-                self.health.failed(e.to_string());
+                self.health.failed(e);
             }
         }
     }
@@ -341,7 +349,7 @@ impl JournalSink {
 }
 
 impl EstimateSink for JournalSink {
-    fn publish(&mut self, record: &serde_json::Value) {
+    fn publish(&mut self, record: &EstimateRecord) {
         if self.journal.is_none() {
             if self
                 .last_attempt
@@ -375,8 +383,8 @@ struct DisplaySink {
 }
 
 impl EstimateSink for DisplaySink {
-    fn publish(&mut self, record: &serde_json::Value) {
-        if let Err(e) = self.hub.publish_estimate(record.clone()) {
+    fn publish(&mut self, record: &EstimateRecord) {
+        if let Err(e) = self.hub.publish_estimate(record) {
             tracing::warn!("display: {e}");
         }
     }
@@ -405,7 +413,7 @@ pub struct DaemonOptions {
 }
 
 /// Builds the model from the bundle on the inference thread (which then owns the device).
-pub type ModelBuilder = Box<dyn FnOnce(&Bundle) -> anyhow::Result<EchoNetModel> + Send>;
+pub type ModelBuilder = Box<dyn FnOnce(&Bundle) -> Result<EchoNetModel, BoxError> + Send>;
 
 /// Assembles the daemon from `config` and runs it until the source ends, `stop` is set or a
 /// limit is reached; returns the run's summary (stage failures and write failures are in it,
@@ -519,12 +527,12 @@ pub fn run_daemon(
         model = %bundle_path.display(), intended_use = %bundle.manifest.intended_use, "starting"
     );
     let bundle = Arc::new(Mutex::new(Some(bundle)));
-    let build = move || -> anyhow::Result<EchoNetModel> {
+    let build = move || -> Result<EchoNetModel, BoxError> {
         let b = bundle
             .lock()
-            .map_err(|_| anyhow::anyhow!("bundle lock poisoned"))?
+            .map_err(|_| "bundle lock poisoned")?
             .take()
-            .ok_or_else(|| anyhow::anyhow!("model built twice"))?;
+            .ok_or("model built twice")?;
         build_model(&b)
     };
     let summary = pipeline

@@ -1,17 +1,16 @@
-//! Files to normalised batches for `echonet infer`: a float32 `.npy` tensor already normalised
-//! (preprocessing bypassed), or a PNG/JPEG frame resized and normalised as the bundle says.
+//! Already-normalised batches for `echonet infer`: a float32 `.npy` tensor (preprocessing
+//! bypassed: the parity contract). Image frames do not come through here: they go through the
+//! daemon's preprocessing (`offline::prepare_still`), never a plain stretch.
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
-
-use crate::model::InputSpec;
+use candle_core::{DType, Tensor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     #[error("{file}: {reason}")]
     Invalid { file: PathBuf, reason: String },
-    #[error("{file}: unsupported input type (expected .npy, .png, .jpg or .jpeg)")]
+    #[error("{file}: unsupported input type (expected .npy)")]
     UnknownKind { file: PathBuf },
 }
 
@@ -22,15 +21,14 @@ fn invalid(file: &Path, reason: impl Into<String>) -> InputError {
     }
 }
 
-/// Loads `path` as a batch `[N, C, H, W]` of f32 on the CPU, ready for the model.
-pub fn load_batch(path: &Path, spec: &InputSpec) -> Result<Tensor, InputError> {
+/// Loads `path` (a `.npy`) as a batch `[N, C, H, W]` of f32 on the CPU, ready for the model.
+pub fn load_batch(path: &Path) -> Result<Tensor, InputError> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .map(|e| e.to_ascii_lowercase());
     match ext.as_deref() {
         Some("npy") => load_npy(path),
-        Some("png" | "jpg" | "jpeg") => load_image(path, spec),
         _ => Err(InputError::UnknownKind {
             file: path.to_path_buf(),
         }),
@@ -74,37 +72,4 @@ pub fn load_npy(path: &Path) -> Result<Tensor, InputError> {
         ));
     }
     Ok(t)
-}
-
-/// Whether a grey frame can go in as one channel: the RGB stem then sees it replicated exactly,
-/// which needs the same normalisation on every channel.
-fn uniform_normalisation(spec: &InputSpec) -> bool {
-    spec.mean.windows(2).all(|w| w[0] == w[1]) && spec.std.windows(2).all(|w| w[0] == w[1])
-}
-
-/// A PNG/JPEG frame, resized (bilinear) to the bundle's input size and normalised.
-pub fn load_image(path: &Path, spec: &InputSpec) -> Result<Tensor, InputError> {
-    let img = image::open(path).map_err(|e| invalid(path, format!("cannot decode image: {e}")))?;
-    let grey_source = !img.color().has_color();
-    let resized = img.resize_exact(
-        spec.width as u32,
-        spec.height as u32,
-        image::imageops::FilterType::Triangle,
-    );
-    let (channels, pixels): (usize, Vec<u8>) =
-        if spec.channels == 1 || (grey_source && uniform_normalisation(spec)) {
-            (1, resized.to_luma8().into_raw())
-        } else {
-            (3, resized.to_rgb8().into_raw())
-        };
-    let plane = spec.height * spec.width;
-    let mut data = vec![0f32; channels * plane];
-    for (i, px) in pixels.chunks_exact(channels).enumerate() {
-        for (c, &v) in px.iter().enumerate() {
-            // With one channel fed to an RGB stem, channel 0's constants equal every channel's.
-            data[c * plane + i] = (v as f32 / 255.0 - spec.mean[c]) / spec.std[c];
-        }
-    }
-    Tensor::from_vec(data, (1, channels, spec.height, spec.width), &Device::Cpu)
-        .map_err(|e| invalid(path, e.to_string()))
 }

@@ -66,6 +66,39 @@ pub struct ClipResult {
     pub frames_used: Vec<u64>,
     pub frame_times_ms: Vec<f64>,
     pub source_frames: usize,
+    /// What each sampled frame gave: the heads' outputs, or why it was unfit. The same numbers
+    /// `echonet infer` prints for the frame, and the daemon feeds its window.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub frames: Vec<FrameOutcome>,
+}
+
+/// One sampled frame of a clip: its source frame number and the inference step's verdict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FrameOutcome {
+    pub frame: u64,
+    /// Task name -> reported value, when the frame was fit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<std::collections::BTreeMap<String, f64>>,
+    /// Why it was unfit (empty when fit).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unfit: Vec<String>,
+}
+
+impl FrameOutcome {
+    pub fn new(frame: u64, verdict: &Verdict) -> Self {
+        match verdict {
+            Verdict::Valid(o) => Self {
+                frame,
+                outputs: Some(o.clone()),
+                unfit: Vec::new(),
+            },
+            Verdict::Invalid(rs) => Self {
+                frame,
+                outputs: None,
+                unfit: rs.iter().map(|r| r.as_str().to_string()).collect(),
+            },
+        }
+    }
 }
 
 impl ClipResult {
@@ -79,6 +112,7 @@ impl ClipResult {
             frames_used: vec![],
             frame_times_ms: vec![],
             source_frames: 0,
+            frames: vec![],
         }
     }
 }
@@ -189,6 +223,7 @@ pub fn predict_clip_batched(
             .into_iter()
             .map(Some)
             .collect();
+    let mut outcomes = Vec::with_capacity(taken.len());
     for (frame, slot) in taken {
         let verdict = match slot {
             Err(reasons) => Verdict::Invalid(reasons),
@@ -197,6 +232,7 @@ pub fn predict_clip_batched(
                 .and_then(Option::take)
                 .unwrap_or_else(|| Verdict::Invalid(vec![UnfitReason::InferenceError])),
         };
+        outcomes.push(FrameOutcome::new(frame.seq, &verdict));
         ring.push(FramePrediction {
             seq: frame.seq,
             media_time: frame.media_time,
@@ -214,6 +250,7 @@ pub fn predict_clip_batched(
         frames_used: used.clone(),
         frame_times_ms: times,
         source_frames: frames.len(),
+        frames: outcomes,
     };
     if used.len() < window.frames {
         let span = frames
@@ -255,4 +292,56 @@ pub fn predict_clip_batched(
             ..base
         },
     }
+}
+
+/// One still image (a PNG/JPEG frame) made ready for the model as the daemon makes a frame
+/// ready: the sector (override, else declared region, else found in the image itself), black
+/// outside it, the sector's box cropped, letterboxed, normalised, and the quality gate.
+#[derive(Debug, Clone)]
+pub struct StillFrame {
+    /// The network input, when the frame passed the quality gate.
+    pub input: Option<PreparedInput>,
+    pub sector: Option<std::sync::Arc<crate::preprocess::Sector>>,
+    /// Why the frame is unfit (empty when fit).
+    pub unfit: Vec<UnfitReason>,
+}
+
+/// [`StillFrame`] for `image` with the profile's preprocessing settings.
+pub fn prepare_still(
+    image: crate::frame::Image,
+    spec: &crate::model::InputSpec,
+    config: &crate::preprocess::PreprocessConfig,
+) -> Result<StillFrame, crate::preprocess::PreprocessError> {
+    let mut pre = crate::preprocess::Preprocessor::for_stills(config.clone())?;
+    let frame = Frame {
+        seq: 0,
+        media_time: Duration::ZERO,
+        captured_at: std::time::Instant::now(),
+        captured_wall: std::time::SystemTime::now(),
+        image,
+        geometry: std::sync::Arc::new(crate::frame::SourceGeometry::default()),
+    };
+    let p = pre.process(&frame, spec)?;
+    Ok(StillFrame {
+        unfit: p.quality.reasons.iter().map(|r| (*r).into()).collect(),
+        input: p.input,
+        sector: p.sector,
+    })
+}
+
+/// A still frame's verdict through the daemon's inference step (view gate included): the
+/// unfit reasons when preprocessing refused it.
+pub fn infer_still(
+    still: &StillFrame,
+    model: &EchoNetModel,
+) -> Result<Verdict, crate::pipeline::InferenceError> {
+    let Some(input) = &still.input else {
+        return Ok(Verdict::Invalid(still.unfit.clone()));
+    };
+    let step = InferenceStep::new(&model.manifest().tasks, DEFAULT_VIEW_THRESHOLD);
+    let mut v = step.infer(model, &[input], 1)?;
+    v.pop().ok_or(crate::pipeline::InferenceError::OutputCount {
+        outputs: 0,
+        frames: 1,
+    })
 }

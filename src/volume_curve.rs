@@ -2,6 +2,12 @@
 //! gives a volume curve over the window; each detected beat's maximum is an end-diastolic and
 //! each minimum an end-systolic volume, and EDV, ESV and EF are the means over the beats found.
 //! The paper's estimator instead averages a per-frame EF; the two are reported side by side.
+//!
+//! The 10 fps samples rarely fall on the true end-diastole and end-systole: each extreme is
+//! refined between the samples by the parabola through it and its two neighbours (its vertex,
+//! at most half a sample away), keeping the paper's sampling. On a sampled cosine beat this cuts
+//! the worst EF error over 50-130 bpm and every phase from 3.0 to 1.0 points, and the mean bias
+//! from -1.4 to -0.3 (see the tests).
 
 use serde::Serialize;
 
@@ -60,6 +66,26 @@ fn extremes(v: &[f64], sign: f64, threshold: f64) -> Vec<usize> {
     out
 }
 
+/// The extreme near sample `i` between the samples: the vertex of the parabola through samples
+/// `i - 1`, `i`, `i + 1`, its offset limited to half a sample (beyond that another sample would
+/// be the extreme), so the correction is at most an eighth of the neighbours' difference. The
+/// sample itself at the window's edges or on a straight stretch.
+fn vertex(v: &[f64], i: usize) -> f64 {
+    let (Some(&a), Some(&b), Some(&c)) = (
+        i.checked_sub(1).and_then(|j| v.get(j)),
+        v.get(i),
+        v.get(i + 1),
+    ) else {
+        return v.get(i).copied().unwrap_or(f64::NAN);
+    };
+    let curvature = a - 2.0 * b + c;
+    if curvature == 0.0 {
+        return b;
+    }
+    let offset = (0.5 * (a - c) / curvature).clamp(-0.5, 0.5);
+    b - 0.25 * (a - c) * offset
+}
+
 /// EDV, ESV and EF from a window's per-frame LV volumes (in time order, mL). `None` when fewer
 /// than 3 volumes are given, a volume is not finite, or the largest is not positive.
 pub fn estimate(volumes: &[f64]) -> Option<CurveEstimate> {
@@ -78,7 +104,7 @@ pub fn estimate(volumes: &[f64]) -> Option<CurveEstimate> {
         if idx.is_empty() {
             fallback
         } else {
-            idx.iter().map(|&i| volumes[i]).sum::<f64>() / idx.len() as f64
+            idx.iter().map(|&i| vertex(volumes, i)).sum::<f64>() / idx.len() as f64
         }
     };
     let edv = mean_at(&peaks, max);
@@ -121,13 +147,40 @@ mod tests {
         for bpm in [50.0, 72.0, 90.0, 110.0] {
             for phase in [0.0, 0.13, 0.37, 0.5, 0.81] {
                 let e = estimate(&curve(150.0, 75.0, bpm, phase, 20)).unwrap();
-                // 10 fps undersamples a fast beat: the sampled extremes can miss the true ones.
+                // 10 fps undersamples a fast beat; the parabolic vertex recovers most of what
+                // the samples miss (python check of this very curve: worst 1.02 points with the
+                // vertex, 3.01 without).
                 assert!(
-                    (e.ef_percent - 50.0).abs() < 6.0,
+                    (e.ef_percent - 50.0).abs() < 1.1,
                     "{bpm} bpm phase {phase}: {e:?}"
                 );
             }
         }
+    }
+
+    /// Issue #13 item 6: over rates and phases the vertex leaves little bias where the plain
+    /// samples underestimate EF (the same python check: mean error -0.32 vs -1.37 points over
+    /// 50-130 bpm and seven phases).
+    #[test]
+    fn refined_extremes_remove_most_of_the_bias() {
+        let mut sum = 0.0;
+        let mut n = 0.0;
+        for bpm in [50.0, 60.0, 72.0, 90.0, 110.0, 130.0] {
+            for phase in [0.0, 0.13, 0.25, 0.37, 0.5, 0.6, 0.81] {
+                sum += estimate(&curve(150.0, 75.0, bpm, phase, 20))
+                    .unwrap()
+                    .ef_percent
+                    - 50.0;
+                n += 1.0;
+            }
+        }
+        let bias = sum / n;
+        assert!(bias.abs() < 0.5, "mean EF error {bias}");
+        // A sample exactly on the extreme stays: the parabola is symmetric about it.
+        assert_eq!(vertex(&[1.0, 3.0, 1.0], 1), 3.0);
+        // Half a sample away at most: a flat top takes the midpoint's parabola value.
+        assert!((vertex(&[3.0, 3.0, 1.0], 1) - 3.25).abs() < 1e-12);
+        assert_eq!(vertex(&[5.0, 2.0], 0), 5.0);
     }
 
     #[test]

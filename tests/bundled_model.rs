@@ -17,6 +17,9 @@ use echonet_edge::model::read_bundle;
 /// Issue #4's acceptance thresholds.
 const MAX_EF_MAE: f64 = 5.0;
 const MIN_VOLUME_R2: f64 = 0.85;
+/// Issue #13's bar for the volume curve on unseen patients.
+const MAX_CURVE_EF_MAE: f64 = 3.0;
+const MAX_CURVE_EF_BIAS: f64 = 1.0;
 
 fn models_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
@@ -107,4 +110,16 @@ fn unseen_phantom_patients_meet_the_issue_bar() {
         "EF MAE {curve_mae} / {paper_mae}"
     );
     assert!(edv_r2 >= MIN_VOLUME_R2 && esv_r2 >= MIN_VOLUME_R2);
+    // Issue #13 item 6: with each extreme refined between the 10 fps samples, the volume curve
+    // meets EF MAE <= 3.0 points and |bias| <= 1 (measured here: MAE 1.97, bias -0.38; with the
+    // samples alone, on main: MAE 3.13 and bias -2.18 on 40 clips of this seed).
+    let curve_bias = metric("ef_volume_curve", "bias");
+    assert!(
+        curve_mae <= MAX_CURVE_EF_MAE,
+        "volume-curve EF MAE {curve_mae}"
+    );
+    assert!(
+        curve_bias.abs() <= MAX_CURVE_EF_BIAS,
+        "volume-curve EF bias {curve_bias}"
+    );
 }

@@ -17,23 +17,23 @@ use std::time::Duration;
 
 use display_support::webdriver::{require_browser, Browser};
 use display_support::{estimate, start, withheld, INTENDED_USE};
+use echonet_edge::aggregate::{EfAgreement, Status};
 use echonet_edge::frame::Image;
-use echonet_edge::publish::{DisplayHub, HubConfig, ServerConfig};
-use serde_json::{json, Value};
+use echonet_edge::publish::{DisplayHub, EstimateRecord, HubConfig, ServerConfig};
 
 const WAIT: Duration = Duration::from_secs(15);
 
 /// Publishes the current estimate (with a rising seq) and a frame five times a second, like the
 /// runtime does; `set(None)` stops it, as a hung pipeline would.
 struct Feeder {
-    current: Arc<Mutex<Option<Value>>>,
+    current: Arc<Mutex<Option<EstimateRecord>>>,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Feeder {
     fn start(hub: Arc<DisplayHub>) -> Self {
-        let current: Arc<Mutex<Option<Value>>> = Arc::new(Mutex::new(None));
+        let current: Arc<Mutex<Option<EstimateRecord>>> = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
         let (c, s) = (current.clone(), stop.clone());
         let handle = std::thread::spawn(move || {
@@ -46,8 +46,8 @@ impl Feeder {
                 let next = c.lock().unwrap().clone();
                 if let Some(mut e) = next {
                     seq += 1;
-                    e["seq"] = json!(seq);
-                    hub.publish_estimate(e).unwrap();
+                    e.seq = Some(seq);
+                    hub.publish_estimate(&e).unwrap();
                     hub.publish_frame(&image, Some(outline.clone())).unwrap();
                 }
                 std::thread::sleep(Duration::from_millis(200));
@@ -60,7 +60,7 @@ impl Feeder {
         }
     }
 
-    fn set(&self, estimate: Option<Value>) {
+    fn set(&self, estimate: Option<EstimateRecord>) {
         *self.current.lock().unwrap() = estimate;
     }
 }
@@ -116,6 +116,21 @@ fn display_page_in_headless_chromium() {
         "trend points {points:?}"
     );
 
+    // No flag while the two EF readings agree; low agreement (issue #13 item 3): the number
+    // stays, with the flag and the difference beside it.
+    assert_eq!(browser.text("agreement-text"), "");
+    let mut flagged = estimate(0, 64.0);
+    flagged.agreement = Some(EfAgreement {
+        difference: 23.4,
+        margin: 10.0,
+        low: true,
+    });
+    feeder.set(Some(flagged));
+    browser.wait_text("agreement-text", WAIT, "the low-agreement flag", |t| {
+        t.contains("23.4 points") && t.contains("margin 10.0")
+    });
+    assert_eq!(browser.text("ef-value"), "64");
+
     // Withheld: the number goes, the reason shows.
     let reason = "too few valid frames (9/20)";
     feeder.set(Some(withheld(0, reason)));
@@ -126,6 +141,11 @@ fn display_page_in_headless_chromium() {
     );
     assert!(!has_digit(&browser.text("esv-value")) && !has_digit(&browser.text("edv-value")));
     assert_eq!(browser.text("withheld-reason"), reason);
+    assert_eq!(
+        browser.text("agreement-text"),
+        "",
+        "no flag without a number"
+    );
     assert_eq!(
         browser.text("status-detail"),
         "no number: the estimate was withheld"
@@ -163,7 +183,7 @@ fn display_page_in_headless_chromium() {
 
     // A publisher that itself reports stale input is STALE at once.
     let mut reported = estimate(0, 50.0);
-    reported["status"] = json!("stale");
+    reported.status = Status::Stale;
     feeder.set(Some(reported));
     browser.wait_text("status-detail", WAIT, "the runtime's stale report", |t| {
         t.contains("reports stale input")

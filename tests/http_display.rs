@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use display_support::{estimate, get, start, withheld};
+use display_support::{estimate, estimate_json, get, start, withheld};
 use echonet_edge::frame::Image;
 use echonet_edge::publish::frame_mask::FramePolicy;
 use echonet_edge::publish::{DisplayServer, HubConfig, ServerConfig};
@@ -99,11 +99,11 @@ fn latest_is_503_with_reason_before_the_first_estimate_then_the_estimate() {
     assert_eq!(r.json()["error"], "no estimate yet");
     assert!(r.json()["reason"].as_str().unwrap().contains("publisher"));
 
-    hub.publish_estimate(estimate(1, 55.1)).unwrap();
-    hub.publish_estimate(estimate(2, 41.0)).unwrap();
+    hub.publish_estimate(&estimate(1, 55.1)).unwrap();
+    hub.publish_estimate(&estimate(2, 41.0)).unwrap();
     let r = get(&server, "/api/latest");
     assert_eq!(r.status, 200);
-    assert_eq!(r.json(), estimate(2, 41.0));
+    assert_eq!(r.json(), estimate_json(2, 41.0));
     let age: f64 = r.headers["x-estimate-age-ms"]
         .to_str()
         .unwrap()
@@ -126,7 +126,7 @@ fn healthz_follows_the_feed_and_goes_stale() {
     assert_eq!(r.status, 503);
     assert!(r.text().starts_with("stale"), "{}", r.text());
 
-    hub.publish_estimate(estimate(1, 50.0)).unwrap();
+    hub.publish_estimate(&estimate(1, 50.0)).unwrap();
     let r = get(&server, "/healthz");
     assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
 
@@ -210,7 +210,7 @@ fn metrics_are_prometheus_text_with_the_hubs_counters() {
          echonet_frames_total 17"
             .to_string(),
     );
-    hub.publish_estimate(estimate(1, 50.0)).unwrap();
+    hub.publish_estimate(&estimate(1, 50.0)).unwrap();
     get(&server, "/api/latest");
     get(&server, "/api/latest");
     get(&server, "/nope");
@@ -261,7 +261,7 @@ fn stream_sends_snapshot_then_each_estimate_and_heartbeats() {
             ..ServerConfig::default()
         },
     );
-    hub.publish_estimate(estimate(1, 50.0)).unwrap();
+    hub.publish_estimate(&estimate(1, 50.0)).unwrap();
     let mut stream = RawStream::open(&server);
     let head = stream.read_until(0, "\r\n\r\n", Duration::from_secs(5));
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
@@ -275,10 +275,10 @@ fn stream_sends_snapshot_then_each_estimate_and_heartbeats() {
     assert!(snapshot["age_ms"].as_f64().unwrap() >= 0.0);
 
     let from = stream.seen.len();
-    hub.publish_estimate(estimate(42, 63.0)).unwrap();
+    hub.publish_estimate(&estimate(42, 63.0)).unwrap();
     stream.read_until(from, "event: estimate\n", Duration::from_secs(5));
     let text = stream.read_until(from, "}\n\n", Duration::from_secs(5));
-    assert_eq!(event_data(&text, "estimate"), estimate(42, 63.0));
+    assert_eq!(event_data(&text, "estimate"), estimate_json(42, 63.0));
 
     let from = stream.seen.len();
     stream.read_until(from, ": heartbeat\n\n", Duration::from_secs(5));
@@ -338,12 +338,12 @@ fn a_client_that_never_reads_does_not_block_the_publisher() {
     // ~2 KB each, ~20 MB in all: more than the socket buffers hold, so the stream thread ends up
     // stuck in a write and the queue overflows.
     let mut template = estimate(0, 50.0);
-    template["padding"] = json!("x".repeat(2048));
+    template.source.name = "x".repeat(2048);
     let started = Instant::now();
     for seq in 0..10_000u64 {
         let mut e = template.clone();
-        e["seq"] = json!(seq);
-        hub.publish_estimate(e).unwrap();
+        e.seq = Some(seq);
+        hub.publish_estimate(&e).unwrap();
     }
     let elapsed = started.elapsed();
     // Tens of milliseconds on an idle machine; the bound leaves room for a loaded CI runner, and
@@ -373,9 +373,9 @@ fn a_client_that_never_reads_does_not_block_the_publisher() {
         Duration::from_secs(10),
         || {
             let mut e = template.clone();
-            e["seq"] = json!(seq);
+            e.seq = Some(seq);
             seq += 1;
-            hub.publish_estimate(e).unwrap();
+            hub.publish_estimate(&e).unwrap();
             hub.subscriber_count() == 0
         },
     );
@@ -384,10 +384,10 @@ fn a_client_that_never_reads_does_not_block_the_publisher() {
 #[test]
 fn history_returns_the_trend_points() {
     let (hub, server) = start(HubConfig::default(), ServerConfig::default());
-    hub.publish_estimate(estimate(1, 55.0)).unwrap();
-    hub.publish_estimate(withheld(2, "too few valid frames (9/20)"))
+    hub.publish_estimate(&estimate(1, 55.0)).unwrap();
+    hub.publish_estimate(&withheld(2, "too few valid frames (9/20)"))
         .unwrap();
-    hub.publish_estimate(estimate(3, 60.0)).unwrap();
+    hub.publish_estimate(&estimate(3, 60.0)).unwrap();
     let r = get(&server, "/api/history");
     assert_eq!(r.status, 200);
     let h = r.json();
@@ -518,7 +518,7 @@ fn raw_exchange(server: &DisplayServer, request: &[u8]) -> String {
 #[test]
 fn hostile_requests_get_a_clean_error_and_the_server_keeps_answering() {
     let (hub, server) = start(HubConfig::default(), ServerConfig::default());
-    hub.publish_estimate(estimate(1, 50.0)).unwrap();
+    hub.publish_estimate(&estimate(1, 50.0)).unwrap();
 
     // tiny_http allocated the declared body when discarding it: this aborted the daemon.
     let reply = raw_exchange(
@@ -602,7 +602,7 @@ fn slow_and_surplus_connections_are_bounded() {
             ..ServerConfig::default()
         },
     );
-    hub.publish_estimate(estimate(1, 50.0)).unwrap();
+    hub.publish_estimate(&estimate(1, 50.0)).unwrap();
     // Three clients that send half a request line and stall (slowloris) hold every slot.
     let mut stalled: Vec<TcpStream> = (0..3)
         .map(|_| {
@@ -695,7 +695,7 @@ fn trend_history_levels_off_at_its_cap() {
     let (hub, server) = start(config, ServerConfig::default());
     let extra = 1_500u64;
     for seq in 0..cap as u64 + extra {
-        hub.publish_estimate(estimate(seq, 40.0 + (seq % 20) as f64))
+        hub.publish_estimate(&estimate(seq, 40.0 + (seq % 20) as f64))
             .unwrap();
         if seq as usize == cap - 1 {
             assert_eq!(hub.history().len(), cap);
@@ -723,14 +723,14 @@ fn trend_history_levels_off_at_its_cap() {
 #[test]
 fn faults_reach_the_page_as_events_while_estimates_carry_on() {
     let (hub, server) = start(HubConfig::default(), ServerConfig::default());
-    hub.publish_estimate(estimate(1, 50.0)).unwrap();
+    hub.publish_estimate(&estimate(1, 50.0)).unwrap();
     let early = hub.subscribe(4).unwrap();
     assert_eq!(early.try_recv().map(|e| e.name), Some("snapshot"));
     let reason = "journal /data/j.sqlite: disk I/O error";
     hub.set_fault("journal", Some(reason.to_string()));
     // The same fault again is no news.
     hub.set_fault("journal", Some(reason.to_string()));
-    hub.publish_estimate(estimate(2, 51.0)).unwrap();
+    hub.publish_estimate(&estimate(2, 51.0)).unwrap();
     let e = early.try_recv().unwrap();
     assert_eq!(e.name, "faults");
     let v: Value = serde_json::from_str(&e.data).unwrap();

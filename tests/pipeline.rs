@@ -20,6 +20,7 @@ use echonet_edge::pipeline::{EstimateSink, Pipeline, PipelineConfig, RunLimits};
 use echonet_edge::preprocess::{
     FramePreparer, Prepared, PreparedInput, QualityReason, UnfitReason,
 };
+use echonet_edge::publish::EstimateRecord;
 
 /// What a scripted source does at each step.
 #[derive(Clone, Copy)]
@@ -137,8 +138,9 @@ impl FramePreparer for TestPreparer {
 struct Collector(Arc<Mutex<Vec<serde_json::Value>>>);
 
 impl EstimateSink for Collector {
-    fn publish(&mut self, record: &serde_json::Value) {
-        self.0.lock().unwrap().push(record.clone());
+    fn publish(&mut self, record: &EstimateRecord) {
+        // As a JSON sink writes it.
+        self.0.lock().unwrap().push(record.to_value().unwrap());
     }
 }
 
@@ -491,7 +493,7 @@ struct FaultCollector {
 }
 
 impl EstimateSink for FaultCollector {
-    fn publish(&mut self, record: &serde_json::Value) {
+    fn publish(&mut self, record: &EstimateRecord) {
         self.records.publish(record);
         if self.panic_on == Some(self.records.0.lock().unwrap().len()) {
             panic!("sink bug");
@@ -582,5 +584,68 @@ fn a_dead_publisher_ends_the_run_with_the_failure() {
             .any(|f| f.contains("publisher stage died: sink bug")),
         "{:?}",
         summary.stage_failures
+    );
+}
+
+/// `Pipeline::run` says why it could not run as a typed error: the caller's builder failing
+/// (its whole cause chain in the message, the source never started) and a source that will not
+/// start.
+#[test]
+fn a_run_that_cannot_start_is_a_typed_error() {
+    use echonet_edge::pipeline::PipelineError;
+    let p = pipeline(PipelineConfig::default(), RunLimits::default());
+    let source = ScriptedSource::frames(10, 100.0);
+    let starts = source.starts.clone();
+    let e = p
+        .run(
+            Box::new(source),
+            Box::new(TestPreparer {
+                delay: Duration::ZERO,
+                mark_invalid: false,
+            }),
+            || -> anyhow::Result<EchoNetModel> {
+                Err(anyhow::anyhow!("no CUDA device 3").context("opening cuda:3"))
+            },
+            vec![],
+        )
+        .unwrap_err();
+    assert!(matches!(e, PipelineError::BuildModel(_)), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "building the model on the inference thread: opening cuda:3: no CUDA device 3"
+    );
+    assert_eq!(*starts.lock().unwrap(), 0, "the source started anyway");
+
+    struct Unplugged;
+    impl FrameSource for Unplugged {
+        fn info(&self) -> SourceInfo {
+            ScriptedSource::frames(0, 100.0).info()
+        }
+        fn start(&mut self) -> Result<(), SourceError> {
+            Err(SourceError::Disconnected {
+                source_name: "cam0".into(),
+                reason: "unplugged".into(),
+            })
+        }
+        fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
+            Ok(None)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let e = p
+        .run(
+            Box::new(Unplugged),
+            Box::new(TestPreparer {
+                delay: Duration::ZERO,
+                mark_invalid: false,
+            }),
+            fixture_model_builder(dir.path()),
+            vec![],
+        )
+        .unwrap_err();
+    assert!(matches!(e, PipelineError::StartSource(_)), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "starting the source: cam0: device lost: unplugged"
     );
 }

@@ -29,6 +29,7 @@ use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry
 use crate::frame::{Image, PixelFormat, PixelRect, SourceGeometry};
 
 mod metadata;
+mod pixel_checks;
 mod pixels;
 mod precheck;
 mod source;
@@ -37,6 +38,7 @@ mod tests;
 mod timing;
 
 use metadata::{geometry_of, ultrasound_regions, view_hints};
+use pixel_checks::{check_pixel_data, check_rle_frame};
 use pixels::{colour_lut, grey_lut, palette_lut, ybr_to_rgb, SampleBits, SampleMap};
 pub use source::DicomSource;
 use timing::clip_timing;
@@ -409,7 +411,8 @@ impl DicomClip {
         let object = match catch_unwind(AssertUnwindSafe(|| dicom_object::open_file(&path))) {
             Ok(Ok(object)) => object,
             Ok(Err(e)) => {
-                let reason = describe(&e);
+                // The error names the file itself: once is enough ("Could not read from file").
+                let reason = describe(&e).replace(&format!(" '{}'", path.display()), "");
                 // Tell a file cut short in its pixel data (the usual damage: an interrupted copy)
                 // from one that is not DICOM at all: its header alone still reads.
                 let header_reads = catch_unwind(AssertUnwindSafe(|| {
@@ -741,6 +744,12 @@ impl DicomClip {
     fn encapsulated_frame(&self, index: usize) -> Result<RawFrame<'static>, DicomError> {
         let frame =
             u32::try_from(index).map_err(|_| self.decode_error(index, "frame index too large"))?;
+        if self.encoding == Encoding::Rle {
+            let segments = self.frame_samples / (self.rows * self.cols).max(1)
+                * usize::from(self.bits_allocated / 8);
+            check_rle_frame(&self.object, index, segments)
+                .map_err(|r| self.decode_error(index, r))?;
+        }
         // The codecs index into file-controlled data (and some unwrap): catch their panics.
         let decoded = catch_unwind(AssertUnwindSafe(|| {
             self.object
@@ -935,64 +944,4 @@ fn sample_bits(obj: &InMemDicomObject, path: &Path) -> Result<SampleBits, DicomE
         high_bit,
         signed,
     })
-}
-
-/// Checks that the pixel data holds every frame it claims, before anything trusts the frame count.
-fn check_pixel_data(
-    obj: &InMemDicomObject,
-    encoding: Encoding,
-    frames: usize,
-    frame_samples: usize,
-    bits: SampleBits,
-    path: &Path,
-) -> Result<(), DicomError> {
-    let missing = || bad_attribute(path, "Pixel Data (7FE0,0010)", "pixel data");
-    let value = obj.get(tags::PIXEL_DATA).ok_or_else(missing)?.value();
-    match (encoding, value) {
-        (Encoding::Native, Value::Primitive(p)) => {
-            let found = match p {
-                PrimitiveValue::U8(bytes) => bytes.len() as u64,
-                PrimitiveValue::U16(words) => words.len() as u64 * 2,
-                PrimitiveValue::Empty => 0,
-                _ => {
-                    return Err(bad_attribute(
-                        path,
-                        "Pixel Data (7FE0,0010)",
-                        "OB or OW values",
-                    ))
-                }
-            };
-            let expected = (frames as u64)
-                .checked_mul(frame_samples as u64)
-                .and_then(|n| n.checked_mul(u64::from(bits.allocated / 8)))
-                .unwrap_or(u64::MAX);
-            if found < expected {
-                return Err(DicomError::TruncatedPixelData {
-                    path: path.to_path_buf(),
-                    frames,
-                    expected,
-                    found,
-                });
-            }
-            Ok(())
-        }
-        (Encoding::Rle | Encoding::JpegBaseline, Value::PixelSequence(sequence)) => {
-            // Every frame starts a fragment, so a damaged frame count cannot exceed them.
-            let fragments = sequence.fragments().len();
-            if fragments < frames {
-                return Err(DicomError::TruncatedPixelData {
-                    path: path.to_path_buf(),
-                    frames,
-                    expected: frames as u64,
-                    found: fragments as u64,
-                });
-            }
-            Ok(())
-        }
-        _ => Err(bad_attribute(
-            path,
-            "Pixel Data (7FE0,0010)",
-            "native data for an uncompressed transfer syntax, fragments for a compressed one",
-        )),
-    }
 }

@@ -1,8 +1,11 @@
 //! `echonet saliency` and `echonet occlusion`: where the model looks, offline. The input is a
-//! PNG/JPEG frame (resized and normalised as `echonet infer` does) or a DICOM clip (the 10 fps
+//! PNG/JPEG frame (preprocessed as `echonet infer` and the daemon do: sector, mask, crop) or a
+//! DICOM clip (the 10 fps
 //! sampler's frames from the start, preprocessed as the daemon does, at most `--frames`). Per
-//! frame: `<name>.png` (the map over the prepared input, sector outline in cyan) and `<name>.npy`
-//! (the raw map, f32 [H, W]); one JSON line per frame on stdout.
+//! frame: `<name>.png` (the map over the prepared input, smoothed for saliency, sector outline in
+//! cyan, a title with the method, task and unit, a colour bar with its scale) and `<name>.npy`
+//! (the raw map, f32 [H, W]; occlusion in the task's unit); one JSON line per frame on stdout
+//! with the task's value for the frame (`output`, `unit`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,11 +13,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use echonet_edge::explain::{
-    display_scale, overlay, png_bytes, sector_outline, write_npy, Colouring, Explainer, Map2d,
-    Occlusion, SmoothGrad,
+    annotate, colour_top, display_scale, overlay, png_bytes, sector_outline, write_npy, Colouring,
+    Explainer, Legend, Map2d, Occlusion, SmoothGrad, SALIENCY_DISPLAY_SIGMA,
 };
-use echonet_edge::input::load_image;
 use echonet_edge::model::{read_bundle, EchoNetModel, InputSpec};
+use echonet_edge::offline::prepare_still;
 use echonet_edge::preprocess::{PreparedInput, Preprocessor, Sector};
 use echonet_edge::sampler::{Decision, Sampler};
 
@@ -75,17 +78,19 @@ struct Item {
     sector: Option<Arc<Sector>>,
 }
 
-fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| ["png", "jpg", "jpeg"].contains(&e.to_ascii_lowercase().as_str()))
-}
-
 fn load_items(path: &Path, spec: &InputSpec, max_frames: usize) -> anyhow::Result<Vec<Item>> {
-    if is_image(path) {
-        let t = load_image(path, spec)?;
-        let (_, c, h, w) = t.dims4()?;
-        let data = t.flatten_all()?.to_vec1::<f32>()?;
+    let config = super::run::load_config(None, &[])?;
+    if super::infer::is_image(path) {
+        // The daemon's preprocessing, as `echonet infer` does: sector found in the image,
+        // masked, cropped, letterboxed; never a stretch of the whole frame.
+        let image = echonet_edge::capture::images::decode_image_file(path)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let still = prepare_still(image, spec, &config.preprocess)
+            .with_context(|| format!("preprocessing {}", path.display()))?;
+        let Some(input) = still.input else {
+            let names: Vec<&str> = still.unfit.iter().map(|r| r.as_str()).collect();
+            anyhow::bail!("{}: frame not usable: {}", path.display(), names.join(", "));
+        };
         let stem = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -94,18 +99,12 @@ fn load_items(path: &Path, spec: &InputSpec, max_frames: usize) -> anyhow::Resul
         return Ok(vec![Item {
             name: stem,
             source_frame: None,
-            input: PreparedInput {
-                data,
-                channels: c,
-                height: h,
-                width: w,
-            },
-            sector: None,
+            input,
+            sector: still.sector,
         }]);
     }
     let (clip, frames) = super::predict::load_frames(path)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let config = super::run::load_config(None, &[])?;
     let mut pre = Preprocessor::new(config.preprocess.clone())?;
     pre.set_source_fps(clip.nominal_fps());
     let mut sampler = Sampler::paper();
@@ -149,6 +148,7 @@ fn write_outputs(
     spec: &InputSpec,
     map: &Map2d,
     colouring: Colouring,
+    legend: &Legend,
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
     let outline = match &item.sector {
         Some(s) => Some(sector_outline(s, spec)?),
@@ -162,11 +162,19 @@ fn write_outputs(
         outline.as_deref(),
         display_scale(item.input.width.max(item.input.height)),
     )?;
+    let img = annotate(&img, colouring, legend);
     let png = out.join(format!("{}.png", item.name));
     std::fs::write(&png, png_bytes(&img)?).with_context(|| format!("writing {}", png.display()))?;
     let npy = out.join(format!("{}.npy", item.name));
     write_npy(&npy, map)?;
     Ok((png, npy))
+}
+
+/// ", frame 12" for a clip's frame, nothing for a single image.
+fn frame_note(item: &Item) -> String {
+    item.source_frame
+        .map(|f| format!(" frame {f}"))
+        .unwrap_or_default()
 }
 
 fn setup(common: &Common) -> anyhow::Result<echonet_edge::model::Bundle> {
@@ -181,6 +189,7 @@ pub fn saliency(args: SaliencyArgs) -> anyhow::Result<ExitCode> {
     let bundle = setup(c)?;
     let explainer = Explainer::from_bundle(&bundle)?;
     let task = explainer.task_index(&c.task)?;
+    let task_spec = bundle.manifest.tasks.iter().find(|t| t.name == c.task);
     let spec = bundle.manifest.input.clone();
     let cfg = SmoothGrad {
         samples: args.samples,
@@ -190,12 +199,32 @@ pub fn saliency(args: SaliencyArgs) -> anyhow::Result<ExitCode> {
     };
     for item in load_items(&c.input, &spec, c.frames)? {
         let map = explainer.smoothgrad(&item.input, task, &cfg)?;
-        let (png, npy) = write_outputs(&c.out, &item, &spec, &map, Colouring::Magnitude)?;
+        // The task's value for this very input (trainable form, eval mode), in its unit: the
+        // number the map explains, and the one `echonet infer` prints for the frame.
+        let raw: Vec<f32> = explainer
+            .outputs(&explainer.tensor(&item.input)?)?
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let value = match (raw.get(task), task_spec) {
+            (Some(r), Some(t)) => Some(t.finish(*r as f64)),
+            _ => None,
+        };
+        let unit = task_spec.map(|t| t.unit.clone()).unwrap_or_default();
+        let top = colour_top(&map.smoothed(SALIENCY_DISPLAY_SIGMA), Colouring::Magnitude);
+        let legend = Legend {
+            title: format!("SmoothGrad: {} ({unit}){}", c.task, frame_note(&item)),
+            high: format!("{top:.1e} {unit}"),
+            low: "0".into(),
+        };
+        let (png, npy) = write_outputs(&c.out, &item, &spec, &map, Colouring::Magnitude, &legend)?;
         let line = serde_json::json!({
             "frame": item.source_frame,
             "task": c.task,
             "png": png,
             "npy": npy,
+            "output": value,
+            "unit": task_spec.map(|t| t.unit.clone()),
             "samples": cfg.samples,
             "noise": cfg.noise,
             "max": map.data.iter().fold(0f32, |a, v| a.max(*v)),
@@ -218,7 +247,13 @@ pub fn occlusion(args: OcclusionArgs) -> anyhow::Result<ExitCode> {
     };
     for item in load_items(&c.input, &spec, c.frames)? {
         let r = echonet_edge::explain::occlusion_map(&model, &item.input, &c.task, &cfg)?;
-        let (png, npy) = write_outputs(&c.out, &item, &spec, &r.map, Colouring::Signed)?;
+        let top = colour_top(&r.map, Colouring::Signed);
+        let legend = Legend {
+            title: format!("Occlusion: {} ({}){}", c.task, r.unit, frame_note(&item)),
+            high: format!("+{top:.1} {}", r.unit),
+            low: format!("-{top:.1} {}", r.unit),
+        };
+        let (png, npy) = write_outputs(&c.out, &item, &spec, &r.map, Colouring::Signed, &legend)?;
         let (lo, hi) = r
             .map
             .data
@@ -231,6 +266,8 @@ pub fn occlusion(args: OcclusionArgs) -> anyhow::Result<ExitCode> {
             "task": c.task,
             "png": png,
             "npy": npy,
+            "output": r.value,
+            "unit": r.unit,
             "raw_output": r.base,
             "positions": r.positions,
             "min_change": lo,

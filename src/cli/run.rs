@@ -158,11 +158,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // by the builder, which runs on the inference thread: that thread creates, owns and alone
     // uses it (candle's CUDA device binds its context and stream to the thread that uses it).
     let build_model: ModelBuilder = Box::new(move |bundle| {
-        let plan = run_args.plan(bundle.manifest.dtype.candle())?;
-        tracing::info!(device = %plan.choice, dtype = ?plan.dtype, threads, "opening the device");
-        let model = plan.build_model(bundle)?;
-        tracing::info!(device = ?model.device(), "device opened on the inference thread");
-        Ok(model)
+        let build = || -> anyhow::Result<_> {
+            let plan = run_args.plan(bundle.manifest.dtype.candle())?;
+            tracing::info!(device = %plan.choice, dtype = ?plan.dtype, threads, "opening the device");
+            let model = plan.build_model(bundle)?;
+            tracing::info!(device = ?model.device(), "device opened on the inference thread");
+            Ok(model)
+        };
+        build().map_err(Into::into)
     });
     let summary = run_daemon(
         &config,

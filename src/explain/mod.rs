@@ -198,8 +198,157 @@ pub enum Colouring {
     Signed,
 }
 
+/// Gaussian width the saliency map is smoothed with before it is shown, prepared-input pixels.
+/// The stem's stride-2 convolutions make raw gradients alternate from pixel to pixel (a
+/// checkerboard that says nothing about anatomy); a sigma of 1.5 pixels leaves under 1 % of a
+/// period-2 pattern (see the tests) while keeping structures of a few pixels.
+pub const SALIENCY_DISPLAY_SIGMA: f64 = 1.5;
+
+impl Map2d {
+    /// The map blurred by a Gaussian of `sigma` pixels (separable, truncated at 3 sigma, weights
+    /// renormalised at the borders).
+    pub fn smoothed(&self, sigma: f64) -> Map2d {
+        if sigma <= 0.0 || self.data.is_empty() {
+            return self.clone();
+        }
+        let r = (3.0 * sigma).ceil() as isize;
+        let kernel: Vec<f64> = (-r..=r)
+            .map(|d| (-(d * d) as f64 / (2.0 * sigma * sigma)).exp())
+            .collect();
+        let (w, h) = (self.width as isize, self.height as isize);
+        let pass = |src: &[f32], horizontal: bool| -> Vec<f32> {
+            let mut out = vec![0f32; src.len()];
+            for y in 0..h {
+                for x in 0..w {
+                    let (mut s, mut n) = (0.0, 0.0);
+                    for (k, wt) in kernel.iter().enumerate() {
+                        let d = k as isize - r;
+                        let (sx, sy) = if horizontal { (x + d, y) } else { (x, y + d) };
+                        if sx < 0 || sy < 0 || sx >= w || sy >= h {
+                            continue;
+                        }
+                        s += wt * src[(sy * w + sx) as usize] as f64;
+                        n += wt;
+                    }
+                    out[(y * w + x) as usize] = if n > 0.0 { (s / n) as f32 } else { 0.0 };
+                }
+            }
+            out
+        };
+        let data = pass(&pass(&self.data, true), false);
+        Map2d {
+            width: self.width,
+            height: self.height,
+            data,
+        }
+    }
+}
+
+/// The value a map's colours saturate at: the 99th percentile of |v| (saliency), or max |v|
+/// (occlusion); 1 for an all-zero map.
+pub fn colour_top(map: &Map2d, colouring: Colouring) -> f32 {
+    let top = match colouring {
+        Colouring::Magnitude => {
+            let mut sorted: Vec<f32> = map.data.iter().map(|v| v.abs()).collect();
+            sorted.sort_by(f32::total_cmp);
+            sorted
+                .get(((sorted.len() as f64 * 0.99) as usize).min(sorted.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0.0)
+        }
+        Colouring::Signed => map.data.iter().fold(0f32, |a, v| a.max(v.abs())),
+    };
+    if top > 0.0 {
+        top
+    } else {
+        1.0
+    }
+}
+
+/// A map value `v` (already divided by the colour top) as (colour, opacity).
+fn map_colour(colouring: Colouring, v: f32) -> ([f32; 3], f32) {
+    match colouring {
+        Colouring::Magnitude => {
+            let t = v.abs().min(1.0);
+            (hot(t).map(|c| c * 255.0), 0.85 * t.sqrt())
+        }
+        Colouring::Signed => {
+            let t = v.clamp(-1.0, 1.0);
+            if t >= 0.0 {
+                ([255.0, 40.0, 40.0], 0.85 * t)
+            } else {
+                ([40.0, 90.0, 255.0], -0.85 * t)
+            }
+        }
+    }
+}
+
+/// What a map's picture says about itself: a title (method, task, unit, frame) and the labels
+/// at the two ends of its colour bar.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Legend {
+    pub title: String,
+    /// Label at the top of the bar (the saturating value).
+    pub high: String,
+    /// Label at the bottom of the bar.
+    pub low: String,
+}
+
+/// Title band height and colour bar geometry of [`annotate`], output pixels.
+const TITLE_BAND: usize = 26;
+const BAR_GAP: usize = 8;
+const BAR_WIDTH: usize = 14;
+const LABEL_SPACE: usize = 78;
+
+/// The overlay framed for reading: the title above (capitals, 5x7 font at twice its size), a
+/// colour bar to the right with its end labels (and 0 in the middle of a signed bar).
+pub fn annotate(img: &image::RgbImage, colouring: Colouring, legend: &Legend) -> image::RgbImage {
+    use crate::phantom::font;
+    let (iw, ih) = (img.width() as usize, img.height() as usize);
+    let (w, h) = (iw + BAR_GAP + BAR_WIDTH + LABEL_SPACE, ih + TITLE_BAND);
+    let mut out = image::RgbImage::from_pixel(w as u32, h as u32, image::Rgb([16, 16, 16]));
+    image::imageops::replace(&mut out, img, 0, TITLE_BAND as i64);
+    let bar_x = iw + BAR_GAP;
+    for y in 0..ih {
+        // Top of the bar is the saturating value; a signed bar runs +top .. -top.
+        let f = 1.0 - y as f32 / (ih.max(2) - 1) as f32;
+        let v = match colouring {
+            Colouring::Magnitude => f,
+            Colouring::Signed => 2.0 * f - 1.0,
+        };
+        let (c, a) = map_colour(colouring, v);
+        let g = 60.0;
+        let px = image::Rgb(c.map(|c| (g * (1.0 - a) + c * a).round().clamp(0.0, 255.0) as u8));
+        for x in bar_x..bar_x + BAR_WIDTH {
+            out.put_pixel(x as u32, (TITLE_BAND + y) as u32, px);
+        }
+    }
+    let mut text = vec![0u8; w * h];
+    let label_x = bar_x + BAR_WIDTH + 4;
+    let bottom = (TITLE_BAND + ih).saturating_sub(font::GLYPH_H);
+    let mid = (TITLE_BAND + ih / 2).saturating_sub(font::GLYPH_H / 2);
+    let mut labels = vec![
+        (6, 6, legend.title.to_uppercase(), 2),
+        (label_x, TITLE_BAND, legend.high.to_uppercase(), 1),
+        (label_x, bottom, legend.low.to_uppercase(), 1),
+    ];
+    if colouring == Colouring::Signed {
+        labels.push((label_x, mid, "0".into(), 1));
+    }
+    for (x, y, t, scale) in labels {
+        font::draw(&mut text, w, h, x, y, &t, scale, 255);
+    }
+    for (i, &t) in text.iter().enumerate() {
+        if t > 0 {
+            out.put_pixel((i % w) as u32, (i / w) as u32, image::Rgb([240, 240, 240]));
+        }
+    }
+    out
+}
+
 /// The prepared input in grey (mean of its channels, de-normalised to 0..255) with the map laid
-/// over it, the sector outline in cyan, enlarged `scale` times (nearest neighbour).
+/// over it, the sector outline in cyan, enlarged `scale` times (bilinear, so the enlargement adds
+/// no blocks). A saliency map (`Magnitude`) is smoothed first ([`SALIENCY_DISPLAY_SIGMA`]).
 pub fn overlay(
     input: &PreparedInput,
     spec: &InputSpec,
@@ -230,49 +379,50 @@ pub fn overlay(
             (s / input.channels.max(1) as f32).clamp(0.0, 255.0)
         })
         .collect();
-    let top = match colouring {
+    let smoothed;
+    let map = match colouring {
         Colouring::Magnitude => {
-            let mut sorted: Vec<f32> = map.data.iter().map(|v| v.abs()).collect();
-            sorted.sort_by(f32::total_cmp);
-            sorted
-                .get(((sorted.len() as f64 * 0.99) as usize).min(sorted.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(0.0)
+            smoothed = map.smoothed(SALIENCY_DISPLAY_SIGMA);
+            &smoothed
         }
-        Colouring::Signed => map.data.iter().fold(0f32, |a, v| a.max(v.abs())),
+        Colouring::Signed => map,
     };
-    let top = if top > 0.0 { top } else { 1.0 };
+    let top = colour_top(map, colouring);
+    let base: Vec<[f32; 3]> = (0..plane)
+        .map(|i| {
+            let g = grey[i] * 0.7;
+            let (colour, alpha) = map_colour(colouring, map.data[i] / top);
+            colour.map(|c| g * (1.0 - alpha) + c * alpha)
+        })
+        .collect();
     let scale = scale.max(1);
     let mut img = image::RgbImage::new((w * scale) as u32, (h * scale) as u32);
-    for y in 0..h {
-        for x in 0..w {
-            let i = y * w + x;
-            let g = grey[i] * 0.7;
-            let v = map.data[i] / top;
-            let (colour, alpha) = match colouring {
-                Colouring::Magnitude => {
-                    let t = v.abs().min(1.0);
-                    (hot(t).map(|c| c * 255.0), 0.85 * t.sqrt())
-                }
-                Colouring::Signed => {
-                    let t = v.clamp(-1.0, 1.0);
-                    if t >= 0.0 {
-                        ([255.0, 40.0, 40.0], 0.85 * t)
-                    } else {
-                        ([40.0, 90.0, 255.0], -0.85 * t)
-                    }
-                }
-            };
-            let mut px = colour.map(|c| g * (1.0 - alpha) + c * alpha);
+    let at = |x: usize, y: usize| base[y.min(h - 1) * w + x.min(w - 1)];
+    for oy in 0..h * scale {
+        for ox in 0..w * scale {
+            // Output pixel centre in input coordinates, bilinear between the four neighbours.
+            let sx = ((ox as f32 + 0.5) / scale as f32 - 0.5).max(0.0);
+            let sy = ((oy as f32 + 0.5) / scale as f32 - 0.5).max(0.0);
+            let (x0, y0) = (sx as usize, sy as usize);
+            let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
+            let (a, b, c, d) = (
+                at(x0, y0),
+                at(x0 + 1, y0),
+                at(x0, y0 + 1),
+                at(x0 + 1, y0 + 1),
+            );
+            let mut px = [0f32; 3];
+            for k in 0..3 {
+                let top_row = a[k] * (1.0 - fx) + b[k] * fx;
+                let bottom_row = c[k] * (1.0 - fx) + d[k] * fx;
+                px[k] = top_row * (1.0 - fy) + bottom_row * fy;
+            }
+            let i = (oy / scale) * w + ox / scale;
             if outline.and_then(|o| o.get(i)).copied().unwrap_or(false) {
                 px = [0.0, 220.0, 220.0];
             }
             let rgb = image::Rgb(px.map(|c| c.round().clamp(0.0, 255.0) as u8));
-            for dy in 0..scale {
-                for dx in 0..scale {
-                    img.put_pixel((x * scale + dx) as u32, (y * scale + dy) as u32, rgb);
-                }
-            }
+            img.put_pixel(ox as u32, oy as u32, rgb);
         }
     }
     Ok(img)
@@ -312,6 +462,74 @@ mod tests {
         assert!(header.ends_with('\n'));
         assert_eq!(b.len(), 10 + hl + 24);
         assert_eq!(&b[10 + hl + 4..10 + hl + 8], &1f32.to_le_bytes());
+    }
+
+    /// Issue #13 item 7: the period-2 checkerboard raw gradients show is gone from the shown map,
+    /// while a broad blob survives.
+    #[test]
+    fn smoothing_removes_the_checkerboard_and_keeps_a_blob() {
+        let (w, h) = (40, 40);
+        let checker = Map2d {
+            width: w,
+            height: h,
+            data: (0..w * h).map(|i| ((i % w + i / w) % 2) as f32).collect(),
+        };
+        let s = checker.smoothed(SALIENCY_DISPLAY_SIGMA);
+        let inner: Vec<f32> = (10..30)
+            .flat_map(|y| (10..30).map(move |x| (x, y)))
+            .map(|(x, y)| s.data[y * w + x])
+            .collect();
+        let (lo, hi) = inner
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        assert!(hi - lo < 0.01, "checkerboard left: {lo}..{hi}");
+        let blob = Map2d {
+            width: w,
+            height: h,
+            data: (0..w * h)
+                .map(|i| {
+                    let (x, y) = ((i % w) as f32 - 20.0, (i / w) as f32 - 20.0);
+                    if x * x + y * y < 36.0 {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
+        };
+        let b = blob.smoothed(SALIENCY_DISPLAY_SIGMA);
+        assert!(b.data[20 * w + 20] > 0.9 && b.data[2 * w + 2] < 1e-3);
+    }
+
+    /// The framed picture has its title band, colour bar (hot at the top, dark at the bottom)
+    /// and lettering.
+    #[test]
+    fn annotation_adds_a_title_and_a_colour_bar() {
+        let img = image::RgbImage::from_pixel(100, 80, image::Rgb([0, 0, 0]));
+        let legend = Legend {
+            title: "SmoothGrad: lv_volume (mL)".into(),
+            high: "1.0e-2".into(),
+            low: "0".into(),
+        };
+        let out = annotate(&img, Colouring::Magnitude, &legend);
+        assert_eq!(
+            out.width() as usize,
+            100 + BAR_GAP + BAR_WIDTH + LABEL_SPACE
+        );
+        assert_eq!(out.height() as usize, 80 + TITLE_BAND);
+        let bar_x = (100 + BAR_GAP + BAR_WIDTH / 2) as u32;
+        let top = out.get_pixel(bar_x, TITLE_BAND as u32).0;
+        let bottom = out.get_pixel(bar_x, (TITLE_BAND + 79) as u32).0;
+        assert!(top.iter().map(|&c| c as u32).sum::<u32>() > 600, "{top:?}");
+        assert!(
+            bottom.iter().map(|&c| c as u32).sum::<u32>() < 200,
+            "{bottom:?}"
+        );
+        let lettered = (0..out.width())
+            .flat_map(|x| (0..TITLE_BAND as u32).map(move |y| (x, y)))
+            .filter(|&(x, y)| out.get_pixel(x, y).0 == [240, 240, 240])
+            .count();
+        assert!(lettered > 100, "{lettered} title pixels");
     }
 
     #[test]

@@ -31,9 +31,15 @@ impl Default for Occlusion {
 
 #[derive(Debug, Clone)]
 pub struct OcclusionResult {
+    /// Per pixel, the mean change of the task's reported value (its unit: mL, %, or a
+    /// probability for a binary head) over the patches covering the pixel.
     pub map: Map2d,
-    /// The task's raw output without any patch.
+    /// The task's raw head output without any patch.
     pub base: f32,
+    /// The task's reported value without any patch, in `unit`.
+    pub value: f64,
+    /// The task's unit ("probability" for a binary head).
+    pub unit: String,
     pub positions: usize,
 }
 
@@ -112,6 +118,7 @@ pub fn occlusion_map(
         .map(|t| t.name.clone())
         .collect();
     let ti = task_index(&names, task)?;
+    let spec = model.manifest().tasks[ti].clone();
     let (c, h, w) = (input.channels, input.height, input.width);
     if cfg.patch == 0 || cfg.stride == 0 {
         return Err(ExplainError::Invalid(
@@ -137,10 +144,12 @@ pub fn occlusion_map(
     }
     let preds = predict_raw(model, &inputs, (c, h, w), ti, cfg.batch)?;
     let base = preds.first().copied().unwrap_or(0.0);
+    let value = spec.finish(base as f64);
     let mut sum = vec![0f64; w * h];
     let mut count = vec![0u32; w * h];
     for (&(x0, y0), p) in windows.iter().zip(preds.iter().skip(1)) {
-        let d = (p - base) as f64;
+        // In the task's unit, so the map reads as "hiding this changes EF by -3 %".
+        let d = spec.finish(*p as f64) - value;
         for y in y0..(y0 + cfg.patch).min(h) {
             for x in x0..(x0 + cfg.patch).min(w) {
                 sum[y * w + x] += d;
@@ -159,6 +168,11 @@ pub fn occlusion_map(
                 .collect(),
         },
         base,
+        value,
+        unit: match spec.kind {
+            crate::model::TaskKind::Binary => "probability".into(),
+            crate::model::TaskKind::Regression => spec.unit.clone(),
+        },
         positions: windows.len(),
     })
 }

@@ -277,5 +277,14 @@ fn render(ex: &Explainer, job: &Job) -> Result<Vec<u8>, Refusal> {
         display_scale(side),
     )
     .map_err(fail)?;
-    png_bytes(&img).map_err(fail)
+    let top = super::colour_top(
+        &map.smoothed(super::SALIENCY_DISPLAY_SIGMA),
+        Colouring::Magnitude,
+    );
+    let legend = super::Legend {
+        title: format!("SmoothGrad: {}", job.task),
+        high: format!("{top:.1e}"),
+        low: "0".into(),
+    };
+    png_bytes(&super::annotate(&img, Colouring::Magnitude, &legend)).map_err(fail)
 }

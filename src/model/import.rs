@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
-use super::arch::{Architecture, Channels};
+use super::arch::{trunk, Architecture, StageSpec};
 use super::bundle::{
     utc_date_today, InputSpec, Manifest, Provenance, StorageDtype, BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
@@ -109,7 +109,11 @@ pub fn infer_architecture(sd: &StateDict) -> Result<(Architecture, usize)> {
         });
     }
     let width = dims[0] as f64 / 32.0;
-    if Channels::for_width(width).c1a != dims[0] {
+    let stem_out = match trunk(width, dims[1]).first() {
+        Some(StageSpec::Conv(c)) => c.cout,
+        _ => 0,
+    };
+    if stem_out != dims[0] {
         return Err(ModelError::Unsupported(format!(
             "{}: cannot infer a width multiplier from conv2d_1a with {} channels",
             sd.path.display(),

@@ -1,16 +1,15 @@
-//! InceptionResNet-v1 in inference form: the trunk of facenet-pytorch's `InceptionResnetV1` (the
-//! EchoNet backbone) with every BatchNorm folded into its convolution at load time, the 1x1
-//! convolutions that share an input stacked into one, and residual scales folded into the
-//! up-projection. Parameter names are those of facenet-pytorch, so its state dicts load unchanged.
+//! InceptionResNet-v1 in inference form, built from the architecture table
+//! ([`Architecture::trunk`]): the trunk of facenet-pytorch's `InceptionResnetV1` (the EchoNet
+//! backbone) with every BatchNorm folded into its convolution at load time, the 1x1 convolutions
+//! that open a block's branches stacked into one (they read the same input), and residual scales
+//! folded into the up-projection. Parameter names come from the table, so facenet-pytorch state
+//! dicts load unchanged.
 
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Tensor};
 
-use super::arch::{
-    Architecture, Channels, BLOCK17_REPEATS, BLOCK17_SCALE, BLOCK35_REPEATS, BLOCK35_SCALE,
-    BLOCK8_REPEATS, BLOCK8_SCALE,
-};
+use super::arch::{Architecture, BlockSpec, ConvSpec, JoinSpec, StageSpec, UpSpec};
 use super::conv::{
     fold_conv_bn, place, stack_outputs, BatchNormParams, ConvKernel, FoldedConv, FoldedLinear,
     Geometry,
@@ -45,313 +44,195 @@ impl Loader<'_> {
     }
 
     /// A facenet `BasicConv2d` (bias-free conv + BatchNorm) folded to (weight, bias), f32 on the CPU.
-    fn basic(
-        &self,
-        prefix: &str,
-        cin: usize,
-        cout: usize,
-        kh: usize,
-        kw: usize,
-    ) -> Result<(Tensor, Tensor)> {
-        let w = self
-            .store
-            .take(&format!("{prefix}.conv.weight"), &[cout, cin, kh, kw])?;
-        let bn = self.bn(&format!("{prefix}.bn"), cout)?;
+    fn basic(&self, spec: &ConvSpec) -> Result<(Tensor, Tensor)> {
+        let (kh, kw) = spec.kernel;
+        let w = self.store.take(
+            &format!("{}.conv.weight", spec.name),
+            &[spec.cout, spec.cin, kh, kw],
+        )?;
+        let bn = self.bn(&format!("{}.bn", spec.name), spec.cout)?;
         Ok(fold_conv_bn(&w, &bn)?)
     }
 
-    /// A plain biased conv (the residual up-projection), multiplied by the block's residual scale.
-    fn scaled_up(
-        &self,
-        prefix: &str,
-        cin: usize,
-        cout: usize,
-        scale: f32,
-    ) -> Result<(Tensor, Tensor)> {
+    /// The residual up-projection (a plain biased 1x1 conv), multiplied by the block's scale.
+    fn scaled_up(&self, up: &UpSpec) -> Result<(Tensor, Tensor)> {
         let w = self
             .store
-            .take(&format!("{prefix}.weight"), &[cout, cin, 1, 1])?;
-        let b = self.store.take(&format!("{prefix}.bias"), &[cout])?;
-        Ok(((w * scale as f64)?, (b * scale as f64)?))
+            .take(&format!("{}.weight", up.name), &[up.cout, up.cin, 1, 1])?;
+        let b = self.store.take(&format!("{}.bias", up.name), &[up.cout])?;
+        let scale = up.scale as f64;
+        Ok(((w * scale)?, (b * scale)?))
     }
 
     fn place(&self, wb: (Tensor, Tensor), geometry: Geometry, relu: bool) -> Result<FoldedConv> {
         Ok(place(wb, geometry, relu, self.device, self.dtype)?)
     }
 
-    fn conv(
-        &self,
-        prefix: &str,
-        cin: usize,
-        cout: usize,
-        k: (usize, usize),
-        g: Geometry,
-    ) -> Result<FoldedConv> {
-        let wb = self.basic(prefix, cin, cout, k.0, k.1)?;
-        self.place(wb, g, true)
+    /// A `BasicConv2d` with its ReLU, on the run device.
+    fn conv(&self, spec: &ConvSpec) -> Result<FoldedConv> {
+        let wb = self.basic(spec)?;
+        self.place(wb, geometry(spec), true)
     }
 }
 
-/// Splits the stacked entry convolution's output back into its branches.
-fn split_channels(x: &Tensor, sizes: &[usize]) -> candle_core::Result<Vec<Tensor>> {
-    let mut start = 0;
-    let mut parts = Vec::with_capacity(sizes.len());
-    for &n in sizes {
-        parts.push(x.narrow(1, start, n)?);
-        start += n;
+fn geometry(spec: &ConvSpec) -> Geometry {
+    Geometry {
+        stride: spec.stride,
+        pad_h: spec.pad.0,
+        pad_w: spec.pad.1,
     }
-    Ok(parts)
 }
 
 fn max_pool_3s2(x: &Tensor) -> candle_core::Result<Tensor> {
     x.max_pool2d_with_stride(3, 2)
 }
 
-/// 35x35 residual block (`repeat_1.*`).
+/// A convolution with the facenet name it was loaded from.
 #[derive(Debug)]
-pub struct Block35 {
-    pub(crate) entry: FoldedConv,
-    pub(crate) branch1_1: FoldedConv,
-    pub(crate) branch2_1: FoldedConv,
-    pub(crate) branch2_2: FoldedConv,
-    pub(crate) up: FoldedConv,
-    pub(crate) width: usize,
+pub struct NamedConv {
+    pub name: String,
+    pub conv: FoldedConv,
 }
 
-impl Block35 {
-    fn load(l: &Loader, p: &str, c: &Channels) -> Result<Self> {
-        let b = c.b35;
-        let entry = stack_outputs(&[
-            l.basic(&format!("{p}.branch0"), c.c4b, b, 1, 1)?,
-            l.basic(&format!("{p}.branch1.0"), c.c4b, b, 1, 1)?,
-            l.basic(&format!("{p}.branch2.0"), c.c4b, b, 1, 1)?,
-        ])?;
+/// One branch of a [`Block`].
+#[derive(Debug)]
+pub struct Branch {
+    /// This branch's channels `(offset, width)` in the block's stacked entry output, when the
+    /// branch opens with a 1x1 convolution (folded into the entry); None when it reads the block's
+    /// input itself.
+    pub entry: Option<(usize, usize)>,
+    /// The branch's remaining convolutions, in order.
+    pub convs: Vec<NamedConv>,
+}
+
+/// How a [`Block`] joins its branches.
+#[derive(Debug)]
+pub enum Join {
+    /// The up-projection (scale folded in, no ReLU of its own) added to the block's input, then
+    /// ReLU when `relu`.
+    Residual { up: FoldedConv, relu: bool },
+    /// Concatenated with a 3x3/2 max-pool of the input, last.
+    Pool,
+}
+
+/// An Inception block (Block35, Block17, Block8, Mixed_6a, Mixed_7a) as the table gives it.
+#[derive(Debug)]
+pub struct Block {
+    /// The table's short name ("block35", ...), for profiles.
+    pub kind: &'static str,
+    /// The 1x1 convolutions opening the branches, stacked into one (outputs in branch order).
+    pub entry: Option<FoldedConv>,
+    pub branches: Vec<Branch>,
+    pub join: Join,
+}
+
+impl Block {
+    fn load(l: &Loader, spec: &BlockSpec) -> Result<Self> {
+        // Parameters are taken in the order the synthetic store draws them in: the first
+        // convolution of every branch, then the rest branch by branch, then the up-projection.
+        let mut entry_parts = Vec::new();
+        let mut offset = 0;
+        let mut firsts = Vec::with_capacity(spec.branches.len());
+        for convs in &spec.branches {
+            firsts.push(match convs.first() {
+                Some(first) if first.is_pointwise() => {
+                    entry_parts.push(l.basic(first)?);
+                    offset += first.cout;
+                    (Some((offset - first.cout, first.cout)), None)
+                }
+                Some(first) => (
+                    None,
+                    Some(NamedConv {
+                        name: first.name.clone(),
+                        conv: l.conv(first)?,
+                    }),
+                ),
+                None => (None, None),
+            });
+        }
+        let mut branches = Vec::with_capacity(spec.branches.len());
+        for (convs, (entry, first)) in spec.branches.iter().zip(firsts) {
+            let mut loaded: Vec<NamedConv> = first.into_iter().collect();
+            for c in convs.iter().skip(1) {
+                loaded.push(NamedConv {
+                    name: c.name.clone(),
+                    conv: l.conv(c)?,
+                });
+            }
+            branches.push(Branch {
+                entry,
+                convs: loaded,
+            });
+        }
+        let entry = if entry_parts.is_empty() {
+            None
+        } else {
+            Some(l.place(stack_outputs(&entry_parts)?, Geometry::unit(), true)?)
+        };
+        let join = match &spec.join {
+            JoinSpec::Residual(up) => Join::Residual {
+                up: l.place(l.scaled_up(up)?, Geometry::unit(), false)?,
+                relu: up.relu,
+            },
+            JoinSpec::Pool => Join::Pool,
+        };
         Ok(Self {
-            entry: l.place(entry, Geometry::unit(), true)?,
-            branch1_1: l.conv(&format!("{p}.branch1.1"), b, b, (3, 3), Geometry::pad(1, 1))?,
-            branch2_1: l.conv(&format!("{p}.branch2.1"), b, b, (3, 3), Geometry::pad(1, 1))?,
-            branch2_2: l.conv(&format!("{p}.branch2.2"), b, b, (3, 3), Geometry::pad(1, 1))?,
-            up: l.place(
-                l.scaled_up(&format!("{p}.conv2d"), 3 * b, c.c4b, BLOCK35_SCALE)?,
-                Geometry::unit(),
-                false,
-            )?,
-            width: b,
+            kind: spec.kind,
+            entry,
+            branches,
+            join,
         })
     }
 
     fn forward(&self, k: &dyn ConvKernel, x: &Tensor) -> candle_core::Result<Tensor> {
-        let e = k.forward(x, &self.entry)?;
-        let [b0, b1, b2]: [Tensor; 3] = split_channels(&e, &[self.width; 3])?
-            .try_into()
-            .map_err(|_| candle_core::Error::Msg("block35 split".into()))?;
-        let b1 = k.forward(&b1, &self.branch1_1)?;
-        let b2 = k.forward(&k.forward(&b2, &self.branch2_1)?, &self.branch2_2)?;
-        k.forward_residual(&[&b0, &b1, &b2], &self.up, x, true)
+        let entry = match &self.entry {
+            Some(e) => Some(k.forward(x, e)?),
+            None => None,
+        };
+        let mut outs = Vec::with_capacity(self.branches.len() + 1);
+        for b in &self.branches {
+            let mut y = match (b.entry, &entry) {
+                (Some((offset, width)), Some(e)) => e.narrow(1, offset, width)?,
+                _ => x.clone(),
+            };
+            for c in &b.convs {
+                y = k.forward(&y, &c.conv)?;
+            }
+            outs.push(y);
+        }
+        match &self.join {
+            Join::Residual { up, relu } => {
+                let parts: Vec<&Tensor> = outs.iter().collect();
+                k.forward_residual(&parts, up, x, *relu)
+            }
+            Join::Pool => {
+                outs.push(max_pool_3s2(x)?);
+                Tensor::cat(&outs, 1)
+            }
+        }
     }
 }
 
-/// The residual block with a factorised branch: branch0 is a 1x1 convolution, branch1 a 1x1 then
-/// a 1xk and a kx1 convolution. Block17 (`repeat_2.*`, k = 7) and Block8 (`repeat_3.*` and the
-/// final `block8`, k = 3, the last without ReLU and with scale 1) are this block.
+/// One stage of the trunk after the stem convolution.
 #[derive(Debug)]
-pub struct FactorisedBlock {
-    pub(crate) entry: FoldedConv,
-    pub(crate) branch1_1: FoldedConv,
-    pub(crate) branch1_2: FoldedConv,
-    pub(crate) up: FoldedConv,
-    pub(crate) width: usize,
-    pub(crate) relu: bool,
-}
-
-/// How one kind of factorised block is shaped.
-struct FactorisedShape {
-    /// Channels in and out of the block.
-    channels: usize,
-    /// Channels of each branch.
-    branch: usize,
-    /// Length of the 1xk / kx1 kernels.
-    k: usize,
-    scale: f32,
-    relu: bool,
-}
-
-impl FactorisedBlock {
-    fn load(l: &Loader, p: &str, s: &FactorisedShape) -> Result<Self> {
-        let (c, b, k) = (s.channels, s.branch, s.k);
-        let entry = stack_outputs(&[
-            l.basic(&format!("{p}.branch0"), c, b, 1, 1)?,
-            l.basic(&format!("{p}.branch1.0"), c, b, 1, 1)?,
-        ])?;
-        Ok(Self {
-            entry: l.place(entry, Geometry::unit(), true)?,
-            branch1_1: l.conv(
-                &format!("{p}.branch1.1"),
-                b,
-                b,
-                (1, k),
-                Geometry::pad(0, k / 2),
-            )?,
-            branch1_2: l.conv(
-                &format!("{p}.branch1.2"),
-                b,
-                b,
-                (k, 1),
-                Geometry::pad(k / 2, 0),
-            )?,
-            up: l.place(
-                l.scaled_up(&format!("{p}.conv2d"), 2 * b, c, s.scale)?,
-                Geometry::unit(),
-                false,
-            )?,
-            width: b,
-            relu: s.relu,
-        })
-    }
-
-    fn forward(&self, k: &dyn ConvKernel, x: &Tensor) -> candle_core::Result<Tensor> {
-        let e = k.forward(x, &self.entry)?;
-        let b0 = e.narrow(1, 0, self.width)?;
-        let b1 = e.narrow(1, self.width, self.width)?;
-        let b1 = k.forward(&k.forward(&b1, &self.branch1_1)?, &self.branch1_2)?;
-        k.forward_residual(&[&b0, &b1], &self.up, x, self.relu)
-    }
-}
-
-/// Reduction 35 -> 17 (`mixed_6a`).
-#[derive(Debug)]
-pub struct Mixed6a {
-    pub(crate) branch0: FoldedConv,
-    pub(crate) branch1_0: FoldedConv,
-    pub(crate) branch1_1: FoldedConv,
-    pub(crate) branch1_2: FoldedConv,
-}
-
-impl Mixed6a {
-    fn load(l: &Loader, c: &Channels) -> Result<Self> {
-        Ok(Self {
-            branch0: l.conv(
-                "mixed_6a.branch0",
-                c.c4b,
-                c.m6a_b0,
-                (3, 3),
-                Geometry::stride(2),
-            )?,
-            branch1_0: l.conv(
-                "mixed_6a.branch1.0",
-                c.c4b,
-                c.m6a_b1_mid,
-                (1, 1),
-                Geometry::unit(),
-            )?,
-            branch1_1: l.conv(
-                "mixed_6a.branch1.1",
-                c.m6a_b1_mid,
-                c.m6a_b1_mid,
-                (3, 3),
-                Geometry::pad(1, 1),
-            )?,
-            branch1_2: l.conv(
-                "mixed_6a.branch1.2",
-                c.m6a_b1_mid,
-                c.m6a_b1_out,
-                (3, 3),
-                Geometry::stride(2),
-            )?,
-        })
-    }
-
-    fn forward(&self, k: &dyn ConvKernel, x: &Tensor) -> candle_core::Result<Tensor> {
-        let b0 = k.forward(x, &self.branch0)?;
-        let b1 = k.forward(x, &self.branch1_0)?;
-        let b1 = k.forward(&k.forward(&b1, &self.branch1_1)?, &self.branch1_2)?;
-        let b2 = max_pool_3s2(x)?;
-        Tensor::cat(&[&b0, &b1, &b2], 1)
-    }
-}
-
-/// Reduction 17 -> 8 (`mixed_7a`).
-#[derive(Debug)]
-pub struct Mixed7a {
-    pub(crate) entry: FoldedConv,
-    pub(crate) branch0_1: FoldedConv,
-    pub(crate) branch1_1: FoldedConv,
-    pub(crate) branch2_1: FoldedConv,
-    pub(crate) branch2_2: FoldedConv,
-    pub(crate) mid: usize,
-}
-
-impl Mixed7a {
-    fn load(l: &Loader, c: &Channels) -> Result<Self> {
-        let m = c.m7a_mid;
-        let entry = stack_outputs(&[
-            l.basic("mixed_7a.branch0.0", c.c6, m, 1, 1)?,
-            l.basic("mixed_7a.branch1.0", c.c6, m, 1, 1)?,
-            l.basic("mixed_7a.branch2.0", c.c6, m, 1, 1)?,
-        ])?;
-        Ok(Self {
-            entry: l.place(entry, Geometry::unit(), true)?,
-            branch0_1: l.conv(
-                "mixed_7a.branch0.1",
-                m,
-                c.m7a_b0_out,
-                (3, 3),
-                Geometry::stride(2),
-            )?,
-            branch1_1: l.conv(
-                "mixed_7a.branch1.1",
-                m,
-                c.m7a_b1_out,
-                (3, 3),
-                Geometry::stride(2),
-            )?,
-            branch2_1: l.conv("mixed_7a.branch2.1", m, m, (3, 3), Geometry::pad(1, 1))?,
-            branch2_2: l.conv(
-                "mixed_7a.branch2.2",
-                m,
-                c.m7a_b2_out,
-                (3, 3),
-                Geometry::stride(2),
-            )?,
-            mid: m,
-        })
-    }
-
-    fn forward(&self, k: &dyn ConvKernel, x: &Tensor) -> candle_core::Result<Tensor> {
-        let e = k.forward(x, &self.entry)?;
-        let m = self.mid;
-        let b0 = k.forward(&e.narrow(1, 0, m)?, &self.branch0_1)?;
-        let b1 = k.forward(&e.narrow(1, m, m)?, &self.branch1_1)?;
-        let b2 = k.forward(
-            &k.forward(&e.narrow(1, 2 * m, m)?, &self.branch2_1)?,
-            &self.branch2_2,
-        )?;
-        let b3 = max_pool_3s2(x)?;
-        Tensor::cat(&[&b0, &b1, &b2, &b3], 1)
-    }
+pub enum Stage {
+    Conv(NamedConv),
+    MaxPool { name: &'static str },
+    Block(Block),
 }
 
 /// The trunk up to the pooled features, plus the optional `last_linear` + `last_bn` bottleneck.
 #[derive(Debug)]
 pub struct InceptionResnetV1 {
     pub(crate) arch: Architecture,
-    pub(crate) channels: Channels,
     pub(crate) input_channels: usize,
     pub(crate) conv2d_1a: FoldedConv,
     /// `conv2d_1a` with its weights summed over input channels: the exact response of the RGB stem
     /// to a grey frame replicated into every channel (conv2d_1a has no padding, so no border term).
     pub(crate) conv2d_1a_grey: Option<FoldedConv>,
-    pub(crate) conv2d_2a: FoldedConv,
-    pub(crate) conv2d_2b: FoldedConv,
-    pub(crate) conv2d_3b: FoldedConv,
-    pub(crate) conv2d_4a: FoldedConv,
-    pub(crate) conv2d_4b: FoldedConv,
-    pub(crate) repeat_1: Vec<Block35>,
-    pub(crate) mixed_6a: Mixed6a,
-    pub(crate) repeat_2: Vec<FactorisedBlock>,
-    pub(crate) mixed_7a: Mixed7a,
-    pub(crate) repeat_3: Vec<FactorisedBlock>,
-    pub(crate) block8: FactorisedBlock,
+    /// Everything after `conv2d_1a`, in order.
+    pub(crate) stages: Vec<Stage>,
+    pub(crate) feature_channels: usize,
     pub(crate) bottleneck: Option<FoldedLinear>,
     pub(crate) kernel: Arc<dyn ConvKernel>,
 }
@@ -366,84 +247,73 @@ impl InceptionResnetV1 {
         dtype: DType,
         kernel: Arc<dyn ConvKernel>,
     ) -> Result<Self> {
-        let c = arch.channels();
         let l = Loader {
             store,
             device,
             dtype,
         };
-        let stem = l.basic("conv2d_1a", input_channels, c.c1a, 3, 3)?;
+        let specs = arch.trunk(input_channels);
+        let feature_channels = super::arch::trunk_channels(&specs);
+        let mut specs = specs.into_iter();
+        let Some(StageSpec::Conv(stem_spec)) = specs.next() else {
+            return Err(super::error::ModelError::Unsupported(
+                "the architecture table does not open with a convolution".into(),
+            ));
+        };
+        let stem = l.basic(&stem_spec)?;
+        let stem_geometry = geometry(&stem_spec);
         let conv2d_1a_grey = if input_channels > 1 {
             let w = stem.0.sum_keepdim(1)?;
-            Some(l.place((w, stem.1.clone()), Geometry::stride(2), true)?)
+            Some(l.place((w, stem.1.clone()), stem_geometry, true)?)
         } else {
             None
         };
-        let block17 = FactorisedShape {
-            channels: c.c6,
-            branch: c.b17,
-            k: 7,
-            scale: BLOCK17_SCALE,
-            relu: true,
+        let conv2d_1a = l.place(stem, stem_geometry, true)?;
+        let stages = specs
+            .map(|s| {
+                Ok(match s {
+                    StageSpec::Conv(c) => Stage::Conv(NamedConv {
+                        conv: l.conv(&c)?,
+                        name: c.name,
+                    }),
+                    StageSpec::MaxPool { name, .. } => Stage::MaxPool { name },
+                    StageSpec::Block(b) => Stage::Block(Block::load(&l, &b)?),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let bottleneck = match arch.embedding {
+            None => None,
+            Some(e) => {
+                let w = store.take("last_linear.weight", &[e, feature_channels])?;
+                let (scale, shift) = l.bn("last_bn", e)?.scale_shift()?;
+                let w = w.broadcast_mul(&scale.reshape((e, 1))?)?;
+                Some(FoldedLinear::new(&w, &shift, device, dtype)?)
+            }
         };
-        let block8 = FactorisedShape {
-            channels: c.c7,
-            branch: c.b8,
-            k: 3,
-            scale: BLOCK8_SCALE,
-            relu: true,
-        };
-        let net = Self {
+        Ok(Self {
             arch: arch.clone(),
-            channels: c,
             input_channels,
-            conv2d_1a: l.place(stem, Geometry::stride(2), true)?,
+            conv2d_1a,
             conv2d_1a_grey,
-            conv2d_2a: l.conv("conv2d_2a", c.c1a, c.c2a, (3, 3), Geometry::unit())?,
-            conv2d_2b: l.conv("conv2d_2b", c.c2a, c.c2b, (3, 3), Geometry::pad(1, 1))?,
-            conv2d_3b: l.conv("conv2d_3b", c.c2b, c.c3b, (1, 1), Geometry::unit())?,
-            conv2d_4a: l.conv("conv2d_4a", c.c3b, c.c4a, (3, 3), Geometry::unit())?,
-            conv2d_4b: l.conv("conv2d_4b", c.c4a, c.c4b, (3, 3), Geometry::stride(2))?,
-            repeat_1: (0..BLOCK35_REPEATS)
-                .map(|i| Block35::load(&l, &format!("repeat_1.{i}"), &c))
-                .collect::<Result<_>>()?,
-            mixed_6a: Mixed6a::load(&l, &c)?,
-            repeat_2: (0..BLOCK17_REPEATS)
-                .map(|i| FactorisedBlock::load(&l, &format!("repeat_2.{i}"), &block17))
-                .collect::<Result<_>>()?,
-            mixed_7a: Mixed7a::load(&l, &c)?,
-            repeat_3: (0..BLOCK8_REPEATS)
-                .map(|i| FactorisedBlock::load(&l, &format!("repeat_3.{i}"), &block8))
-                .collect::<Result<_>>()?,
-            block8: FactorisedBlock::load(
-                &l,
-                "block8",
-                &FactorisedShape {
-                    scale: 1.0,
-                    relu: false,
-                    ..block8
-                },
-            )?,
-            bottleneck: match arch.embedding {
-                None => None,
-                Some(e) => {
-                    let w = store.take("last_linear.weight", &[e, c.c7])?;
-                    let (scale, shift) = l.bn("last_bn", e)?.scale_shift()?;
-                    let w = w.broadcast_mul(&scale.reshape((e, 1))?)?;
-                    Some(FoldedLinear::new(&w, &shift, device, dtype)?)
-                }
-            },
+            stages,
+            feature_channels,
+            bottleneck,
             kernel,
-        };
-        Ok(net)
+        })
     }
 
     pub fn architecture(&self) -> &Architecture {
         &self.arch
     }
 
-    pub fn channels(&self) -> &Channels {
-        &self.channels
+    /// Channels of the pooled features.
+    pub fn feature_channels(&self) -> usize {
+        self.feature_channels
+    }
+
+    /// The stages after the stem convolution.
+    pub fn stages(&self) -> &[Stage] {
+        &self.stages
     }
 
     pub fn input_channels(&self) -> usize {
@@ -463,24 +333,13 @@ impl InceptionResnetV1 {
             _ => &self.conv2d_1a,
         };
         let mut x = k.forward(x, stem)?;
-        x = k.forward(&x, &self.conv2d_2a)?;
-        x = k.forward(&x, &self.conv2d_2b)?;
-        x = max_pool_3s2(&x)?;
-        x = k.forward(&x, &self.conv2d_3b)?;
-        x = k.forward(&x, &self.conv2d_4a)?;
-        x = k.forward(&x, &self.conv2d_4b)?;
-        for b in &self.repeat_1 {
-            x = b.forward(k, &x)?;
+        for stage in &self.stages {
+            x = match stage {
+                Stage::Conv(c) => k.forward(&x, &c.conv)?,
+                Stage::MaxPool { .. } => max_pool_3s2(&x)?,
+                Stage::Block(b) => b.forward(k, &x)?,
+            };
         }
-        x = self.mixed_6a.forward(k, &x)?;
-        for b in &self.repeat_2 {
-            x = b.forward(k, &x)?;
-        }
-        x = self.mixed_7a.forward(k, &x)?;
-        for b in &self.repeat_3 {
-            x = b.forward(k, &x)?;
-        }
-        x = self.block8.forward(k, &x)?;
         x.flatten_from(2)?.mean(2)
     }
 

@@ -1,5 +1,6 @@
 //!
-//! A 5x7 bitmap font for the burned-in labels (capitals, digits and a little punctuation).
+//! A 5x7 bitmap font for the burned-in labels and the explanation maps' titles (capitals,
+//! digits and a little punctuation).
 
 use crate::frame::PixelRect;
 
@@ -53,6 +54,11 @@ pub fn glyph(c: char) -> Option<[u8; GLYPH_H]> {
         '-' => [0, 0, 0, 0x1F, 0, 0, 0],
         '/' => [0x01, 0x01, 0x02, 0x04, 0x08, 0x10, 0x10],
         '%' => [0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03],
+        '(' => [0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02],
+        ')' => [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08],
+        '_' => [0, 0, 0, 0, 0, 0, 0x1F],
+        '+' => [0, 0x04, 0x04, 0x1F, 0x04, 0x04, 0],
+        ',' => [0, 0, 0, 0, 0x0C, 0x04, 0x08],
         _ => return None,
     })
 }

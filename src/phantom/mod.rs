@@ -12,7 +12,7 @@
 //! cm_per_pixel²` recovers the volume from the image.
 
 pub mod dicom;
-mod font;
+pub(crate) mod font;
 mod geometry;
 mod heart;
 mod params;

@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::queue::{DropOldest, ToInfer, ToPublish};
-use super::StageWatch;
+use super::{BoxError, PipelineError, StageWatch};
 use crate::aggregate::{FramePrediction, RollingWindow, Verdict, WindowConfig};
 use crate::metrics::PipelineMetrics;
 use crate::model::{EchoNetModel, InputSpec, ModelError, TaskKind, TaskSpec};
@@ -123,34 +123,37 @@ pub(super) struct InferenceStage<M> {
     pub watch: Arc<StageWatch>,
     pub samples: Receiver<ToInfer>,
     pub publish: DropOldest<ToPublish>,
-    pub ready: Sender<anyhow::Result<ModelReady>>,
+    pub ready: Sender<Result<ModelReady, PipelineError>>,
 }
 
 /// Builds the model and measures one frame's cost (the first call makes the buffers, the
 /// second is what a frame costs).
-fn build_and_warm<M>(build_model: M) -> anyhow::Result<(EchoNetModel, f64)>
+fn build_and_warm<M, E>(build_model: M) -> Result<(EchoNetModel, f64), PipelineError>
 where
-    M: FnOnce() -> anyhow::Result<EchoNetModel>,
+    M: FnOnce() -> Result<EchoNetModel, E>,
+    E: Into<BoxError>,
 {
-    let model = build_model()?;
+    let model = build_model().map_err(|e| PipelineError::BuildModel(e.into()))?;
     let spec = model.manifest().input.clone();
     let warm = Tensor::zeros(
         (1, spec.channels, spec.height, spec.width),
         candle_core::DType::F32,
         &Device::Cpu,
-    )?;
-    model.infer(&warm, false)?;
+    )
+    .map_err(|e| PipelineError::WarmUp(e.into()))?;
+    model.infer(&warm, false).map_err(PipelineError::WarmUp)?;
     let t0 = Instant::now();
-    model.infer(&warm, false)?;
+    model.infer(&warm, false).map_err(PipelineError::WarmUp)?;
     Ok((model, t0.elapsed().as_secs_f64() * 1000.0))
 }
 
 /// The inference thread's body: build and warm the model, report it ready, then run every
 /// sample through the `InferenceStep` into the rolling window and publish each full window's
 /// estimate. A gap in the stream clears the window.
-pub(super) fn run_inference_stage<M>(stage: InferenceStage<M>)
+pub(super) fn run_inference_stage<M, E>(stage: InferenceStage<M>)
 where
-    M: FnOnce() -> anyhow::Result<EchoNetModel>,
+    M: FnOnce() -> Result<EchoNetModel, E>,
+    E: Into<BoxError>,
 {
     let InferenceStage {
         build_model,

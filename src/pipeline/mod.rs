@@ -23,9 +23,10 @@ use crossbeam_channel::bounded;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::WindowConfig;
+use crate::capture::SourceError;
 use crate::capture::{FrameSource, SourceInfo};
 use crate::metrics::PipelineMetrics;
-use crate::model::EchoNetModel;
+use crate::model::{EchoNetModel, ModelError};
 use crate::preprocess::FramePreparer;
 use crate::publish::record::SourceSummary;
 
@@ -38,6 +39,41 @@ use infer::{run_inference_stage, InferenceStage};
 use prepare::{run_prepare_stage, PrepareStage};
 use publish::{run_publish_stage, PublishStage};
 use queue::{DropOldest, ToInfer, ToPrep, ToPublish};
+
+/// Whatever error the caller's model builder returns (it runs on the inference thread).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `e` and every cause under it, joined by ": ".
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// Why [`Pipeline::run`] could not run. Once the source has started, trouble (a dead stage,
+/// failing sinks) ends the run with a summary that says so instead (`RunSummary`).
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("starting the {stage} thread: {error}")]
+    Spawn {
+        stage: &'static str,
+        error: std::io::Error,
+    },
+    /// The caller's builder failed (its whole cause chain is in the message).
+    #[error("building the model on the inference thread: {}", chain(.0.as_ref()))]
+    BuildModel(BoxError),
+    #[error("warming the model up on the inference thread: {0}")]
+    WarmUp(ModelError),
+    #[error("the inference thread ended before the model was ready{detail}")]
+    InferenceEnded { detail: String },
+    #[error("starting the source: {0}")]
+    StartSource(SourceError),
+}
 use source::{run_source_stage, SourceStage};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,16 +188,18 @@ pub struct Pipeline {
 impl Pipeline {
     /// Runs until the source ends, `stop` is set, or a limit is reached. `build_model` runs on
     /// the inference thread, which then owns the device.
-    pub fn run<M>(
+    pub fn run<M, E>(
         &self,
         mut source: Box<dyn FrameSource>,
         preparer: Box<dyn FramePreparer>,
         build_model: M,
         sinks: Vec<Box<dyn EstimateSink>>,
-    ) -> anyhow::Result<RunSummary>
+    ) -> Result<RunSummary, PipelineError>
     where
-        M: FnOnce() -> anyhow::Result<EchoNetModel> + Send + 'static,
+        M: FnOnce() -> Result<EchoNetModel, E> + Send + 'static,
+        E: Into<BoxError>,
     {
+        let spawn = |stage: &'static str| move |error| PipelineError::Spawn { stage, error };
         let started = Instant::now();
         let watch = Arc::new(StageWatch::default());
         let depth = self.config.queue_depth.max(1);
@@ -191,32 +229,30 @@ impl Pipeline {
             .name("inference".into())
             .spawn(move || {
                 watch_infer.run_stage("inference", || run_inference_stage(inference_stage));
-            })?;
+            })
+            .map_err(spawn("inference"))?;
 
         let ready = match ready_rx.recv() {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 let _ = inference.join();
-                return Err(e.context("building the model on the inference thread"));
+                return Err(e);
             }
             Err(_) => {
                 let _ = inference.join();
-                anyhow::bail!(
-                    "the inference thread ended before the model was ready{}",
-                    watch
+                return Err(PipelineError::InferenceEnded {
+                    detail: watch
                         .failures()
                         .first()
                         .map(|f| format!(": {f}"))
-                        .unwrap_or_default()
-                );
+                        .unwrap_or_default(),
+                });
             }
         };
         let rss_after_warmup = rss_mb("VmRSS:");
 
         // Source: opened after the model is warm.
-        source
-            .start()
-            .map_err(|e| anyhow::anyhow!("starting the source: {e}"))?;
+        source.start().map_err(PipelineError::StartSource)?;
         let info = source.info();
         // Under systemd (Type=notify): the model is warm and the source open.
         crate::sd_notify::notify("READY=1");
@@ -247,7 +283,8 @@ impl Pipeline {
                 watch_pub
                     .run_stage("publisher", || run_publish_stage(publish_stage))
                     .flatten()
-            })?;
+            })
+            .map_err(spawn("publisher"))?;
 
         let prepare_stage = PrepareStage {
             preparer,
@@ -269,7 +306,8 @@ impl Pipeline {
             .name("preprocess".into())
             .spawn(move || {
                 watch_prep.run_stage("preprocess", || run_prepare_stage(prepare_stage));
-            })?;
+            })
+            .map_err(spawn("preprocess"))?;
         let source_notices = pub_tx.clone();
         drop(pub_tx);
         drop(pub_rx);

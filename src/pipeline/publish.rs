@@ -1,4 +1,4 @@
-//! The publisher stage: turns estimates into records (serialised here, at the sinks' edge),
+//! The publisher stage: turns estimates into typed records for the sinks (which serialise them),
 //! hands display frames and model inputs to the sinks, publishes stale notices when estimates
 //! stop, and reports a dead stage to every sink once.
 
@@ -12,7 +12,7 @@ use super::queue::ToPublish;
 use super::{rss_mb, EstimateSink, StageWatch};
 use crate::aggregate::{Status, WindowQuality};
 use crate::metrics::PipelineMetrics;
-use crate::publish::record::{estimate_record, stale_record, ModelInfo, SourceSummary};
+use crate::publish::record::{EstimateRecord, ModelInfo, SourceSummary};
 
 /// Everything the publisher thread owns.
 pub(super) struct PublishStage {
@@ -36,7 +36,7 @@ impl PublishStage {
     }
 
     fn publish_stale(&mut self, reason: &str, last_capture: Option<SystemTime>) {
-        let record = stale_record(
+        let record = EstimateRecord::stale(
             reason,
             last_capture,
             SystemTime::now(),
@@ -76,8 +76,13 @@ pub(super) fn run_publish_stage(mut stage: PublishStage) -> Option<f64> {
         let now = Instant::now();
         match msg {
             Ok(ToPublish::Estimate(e)) => {
-                let record =
-                    estimate_record(&e, now, SystemTime::now(), &stage.model, &stage.source);
+                let record = EstimateRecord::estimate(
+                    &e,
+                    now,
+                    SystemTime::now(),
+                    &stage.model,
+                    &stage.source,
+                );
                 stage
                     .metrics
                     .latency_capture_to_publish

@@ -1,14 +1,16 @@
 //! `EstimateSink`: where published records go (JSON Lines, the journal, the display hub, a
-//! test's collector). Records are serialised here, at the edge of the frame path.
+//! test's collector). Records arrive typed ([`EstimateRecord`]); a sink that writes them out
+//! serialises them itself, at the edge of the frame path.
 
 use std::sync::Arc;
 
 use crate::frame::Image;
 use crate::preprocess::PreparedInput;
+use crate::publish::record::EstimateRecord;
 
 /// Where published records go (JSON Lines, the display hub, a test's collector).
 pub trait EstimateSink: Send {
-    fn publish(&mut self, record: &serde_json::Value);
+    fn publish(&mut self, record: &EstimateRecord);
     /// The live frame for the display; most sinks ignore it.
     fn frame(&mut self, _image: &Image, _outline: Option<&[(f32, f32)]>) {}
     /// The latest usable model input (normalised, `[C, H, W]`) of source frame `seq`, offered at

@@ -30,7 +30,9 @@ pub use quality::{
     assess, low_frame_rate, FrameQuality, QualityConfig, QualityCounts, QualityReason, SectorStats,
     UnfitReason,
 };
-pub use sector::{DetectorConfig, Fan, Sector, SectorDetector, SectorOverride, SectorShape};
+pub use sector::{
+    detect_still, DetectorConfig, Fan, Sector, SectorDetector, SectorOverride, SectorShape,
+};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PreprocessError {
@@ -213,7 +215,14 @@ struct FixedSector {
     /// The declared regions it was made from; empty for the override.
     regions: Vec<PixelRect>,
     sector: Option<Arc<Sector>>,
+    /// Frames until the fan is fitted again inside a declared region where no fit was found yet
+    /// (the rectangle is used meanwhile); `None` once fitted, and for the override.
+    refit_in: Option<u32>,
 }
+
+/// Frames between attempts to fit the fan inside a declared region while none fits (a black
+/// start of a clip): 10, a sixth of a second at 60 fps.
+const REGION_REFIT_FRAMES: u32 = 10;
 
 /// One stream's preprocessing state: the sector detector, the previous frame (for `frozen`),
 /// the configuration, and scratch buffers reused from frame to frame.
@@ -228,6 +237,10 @@ pub struct Preprocessor {
     has_prev: bool,
     source_fps: Option<f64>,
     scratch: Vec<f32>,
+    /// Frames are unrelated stills (`echonet infer`/`saliency`/`occlusion` on an image): without
+    /// an override or declared region each frame's sector is found in the frame itself
+    /// ([`detect_still`]), as motion cannot show it.
+    still: bool,
 }
 
 impl Preprocessor {
@@ -243,6 +256,17 @@ impl Preprocessor {
             has_prev: false,
             source_fps: None,
             scratch: Vec::new(),
+            still: false,
+        })
+    }
+
+    /// A preprocessor for still images: the same sector rules, mask, crop, resize, normalisation
+    /// and quality gate as a stream, except that, with neither an override nor a declared region,
+    /// the sector is found in each frame by itself ([`detect_still`]) rather than from motion.
+    pub fn for_stills(config: PreprocessConfig) -> Result<Self, PreprocessError> {
+        Ok(Self {
+            still: true,
+            ..Self::new(config)?
         })
     }
 
@@ -330,19 +354,40 @@ impl Preprocessor {
             self.fixed = Some(FixedSector {
                 regions: Vec::new(),
                 sector: sector.clone(),
+                refit_in: None,
             });
             return Ok(sector);
         }
         let regions = &frame.geometry.regions;
         if !regions.is_empty() {
-            let cached = self.fixed.as_ref().filter(|f| f.regions == *regions);
+            let cached = self
+                .fixed
+                .as_mut()
+                .filter(|f| f.regions == *regions && f.refit_in.is_none_or(|n| n != 0));
             let sector = match cached {
-                Some(f) => f.sector.clone(),
+                Some(f) => {
+                    f.refit_in = f.refit_in.map(|n| n.saturating_sub(1));
+                    f.sector.clone()
+                }
                 None => {
-                    let s = Sector::from_regions(&frame.geometry, w, h).map(Arc::new);
+                    // The fan inside the declared rectangle, so text the rectangle holds is
+                    // masked; the rectangle itself until a frame shows the fan.
+                    let found = Sector::in_regions(
+                        &frame.geometry,
+                        &self.grey,
+                        w,
+                        h,
+                        &self.config.detector,
+                    );
+                    let refit_in = match &found {
+                        Some((_, false)) => Some(REGION_REFIT_FRAMES),
+                        _ => None,
+                    };
+                    let s = found.map(|(s, _)| Arc::new(s));
                     self.fixed = Some(FixedSector {
                         regions: regions.clone(),
                         sector: s.clone(),
+                        refit_in,
                     });
                     s
                 }
@@ -350,6 +395,9 @@ impl Preprocessor {
             if sector.is_some() {
                 return Ok(sector);
             }
+        }
+        if self.still {
+            return Ok(detect_still(&self.grey, w, h, None, &self.config.detector).map(Arc::new));
         }
         self.detector.push(&self.grey, w, h)
     }
@@ -661,11 +709,133 @@ mod tests {
             )
             .unwrap();
         assert!(p.quality.is_valid());
-        assert_eq!(p.sector.unwrap().bbox(), rect(40, 40, 600, 460));
+        // The fan inside the rectangle, not the rectangle: its box lies within the region.
+        let s = p.sector.unwrap();
+        assert!(matches!(s.shape(), SectorShape::Fan(_)), "{:?}", s.shape());
+        let b = s.bbox();
+        assert!(
+            b.x0 >= 40 && b.y0 >= 40 && b.x1 <= 600 && b.y1 <= 460,
+            "{b:?}"
+        );
         // A different frame size starts over: no previous frame, no sector carried across.
         let small = Image::gray(320, 240, vec![0; 320 * 240]).unwrap();
         let p = pre
             .process(&frame(1, small, SourceGeometry::default()), &spec)
+            .unwrap();
+        assert_eq!(p.quality.reasons, vec![QualityReason::NoSector]);
+    }
+
+    /// Issue #13 item 4: a declared region that holds burned-in text (the whole screen here:
+    /// text, logo, depth marks) gets the fan fitted inside it, so none of that text reaches the
+    /// network, from the first frame.
+    #[test]
+    fn text_inside_a_declared_region_is_masked() {
+        let scene = Scene::standard();
+        let geometry = SourceGeometry {
+            regions: vec![rect(0, 0, 640, 480)],
+            cm_per_pixel: None,
+        };
+        let truth = Sector::fan(scene.fan, scene.width, scene.height).unwrap();
+        for format in [PixelFormat::Gray8, PixelFormat::Rgb8] {
+            let mut pre = Preprocessor::new(PreprocessConfig::default()).unwrap();
+            let p = pre
+                .process(
+                    &frame(0, scene.image(0, format), geometry.clone()),
+                    &spec_with_size(64),
+                )
+                .unwrap();
+            assert!(p.quality.is_valid() && p.input.is_some());
+            let s = p.sector.unwrap();
+            assert!(matches!(s.shape(), SectorShape::Fan(_)), "{:?}", s.shape());
+            assert!(s.iou(&truth) > 0.97, "IoU {}", s.iou(&truth));
+            let leaked: Vec<_> = scene
+                .text_pixels()
+                .filter(|&(x, y)| s.contains_pixel(x, y))
+                .collect();
+            assert!(
+                leaked.is_empty(),
+                "text inside the sector: {:?}",
+                &leaked[..leaked.len().min(5)]
+            );
+        }
+        // The old behaviour, for contrast: the rectangle itself keeps the text.
+        let r = Sector::from_regions(&geometry, 640, 480).unwrap();
+        assert!(scene.text_pixels().any(|(x, y)| r.contains_pixel(x, y)));
+    }
+
+    /// A black first frame fits nothing: the rectangle is used until a later frame shows the fan.
+    #[test]
+    fn a_black_start_is_refitted_later() {
+        let scene = Scene::standard();
+        let geometry = SourceGeometry {
+            regions: vec![rect(0, 0, 640, 480)],
+            cm_per_pixel: None,
+        };
+        let mut pre = Preprocessor::new(PreprocessConfig::default()).unwrap();
+        let spec = spec_with_size(32);
+        let black = Image::gray(640, 480, vec![0; 640 * 480]).unwrap();
+        let p = pre
+            .process(&frame(0, black, geometry.clone()), &spec)
+            .unwrap();
+        assert!(matches!(p.sector.unwrap().shape(), SectorShape::Rect(_)));
+        let mut shape = None;
+        for t in 1..=REGION_REFIT_FRAMES as u64 + 1 {
+            let f = frame(
+                t,
+                scene.image(t as u32, PixelFormat::Gray8),
+                geometry.clone(),
+            );
+            shape = pre
+                .process(&f, &spec)
+                .unwrap()
+                .sector
+                .map(|s| s.shape().clone());
+        }
+        assert!(matches!(shape, Some(SectorShape::Fan(_))), "{shape:?}");
+    }
+
+    /// Still frames (a PNG for `echonet infer`): the sector comes from the frame itself, the
+    /// same fan motion detection finds, and the text never reaches the input.
+    #[test]
+    fn a_still_frame_finds_its_own_fan() {
+        let scene = Scene::standard();
+        let truth = Sector::fan(scene.fan, scene.width, scene.height).unwrap();
+        let mut pre = Preprocessor::for_stills(PreprocessConfig::default()).unwrap();
+        let p = pre
+            .process(
+                &frame(
+                    0,
+                    scene.image(5, PixelFormat::Rgb8),
+                    SourceGeometry::default(),
+                ),
+                &spec_with_size(64),
+            )
+            .unwrap();
+        assert!(p.quality.is_valid() && p.input.is_some(), "{:?}", p.quality);
+        let s = p.sector.unwrap();
+        assert!(matches!(s.shape(), SectorShape::Fan(_)), "{:?}", s.shape());
+        assert!(s.iou(&truth) > 0.97, "IoU {}", s.iou(&truth));
+        assert!(!scene.text_pixels().any(|(x, y)| s.contains_pixel(x, y)));
+        // A stream preprocessor needs motion: one frame is not enough.
+        let mut live = Preprocessor::new(PreprocessConfig::default()).unwrap();
+        let p = live
+            .process(
+                &frame(
+                    0,
+                    scene.image(5, PixelFormat::Rgb8),
+                    SourceGeometry::default(),
+                ),
+                &spec_with_size(64),
+            )
+            .unwrap();
+        assert_eq!(p.quality.reasons, vec![QualityReason::NoSector]);
+        // A black frame has no sector at all.
+        let black = Image::gray(640, 480, vec![0; 640 * 480]).unwrap();
+        let p = pre
+            .process(
+                &frame(1, black, SourceGeometry::default()),
+                &spec_with_size(64),
+            )
             .unwrap();
         assert_eq!(p.quality.reasons, vec![QualityReason::NoSector]);
     }

@@ -16,6 +16,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::record::EstimateRecord;
+use crate::timefmt::rfc3339_millis;
+
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("journal {}: {what}: {source}", path.display())]
@@ -25,6 +28,8 @@ pub enum JournalError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("journal {}: a record could not be written as JSON: {reason}", path.display())]
+    Record { path: PathBuf, reason: String },
     #[error("journal {}: no session {session:?} (sessions: {known})", path.display())]
     NoSession {
         path: PathBuf,
@@ -80,6 +85,12 @@ pub struct JournalRow {
     pub record: Value,
 }
 
+/// [`EstimateRecord::displayed_numbers`] of a record read back as JSON (a journal row, a JSON
+/// Lines line).
+pub fn displayed_numbers(record: &Value) -> (Option<f64>, Option<f64>, Option<f64>) {
+    super::record::displayed_numbers(|task| record["estimates"][task]["value"].as_f64())
+}
+
 const SCHEMA_SQL: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
     session_id   TEXT PRIMARY KEY,
@@ -112,21 +123,6 @@ CREATE TABLE IF NOT EXISTS records (
 );
 CREATE INDEX IF NOT EXISTS records_by_session ON records(session_id, row);
 ";
-
-/// The numbers the display shows, in its order of preference: the volume-curve triple when the
-/// model has it, else the EF/ESV/EDV heads, else EF from the volumes.
-pub fn displayed_numbers(record: &Value) -> (Option<f64>, Option<f64>, Option<f64>) {
-    let v = |task: &str| record["estimates"][task]["value"].as_f64();
-    let curve = (
-        v("ef_volume_curve"),
-        v("edv_volume_curve"),
-        v("esv_volume_curve"),
-    );
-    if let (Some(_), Some(_), Some(_)) = curve {
-        return curve;
-    }
-    (v("ef").or_else(|| v("ef_from_volumes")), v("edv"), v("esv"))
-}
 
 /// A session id unique enough for one cart: start time to the microsecond plus the process id.
 pub fn new_session_id() -> String {
@@ -233,12 +229,15 @@ impl Journal {
     }
 
     /// Appends one published record (its own transaction: committed when this returns Ok).
-    pub fn append(&mut self, record: &Value) -> Result<(), JournalError> {
+    pub fn append(&mut self, record: &EstimateRecord) -> Result<(), JournalError> {
         let Some(session) = &self.session else {
             return Ok(());
         };
-        let (ef, edv, esv) = displayed_numbers(record);
-        let text = |v: &Value| v.as_str().map(str::to_string);
+        let (ef, edv, esv) = record.displayed_numbers();
+        let json = record.to_json().map_err(|e| JournalError::Record {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
         self.conn
             .execute(
                 "INSERT INTO records (session_id, exam_id, status, withheld_reason, seq, \
@@ -248,21 +247,19 @@ impl Journal {
                 params![
                     session.session_id,
                     session.exam_id,
-                    record["status"].as_str().unwrap_or("unknown"),
-                    text(&record["withheld_reason"]),
-                    record["seq"].as_i64(),
-                    text(&record["capture_time"]),
-                    text(&record["publish_time"]),
+                    record.status_text(),
+                    record.withheld_reason,
+                    record.seq.and_then(|s| i64::try_from(s).ok()),
+                    record.capture_time.map(rfc3339_millis),
+                    rfc3339_millis(record.publish_time),
                     ef,
                     edv,
                     esv,
-                    record["quality"]["valid_frames"].as_i64(),
-                    record["quality"]["window"].as_i64(),
-                    record["model"]["id"].as_str().unwrap_or(&session.model_id),
-                    record["model"]["content_hash"]
-                        .as_str()
-                        .unwrap_or(&session.model_hash),
-                    record.to_string()
+                    i64::try_from(record.quality.valid_frames).ok(),
+                    i64::try_from(record.quality.window).ok(),
+                    record.model.id,
+                    record.model.content_hash,
+                    json
                 ],
             )
             .map_err(|source| JournalError::Sqlite {

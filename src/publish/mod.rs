@@ -13,7 +13,5 @@ pub mod jsonl;
 pub mod record;
 
 pub use http::{DisplayServer, ServerConfig, ServerError, DEFAULT_PORT};
-pub use hub::{
-    DisplayHub, EstimateError, EstimateStatus, FrameError, Health, HubConfig, HubEvent,
-    Subscription, TrendPoint, ESTIMATE_SCHEMA,
-};
+pub use hub::{DisplayHub, FrameError, Health, HubConfig, HubEvent, Subscription, TrendPoint};
+pub use record::{EstimateRecord, ModelInfo, SourceSummary, SCHEMA as ESTIMATE_SCHEMA};

@@ -2,8 +2,9 @@
 //! `last_linear` + `last_bn` bottleneck, EchoNet task heads) in training form. Every convolution is
 //! candle-nn's `Conv2d` followed by a live `BatchNorm` (batch statistics in training, running
 //! statistics in evaluation), so the whole network has a backward pass, both to its parameters
-//! (training) and to its input (saliency). Channel counts come from [`Architecture`] and parameter
-//! names are facenet-pytorch's, so [`TrainableIrv1::export`] yields a bundle's tensors unchanged.
+//! (training) and to its input (saliency). Layers, channel counts and parameter names come from
+//! the architecture table ([`Architecture::trunk`], the same list the inference network is built
+//! from), so [`TrainableIrv1::export`] yields a bundle's tensors unchanged.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -15,8 +16,7 @@ use super::init::SeededVarMap;
 use super::pool::max_pool_3s2;
 use super::{Result, TrainError};
 use crate::model::arch::{
-    Architecture, BLOCK17_REPEATS, BLOCK17_SCALE, BLOCK35_REPEATS, BLOCK35_SCALE, BLOCK8_REPEATS,
-    BLOCK8_SCALE, BN_EPS, MIN_INPUT_SIZE,
+    Architecture, BlockSpec, ConvSpec, JoinSpec, StageSpec, BN_EPS, MIN_INPUT_SIZE,
 };
 use crate::model::heads::TaskSpec;
 
@@ -78,9 +78,6 @@ fn torch_default(fan_in: usize) -> Init {
     }
 }
 
-/// Shape of one `BasicConv2d`: (in, out, (kh, kw), stride, (pad_h, pad_w)).
-type ConvSpec = (usize, usize, (usize, usize), usize, (usize, usize));
-
 /// facenet's `BasicConv2d`: bias-free conv, BatchNorm, ReLU.
 #[derive(Debug)]
 struct BasicConv {
@@ -92,7 +89,11 @@ struct BasicConv {
 }
 
 impl BasicConv {
-    fn new(b: &Builder, (cin, cout, (kh, kw), stride, (ph, pw)): ConvSpec) -> Result<Self> {
+    /// The convolution `spec` names, its parameters under `spec.name` (`conv.weight`, `bn.*`).
+    fn new(b: &Builder, spec: &ConvSpec) -> Result<Self> {
+        let b = b.pp(&spec.name);
+        let (cin, cout, (kh, kw), stride, (ph, pw)) =
+            (spec.cin, spec.cout, spec.kernel, spec.stride, spec.pad);
         let weight =
             b.pp("conv")
                 .get(&[cout, cin, kh, kw], "weight", torch_default(cin * kh * kw))?;
@@ -131,17 +132,13 @@ impl BasicConv {
 struct Branch(Vec<BasicConv>);
 
 impl Branch {
-    fn single(b: &Builder, spec: ConvSpec) -> Result<Self> {
-        Ok(Self(vec![BasicConv::new(b, spec)?]))
-    }
-
-    fn sequential(b: &Builder, specs: &[ConvSpec]) -> Result<Self> {
-        let convs = specs
-            .iter()
-            .enumerate()
-            .map(|(i, &s)| BasicConv::new(&b.pp(i), s))
-            .collect::<Result<_>>()?;
-        Ok(Self(convs))
+    fn new(b: &Builder, specs: &[ConvSpec]) -> Result<Self> {
+        Ok(Self(
+            specs
+                .iter()
+                .map(|s| BasicConv::new(b, s))
+                .collect::<Result<_>>()?,
+        ))
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
@@ -172,71 +169,20 @@ struct Residual {
 }
 
 impl Residual {
-    fn block35(b: &Builder, c: usize, w: usize) -> Result<Self> {
-        let branches = vec![
-            Branch::single(&b.pp("branch0"), (c, w, (1, 1), 1, (0, 0)))?,
-            Branch::sequential(
-                &b.pp("branch1"),
-                &[(c, w, (1, 1), 1, (0, 0)), (w, w, (3, 3), 1, (1, 1))],
-            )?,
-            Branch::sequential(
-                &b.pp("branch2"),
-                &[
-                    (c, w, (1, 1), 1, (0, 0)),
-                    (w, w, (3, 3), 1, (1, 1)),
-                    (w, w, (3, 3), 1, (1, 1)),
-                ],
-            )?,
-        ];
-        Self::finish(b, branches, 3 * w, c, BLOCK35_SCALE, true)
-    }
-
-    fn block17(b: &Builder, c: usize, w: usize) -> Result<Self> {
-        let branches = vec![
-            Branch::single(&b.pp("branch0"), (c, w, (1, 1), 1, (0, 0)))?,
-            Branch::sequential(
-                &b.pp("branch1"),
-                &[
-                    (c, w, (1, 1), 1, (0, 0)),
-                    (w, w, (1, 7), 1, (0, 3)),
-                    (w, w, (7, 1), 1, (3, 0)),
-                ],
-            )?,
-        ];
-        Self::finish(b, branches, 2 * w, c, BLOCK17_SCALE, true)
-    }
-
-    fn block8(b: &Builder, c: usize, w: usize, scale: f32, relu: bool) -> Result<Self> {
-        let branches = vec![
-            Branch::single(&b.pp("branch0"), (c, w, (1, 1), 1, (0, 0)))?,
-            Branch::sequential(
-                &b.pp("branch1"),
-                &[
-                    (c, w, (1, 1), 1, (0, 0)),
-                    (w, w, (1, 3), 1, (0, 1)),
-                    (w, w, (3, 1), 1, (1, 0)),
-                ],
-            )?,
-        ];
-        Self::finish(b, branches, 2 * w, c, scale, relu)
-    }
-
-    fn finish(
-        b: &Builder,
-        branches: Vec<Branch>,
-        mixed: usize,
-        out: usize,
-        scale: f32,
-        relu: bool,
-    ) -> Result<Self> {
-        let up = b.pp("conv2d");
-        let weight = up.get(&[out, mixed, 1, 1], "weight", torch_default(mixed))?;
-        let bias = up.get(&[out], "bias", torch_default(mixed))?;
+    fn new(b: &Builder, spec: &BlockSpec, up: &crate::model::arch::UpSpec) -> Result<Self> {
+        let branches = spec
+            .branches
+            .iter()
+            .map(|br| Branch::new(b, br))
+            .collect::<Result<_>>()?;
+        let u = b.pp(&up.name);
+        let weight = u.get(&[up.cout, up.cin, 1, 1], "weight", torch_default(up.cin))?;
+        let bias = u.get(&[up.cout], "bias", torch_default(up.cin))?;
         Ok(Self {
             branches,
             up: Conv2d::new(weight, Some(bias), Conv2dConfig::default()),
-            scale: scale as f64,
-            relu,
+            scale: up.scale as f64,
+            relu: up.relu,
         })
     }
 
@@ -269,6 +215,26 @@ impl Reduction {
     }
 }
 
+/// One stage of the trunk.
+#[derive(Debug)]
+enum Stage {
+    Conv(BasicConv),
+    MaxPool,
+    Residual(Residual),
+    Reduction(Reduction),
+}
+
+impl Stage {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        match self {
+            Stage::Conv(c) => c.forward_t(x, train),
+            Stage::MaxPool => max_pool_3s2(x),
+            Stage::Residual(r) => r.forward_t(x, train),
+            Stage::Reduction(r) => r.forward_t(x, train),
+        }
+    }
+}
+
 /// The `last_linear` (bias-free) + `last_bn` (BatchNorm1d) bottleneck.
 #[derive(Debug)]
 struct Bottleneck {
@@ -288,16 +254,8 @@ pub struct TrainableIrv1 {
     arch: Architecture,
     input_channels: usize,
     tasks: Vec<String>,
-    /// conv2d_1a, conv2d_2a, conv2d_2b (then maxpool_3a).
-    stem: Vec<BasicConv>,
-    /// conv2d_3b, conv2d_4a, conv2d_4b.
-    stem_after_pool: Vec<BasicConv>,
-    repeat_1: Vec<Residual>,
-    mixed_6a: Reduction,
-    repeat_2: Vec<Residual>,
-    mixed_7a: Reduction,
-    repeat_3: Vec<Residual>,
-    block8: Residual,
+    /// The trunk, stage by stage as the architecture table gives it.
+    stages: Vec<Stage>,
     bottleneck: Option<Bottleneck>,
     heads: Vec<Head>,
     /// Every parameter and BatchNorm statistic, by facenet name, in creation order.
@@ -342,76 +300,35 @@ impl TrainableIrv1 {
         }
         let names = RefCell::new(Vec::new());
         let b = Builder { vb, names: &names };
-        let c = arch.channels();
-        let basic = |name: &str, spec: ConvSpec| BasicConv::new(&b.pp(name), spec);
-        let stem = vec![
-            basic("conv2d_1a", (input_channels, c.c1a, (3, 3), 2, (0, 0)))?,
-            basic("conv2d_2a", (c.c1a, c.c2a, (3, 3), 1, (0, 0)))?,
-            basic("conv2d_2b", (c.c2a, c.c2b, (3, 3), 1, (1, 1)))?,
-        ];
-        let stem_after_pool = vec![
-            basic("conv2d_3b", (c.c2b, c.c3b, (1, 1), 1, (0, 0)))?,
-            basic("conv2d_4a", (c.c3b, c.c4a, (3, 3), 1, (0, 0)))?,
-            basic("conv2d_4b", (c.c4a, c.c4b, (3, 3), 2, (0, 0)))?,
-        ];
-        let repeat_1 = (0..BLOCK35_REPEATS)
-            .map(|i| Residual::block35(&b.pp("repeat_1").pp(i), c.c4b, c.b35))
+        let specs = arch.trunk(input_channels);
+        let features = crate::model::arch::trunk_channels(&specs);
+        let stages = specs
+            .iter()
+            .map(|spec| {
+                Ok(match spec {
+                    StageSpec::Conv(c) => Stage::Conv(BasicConv::new(&b, c)?),
+                    StageSpec::MaxPool { .. } => Stage::MaxPool,
+                    StageSpec::Block(blk) => match &blk.join {
+                        JoinSpec::Residual(up) => Stage::Residual(Residual::new(&b, blk, up)?),
+                        JoinSpec::Pool => Stage::Reduction(Reduction {
+                            branches: blk
+                                .branches
+                                .iter()
+                                .map(|br| Branch::new(&b, br))
+                                .collect::<Result<_>>()?,
+                        }),
+                    },
+                })
+            })
             .collect::<Result<_>>()?;
-        let m6 = b.pp("mixed_6a");
-        let mixed_6a = Reduction {
-            branches: vec![
-                Branch::single(&m6.pp("branch0"), (c.c4b, c.m6a_b0, (3, 3), 2, (0, 0)))?,
-                Branch::sequential(
-                    &m6.pp("branch1"),
-                    &[
-                        (c.c4b, c.m6a_b1_mid, (1, 1), 1, (0, 0)),
-                        (c.m6a_b1_mid, c.m6a_b1_mid, (3, 3), 1, (1, 1)),
-                        (c.m6a_b1_mid, c.m6a_b1_out, (3, 3), 2, (0, 0)),
-                    ],
-                )?,
-            ],
-        };
-        let repeat_2 = (0..BLOCK17_REPEATS)
-            .map(|i| Residual::block17(&b.pp("repeat_2").pp(i), c.c6, c.b17))
-            .collect::<Result<_>>()?;
-        let m7 = b.pp("mixed_7a");
-        let m = c.m7a_mid;
-        let mixed_7a = Reduction {
-            branches: vec![
-                Branch::sequential(
-                    &m7.pp("branch0"),
-                    &[
-                        (c.c6, m, (1, 1), 1, (0, 0)),
-                        (m, c.m7a_b0_out, (3, 3), 2, (0, 0)),
-                    ],
-                )?,
-                Branch::sequential(
-                    &m7.pp("branch1"),
-                    &[
-                        (c.c6, m, (1, 1), 1, (0, 0)),
-                        (m, c.m7a_b1_out, (3, 3), 2, (0, 0)),
-                    ],
-                )?,
-                Branch::sequential(
-                    &m7.pp("branch2"),
-                    &[
-                        (c.c6, m, (1, 1), 1, (0, 0)),
-                        (m, m, (3, 3), 1, (1, 1)),
-                        (m, c.m7a_b2_out, (3, 3), 2, (0, 0)),
-                    ],
-                )?,
-            ],
-        };
-        let repeat_3 = (0..BLOCK8_REPEATS)
-            .map(|i| Residual::block8(&b.pp("repeat_3").pp(i), c.c7, c.b8, BLOCK8_SCALE, true))
-            .collect::<Result<_>>()?;
-        let block8 = Residual::block8(&b.pp("block8"), c.c7, c.b8, 1.0, false)?;
         let bottleneck = match arch.embedding {
             None => None,
             Some(e) => Some(Bottleneck {
-                weight: b
-                    .pp("last_linear")
-                    .get(&[e, c.c7], "weight", torch_default(c.c7))?,
+                weight: b.pp("last_linear").get(
+                    &[e, features],
+                    "weight",
+                    torch_default(features),
+                )?,
                 bn: b.pp("last_bn").batch_norm(e)?,
             }),
         };
@@ -431,14 +348,7 @@ impl TrainableIrv1 {
             arch: arch.clone(),
             input_channels,
             tasks: tasks.iter().map(|t| t.name.clone()).collect(),
-            stem,
-            stem_after_pool,
-            repeat_1,
-            mixed_6a,
-            repeat_2,
-            mixed_7a,
-            repeat_3,
-            block8,
+            stages,
             bottleneck,
             heads,
             names: names.into_inner(),
@@ -482,25 +392,9 @@ impl TrainableIrv1 {
             candle_core::bail!("training mode needs at least 2 frames per batch, got {n}");
         }
         let mut y = x.clone();
-        for conv in &self.stem {
-            y = conv.forward_t(&y, train)?;
+        for stage in &self.stages {
+            y = stage.forward_t(&y, train)?;
         }
-        y = max_pool_3s2(&y)?;
-        for conv in &self.stem_after_pool {
-            y = conv.forward_t(&y, train)?;
-        }
-        for blk in &self.repeat_1 {
-            y = blk.forward_t(&y, train)?;
-        }
-        y = self.mixed_6a.forward_t(&y, train)?;
-        for blk in &self.repeat_2 {
-            y = blk.forward_t(&y, train)?;
-        }
-        y = self.mixed_7a.forward_t(&y, train)?;
-        for blk in &self.repeat_3 {
-            y = blk.forward_t(&y, train)?;
-        }
-        y = self.block8.forward_t(&y, train)?;
         let features = y.flatten_from(2)?.mean(2)?;
         let head_input = match &self.bottleneck {
             Some(b) => b.bn.forward_t(&features.matmul(&b.weight.t()?)?, train)?,

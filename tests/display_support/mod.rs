@@ -5,9 +5,12 @@
 pub mod webdriver;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use echonet_edge::publish::{DisplayHub, DisplayServer, HubConfig, ServerConfig};
+use echonet_edge::aggregate::{Status, TaskEstimate, WindowQuality};
+use echonet_edge::publish::{
+    DisplayHub, DisplayServer, EstimateRecord, HubConfig, ModelInfo, ServerConfig, SourceSummary,
+};
 use serde_json::{json, Value};
 
 pub const INTENDED_USE: &str = "demo, trained on synthetic phantom, not for clinical use";
@@ -25,8 +28,55 @@ pub fn start(hub: HubConfig, server: ServerConfig) -> (Arc<DisplayHub>, DisplayS
     (hub, server)
 }
 
-/// An `ok` estimate with every field of schema v1.
-pub fn estimate(seq: u64, ef: f64) -> Value {
+/// 2026-11-27T10:00:00.123Z
+fn capture_time() -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(1_795_773_600_123)
+}
+
+/// An `ok` estimate with every field of schema v1, as the publisher hands it to the display.
+pub fn estimate(seq: u64, ef: f64) -> EstimateRecord {
+    let task = |value: f64, unit: &str, spread: Option<f64>| TaskEstimate {
+        value,
+        unit: unit.into(),
+        spread,
+    };
+    EstimateRecord {
+        seq: Some(seq),
+        capture_time: Some(capture_time()),
+        publish_time: capture_time() + Duration::from_millis(47),
+        latency_ms: Some(47.0),
+        status: Status::Ok,
+        withheld_reason: None,
+        estimates: [
+            ("ef".to_string(), task(ef, "%", Some(3.2))),
+            ("esv".to_string(), task(48.0, "mL", Some(5.0))),
+            ("edv".to_string(), task(107.0, "mL", Some(6.1))),
+            ("ef_from_volumes".to_string(), task(55.1, "%", None)),
+        ]
+        .into_iter()
+        .collect(),
+        quality: WindowQuality {
+            valid_frames: 18,
+            window: 20,
+            reasons: [("frozen".to_string(), 2)].into_iter().collect(),
+        },
+        agreement: None,
+        model: ModelInfo {
+            id: "echonet-phantom-v1".into(),
+            intended_use: INTENDED_USE.into(),
+            content_hash: "sha256:0123456789abcdef0123456789abcdef".into(),
+            precision: "f32".into(),
+        },
+        source: SourceSummary {
+            kind: "phantom".into(),
+            name: "seed 1".into(),
+        },
+    }
+}
+
+/// [`estimate`] as it must appear on the wire (`/api/latest`, the stream, JSON Lines), spelled
+/// out by hand in schema v1.
+pub fn estimate_json(seq: u64, ef: f64) -> Value {
     json!({
         "schema": "echonet.estimate/1",
         "seq": seq,
@@ -42,18 +92,21 @@ pub fn estimate(seq: u64, ef: f64) -> Value {
             "ef_from_volumes": {"value": 55.1, "unit": "%", "spread": null}
         },
         "quality": {"valid_frames": 18, "window": 20, "reasons": {"frozen": 2}},
+        "agreement": null,
         "model": {"id": "echonet-phantom-v1", "intended_use": INTENDED_USE,
-                  "content_hash": "sha256:0123456789abcdef0123456789abcdef"},
+                  "content_hash": "sha256:0123456789abcdef0123456789abcdef",
+                  "precision": "f32"},
         "source": {"kind": "phantom", "name": "seed 1"}
     })
 }
 
-pub fn withheld(seq: u64, reason: &str) -> Value {
-    let mut e = estimate(seq, 0.0);
-    e["status"] = json!("withheld");
-    e["withheld_reason"] = json!(reason);
-    e["estimates"] = json!({});
-    e
+pub fn withheld(seq: u64, reason: &str) -> EstimateRecord {
+    EstimateRecord {
+        status: Status::Withheld,
+        withheld_reason: Some(reason.to_string()),
+        estimates: Default::default(),
+        ..estimate(seq, 0.0)
+    }
 }
 
 pub fn agent() -> ureq::Agent {

@@ -91,11 +91,30 @@ fn has_short_length(vr: [u8; 2]) -> bool {
     )
 }
 
-/// Whether an implicit-VR element is a sequence (whose items must be walked, not skipped).
-fn is_sequence(tag: (u16, u16)) -> bool {
+/// The VR dicom-rs gives an implicit-VR element: pixel and overlay data are OW, others come from
+/// the dictionary (its first choice for "US or SS"-style entries), unknown tags are UN.
+fn implicit_vr(tag: (u16, u16)) -> VR {
+    if tag == PIXEL_DATA || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) {
+        return VR::OW;
+    }
     StandardDataDictionary
         .by_tag(Tag(tag.0, tag.1))
-        .is_some_and(|e| e.vr().relaxed() == VR::SQ)
+        .map_or(VR::UN, |e| e.vr().relaxed())
+}
+
+/// The bytes dicom-rs actually reads for a value of `length` bytes: binary numbers are read as
+/// whole numbers (`length / size` of them), so a length that is not a multiple of the number's
+/// size leaves the rest in the stream, where dicom-rs reads it as the next element's header.
+/// A damaged UI -> UL VR with an odd text length did that, and the "header" then declared a
+/// 775 MB value (fuzz/regressions/dicom/timeout-c1dc...).
+fn bytes_read(vr: VR, length: u32) -> u64 {
+    let size: u32 = match vr {
+        VR::US | VR::SS | VR::OW => 2,
+        VR::UL | VR::SL | VR::FL | VR::OF | VR::OL | VR::AT => 4,
+        VR::FD | VR::OD | VR::SV | VR::UV | VR::OV => 8,
+        _ => 1,
+    };
+    u64::from(length - length % size)
 }
 
 /// Walks the file meta group and the data set of the file at `file`, `size` bytes long, whose
@@ -174,26 +193,28 @@ fn walk(file: File, size: u64, transfer_syntax: &str, meta_only: bool) -> Result
         let tag = (u16_at([head[0], head[1]]), u16_at([head[2], head[3]]));
         let offset = pos;
         pos += 8;
-        let (length, sequence) = if tag.0 == 0xFFFE {
+        let (length, sequence, vr) = if tag.0 == 0xFFFE {
             // Item and delimiters: tag + 4-byte length, no VR, in every syntax.
             let length = u32_at([head[4], head[5], head[6], head[7]]);
             match tag.1 {
-                0xE000 if in_encapsulated => (length, false),
+                0xE000 if in_encapsulated => (length, false, VR::OB),
                 // An item of a sequence: its elements follow, walk them.
-                0xE000 => (length, true),
+                0xE000 => (length, true, VR::SQ),
                 0xE0DD => {
                     in_encapsulated = false;
-                    (0, false)
+                    (0, false, VR::OB)
                 }
-                _ => (0, false),
+                _ => (0, false, VR::OB),
             }
         } else if syntax == Syntax::ImplicitLittle {
             let length = u32_at([head[4], head[5], head[6], head[7]]);
-            (length, is_sequence(tag))
+            let vr = implicit_vr(tag);
+            (length, vr == VR::SQ, vr)
         } else {
-            let vr = [head[4], head[5]];
-            if has_short_length(vr) {
-                (u32::from(u16_at([head[6], head[7]])), false)
+            let vr_bytes = [head[4], head[5]];
+            let vr = VR::from_binary(vr_bytes).unwrap_or(VR::UN);
+            if has_short_length(vr_bytes) {
+                (u32::from(u16_at([head[6], head[7]])), false, vr)
             } else {
                 if size - pos < 4 {
                     return Ok(()); // a header cut short: dicom-rs reports it
@@ -201,7 +222,7 @@ fn walk(file: File, size: u64, transfer_syntax: &str, meta_only: bool) -> Result
                 let mut more = [0u8; 4];
                 r.read_exact(&mut more).map_err(|_| io_fault(pos))?;
                 pos += 4;
-                (u32_at(more), &vr == b"SQ")
+                (u32_at(more), vr == VR::SQ, vr)
             }
         };
         if offset == 132 && tag == (0x0002, 0x0000) && length == 4 && size - pos >= 4 {
@@ -228,9 +249,10 @@ fn walk(file: File, size: u64, transfer_syntax: &str, meta_only: bool) -> Result
             });
         }
         if !sequence {
-            r.seek(SeekFrom::Current(i64::from(length)))
+            let read = bytes_read(vr, length);
+            r.seek(SeekFrom::Current(read as i64))
                 .map_err(|_| io_fault(pos))?;
-            pos += u64::from(length);
+            pos += read;
         }
     }
     Ok(())
@@ -352,6 +374,36 @@ mod tests {
         let fault = check_meta_lengths(&f.reopen().unwrap(), size).unwrap_err();
         assert_eq!(fault.tag, (0x0002, 0x0010));
         assert_eq!(fault.declared, 0xFEFE_FEFE);
+    }
+
+    /// Found by the `dicom` fuzz target (fuzz/regressions/dicom/timeout-c1dc...): (0008,0016)
+    /// with its VR damaged from UI to UL and a text length of 26. dicom-rs reads 6 whole u32s
+    /// (24 bytes) and takes the 2 bytes left plus the next element as a header with an unknown
+    /// VR and a 4-byte length of 775 MB. The walk advances as dicom-rs reads, so it sees that
+    /// length too.
+    #[test]
+    fn numbers_are_read_whole_as_dicom_rs_reads_them() {
+        let mut body = vec![0x08, 0x00, 0x16, 0x00, b'U', b'L', 26, 0];
+        body.extend_from_slice(b"1.2.840.10008.5.1.4.1.1.7\0");
+        body.extend_from_slice(&[0x08, 0x00, 0x18, 0x00, b'U', b'I', 0x40, 0x00]);
+        body.extend_from_slice(&[b'1'; 0x40]);
+        let fault = check(&body).unwrap_err();
+        assert_eq!(fault.tag, (0x0037, 0x0008));
+        assert_eq!(
+            fault.declared,
+            u64::from(u32::from_le_bytes([0x40, 0, b'1', b'1']))
+        );
+        // The same element with a whole number of u32s passes.
+        let mut whole = vec![0x08, 0x00, 0x16, 0x00, b'U', b'L', 8, 0];
+        whole.extend_from_slice(&[1, 0, 0, 0, 2, 0, 0, 0]);
+        whole.extend_from_slice(&[
+            0x08, 0x00, 0x18, 0x00, b'U', b'I', 4, 0, b'1', b'.', b'2', 0,
+        ]);
+        assert_eq!(check(&whole), Ok(()));
+        assert_eq!(bytes_read(VR::US, 7), 6);
+        assert_eq!(bytes_read(VR::FD, 17), 16);
+        assert_eq!(bytes_read(VR::OB, 7), 7);
+        assert_eq!(bytes_read(VR::UI, 27), 27);
     }
 
     #[test]

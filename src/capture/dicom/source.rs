@@ -149,7 +149,13 @@ impl DicomSource {
                     self.frame_index = 0;
                     return Ok(true);
                 }
-                Err(e) if n == 1 => return Err(self.fatal(e.to_string())),
+                // The error names the file already, which is this source's name: say it once.
+                Err(e) if n == 1 => {
+                    return Err(SourceError::Fatal {
+                        source_name: "DICOM replay".into(),
+                        reason: e.to_string(),
+                    })
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "skipping DICOM file");
                     self.bad[index] = true;

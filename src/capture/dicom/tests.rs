@@ -777,6 +777,8 @@ fn a_lone_bad_file_is_fatal() {
     let error = source.start().unwrap_err();
     assert!(matches!(error, SourceError::Fatal { .. }), "{error}");
     assert!(error.to_string().contains("only.dcm"), "{error}");
+    // Named once: the source's name is the file's path, which the error already carries.
+    assert_eq!(error.to_string().matches("only.dcm").count(), 1, "{error}");
 
     let empty = tempfile::tempdir().unwrap();
     assert!(matches!(

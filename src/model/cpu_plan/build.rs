@@ -1,9 +1,13 @@
-//! Turns the loaded network into the plan's steps. Each block gets one working buffer laid out so
-//! that the up-projection reads its concatenated branches as one contiguous channel range:
-//! Block35 `[b1 entry | b0 | b2 | b1]`, factorised blocks `[b1 entry | b0 | b1]`; the entry
-//! convolution's output columns and the up-projection's input rows are permuted to match (data
-//! layout only, the arithmetic is unchanged). Reductions write their branches and the max-pool
-//! straight into channel slices of the next stage's buffer.
+//! Turns the loaded network (its stages, as the architecture table gives them) into the plan's
+//! steps. A residual block gets one working buffer laid out so that the up-projection reads its
+//! concatenated branches as one contiguous channel range: the stacked entry's parts of branches
+//! with exactly one more convolution come first (that convolution writes past the entry), then the
+//! parts whose final output lands where their entry was (a 1x1-only branch, or a longer chain whose
+//! last convolution writes back over its dead entry part), then the one-more outputs; Block35
+//! becomes `[b1 entry | b0 | b2 | b1]`, Block17/Block8 `[b0 | b1]`. The entry convolution's output
+//! columns and the up-projection's input rows are permuted to match (data layout only).
+//! Reductions write their branches and the max-pool straight into channel slices of the next
+//! stage's buffer.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
@@ -14,7 +18,7 @@ use super::qgemm::{ActQuant, QuantWeights};
 use super::winograd::WinogradConv;
 use super::{BufferSpec, CpuPlan, Op, Slot, Step};
 use crate::model::conv::FoldedConv;
-use crate::model::network::InceptionResnetV1;
+use crate::model::network::{Block, Branch, InceptionResnetV1, Join, Stage};
 
 /// How a convolution is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,8 +187,22 @@ pub(super) fn prepare_quant(
     })
 }
 
-fn range(a: usize, b: usize) -> impl Iterator<Item = usize> {
-    a..b
+/// Winograd where it pays (thread CPU time per step, `echonet bench --threads 1 --profile`), by
+/// facenet name: F(4x4) on conv2d_2b, conv2d_4a and mixed_6a's 35x35 3x3 (1.2x, 2.0x, 1.8x faster
+/// than direct); F(2x2) at 17x17, where 4x4 tiles would pad the output to 20x20; direct for the
+/// 32-channel 3x3s (conv2d_2a, Block35), whose transforms cost about what their GEMMs save.
+fn algorithm_for(name: &str) -> Algorithm {
+    match name {
+        "conv2d_2b" | "conv2d_4a" | "mixed_6a.branch1.1" => Algorithm::Winograd(4),
+        "mixed_7a.branch2.1" => Algorithm::Winograd(2),
+        _ => Algorithm::Direct,
+    }
+}
+
+/// `"<kind> b1.2"` for the profile, from a facenet name such as `repeat_2.3.branch1.2`.
+fn branch_label(kind: &str, name: &str) -> String {
+    let short = name.rsplit_once(".branch").map_or(name, |(_, rest)| rest);
+    format!("{kind} b{short}")
 }
 
 /// Collects buffers, convolutions and steps while walking the network.
@@ -339,7 +357,6 @@ impl CpuPlan {
         threads: usize,
         quant: Option<&[Option<ConvQuant>]>,
     ) -> candle_core::Result<(Self, Vec<PlanConv>)> {
-        let c = net.channels;
         let mut b = Builder {
             quant,
             folded: Vec::new(),
@@ -350,7 +367,8 @@ impl CpuPlan {
         };
         let stem_channels = net.input_channels;
         let input = b.buffer(stem_channels);
-        let stem_label = format!("conv2d_1a 3x3 s2 {stem_channels}->{}", c.c1a);
+        let c1a = net.conv2d_1a.out_channels();
+        let stem_label = format!("conv2d_1a 3x3 s2 {stem_channels}->{c1a}");
         let stem_rgb = {
             b.convs
                 .push(prepare(&net.conv2d_1a, None, None, Algorithm::Direct)?);
@@ -364,163 +382,40 @@ impl CpuPlan {
             Some(g) => {
                 b.convs.push(prepare(g, None, None, Algorithm::Direct)?);
                 b.folded.push(PlanConv {
-                    label: format!("conv2d_1a grey 3x3 s2 1->{}", c.c1a),
+                    label: format!("conv2d_1a grey 3x3 s2 1->{c1a}"),
                     conv: g.clone(),
                 });
                 Some(b.convs.len() - 1)
             }
             None => None,
         };
-        let s1 = b.buffer(c.c1a);
+        let mut x = b.buffer(c1a);
         b.steps.push(Step {
             op: Op::Stem {
                 src: b.whole(input),
-                dst: b.whole(s1),
+                dst: b.whole(x),
             },
             label: stem_label,
         });
-        let s2 = b.buffer(c.c2a);
-        b.plain("conv2d_2a", &net.conv2d_2a, b.whole(s1), b.whole(s2))?;
-        // Winograd where it pays (thread CPU time per step, `echonet bench --threads 1
-        // --profile`): F(4x4) on conv2d_2b, conv2d_4a and mixed_6a's 35x35 3x3 (1.2x, 2.0x, 1.8x
-        // faster than direct); F(2x2) at 17x17, where 4x4 tiles would pad the output to 20x20;
-        // direct for the 32-channel 3x3s (conv2d_2a, Block35), whose transforms cost about what
-        // their GEMMs save.
-        b.algorithm = Algorithm::Winograd(4);
-        let s3 = b.buffer(c.c2b);
-        b.plain("conv2d_2b", &net.conv2d_2b, b.whole(s2), b.whole(s3))?;
-        let s4 = b.buffer(c.c2b);
-        b.max_pool("maxpool_3a", b.whole(s3), b.whole(s4));
-        let s5 = b.buffer(c.c3b);
-        b.plain("conv2d_3b", &net.conv2d_3b, b.whole(s4), b.whole(s5))?;
-        let s6 = b.buffer(c.c4a);
-        b.plain("conv2d_4a", &net.conv2d_4a, b.whole(s5), b.whole(s6))?;
-        b.algorithm = Algorithm::Direct;
-        let x35 = b.buffer(c.c4b);
-        b.plain("conv2d_4b", &net.conv2d_4b, b.whole(s6), b.whole(x35))?;
-
-        // Block35: work buffer [b1 entry | b0 | b2 | b1], each `w` channels.
-        let w = c.b35;
-        let work35 = b.buffer(4 * w);
-        let tmp35 = b.buffer(w);
-        let entry_out: Vec<usize> = range(w, 2 * w).chain(0..w).chain(2 * w..3 * w).collect();
-        let up_in: Vec<usize> = range(0, w).chain(2 * w..3 * w).chain(w..2 * w).collect();
-        for blk in &net.repeat_1 {
-            let p = "block35";
-            let x = b.whole(x35);
-            b.conv(
-                &format!("{p} entry"),
-                &blk.entry,
-                None,
-                Some(&entry_out),
-                x,
-                Builder::slice(work35, 0, 3 * w),
-                RELU,
-            )?;
-            b.plain(
-                &format!("{p} b1"),
-                &blk.branch1_1,
-                Builder::slice(work35, 0, w),
-                Builder::slice(work35, 3 * w, w),
-            )?;
-            b.plain(
-                &format!("{p} b2.1"),
-                &blk.branch2_1,
-                Builder::slice(work35, 2 * w, w),
-                b.whole(tmp35),
-            )?;
-            b.plain(
-                &format!("{p} b2.2"),
-                &blk.branch2_2,
-                b.whole(tmp35),
-                Builder::slice(work35, 2 * w, w),
-            )?;
-            b.conv(
-                &format!("{p} up"),
-                &blk.up,
-                Some(&up_in),
-                None,
-                Builder::slice(work35, w, 3 * w),
-                x,
-                Epilogue {
-                    accumulate: true,
-                    relu: true,
+        for stage in &net.stages {
+            match stage {
+                Stage::Conv(c) => {
+                    let y = b.buffer(c.conv.out_channels());
+                    b.algorithm = algorithm_for(&c.name);
+                    b.plain(&c.name, &c.conv, b.whole(x), b.whole(y))?;
+                    x = y;
+                }
+                Stage::MaxPool { name } => {
+                    let y = b.buffer(b.buffers[x].channels);
+                    b.max_pool(name, b.whole(x), b.whole(y));
+                    x = y;
+                }
+                Stage::Block(blk) => match &blk.join {
+                    Join::Residual { up, relu } => residual(&mut b, blk, up, *relu, x)?,
+                    Join::Pool => x = reduction(&mut b, blk, x)?,
                 },
-            )?;
+            }
         }
-
-        // mixed_6a into the 17x17 stream [b0 | b1 | pool].
-        let x17 = b.buffer(c.c6);
-        let m6 = &net.mixed_6a;
-        b.plain(
-            "mixed_6a b0",
-            &m6.branch0,
-            b.whole(x35),
-            Builder::slice(x17, 0, c.m6a_b0),
-        )?;
-        let t6a = b.buffer(c.m6a_b1_mid);
-        let t6b = b.buffer(c.m6a_b1_mid);
-        b.plain("mixed_6a b1.0", &m6.branch1_0, b.whole(x35), b.whole(t6a))?;
-        b.algorithm = Algorithm::Winograd(4);
-        b.plain("mixed_6a b1.1", &m6.branch1_1, b.whole(t6a), b.whole(t6b))?;
-        b.algorithm = Algorithm::Direct;
-        b.plain(
-            "mixed_6a b1.2",
-            &m6.branch1_2,
-            b.whole(t6b),
-            Builder::slice(x17, c.m6a_b0, c.m6a_b1_out),
-        )?;
-        b.max_pool(
-            "mixed_6a",
-            b.whole(x35),
-            Builder::slice(x17, c.m6a_b0 + c.m6a_b1_out, c.c4b),
-        );
-
-        factorised(&mut b, "block17", &net.repeat_2, x17)?;
-
-        // mixed_7a into the 8x8 stream [b0 | b1 | b2 | pool].
-        let x8 = b.buffer(c.c7);
-        let m7 = &net.mixed_7a;
-        let m = m7.mid;
-        let e7 = b.buffer(3 * m);
-        let t7 = b.buffer(m);
-        b.plain("mixed_7a entry", &m7.entry, b.whole(x17), b.whole(e7))?;
-        b.plain(
-            "mixed_7a b0",
-            &m7.branch0_1,
-            Builder::slice(e7, 0, m),
-            Builder::slice(x8, 0, c.m7a_b0_out),
-        )?;
-        b.plain(
-            "mixed_7a b1",
-            &m7.branch1_1,
-            Builder::slice(e7, m, m),
-            Builder::slice(x8, c.m7a_b0_out, c.m7a_b1_out),
-        )?;
-        b.algorithm = Algorithm::Winograd(2);
-        b.plain(
-            "mixed_7a b2.1",
-            &m7.branch2_1,
-            Builder::slice(e7, 2 * m, m),
-            b.whole(t7),
-        )?;
-        b.algorithm = Algorithm::Direct;
-        let o = c.m7a_b0_out + c.m7a_b1_out;
-        b.plain(
-            "mixed_7a b2.2",
-            &m7.branch2_2,
-            b.whole(t7),
-            Builder::slice(x8, o, c.m7a_b2_out),
-        )?;
-        b.max_pool(
-            "mixed_7a",
-            b.whole(x17),
-            Builder::slice(x8, o + c.m7a_b2_out, c.c6),
-        );
-
-        let mut block8s: Vec<_> = net.repeat_3.iter().collect();
-        block8s.push(&net.block8);
-        factorised(&mut b, "block8", block8s, x8)?;
 
         let plan = CpuPlan {
             convs: b.convs,
@@ -529,7 +424,7 @@ impl CpuPlan {
             stem_channels,
             steps: b.steps,
             input,
-            output: x8,
+            output: x,
             buffers: b.buffers,
             kernel: MicroKernel::detect(),
             threads: threads.max(1),
@@ -541,56 +436,188 @@ impl CpuPlan {
     }
 }
 
-/// Factorised residual blocks on the stream `x`: work buffer `[b1 entry | b0 | b1]`.
-fn factorised<'a>(
+/// Runs one branch's convolutions after its entry: from `src` through fresh intermediate buffers
+/// into `dst`.
+fn chain(
     b: &mut Builder,
-    name: &str,
-    blocks: impl IntoIterator<Item = &'a crate::model::network::FactorisedBlock>,
+    kind: &str,
+    branch: &Branch,
+    src: Slot,
+    dst: Slot,
+) -> candle_core::Result<()> {
+    let mut src = src;
+    let last = branch.convs.len().saturating_sub(1);
+    for (j, c) in branch.convs.iter().enumerate() {
+        let out = if j == last {
+            dst
+        } else {
+            let t = b.buffer(c.conv.out_channels());
+            b.whole(t)
+        };
+        b.algorithm = algorithm_for(&c.name);
+        b.plain(&branch_label(kind, &c.name), &c.conv, src, out)?;
+        src = out;
+    }
+    Ok(())
+}
+
+/// Channels of a branch's output: its last convolution's, or its entry part's.
+fn out_width(br: &Branch) -> usize {
+    br.convs
+        .last()
+        .map_or(br.entry.map_or(0, |e| e.1), |c| c.conv.out_channels())
+}
+
+/// Where a residual branch's output lands in the block's work buffer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Landing {
+    /// Over its own entry part (no convolution after the entry, or two or more).
+    InPlace,
+    /// Past the entry (exactly one convolution after the entry, or no entry part).
+    After,
+}
+
+/// A residual block on the stream `x`, the up-projection accumulating into `x` in place.
+fn residual(
+    b: &mut Builder,
+    blk: &Block,
+    up: &FoldedConv,
+    relu: bool,
     x: usize,
 ) -> candle_core::Result<()> {
-    let blocks: Vec<_> = blocks.into_iter().collect();
-    let Some(w) = blocks.first().map(|blk| blk.width) else {
-        return Ok(());
-    };
-    let work = b.buffer(3 * w);
-    let tmp = b.buffer(w);
-    let entry_out: Vec<usize> = range(w, 2 * w).chain(0..w).collect();
-    for blk in &blocks {
-        let p = name;
-        let xs = b.whole(x);
+    let landing: Vec<Landing> = blk
+        .branches
+        .iter()
+        .map(|br| match (br.entry, br.convs.len()) {
+            (Some(_), n) if n != 1 => Landing::InPlace,
+            _ => Landing::After,
+        })
+        .collect();
+    if blk
+        .branches
+        .iter()
+        .any(|br| br.entry.is_none() && br.convs.is_empty())
+    {
+        candle_core::bail!("cpu plan {}: a branch without convolutions", blk.kind);
+    }
+    // Buffer order of the entry's parts: After branches first, then InPlace ones.
+    let mut entry_out = Vec::new();
+    let mut entry_at = vec![0usize; blk.branches.len()];
+    for pass in [Landing::After, Landing::InPlace] {
+        for (i, br) in blk.branches.iter().enumerate() {
+            if let (Some((offset, width)), true) = (br.entry, landing[i] == pass) {
+                entry_at[i] = entry_out.len();
+                entry_out.extend(offset..offset + width);
+            }
+        }
+    }
+    let entry_width = entry_out.len();
+    let after_width: usize = blk
+        .branches
+        .iter()
+        .zip(&landing)
+        .filter(|(_, l)| **l == Landing::After)
+        .map(|(br, _)| out_width(br))
+        .sum();
+    let work = b.buffer(entry_width + after_width);
+    // Where each branch's output lands, and the up-projection's input rows in buffer order.
+    let mut final_at = vec![0usize; blk.branches.len()];
+    let mut next_after = entry_width;
+    let mut original = Vec::with_capacity(blk.branches.len());
+    let mut o = 0;
+    for (i, br) in blk.branches.iter().enumerate() {
+        original.push(o);
+        o += out_width(br);
+        final_at[i] = match landing[i] {
+            Landing::InPlace => entry_at[i],
+            Landing::After => {
+                next_after += out_width(br);
+                next_after - out_width(br)
+            }
+        };
+    }
+    let up_start =
+        final_at.iter().copied().min().ok_or_else(|| {
+            candle_core::Error::Msg(format!("cpu plan {}: no branches", blk.kind))
+        })?;
+    let mut order: Vec<usize> = (0..blk.branches.len()).collect();
+    order.sort_by_key(|&i| final_at[i]);
+    let up_in: Vec<usize> = order
+        .iter()
+        .flat_map(|&i| original[i]..original[i] + out_width(&blk.branches[i]))
+        .collect();
+    let xs = b.whole(x);
+    let kind = blk.kind;
+    if let Some(entry) = &blk.entry {
+        b.algorithm = Algorithm::Direct;
         b.conv(
-            &format!("{p} entry"),
-            &blk.entry,
+            &format!("{kind} entry"),
+            entry,
             None,
             Some(&entry_out),
             xs,
-            Builder::slice(work, 0, 2 * w),
+            Builder::slice(work, 0, entry_width),
             RELU,
         )?;
-        b.plain(
-            &format!("{p} b1.1"),
-            &blk.branch1_1,
-            Builder::slice(work, 0, w),
-            b.whole(tmp),
-        )?;
-        b.plain(
-            &format!("{p} b1.2"),
-            &blk.branch1_2,
-            b.whole(tmp),
-            Builder::slice(work, 2 * w, w),
-        )?;
-        b.conv(
-            &format!("{p} up"),
-            &blk.up,
-            None,
-            None,
-            Builder::slice(work, w, 2 * w),
-            xs,
-            Epilogue {
-                accumulate: true,
-                relu: blk.relu,
-            },
+    }
+    for (i, br) in blk.branches.iter().enumerate() {
+        let src = match br.entry {
+            Some((_, width)) => Builder::slice(work, entry_at[i], width),
+            None => xs,
+        };
+        chain(
+            b,
+            kind,
+            br,
+            src,
+            Builder::slice(work, final_at[i], out_width(br)),
         )?;
     }
-    Ok(())
+    b.algorithm = Algorithm::Direct;
+    b.conv(
+        &format!("{kind} up"),
+        up,
+        Some(&up_in),
+        None,
+        Builder::slice(work, up_start, up_in.len()),
+        xs,
+        Epilogue {
+            accumulate: true,
+            relu,
+        },
+    )
+}
+
+/// A reduction from the stream `x` into a new stream `[branches... | pool]`, returned.
+fn reduction(b: &mut Builder, blk: &Block, x: usize) -> candle_core::Result<usize> {
+    let kind = blk.kind;
+    let xs = b.whole(x);
+    if blk.branches.iter().any(|br| br.convs.is_empty()) {
+        candle_core::bail!(
+            "cpu plan {kind}: a reduction branch must end in a convolution of its own"
+        );
+    }
+    let widths: Vec<usize> = blk.branches.iter().map(out_width).collect();
+    let pooled = b.buffers[x].channels;
+    let y = b.buffer(widths.iter().sum::<usize>() + pooled);
+    let entry = match &blk.entry {
+        Some(e) => {
+            let t = b.buffer(e.out_channels());
+            b.algorithm = Algorithm::Direct;
+            b.plain(&format!("{kind} entry"), e, xs, b.whole(t))?;
+            Some(t)
+        }
+        None => None,
+    };
+    let mut offset = 0;
+    for (br, width) in blk.branches.iter().zip(&widths) {
+        let src = match (br.entry, entry) {
+            (Some((o, w)), Some(t)) => Builder::slice(t, o, w),
+            _ => xs,
+        };
+        chain(b, kind, br, src, Builder::slice(y, offset, *width))?;
+        offset += width;
+    }
+    b.max_pool(kind, xs, Builder::slice(y, offset, pooled));
+    Ok(y)
 }

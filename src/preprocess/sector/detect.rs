@@ -32,6 +32,13 @@ pub struct DetectorConfig {
     /// Consecutive detections that must agree on a different sector, or on none, before it
     /// replaces the current one. Default 3 (1.2 s at 60 fps with the default window).
     pub confirmations: usize,
+    /// Grey level from which a pixel counts as image when the sector must be found in one still
+    /// frame (a single PNG for `echonet infer`, or the fan inside a declared region), levels
+    /// (1-255). Default 1: outside the scan sector a digital frame is black (0), while the
+    /// receiver's noise floor keeps even the anechoic blood pool above it; a chamber that touches
+    /// the fan's edge would otherwise cut the edge the fan is fitted to. Raise it for a source
+    /// with a noisy background. Thin text is removed by the opening, as in detection from motion.
+    pub still_level: u8,
 }
 
 impl Default for DetectorConfig {
@@ -45,6 +52,7 @@ impl Default for DetectorConfig {
             fan_min_iou: 0.9,
             same_iou: 0.95,
             confirmations: 3,
+            still_level: 1,
         }
     }
 }
@@ -72,6 +80,12 @@ impl DetectorConfig {
         }
         if self.confirmations == 0 {
             return bad("detector.confirmations", "must be at least 1".into());
+        }
+        if self.still_level == 0 {
+            return bad(
+                "detector.still_level",
+                "is 0, expected 1 to 255 (0 would count every pixel as image)".into(),
+            );
         }
         Ok(())
     }
@@ -205,11 +219,52 @@ pub(super) fn detect(
 ) -> Option<Sector> {
     let needed = ((cfg.active_fraction * pairs as f64).ceil() as usize).clamp(1, 255) as u8;
     let active: Vec<bool> = counts.iter().map(|&c| c >= needed).collect();
+    region_to_sector(&active, width, height, cfg)
+}
+
+/// The sector of one still frame (`width * height` grey bytes), optionally only within `within`:
+/// pixels at or above `still_level` are image, then the same opening, largest region and fan
+/// fit as detection from motion. `None` when no region large enough is found. Static text is
+/// as bright as tissue, so this serves where motion cannot: a single frame, or the fan inside a
+/// declared region (whose text is outside the fan but inside the rectangle).
+pub fn detect_still(
+    grey: &[u8],
+    width: usize,
+    height: usize,
+    within: Option<PixelRect>,
+    cfg: &DetectorConfig,
+) -> Option<Sector> {
+    if grey.len() != width * height || width == 0 || height == 0 {
+        return None;
+    }
+    let inside = |i: usize| match within {
+        None => true,
+        Some(r) => {
+            let (x, y) = (i % width, i / width);
+            x >= r.x0 && x < r.x1 && y >= r.y0 && y < r.y1
+        }
+    };
+    let active: Vec<bool> = grey
+        .iter()
+        .enumerate()
+        .map(|(i, &g)| g >= cfg.still_level && inside(i))
+        .collect();
+    region_to_sector(&active, width, height, cfg)
+}
+
+/// From the pixels that look like image to the sector: opening, closing, largest region, then a
+/// fan when one fits (else the region's convex hull).
+fn region_to_sector(
+    active: &[bool],
+    width: usize,
+    height: usize,
+    cfg: &DetectorConfig,
+) -> Option<Sector> {
     let r = cfg.opening_radius;
     // Opening drops thin structures; the closing after it fills speckle pin-holes so the edges
     // the fan is fitted to are clean. The closing's erosion counts the outside as set, so a
     // sector cut by the frame's border keeps its border rows.
-    let opened = dilate(&erode(&active, width, height, r), width, height, r);
+    let opened = dilate(&erode(active, width, height, r), width, height, r);
     let cleaned = morph(
         &dilate(&opened, width, height, r),
         width,

@@ -19,7 +19,7 @@ mod morphology;
 #[cfg(test)]
 mod tests;
 
-pub use detect::{DetectorConfig, SectorDetector};
+pub use detect::{detect_still, DetectorConfig, SectorDetector};
 
 use fan_fit::*;
 use morphology::*;
@@ -246,17 +246,29 @@ impl Sector {
     /// The largest imaging region the source declares (DICOM Sequence of Ultrasound Regions),
     /// clipped to the frame; `None` when there is none or none overlaps the frame.
     pub fn from_regions(geometry: &SourceGeometry, width: usize, height: usize) -> Option<Self> {
-        let clipped_area = |r: &PixelRect| {
-            let w = r.x1.min(width).saturating_sub(r.x0);
-            let h = r.y1.min(height).saturating_sub(r.y0);
-            w * h
-        };
-        let largest = geometry
-            .regions
-            .iter()
-            .filter(|r| clipped_area(r) > 0)
-            .max_by_key(|r| clipped_area(r))?;
-        Self::rect(*largest, width, height).ok()
+        let largest = largest_region(geometry, width, height)?;
+        Self::rect(largest, width, height).ok()
+    }
+
+    /// The scan sector inside the largest declared region: the fan (or convex region) fitted to
+    /// the image in `grey` within the rectangle ([`detect_still`]), so text burned in inside the
+    /// rectangle but outside the fan is masked. `Some((rect, false))` when nothing can be fitted
+    /// (a black frame): the rectangle, to be fitted again on a later frame; `None` when no region
+    /// overlaps the frame.
+    pub fn in_regions(
+        geometry: &SourceGeometry,
+        grey: &[u8],
+        width: usize,
+        height: usize,
+        cfg: &DetectorConfig,
+    ) -> Option<(Self, bool)> {
+        let largest = largest_region(geometry, width, height)?;
+        let rect = Self::rect(largest, width, height).ok()?;
+        match detect_still(grey, width, height, Some(rect.bbox()), cfg) {
+            // A fit covering a sliver of the rectangle is a stray blob, not the image.
+            Some(s) if s.area() * 4 >= rect.area() => Some((s, true)),
+            _ => Some((rect, false)),
+        }
     }
 
     /// The sector a manual override describes, for a `width` x `height` frame.
@@ -353,6 +365,21 @@ impl Sector {
             inter as f64 / union as f64
         }
     }
+}
+
+/// The declared region with the largest area inside a `width` x `height` frame.
+fn largest_region(geometry: &SourceGeometry, width: usize, height: usize) -> Option<PixelRect> {
+    let clipped_area = |r: &PixelRect| {
+        let w = r.x1.min(width).saturating_sub(r.x0);
+        let h = r.y1.min(height).saturating_sub(r.y0);
+        w * h
+    };
+    geometry
+        .regions
+        .iter()
+        .filter(|r| clipped_area(r) > 0)
+        .max_by_key(|r| clipped_area(r))
+        .copied()
 }
 
 fn mask_runs(mask: &[bool], width: usize) -> Vec<Run> {

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::Serialize;
-use serde_json::Value;
 
 use super::frame_mask::{mask_outside, FramePolicy};
+use super::record::EstimateRecord;
+use crate::aggregate::Status;
 use crate::explain::worker::SaliencyWorker;
 use crate::frame::{Image, PixelFormat};
 use crate::preprocess::PreparedInput;
@@ -31,9 +32,6 @@ pub use fanout::{HubEvent, Subscription};
 pub use frames::{EncodedFrame, FrameError};
 
 use fanout::{faults_event, Subscriber};
-
-/// The `schema` value of every estimate the hub accepts (docs/estimate-schema.md).
-pub const ESTIMATE_SCHEMA: &str = "echonet.estimate/1";
 
 /// The trend keeps these tasks; others are shown live but not plotted.
 const TREND_TASKS: [&str; 3] = ["ef", "esv", "edv"];
@@ -77,21 +75,6 @@ impl Default for HubConfig {
     }
 }
 
-/// Why an estimate was refused. A refused estimate changes nothing the display shows.
-#[derive(Debug, thiserror::Error)]
-pub enum EstimateError {
-    #[error("estimate is not a JSON object")]
-    NotAnObject,
-    #[error("estimate schema is {found:?}, expected \"{ESTIMATE_SCHEMA}\"")]
-    Schema { found: Option<String> },
-    #[error("estimate status is {found:?}, expected \"ok\", \"withheld\" or \"stale\"")]
-    Status { found: Option<String> },
-    #[error("estimates.{task}.value is neither a number nor null")]
-    Value { task: String },
-    #[error("estimate could not be serialised: {0}")]
-    Serialise(#[from] serde_json::Error),
-}
-
 /// A subscription was refused because the hub already serves its limit of stream clients.
 #[derive(Debug, thiserror::Error)]
 #[error("the display already serves {limit} stream clients")]
@@ -99,32 +82,12 @@ pub struct SubscriberLimit {
     pub limit: usize,
 }
 
-/// `status` of an estimate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EstimateStatus {
-    Ok,
-    Withheld,
-    Stale,
-}
-
-impl EstimateStatus {
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "ok" => Some(Self::Ok),
-            "withheld" => Some(Self::Withheld),
-            "stale" => Some(Self::Stale),
-            _ => None,
-        }
-    }
-}
-
-/// The latest accepted estimate, serialised once and shared by every reader.
+/// The latest estimate, serialised once and shared by every reader.
 #[derive(Debug, Clone)]
 pub struct LatestEstimate {
     pub json: Arc<str>,
     pub seq: Option<u64>,
-    pub status: EstimateStatus,
+    pub status: Status,
     pub received: Instant,
 }
 
@@ -134,7 +97,7 @@ pub struct LatestEstimate {
 pub struct TrendPoint {
     pub t_ms: f64,
     pub seq: Option<u64>,
-    pub status: EstimateStatus,
+    pub status: Status,
     pub ef: Option<f64>,
     pub esv: Option<f64>,
     pub edv: Option<f64>,
@@ -180,7 +143,7 @@ struct State {
 #[derive(Default)]
 struct Counters {
     estimates: AtomicU64,
-    estimates_rejected: AtomicU64,
+    estimates_unwritable: AtomicU64,
     heartbeats: AtomicU64,
     frames: AtomicU64,
     frames_skipped: AtomicU64,
@@ -238,27 +201,25 @@ impl DisplayHub {
         &self.config
     }
 
-    /// Accepts one estimate (schema `echonet.estimate/1`): it becomes the latest, joins the trend
-    /// and goes to every subscriber. Unknown fields are kept and passed on, so a newer publisher
-    /// can add fields without breaking an older display.
-    pub fn publish_estimate(&self, estimate: Value) -> Result<(), EstimateError> {
-        let checked = check_estimate(&estimate);
-        let (status, point_values) = match checked {
-            Ok(v) => v,
+    /// Takes one record (schema `echonet.estimate/1`): it becomes the latest, joins the trend
+    /// and goes to every subscriber, written as JSON once here (the display's edge) and shared.
+    /// Fails only if the record cannot be written as JSON (counted; nothing changes).
+    pub fn publish_estimate(&self, record: &EstimateRecord) -> Result<(), serde_json::Error> {
+        let json: Arc<str> = match record.to_json() {
+            Ok(j) => j.into(),
             Err(e) => {
                 self.counters
-                    .estimates_rejected
+                    .estimates_unwritable
                     .fetch_add(1, Ordering::Relaxed);
                 return Err(e);
             }
         };
-        let seq = estimate.get("seq").and_then(Value::as_u64);
-        let json: Arc<str> = serde_json::to_string(&estimate)?.into();
+        let point_values = trend_values(record);
         let now = Instant::now();
         let point = TrendPoint {
             t_ms: unix_ms(SystemTime::now()),
-            seq,
-            status,
+            seq: record.seq,
+            status: record.status,
             ef: point_values[0],
             esv: point_values[1],
             edv: point_values[2],
@@ -270,8 +231,8 @@ impl DisplayHub {
         let mut state = lock(&self.state);
         state.latest = Some(LatestEstimate {
             json,
-            seq,
-            status,
+            seq: record.seq,
+            status: record.status,
             received: now,
         });
         state.last_fed = Some(now);
@@ -417,7 +378,7 @@ impl DisplayHub {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
         let mut families = vec![
             ("echonet_display_estimates_total", "counter", "Estimates accepted by the display hub.", load(&c.estimates)),
-            ("echonet_display_estimates_rejected_total", "counter", "Estimates refused by the display hub (bad schema or status).", load(&c.estimates_rejected)),
+            ("echonet_display_estimates_rejected_total", "counter", "Estimates the display hub could not write as JSON.", load(&c.estimates_unwritable)),
             ("echonet_display_heartbeats_total", "counter", "Publisher heartbeats received.", load(&c.heartbeats)),
             ("echonet_display_frames_total", "counter", "Frames encoded for the display.", load(&c.frames)),
             ("echonet_display_frames_skipped_total", "counter", "Frames skipped by the display frame-rate limit.", load(&c.frames_skipped)),
@@ -463,55 +424,17 @@ impl DisplayHub {
     }
 }
 
-/// Checks what the display relies on and pulls out the trend values (ef, esv, edv). Only a
-/// status of "ok" puts numbers on the trend: a withheld or stale estimate must not be plotted
-/// as if it were a measurement.
-fn check_estimate(v: &Value) -> Result<(EstimateStatus, [Option<f64>; 3]), EstimateError> {
-    let obj = v.as_object().ok_or(EstimateError::NotAnObject)?;
-    let schema = obj.get("schema").and_then(Value::as_str);
-    if schema != Some(ESTIMATE_SCHEMA) {
-        return Err(EstimateError::Schema {
-            found: obj.get("schema").map(value_text),
-        });
+/// The trend values (ef, esv, edv) of a record. Only a status of "ok" puts numbers on the trend:
+/// a withheld or stale estimate must not be plotted as if it were a measurement. As the display:
+/// the volume-curve figures when the model gives all three.
+fn trend_values(record: &EstimateRecord) -> [Option<f64>; 3] {
+    if record.status != Status::Ok {
+        return [None; 3];
     }
-    let status = obj
-        .get("status")
-        .and_then(Value::as_str)
-        .and_then(EstimateStatus::parse)
-        .ok_or_else(|| EstimateError::Status {
-            found: obj.get("status").map(value_text),
-        })?;
-    let mut values = [None; 3];
-    let mut curve = [None; 3];
-    if let Some(Value::Object(estimates)) = obj.get("estimates") {
-        for (task, entry) in estimates {
-            let value = match entry.get("value") {
-                None | Some(Value::Null) => None,
-                Some(Value::Number(n)) => n.as_f64(),
-                Some(_) => return Err(EstimateError::Value { task: task.clone() }),
-            };
-            let value = value.filter(|_| status == EstimateStatus::Ok);
-            if let Some(i) = TREND_TASKS.iter().position(|t| t == task) {
-                values[i] = value;
-            }
-            if let Some(i) = TREND_TASKS
-                .iter()
-                .position(|t| task.strip_suffix("_volume_curve") == Some(t))
-            {
-                curve[i] = value;
-            }
-        }
-    }
-    // As the display: the volume-curve figures when the model gives all three.
+    let curve = TREND_TASKS.map(|t| record.value(&format!("{t}_volume_curve")));
     if curve.iter().all(Option::is_some) {
-        values = curve;
-    }
-    Ok((status, values))
-}
-
-fn value_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        curve
+    } else {
+        TREND_TASKS.map(|t| record.value(t))
     }
 }

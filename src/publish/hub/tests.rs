@@ -2,44 +2,83 @@
 
 use super::frames::encode_frame;
 use super::*;
-use serde_json::json;
+use crate::aggregate::{TaskEstimate, WindowQuality};
+use crate::publish::record::{ModelInfo, SourceSummary};
+use serde_json::{json, Value};
 
-fn estimate(seq: u64, status: &str, ef: f64) -> Value {
-    json!({"schema": ESTIMATE_SCHEMA, "seq": seq, "status": status,
-           "estimates": {"ef": {"value": ef, "unit": "%", "spread": 1.0},
-                         "esv": {"value": 40.0, "unit": "mL", "spread": null}}})
+fn task(value: f64, unit: &str) -> TaskEstimate {
+    TaskEstimate {
+        value,
+        unit: unit.into(),
+        spread: None,
+    }
+}
+
+fn estimate(seq: u64, status: &str, ef: f64) -> EstimateRecord {
+    let status = match status {
+        "ok" => Status::Ok,
+        "withheld" => Status::Withheld,
+        _ => Status::Stale,
+    };
+    EstimateRecord {
+        seq: Some(seq),
+        capture_time: None,
+        publish_time: SystemTime::now(),
+        latency_ms: Some(40.0),
+        status,
+        withheld_reason: None,
+        estimates: [
+            ("ef".to_string(), task(ef, "%")),
+            ("esv".to_string(), task(40.0, "mL")),
+        ]
+        .into_iter()
+        .collect(),
+        quality: WindowQuality {
+            valid_frames: 20,
+            window: 20,
+            reasons: Default::default(),
+        },
+        agreement: None,
+        model: ModelInfo {
+            id: "m".into(),
+            intended_use: "test".into(),
+            content_hash: "sha256:00".into(),
+            precision: "f32".into(),
+        },
+        source: SourceSummary {
+            kind: "phantom".into(),
+            name: "seed 1".into(),
+        },
+    }
 }
 
 #[test]
-fn refuses_wrong_schema_status_and_values() {
+fn non_finite_values_stay_off_the_trend_and_are_served_as_null() {
     let hub = DisplayHub::new(HubConfig::default());
-    assert!(matches!(
-        hub.publish_estimate(json!([1])),
-        Err(EstimateError::NotAnObject)
-    ));
-    let e = hub.publish_estimate(json!({"schema": "echonet.estimate/2", "status": "ok"}));
-    assert!(
-        matches!(e, Err(EstimateError::Schema { found: Some(s) }) if s == "echonet.estimate/2")
-    );
-    let e = hub.publish_estimate(json!({"schema": ESTIMATE_SCHEMA, "status": "fine"}));
-    assert!(matches!(e, Err(EstimateError::Status { found: Some(s) }) if s == "fine"));
-    let e = hub.publish_estimate(json!({"schema": ESTIMATE_SCHEMA, "status": "ok",
-        "estimates": {"ef": {"value": "55"}}}));
-    assert!(matches!(e, Err(EstimateError::Value { task }) if task == "ef"));
-    assert!(hub.latest().is_none());
+    hub.publish_estimate(&estimate(1, "ok", f64::NAN)).unwrap();
+    let h = hub.history();
+    assert_eq!((h[0].ef, h[0].esv), (None, Some(40.0)));
+    let latest: Value = serde_json::from_str(&hub.latest().unwrap().json).unwrap();
+    assert_eq!(latest["schema"], ESTIMATE_SCHEMA_V1);
+    assert_eq!(latest["estimates"]["ef"]["value"], Value::Null);
     assert!(hub
         .render_metrics()
-        .contains("echonet_display_estimates_rejected_total 4\n"));
+        .contains("echonet_display_estimates_rejected_total 0\n"));
 }
+
+const ESTIMATE_SCHEMA_V1: &str = "echonet.estimate/1";
 
 #[test]
 fn volume_curve_figures_replace_the_means_on_the_trend() {
     let hub = DisplayHub::new(HubConfig::default());
     let mut e = estimate(1, "ok", 55.0);
-    e["estimates"]["ef_volume_curve"] = json!({"value": 61.0, "unit": "%", "spread": null});
-    e["estimates"]["esv_volume_curve"] = json!({"value": 39.0, "unit": "mL", "spread": null});
-    e["estimates"]["edv_volume_curve"] = json!({"value": 100.0, "unit": "mL", "spread": null});
-    hub.publish_estimate(e).unwrap();
+    e.estimates
+        .insert("ef_volume_curve".into(), task(61.0, "%"));
+    e.estimates
+        .insert("esv_volume_curve".into(), task(39.0, "mL"));
+    e.estimates
+        .insert("edv_volume_curve".into(), task(100.0, "mL"));
+    hub.publish_estimate(&e).unwrap();
     let h = hub.history();
     assert_eq!(
         (h[0].ef, h[0].esv, h[0].edv),
@@ -50,15 +89,16 @@ fn volume_curve_figures_replace_the_means_on_the_trend() {
 #[test]
 fn only_ok_estimates_put_numbers_on_the_trend() {
     let hub = DisplayHub::new(HubConfig::default());
-    hub.publish_estimate(estimate(1, "ok", 55.0)).unwrap();
-    hub.publish_estimate(estimate(2, "withheld", 20.0)).unwrap();
+    hub.publish_estimate(&estimate(1, "ok", 55.0)).unwrap();
+    hub.publish_estimate(&estimate(2, "withheld", 20.0))
+        .unwrap();
     let h = hub.history();
     assert_eq!(h.len(), 2);
     assert_eq!(
         (h[0].ef, h[0].esv, h[0].edv),
         (Some(55.0), Some(40.0), None)
     );
-    assert_eq!((h[1].status, h[1].ef), (EstimateStatus::Withheld, None));
+    assert_eq!((h[1].status, h[1].ef), (Status::Withheld, None));
     assert_eq!(hub.latest().unwrap().seq, Some(2));
 }
 
@@ -70,7 +110,7 @@ fn history_is_pruned_by_age_and_count() {
         ..HubConfig::default()
     });
     for i in 0..5 {
-        hub.publish_estimate(estimate(i, "ok", 50.0)).unwrap();
+        hub.publish_estimate(&estimate(i, "ok", 50.0)).unwrap();
     }
     let seqs: Vec<_> = hub.history().iter().map(|p| p.seq).collect();
     assert_eq!(seqs, vec![Some(2), Some(3), Some(4)]);
@@ -86,7 +126,7 @@ fn full_queue_drops_oldest_and_counts() {
     });
     let sub = hub.subscribe(8).unwrap();
     for i in 0..10 {
-        hub.publish_estimate(estimate(i, "ok", 50.0)).unwrap();
+        hub.publish_estimate(&estimate(i, "ok", 50.0)).unwrap();
     }
     assert_eq!(sub.dropped(), 6);
     assert_eq!(hub.dropped_events(), 6);
@@ -103,7 +143,7 @@ fn full_queue_drops_oldest_and_counts() {
 #[test]
 fn subscribe_starts_with_snapshot_and_respects_limit() {
     let hub = DisplayHub::new(HubConfig::default());
-    hub.publish_estimate(estimate(7, "ok", 61.0)).unwrap();
+    hub.publish_estimate(&estimate(7, "ok", 61.0)).unwrap();
     let a = hub.subscribe(2).unwrap();
     let _b = hub.subscribe(2).unwrap();
     assert!(hub.subscribe(2).is_err());
@@ -179,6 +219,6 @@ fn health_follows_estimates_and_heartbeats() {
     assert!(matches!(hub.health(), Health::Fed { .. }));
     std::thread::sleep(Duration::from_millis(80));
     assert!(matches!(hub.health(), Health::Stale { .. }));
-    hub.publish_estimate(estimate(1, "ok", 50.0)).unwrap();
+    hub.publish_estimate(&estimate(1, "ok", 50.0)).unwrap();
     assert!(matches!(hub.health(), Health::Fed { .. }));
 }

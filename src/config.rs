@@ -222,7 +222,8 @@ pub struct ModelConfig {
     /// `cpu`, `cuda` or `cuda:N`. Default `cpu`.
     #[serde(default = "default_device")]
     pub device: String,
-    /// `auto` (f16 on CUDA, the bundle's storage dtype on the CPU), `f32`, `f16`, or `bf16` (CUDA only). Default `auto`.
+    /// `auto` (f16 on CUDA, the bundle's storage dtype on the CPU, int8 for an `echonet quantize`
+    /// bundle on the CPU), `f32`, `f16`, `bf16` (CUDA only) or `int8` (CPU only). Default `auto`.
     #[serde(default = "default_dtype")]
     pub dtype: String,
     /// CPU threads for inference; 0 = every core this process may use. Default 0.

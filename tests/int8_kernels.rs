@@ -49,7 +49,8 @@ fn kernels() -> Vec<MicroKernel> {
 
 /// The quantised convolution computed directly: quantised input (zero point outside the image),
 /// integer products summed per output, `(sum (qa - zp) qw) * sa * sw + bias`, residual, ReLU.
-#[allow(clippy::too_many_arguments)]
+// Plain index loops on purpose: the reference should read like the definition.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 fn reference(
     x: &[f32],
     (n, cin, h, w): (usize, usize, usize, usize),

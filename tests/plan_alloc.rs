@@ -3,7 +3,7 @@
 //! worker threads alike. Single-threaded the count is exactly zero; with two threads the only
 //! allocations left are rayon's own (its job injector takes a new block once per 63 hand-overs,
 //! and its scheduling allocates now and then depending on timing; the plan hands each frame to
-//! the pool once).
+//! the pool once). The int8 plan is held to the same single-threaded zero.
 // Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -123,5 +123,30 @@ fn planned_frame_allocates_nothing_after_warm_up() {
     assert_eq!(
         during, 0,
         "{during} allocations in 10 single-threaded frames"
+    );
+
+    // The int8 plan (calibrated on the probe batch): the same, quantising every tile into the
+    // scratch made at warm-up.
+    let stats =
+        echonet_edge::model::quantize::calibrate(&single, &[(input.clone(), shape)]).unwrap();
+    let convs = echonet_edge::model::cpu_plan::CpuPlan::convolutions(model.network()).unwrap();
+    let (table, _) = echonet_edge::model::quantize::plan_table(
+        &convs,
+        &stats,
+        echonet_edge::model::quantize::Method::MinMax,
+    )
+    .unwrap();
+    let int8 =
+        echonet_edge::model::cpu_plan::CpuPlan::build_int8(model.network(), 1, &table).unwrap();
+    assert!(int8.int8_convs() > 0);
+    int8.features_into(&input, shape, &mut out).unwrap();
+    let before = this_thread_allocations();
+    for _ in 0..10 {
+        int8.features_into(&input, shape, &mut out).unwrap();
+    }
+    let during = this_thread_allocations() - before;
+    assert_eq!(
+        during, 0,
+        "{during} allocations in 10 single-threaded int8 frames"
     );
 }

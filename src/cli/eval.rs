@@ -336,8 +336,8 @@ fn compare(
             bias,
             bias - 1.96 * sd,
             bias + 1.96 * sd,
-            mae_a.map(|m| format!("{m:.3}")).unwrap_or("-".into()),
-            mae_b.map(|m| format!("{m:.3}")).unwrap_or("-".into()),
+            mae_a.map_or_else(|| "-".into(), |m| format!("{m:.3}")),
+            mae_b.map_or_else(|| "-".into(), |m| format!("{m:.3}")),
         );
         estimators.insert(
             name.clone(),

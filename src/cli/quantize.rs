@@ -67,7 +67,9 @@ const PHANTOM_FPS: f64 = 30.0;
 /// Frames per forward pass during calibration and drift measurement.
 const BATCH: usize = 8;
 
-type Frames = Vec<(Vec<f32>, (usize, usize, usize))>;
+/// One prepared frame (CHW floats) and its `(c, h, w)`.
+type FrameData = (Vec<f32>, (usize, usize, usize));
+type Frames = Vec<FrameData>;
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     echonet_edge::runtime::configure_cpu_threads(args.threads);
@@ -124,7 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 continue;
             }
             sampled += 1;
-            if (sampled - 1) % STRIDE != 0 {
+            if !(sampled - 1).is_multiple_of(STRIDE) {
                 continue;
             }
             if let Some(input) = pre.prepare(frame, &spec).input {
@@ -253,7 +255,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Frames in batches of [`BATCH`] (frames of one shape per batch).
-fn to_batches(frames: &Frames) -> anyhow::Result<Vec<(Vec<f32>, (usize, usize, usize, usize))>> {
+fn to_batches(frames: &[FrameData]) -> anyhow::Result<Vec<quantize::Batch>> {
     let mut out = Vec::new();
     for chunk in frames.chunks(BATCH) {
         let (c, h, w) = chunk[0].1;

@@ -43,7 +43,7 @@ pub struct Args {
     /// `cpu`, `cuda` or `cuda:N` (overrides model.device).
     #[arg(long)]
     pub device: Option<String>,
-    /// f32, f16 or bf16 (overrides model.dtype).
+    /// f32, f16, bf16 or int8 (overrides model.dtype).
     #[arg(long)]
     pub dtype: Option<String>,
     /// CPU threads (overrides model.threads).

@@ -197,12 +197,12 @@ pub enum QuantizeError {
     Model(#[from] candle_core::Error),
 }
 
+/// A normalised NCHW f32 batch and its shape `(n, c, h, w)`.
+pub type Batch = (Vec<f32>, (usize, usize, usize, usize));
+
 /// Runs `batches` (normalised NCHW f32, the model's input) through the f32 `plan` twice (range,
 /// then histogram) and returns each convolution's input statistics, by plan index.
-pub fn calibrate(
-    plan: &CpuPlan,
-    batches: &[(Vec<f32>, (usize, usize, usize, usize))],
-) -> Result<Vec<ActStats>, QuantizeError> {
+pub fn calibrate(plan: &CpuPlan, batches: &[Batch]) -> Result<Vec<ActStats>, QuantizeError> {
     if batches.is_empty() {
         return Err(QuantizeError::Calibration("no calibration frames".into()));
     }

@@ -153,6 +153,10 @@ fn thread_cpu_time() -> Duration {
     )
 }
 
+/// What [`CpuPlan::features_observed`] shows every convolution's input to: the convolution's
+/// plan index and one input pixel's channels.
+pub type Observer<'a> = &'a mut (dyn FnMut(usize, &[f32]) + Send);
+
 /// Why the plan could not run a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -276,7 +280,7 @@ impl CpuPlan {
         input: &[f32],
         shape: (usize, usize, usize, usize),
         out: &mut [f32],
-        observe: Option<&mut (dyn FnMut(usize, &[f32]) + Send)>,
+        observe: Option<Observer<'_>>,
     ) -> Result<(), PlanError> {
         let (n, c, h, w) = shape;
         if input.len() < n * c * h * w {
@@ -316,7 +320,7 @@ impl CpuPlan {
         input: &[f32],
         shape: (usize, usize, usize, usize),
         out: &mut [f32],
-        mut observe: Option<&mut (dyn FnMut(usize, &[f32]) + Send)>,
+        mut observe: Option<Observer<'_>>,
     ) -> Result<(), PlanError> {
         let (n, c, _, _) = shape;
         let profiling = self.profiling.load(Ordering::Relaxed);

@@ -72,14 +72,15 @@ pub fn quantize_row(src: &[f32], dst: &mut [u8], act: ActQuant) {
     let inv = 1.0 / act.scale;
     let zp = act.zero_point as i32;
     let n = src.len().min(dst.len());
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: AVX2 is present; both slices hold `n` elements.
-            done = unsafe { avx2::quantize(&src[..n], &mut dst[..n], inv, zp) };
-        }
-    }
+    let done = if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present; both slices hold `n` elements.
+        unsafe { avx2::quantize(&src[..n], &mut dst[..n], inv, zp) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
     for (d, &s) in dst[done..n].iter_mut().zip(&src[done..n]) {
         *d = quantize_one(s, inv, zp);
     }

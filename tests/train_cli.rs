@@ -304,6 +304,12 @@ fn ctrl_c_before_the_first_validation_leaves_a_checkpoint_that_resumes() {
         stdout.contains("paused; continue with the same command and --resume"),
         "{stdout}"
     );
+    // Nothing validated yet: the table says so instead of an infinite loss.
+    assert!(
+        stdout.contains("none") && stdout.contains("not validated yet"),
+        "{stdout}"
+    );
+    assert!(!stdout.split_whitespace().any(|w| w == "inf"), "{stdout}");
     let checkpoint = dir
         .path()
         .join("m.work/lr1e-3_wd1e-4/checkpoint.safetensors");

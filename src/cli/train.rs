@@ -298,14 +298,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|(k, v)| format!("{k} {v:.3}"))
                 .collect();
+            // A run stopped before its first validation has no loss to show (the trainer's
+            // placeholder is infinite): say so rather than print "inf".
+            let loss = if o.best.loss.is_finite() {
+                format!("{:.4}", o.best.loss)
+            } else {
+                "none".to_string()
+            };
+            let per = if per.is_empty() && !o.best.loss.is_finite() {
+                "not validated yet".to_string()
+            } else {
+                per.join(", ")
+            };
             println!(
-                "{:<14} {:<12} {:>10.4} {:>6} {:>10.2}  {}",
+                "{:<14} {:<12} {:>10} {:>6} {:>10.2}  {}",
                 format!("{lr:e}"),
                 format!("{wd:e}"),
-                o.best.loss,
+                loss,
                 o.best.step,
                 o.seconds_per_step,
-                per.join(", ")
+                per
             );
         }
         if results.iter().any(|r| !r.2.finished) {

@@ -98,13 +98,9 @@ pub struct Args {
 const PHANTOM_FRAMES: u32 = 64;
 const PHANTOM_FPS: f64 = 30.0;
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let config = super::run::load_config(args.config.as_ref(), &args.overrides)?;
-    let bundle = read_bundle(&args.model)?;
-    let model = args.run.model(&bundle)?;
-    let tasks = model.manifest().tasks.clone();
-
-    let data = match (&args.data, args.phantom_seed, args.phantom_clips) {
+/// The clips to evaluate: a dataset folder, or phantom patients made in memory.
+fn open_data(args: &Args) -> anyhow::Result<dataset::Dataset> {
+    Ok(match (&args.data, args.phantom_seed, args.phantom_clips) {
         (Some(dir), _, _) => dataset::open(dir)?,
         (None, Some(seed), Some(clips)) => dataset::phantom::in_memory(
             seed,
@@ -113,7 +109,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             PHANTOM_FPS,
         )?,
         _ => anyhow::bail!("give --data DIR, or --phantom-seed S with --phantom-clips N"),
-    };
+    })
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = super::run::load_config(args.config.as_ref(), &args.overrides)?;
+    let bundle = read_bundle(&args.model)?;
+    let model = args.run.model(&bundle)?;
+    let tasks = model.manifest().tasks.clone();
+
+    let data = open_data(&args)?;
     let declares_splits = data.clips.iter().any(|c| c.split.is_some());
     let split = args.split.unwrap_or(if declares_splits {
         SplitArg::Test
@@ -261,16 +266,7 @@ fn compare(
     let other_model = run.model(&bundle)?;
     let by_id: std::collections::BTreeMap<&str, &ClipEval> =
         report.clips.iter().map(|c| (c.id.as_str(), c)).collect();
-    let data = match (&args.data, args.phantom_seed, args.phantom_clips) {
-        (Some(dir), _, _) => dataset::open(dir)?,
-        (None, Some(seed), Some(clips)) => dataset::phantom::in_memory(
-            seed,
-            clips,
-            args.phantom_frames.unwrap_or(PHANTOM_FRAMES),
-            PHANTOM_FPS,
-        )?,
-        _ => anyhow::bail!("give --data DIR, or --phantom-seed S with --phantom-clips N"),
-    };
+    let data = open_data(args)?;
     let mut theirs = Vec::new();
     for record in data
         .clips

@@ -43,6 +43,17 @@ const QUANTITIES: [Quantity; 3] = [
     ),
 ];
 
+/// The record's EF agreement (issue #13): |paper's mean EF - volume-curve EF| in points and
+/// whether it is beyond the configured margin; `None` when the record has none.
+fn agreement(r: &JournalRow) -> Option<(f64, f64, bool)> {
+    let a = r.record.get("agreement")?;
+    Some((
+        a.get("difference")?.as_f64()?,
+        a.get("margin")?.as_f64()?,
+        a.get("low")?.as_bool()?,
+    ))
+}
+
 /// CSV with a header; empty cells for absent values.
 pub fn to_csv(rows: &[JournalRow]) -> Result<String, csv::Error> {
     let mut w = csv::Writer::from_writer(Vec::new());
@@ -62,6 +73,8 @@ pub fn to_csv(rows: &[JournalRow]) -> Result<String, csv::Error> {
         "window_frames",
         "model_id",
         "model_hash",
+        "ef_agreement_difference",
+        "ef_agreement_low",
     ])?;
     let opt = |v: Option<String>| v.unwrap_or_default();
     for r in rows {
@@ -81,6 +94,8 @@ pub fn to_csv(rows: &[JournalRow]) -> Result<String, csv::Error> {
             opt(r.window_frames.map(|v| v.to_string())),
             r.model_id.clone(),
             r.model_hash.clone(),
+            opt(agreement(r).map(|(d, _, _)| d.to_string())),
+            opt(agreement(r).map(|(_, _, low)| low.to_string())),
         ])?;
     }
     let bytes = w.into_inner().map_err(|e| e.into_error())?;
@@ -146,6 +161,15 @@ pub fn to_fhir_bundle(session: &SessionInfo, rows: &[JournalRow]) -> Value {
                 "device": {"display": format!("echonet-edge model {}", r.model_id)},
                 "note": [{"text": format!("Intended use: {}", session.intended_use)}],
             });
+            // A flagged EF says so where a clinician reads it, as the display does.
+            if let (Some((difference, margin, true)), "%") = (agreement(r), *unit) {
+                if let Some(notes) = obs["note"].as_array_mut() {
+                    notes.push(json!({"text": format!(
+                        "Low agreement: the mean of per-frame EF and the volume-curve EF differ \
+                         by {difference:.1} points (margin {margin:.1})"
+                    )}));
+                }
+            }
             if let Some(t) = &r.capture_time {
                 obs["effectiveDateTime"] = json!(t);
             }
@@ -251,6 +275,38 @@ mod tests {
             .as_str()
             .unwrap()
             .starts_with("urn:uuid:"));
+    }
+
+    /// A record flagged for low EF agreement carries the flag into the CSV and as a note on
+    /// its FHIR EF observation (not on the volumes); an unflagged one has no such note.
+    #[test]
+    fn low_ef_agreement_reaches_the_csv_and_the_fhir_ef_note() {
+        let mut flagged = row("ok", Some(55.1));
+        flagged.record = json!({"status": "ok",
+            "agreement": {"difference": 12.5, "margin": 10.0, "low": true}});
+        let text = to_csv(std::slice::from_ref(&flagged)).unwrap();
+        let mut lines = text.lines();
+        assert!(lines
+            .next()
+            .unwrap()
+            .ends_with("ef_agreement_difference,ef_agreement_low"));
+        assert!(lines.next().unwrap().ends_with(",12.5,true"), "{text}");
+        let b = to_fhir_bundle(&session(), std::slice::from_ref(&flagged));
+        let notes = |i: usize| b["entry"][i]["resource"]["note"].as_array().unwrap().len();
+        assert_eq!(notes(0), 2, "EF carries the flag");
+        assert!(b["entry"][0]["resource"]["note"][1]["text"]
+            .as_str()
+            .unwrap()
+            .contains("12.5 points (margin 10.0)"));
+        assert_eq!((notes(1), notes(2)), (1, 1), "the volumes do not");
+        let plain = to_fhir_bundle(&session(), &[row("ok", Some(55.1))]);
+        assert_eq!(
+            plain["entry"][0]["resource"]["note"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -260,7 +260,7 @@ unsafe fn portable_strip(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use super::{PackedWeights, Pass, MR, NR};
     use std::arch::x86_64::*;
 
@@ -327,35 +327,54 @@ mod avx2 {
             (z, z)
         };
         for (r, &(lo, hi)) in acc.iter().enumerate().take(rows) {
-            let mut lo = _mm256_add_ps(lo, bias0);
-            let mut hi = _mm256_add_ps(hi, bias1);
-            let out = c.add(r * ldc);
-            if cols == NR {
-                if pass.load_c {
-                    lo = _mm256_add_ps(lo, _mm256_loadu_ps(out));
-                    hi = _mm256_add_ps(hi, _mm256_loadu_ps(out.add(8)));
+            let lo = _mm256_add_ps(lo, bias0);
+            let hi = _mm256_add_ps(hi, bias1);
+            store_row(c.add(r * ldc), lo, hi, cols, pass.load_c, pass.relu);
+        }
+    }
+
+    /// The epilogue's tail for one tile row of 16 values (`lo`, `hi`): adds the row already in C
+    /// (`accumulate`, the residual), applies ReLU, and stores the first `cols` values. Shared by
+    /// the f32 kernel and the int8 one (`qgemm`), whose rows arrive here dequantised.
+    ///
+    /// # Safety
+    /// `out` is valid for `cols` (at most 16) floats; AVX2 and FMA are present.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub unsafe fn store_row(
+        out: *mut f32,
+        mut lo: __m256,
+        mut hi: __m256,
+        cols: usize,
+        accumulate: bool,
+        relu: bool,
+    ) {
+        if cols == NR {
+            if accumulate {
+                lo = _mm256_add_ps(lo, _mm256_loadu_ps(out));
+                hi = _mm256_add_ps(hi, _mm256_loadu_ps(out.add(8)));
+            }
+            if relu {
+                let z = _mm256_setzero_ps();
+                lo = _mm256_max_ps(lo, z);
+                hi = _mm256_max_ps(hi, z);
+            }
+            _mm256_storeu_ps(out, lo);
+            _mm256_storeu_ps(out.add(8), hi);
+        } else {
+            let mut tmp = [0f32; NR];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), lo);
+            _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi);
+            for (col, &t) in tmp.iter().enumerate().take(cols) {
+                let o = out.add(col);
+                let mut v = t;
+                if accumulate {
+                    v += *o;
                 }
-                if pass.relu {
-                    lo = _mm256_max_ps(lo, z);
-                    hi = _mm256_max_ps(hi, z);
+                if relu {
+                    v = v.max(0.0);
                 }
-                _mm256_storeu_ps(out, lo);
-                _mm256_storeu_ps(out.add(8), hi);
-            } else {
-                let mut tmp = [0f32; NR];
-                _mm256_storeu_ps(tmp.as_mut_ptr(), lo);
-                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi);
-                for (col, &t) in tmp.iter().enumerate().take(cols) {
-                    let o = out.add(col);
-                    let mut v = t;
-                    if pass.load_c {
-                        v += *o;
-                    }
-                    if pass.relu {
-                        v = v.max(0.0);
-                    }
-                    *o = v;
-                }
+                *o = v;
             }
         }
     }

@@ -289,7 +289,8 @@ unsafe fn portable_strip(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{QuantWeights, MR, NR};
+    use super::{QuantWeights, MR};
+    use crate::model::cpu_plan::gemm::avx2::store_row;
     use crate::model::cpu_plan::gemm::Epilogue;
     use std::arch::x86_64::*;
 
@@ -388,38 +389,10 @@ mod avx2 {
         let (scale, offset) = (w.scale(j).as_ptr(), w.offset(j).as_ptr());
         let (s0, s1) = (_mm256_load_ps(scale), _mm256_load_ps(scale.add(8)));
         let (o0, o1) = (_mm256_load_ps(offset), _mm256_load_ps(offset.add(8)));
-        let zf = _mm256_setzero_ps();
         for (r, &(lo, hi)) in acc.iter().enumerate().take(rows) {
-            let mut lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), s0, o0);
-            let mut hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), s1, o1);
-            let out = c.add(r * ldc);
-            if cols == NR {
-                if ep.accumulate {
-                    lo = _mm256_add_ps(lo, _mm256_loadu_ps(out));
-                    hi = _mm256_add_ps(hi, _mm256_loadu_ps(out.add(8)));
-                }
-                if ep.relu {
-                    lo = _mm256_max_ps(lo, zf);
-                    hi = _mm256_max_ps(hi, zf);
-                }
-                _mm256_storeu_ps(out, lo);
-                _mm256_storeu_ps(out.add(8), hi);
-            } else {
-                let mut tmp = [0f32; NR];
-                _mm256_storeu_ps(tmp.as_mut_ptr(), lo);
-                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi);
-                for (col, &t) in tmp.iter().enumerate().take(cols) {
-                    let o = out.add(col);
-                    let mut v = t;
-                    if ep.accumulate {
-                        v += *o;
-                    }
-                    if ep.relu {
-                        v = v.max(0.0);
-                    }
-                    *o = v;
-                }
-            }
+            let lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), s0, o0);
+            let hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), s1, o1);
+            store_row(c.add(r * ldc), lo, hi, cols, ep.accumulate, ep.relu);
         }
     }
 }

@@ -204,11 +204,7 @@ pub unsafe fn strip(
     pass: Pass,
 ) {
     let cols = (w.n - j * NR).min(NR);
-    // Rows past `rows` repeat row 0 (always readable); their results are never stored.
-    let mut rp = [a; MR];
-    for (r, p) in rp.iter_mut().enumerate().take(rows) {
-        *p = a.add(r * lda);
-    }
+    let rp = row_pointers(a, lda, rows);
     match kernel {
         MicroKernel::Portable => portable_strip(w, j, &rp, rows, cols, c, ldc, pass),
         #[cfg(target_arch = "x86_64")]
@@ -257,6 +253,19 @@ unsafe fn portable_strip(
             *o = v;
         }
     }
+}
+
+/// The A row pointers of a micro-kernel call (f32 or u8 rows `lda` apart): rows past `rows`
+/// repeat row 0 (always readable); their results are never stored.
+///
+/// # Safety
+/// `a` is valid for `rows` rows of `lda` elements.
+pub(super) unsafe fn row_pointers<T>(a: *const T, lda: usize, rows: usize) -> [*const T; MR] {
+    let mut rp = [a; MR];
+    for (r, p) in rp.iter_mut().enumerate().take(rows) {
+        *p = a.add(r * lda);
+    }
+    rp
 }
 
 #[cfg(target_arch = "x86_64")]

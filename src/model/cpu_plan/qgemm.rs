@@ -14,7 +14,7 @@
 //! (`maddubs` + `madd` + `add`, 6x16 tile, 12 int32 accumulators). Both do the epilogue with the
 //! same fused multiply-add, so their outputs are bit-identical. aarch64 runs the portable kernel.
 
-use super::gemm::{AlignedVec, Epilogue, MicroKernel, MR, NR};
+use super::gemm::{row_pointers, AlignedVec, Epilogue, MicroKernel, MR, NR};
 
 /// Largest weight magnitude (7-bit symmetric); see the module note on `maddubs` saturation.
 pub const WEIGHT_LEVELS: i32 = 63;
@@ -231,11 +231,7 @@ pub unsafe fn strip(
     ep: Epilogue,
 ) {
     let cols = (w.n - j * NR).min(NR);
-    // Rows past `rows` repeat row 0 (always readable); their results are never stored.
-    let mut rp = [a; MR];
-    for (r, p) in rp.iter_mut().enumerate().take(rows) {
-        *p = a.add(r * lda);
-    }
+    let rp = row_pointers(a, lda, rows);
     match kernel {
         #[cfg(target_arch = "x86_64")]
         MicroKernel::Avx2Fma => avx2::strip(w, j, &rp, rows, cols, c, ldc, ep),

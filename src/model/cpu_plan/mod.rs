@@ -573,8 +573,8 @@ impl CpuPlan {
 }
 
 impl PreparedConv {
-    /// Packs a folded convolution with its natural channel orders, as the plan would (Winograd
-    /// F(2x2, 3x3) for a 3x3 stride-1 convolution).
+    /// Packs a folded convolution with its natural channel orders (Winograd with 2-output tiles
+    /// for a 3x3, 1x3 or 3x1 stride-1 convolution).
     pub fn from_folded(conv: &FoldedConv) -> candle_core::Result<Self> {
         build::prepare(conv, None, None, build::Algorithm::Auto)
     }
@@ -585,7 +585,8 @@ impl PreparedConv {
     }
 
     /// Packs a folded convolution for one algorithm: direct (`None`) or Winograd with output
-    /// tiles of `Some(2)` or `Some(4)` (3x3 stride 1 only; otherwise direct).
+    /// tiles of `Some(2)` or `Some(4)` (stride 1 with 3-tap axes, or 7-tap ones for 4: F(2x2),
+    /// F(4x4), F(2) / F(4) along a 1x3 or 3x1, F(4) along a 1x7 or 7x1; otherwise direct).
     pub fn from_folded_with(
         conv: &FoldedConv,
         winograd: Option<usize>,

@@ -10,9 +10,14 @@
 //! kernel computes the same integers exactly. The price is one bit of weight precision per output
 //! channel (the per-channel scale keeps it small).
 //!
-//! Kernels: a portable scalar one (the reference the tests hold the others to) and AVX2
-//! (`maddubs` + `madd` + `add`, 6x16 tile, 12 int32 accumulators). Both do the epilogue with the
-//! same fused multiply-add, so their outputs are bit-identical. aarch64 runs the portable kernel.
+//! Kernels: a portable scalar one (the reference the tests hold the others to), AVX2
+//! (`maddubs` + `madd` + `add`, 6x16 tile, 12 int32 accumulators) and, on aarch64 cores with the
+//! dot-product extension (the Jetson Orin's Cortex-A78AE), `sdot` (6x16 tile, 24 int32x4
+//! accumulators). All do the epilogue with the same fused multiply-add, so their outputs are
+//! bit-identical. `sdot` multiplies signed by signed bytes: it reads each activation as
+//! `u8 - 128` (one `eor` per broadcast) and starts every column's sums at `128 x` the column's
+//! weight sum, so it adds up exactly the integers the others do. VNNI (`vpdpbusd`) is not written:
+//! the development machines have no CPU to test it on.
 
 use super::gemm::{row_pointers, AlignedVec, Epilogue, MicroKernel, MR, NR};
 
@@ -127,6 +132,10 @@ pub struct QuantWeights {
     scale: AlignedVec,
     /// Per column: bias - zero_point x scale x (sum of the column's int8 weights).
     offset: AlignedVec,
+    /// Per column (zero-padded to whole panels): 128 x the sum of its int8 weights, where the
+    /// `sdot` kernel starts its sums (see the module note).
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    shifted: Vec<i32>,
 }
 
 impl QuantWeights {
@@ -155,6 +164,7 @@ impl QuantWeights {
         let mut panels = vec![0i8; panels_count * k4 * NR];
         let mut scale = AlignedVec::zeroed(panels_count * NR);
         let mut offset = AlignedVec::zeroed(panels_count * NR);
+        let mut shifted = vec![0i32; panels_count * NR];
         for col in 0..n {
             let (j, c) = (col / NR, col % NR);
             let mut sum = 0i32;
@@ -176,6 +186,7 @@ impl QuantWeights {
             let s = act.scale * ws;
             scale.as_mut_slice()[col] = s;
             offset.as_mut_slice()[col] = bias[col] - act.zero_point as f32 * s * sum as f32;
+            shifted[col] = 128 * sum;
         }
         Ok(Self {
             k,
@@ -185,6 +196,7 @@ impl QuantWeights {
             panels,
             scale,
             offset,
+            shifted,
         })
     }
 
@@ -206,7 +218,18 @@ impl QuantWeights {
 
     /// Bytes of packed weights and per-column constants.
     pub fn bytes(&self) -> usize {
-        self.panels.len() + 8 * self.scale.len()
+        self.panels.len() + 12 * self.scale.len()
+    }
+}
+
+/// Which int8 kernel [`strip`] runs for `kernel` on this CPU: `avx2`, `sdot` or `portable`.
+pub fn kernel_name(kernel: MicroKernel) -> &'static str {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        MicroKernel::Avx2Fma => "avx2",
+        #[cfg(target_arch = "aarch64")]
+        MicroKernel::Neon if std::arch::is_aarch64_feature_detected!("dotprod") => "sdot",
+        _ => "portable",
     }
 }
 
@@ -235,6 +258,11 @@ pub unsafe fn strip(
     match kernel {
         #[cfg(target_arch = "x86_64")]
         MicroKernel::Avx2Fma => avx2::strip(w, j, &rp, rows, cols, c, ldc, ep),
+        // std caches the detection: one atomic load per strip of 6 x 16 x K products.
+        #[cfg(target_arch = "aarch64")]
+        MicroKernel::Neon if std::arch::is_aarch64_feature_detected!("dotprod") => {
+            sdot::strip(w, j, &rp, rows, cols, c, ldc, ep)
+        }
         _ => portable_strip(w, j, &rp, rows, cols, c, ldc, ep),
     }
 }
@@ -389,6 +417,114 @@ mod avx2 {
             let lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), s0, o0);
             let hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), s1, o1);
             store_row(c.add(r * ldc), lo, hi, cols, ep.accumulate, ep.relu);
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod sdot {
+    use super::{QuantWeights, MR, NR};
+    use crate::model::cpu_plan::gemm::Epilogue;
+    use std::arch::aarch64::*;
+
+    /// `acc.4s += x.16b · b.16b` per four-byte group, signed: the `sdot` instruction (inline
+    /// assembly because its intrinsic is not stable Rust yet).
+    #[inline(always)]
+    unsafe fn dot(acc: &mut int32x4_t, x: int8x16_t, b: int8x16_t) {
+        std::arch::asm!(
+            "sdot {acc:v}.4s, {b:v}.16b, {x:v}.16b",
+            acc = inout(vreg) *acc,
+            b = in(vreg) b,
+            x = in(vreg) x,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+
+    /// The 6x16 tile as 24 int32x4 accumulators, each lane one column; per group of 4 k, the
+    /// panel's 64 bytes as 4 vectors (4 columns x 4 k each) and each row's 4 activation bytes
+    /// broadcast (`ld1r`) and flipped to `u8 - 128` (`eor`): 29 of the 32 vector registers, as
+    /// in the f32 NEON kernel. Broadcasting rather than loading 16 bytes of a row and using
+    /// `sdot`'s lane form would keep 6 more registers live than there are.
+    ///
+    /// # Safety
+    /// As [`super::strip`]; the CPU has NEON and the dot-product extension.
+    #[target_feature(enable = "neon,dotprod")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn strip(
+        w: &QuantWeights,
+        j: usize,
+        rp: &[*const u8; MR],
+        rows: usize,
+        cols: usize,
+        c: *mut f32,
+        ldc: usize,
+        ep: Epilogue,
+    ) {
+        let b = w.panel(j).as_ptr();
+        let start = w.shifted[j * NR..(j + 1) * NR].as_ptr();
+        let init = [
+            vld1q_s32(start),
+            vld1q_s32(start.add(4)),
+            vld1q_s32(start.add(8)),
+            vld1q_s32(start.add(12)),
+        ];
+        let mut acc = [init; MR];
+        let flip = vdupq_n_u8(0x80);
+        for g in 0..w.k4 / 4 {
+            let bp = b.add(g * 64);
+            let bv = [
+                vld1q_s8(bp),
+                vld1q_s8(bp.add(16)),
+                vld1q_s8(bp.add(32)),
+                vld1q_s8(bp.add(48)),
+            ];
+            for (row, &a) in acc.iter_mut().zip(rp) {
+                let x = vld1q_dup_u32(a.add(4 * g) as *const u32);
+                let x = vreinterpretq_s8_u8(veorq_u8(vreinterpretq_u8_u32(x), flip));
+                for (acc, &bq) in row.iter_mut().zip(&bv) {
+                    dot(acc, x, bq);
+                }
+            }
+        }
+        let (scale, offset) = (w.scale(j).as_ptr(), w.offset(j).as_ptr());
+        let z = vdupq_n_f32(0.0);
+        for (r, row) in acc.iter().enumerate().take(rows) {
+            let out = c.add(r * ldc);
+            let mut v = [z; 4];
+            for (q, (x, &s)) in v.iter_mut().zip(row).enumerate() {
+                *x = vfmaq_f32(
+                    vld1q_f32(offset.add(4 * q)),
+                    vcvtq_f32_s32(s),
+                    vld1q_f32(scale.add(4 * q)),
+                );
+            }
+            if cols == NR {
+                for (q, x) in v.iter_mut().enumerate() {
+                    if ep.accumulate {
+                        *x = vaddq_f32(*x, vld1q_f32(out.add(4 * q)));
+                    }
+                    if ep.relu {
+                        *x = vmaxq_f32(*x, z);
+                    }
+                    vst1q_f32(out.add(4 * q), *x);
+                }
+            } else {
+                let mut tmp = [0f32; NR];
+                for (q, x) in v.iter().enumerate() {
+                    vst1q_f32(tmp.as_mut_ptr().add(4 * q), *x);
+                }
+                for (col, &t) in tmp.iter().enumerate().take(cols) {
+                    let o = out.add(col);
+                    let mut v = t;
+                    if ep.accumulate {
+                        v += *o;
+                    }
+                    if ep.relu {
+                        v = v.max(0.0);
+                    }
+                    *o = v;
+                }
+            }
         }
     }
 }

@@ -155,8 +155,11 @@ type Lanes = [f32; LANES];
 /// Most transformed positions per tile (6 x 6 for F(4x4, 3x3)).
 const MAX_POSITIONS: usize = 36;
 
+/// A transform matrix as its nonzero coefficients per row: (column, value).
+type SparseRows = Vec<Vec<(usize, f32)>>;
+
 /// Nonzero coefficients of a row-major matrix, per row: (column, value).
-fn sparse(mat: &[f64], rows: usize, cols: usize) -> Vec<Vec<(usize, f32)>> {
+fn sparse(mat: &[f64], rows: usize, cols: usize) -> SparseRows {
     (0..rows)
         .map(|r| {
             (0..cols)
@@ -223,8 +226,10 @@ pub struct WinogradConv {
     u: Vec<PackedWeights>,
     /// The bias, zero-padded to whole [`LANES`].
     bias: Vec<f32>,
-    bt: (Vec<Vec<(usize, f32)>>, Vec<Vec<(usize, f32)>>),
-    at: (Vec<Vec<(usize, f32)>>, Vec<Vec<(usize, f32)>>),
+    /// B^T of the row axis and of the column axis.
+    bt: (SparseRows, SparseRows),
+    /// A^T of the row axis and of the column axis.
+    at: (SparseRows, SparseRows),
 }
 
 /// Output tile side for a 3x3 layer: 4 where the output is wide enough for its larger tiles to pay

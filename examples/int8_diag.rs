@@ -9,9 +9,21 @@ fn npy(path: &str) -> (Vec<f32>, Vec<usize>) {
     let b = std::fs::read(path).unwrap();
     let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
     let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
-    let shape_s = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
-    let shape: Vec<usize> = shape_s.split(',').filter_map(|s| s.trim().parse().ok()).collect();
-    let data = b[10 + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let shape_s = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape: Vec<usize> = shape_s
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let data = b[10 + hlen..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     (data, shape)
 }
 
@@ -31,7 +43,11 @@ fn main() {
     let bundle = read_bundle(Path::new(f32b)).unwrap();
     let qb = read_bundle(Path::new(q8b)).unwrap();
     let qw = qb.quantization.unwrap();
-    let opts = RunOptions { dtype: Some(candle_core::DType::F32), int8: Int8Request::Off, ..RunOptions::cpu() };
+    let opts = RunOptions {
+        dtype: Some(candle_core::DType::F32),
+        int8: Int8Request::Off,
+        ..RunOptions::cpu()
+    };
     let model = EchoNetModel::from_bundle(&bundle, &opts).unwrap();
     let net = model.network();
     let plan = model.cpu_plan().unwrap();
@@ -70,12 +86,21 @@ fn main() {
             }
             // Bundle weights with headroom: calibrated hi scaled by f.
             for f in [1.5f32, 2.0, 3.0, 4.0] {
-                let table: Vec<Option<ConvQuant>> = qw.table.iter().map(|q| q.clone().map(|mut q| {
-                    let lo = -(q.act.zero_point as f32) * q.act.scale;
-                    let hi = (255.0 - q.act.zero_point as f32) * q.act.scale;
-                    q.act = echonet_edge::model::cpu_plan::qgemm::ActQuant::from_range(lo * f, hi * f);
-                    q
-                })).collect();
+                let table: Vec<Option<ConvQuant>> = qw
+                    .table
+                    .iter()
+                    .map(|q| {
+                        q.clone().map(|mut q| {
+                            let lo = -(q.act.zero_point as f32) * q.act.scale;
+                            let hi = (255.0 - q.act.zero_point as f32) * q.act.scale;
+                            q.act = echonet_edge::model::cpu_plan::qgemm::ActQuant::from_range(
+                                lo * f,
+                                hi * f,
+                            );
+                            q
+                        })
+                    })
+                    .collect();
                 println!("headroom x{f}: {:.4e}", run(&table));
             }
         }

@@ -1,4 +1,13 @@
-//! Diagnostic (not shipped): where int8 loses on an input unlike the calibration frames.
+//! Where int8 loses on an input unlike the calibration frames (the analysis behind `echonet
+//! quantize --headroom`, README "int8 bundles"): per int8 layer, the range calibration gave, the
+//! range this input reaches, and how far int8 in that layer alone moves the pooled features from
+//! the f32 plan (`ranges`); or the whole network with scales fitted on this input itself (what
+//! per-frame dynamic scales would give) and with the bundle's ranges widened 1.5-4x (`oracle`).
+//!
+//!     cargo run --release --example int8_diag -- F32_BUNDLE INT8_BUNDLE INPUT.npy [ranges|oracle]
+//!
+//! INPUT.npy: float32 `[N, C, H, W]`, normalised (as `echonet infer --input`). A diagnostic, so
+//! a failure panics with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use echonet_edge::model::cpu_plan::{ConvQuant, CpuPlan};
 use echonet_edge::model::quantize::{self, Method};
@@ -81,7 +90,7 @@ fn main() {
         "oracle" => {
             // Scales fitted on this very input (what per-frame dynamic scales would do).
             for m in [Method::MinMax, Method::Percentile, Method::Mse] {
-                let (table, _) = quantize::plan_table(&convs, &stats, m).unwrap();
+                let (table, _) = quantize::plan_table(&convs, &stats, m, 1.0).unwrap();
                 println!("oracle {}: {:.4e}", m.as_str(), run(&table));
             }
             // Bundle weights with headroom: calibrated hi scaled by f.

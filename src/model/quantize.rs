@@ -272,7 +272,9 @@ pub fn plan_table(
         } else {
             None
         };
-        let act = stats.get(i).map(|s| s.choose_with_headroom(method, headroom));
+        let act = stats
+            .get(i)
+            .map(|s| s.choose_with_headroom(method, headroom));
         let quant = match (&reason, act) {
             (None, Some(act)) => Some(ConvQuant::from_folded(&pc.conv, act)?),
             _ => None,

@@ -11,9 +11,10 @@
 //!    (`U = G_h g G_w^T`), packed in the micro-kernel's panels,
 //! 3. output transform `Y = A_h^T M A_w`, plus bias, residual and ReLU, stored into the NHWC output.
 //!
-//! The transforms work on 8 channels at a time held in registers (one AVX vector, two NEON or SSE
-//! ones), all of a tile's alpha_h x alpha_w vectors at once, so each input and output value is read
-//! and written once per tile rather than once per coefficient. F(2, 3) uses only 0, +-1 and +-1/2
+//! The one-axis transforms work on 32 channels at a time (four AVX vectors), all of a tile's
+//! alpha vectors at once in an L1-resident block, so each value is read and written once per tile
+//! rather than once per coefficient; the 3x3 ones make one pass over whole channel vectors per
+//! coefficient, which measured faster for them (see `run_block`). F(2, 3) uses only 0, +-1 and +-1/2
 //! and is accurate to f32 rounding; F(4, 3) (points 0, +-1, +-2) and F(4, 7) (0, +-1, +-2, +-1/2,
 //! +-3/2; coefficients up to 17) lose about a decimal digit each, which is why the plan picks them
 //! per layer and the tests hold them to a looser tolerance.
@@ -147,8 +148,9 @@ fn axis(r: usize, m: usize) -> Option<&'static Axis> {
     }
 }
 
-/// Channels per transform vector: one AVX register of f32.
-const LANES: usize = 8;
+/// Channels transformed together: four AVX registers of f32, so each coefficient's multiply-add
+/// runs on four independent accumulators and the transform is not bound by the add latency.
+const LANES: usize = 32;
 type Lanes = [f32; LANES];
 /// Most transformed positions per tile (6 x 6 for F(4x4, 3x3)).
 const MAX_POSITIONS: usize = 36;
@@ -165,7 +167,7 @@ fn sparse(mat: &[f64], rows: usize, cols: usize) -> Vec<Vec<(usize, f32)>> {
         .collect()
 }
 
-/// `sum (coefficient * x[index])` over a sparse row, 8 lanes at a time.
+/// `sum (coefficient * x[index])` over a sparse row, [`LANES`] channels at a time.
 #[inline(always)]
 fn combine(row: &[(usize, f32)], x: &[Lanes], stride: usize, offset: usize) -> Lanes {
     let mut acc = [0f32; LANES];
@@ -309,9 +311,15 @@ impl WinogradConv {
         self.alpha.0 * self.alpha.1
     }
 
-    /// Floats of scratch for a block of `tiles` tiles: V and M for the block.
+    /// Floats of scratch for a block of `tiles` tiles: V and M for the block, plus one tile's
+    /// partial transform (for the two-axis transforms).
     fn scratch_floats(&self, tiles: usize) -> usize {
-        self.positions() * tiles * (self.cin + self.cout)
+        self.positions() * (tiles * (self.cin + self.cout) + self.cin.max(self.cout))
+    }
+
+    /// Whether both axes are transformed (a 3x3 kernel).
+    fn two_axes(&self) -> bool {
+        self.alpha.0 > 1 && self.alpha.1 > 1
     }
 }
 
@@ -371,8 +379,8 @@ pub unsafe fn conv(
             return;
         }
         match kernel {
-            // The transforms are plain loops over 8-lane arrays: compiled for AVX2 here they are
-            // one instruction per operation instead of the baseline's two.
+            // The transforms are plain loops over channel arrays: compiled for AVX2 here they run
+            // 8 lanes per instruction instead of the baseline's 4.
             #[cfg(target_arch = "x86_64")]
             MicroKernel::Avx2Fma => block_avx2(kernel, w, src, dst, ep, (t0, t1), (th, tw), buf),
             _ => run_block(kernel, w, src, dst, ep, (t0, t1), (th, tw), buf),
@@ -420,9 +428,18 @@ unsafe fn run_block(
     let (t0, t1) = tiles;
     let nt = t1 - t0;
     let (cin, cout) = (w.cin, w.cout);
-    let (v, mm) = buf.split_at_mut(w.positions() * nt * cin);
+    let (v, rest) = buf.split_at_mut(w.positions() * nt * cin);
+    let (mm, tmp) = rest.split_at_mut(w.positions() * nt * cout);
+    // Measured per layer (`echonet bench --profile --threads 1`, least of 3 rounds): the 3x3
+    // layers run their transforms faster as whole-channel-vector passes (conv2d_4a 8.8 ms against
+    // 12.6 ms in 32-channel blocks), the one-axis ones in 32-channel blocks.
+    let two_axes = w.two_axes();
     for (i, tile) in (t0..t1).enumerate() {
-        input_transform(w, src, tile, grid, v.as_mut_ptr(), nt, i);
+        if two_axes {
+            input_transform_2d(w, src, tile, grid, v, nt, i, tmp);
+        } else {
+            input_transform(w, src, tile, grid, v.as_mut_ptr(), nt, i);
+        }
     }
     // One GEMM per transformed position: V[xi] (nt x cin) . U[xi] -> M[xi] (nt x cout).
     let gemm_ep = gemm::Epilogue {
@@ -454,12 +471,144 @@ unsafe fn run_block(
         }
     }
     for (i, tile) in (t0..t1).enumerate() {
-        output_transform(w, dst, tile, grid, mm.as_ptr(), nt, i, ep);
+        if two_axes {
+            output_transform_2d(w, dst, tile, grid, mm, nt, i, tmp, ep);
+        } else {
+            output_transform(w, dst, tile, grid, mm.as_ptr(), nt, i, ep);
+        }
+    }
+}
+
+/// `V[.., i, ..] = B_h^T d B_w` of tile `tile` (zero outside the input) into block row `i`, one
+/// whole channel vector per coefficient (the 3x3 layers' form).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform_2d(
+    w: &WinogradConv,
+    src: View,
+    tile: usize,
+    grid: (usize, usize),
+    v: &mut [f32],
+    nt: usize,
+    i: usize,
+    tmp: &mut [f32],
+) {
+    let (th, tw) = grid;
+    let (ah, aw) = w.alpha;
+    let cin = w.cin;
+    let (img, rest) = (tile / (th * tw), tile % (th * tw));
+    let y0 = (rest / tw * w.m.0) as isize - w.pad_h as isize;
+    let x0 = (rest % tw * w.m.1) as isize - w.pad_w as isize;
+    let pixel = |dy: usize, dx: usize| -> Option<&[f32]> {
+        let (y, x) = (y0 + dy as isize, x0 + dx as isize);
+        if y < 0 || x < 0 || y as usize >= src.h || x as usize >= src.w {
+            return None;
+        }
+        let p = (img * src.h + y as usize) * src.w + x as usize;
+        Some(std::slice::from_raw_parts(src.ptr.add(p * src.ld), cin))
+    };
+    // tmp[r][col] = sum_k B_h^T[r][k] d[k][col]
+    for (r, row) in w.bt.0.iter().enumerate() {
+        for col in 0..aw {
+            let out = &mut tmp[(r * aw + col) * cin..(r * aw + col + 1) * cin];
+            out.fill(0.0);
+            for &(k, b) in row {
+                if let Some(d) = pixel(k, col) {
+                    for (o, &x) in out.iter_mut().zip(d) {
+                        *o += b * x;
+                    }
+                }
+            }
+        }
+    }
+    // V[r][s] = sum_k tmp[r][k] B_w^T[s][k]
+    for r in 0..ah {
+        for (s, row) in w.bt.1.iter().enumerate() {
+            let xi = r * aw + s;
+            let out = &mut v[(xi * nt + i) * cin..(xi * nt + i + 1) * cin];
+            out.fill(0.0);
+            for &(k, b) in row {
+                let d = &tmp[(r * aw + k) * cin..(r * aw + k + 1) * cin];
+                for (o, &x) in out.iter_mut().zip(d) {
+                    *o += b * x;
+                }
+            }
+        }
+    }
+}
+
+/// `Y = A_h^T M A_w + bias` (+ what `dst` holds, ReLU, as `ep` says) of block row `i`, one whole
+/// channel vector per coefficient (the 3x3 layers' form), stored where it lies inside the output.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_transform_2d(
+    w: &WinogradConv,
+    dst: View,
+    tile: usize,
+    grid: (usize, usize),
+    mm: &[f32],
+    nt: usize,
+    i: usize,
+    tmp: &mut [f32],
+    ep: gemm::Epilogue,
+) {
+    let (th, tw) = grid;
+    let aw = w.alpha.1;
+    let (mh, mw) = w.m;
+    let cout = w.cout;
+    let (img, rest) = (tile / (th * tw), tile % (th * tw));
+    let (oy0, ox0) = (rest / tw * mh, rest % tw * mw);
+    // tmp[r][col] = sum_k A_h^T[r][k] M[k][col]
+    for (r, row) in w.at.0.iter().enumerate() {
+        for col in 0..aw {
+            let out = &mut tmp[(r * aw + col) * cout..(r * aw + col + 1) * cout];
+            out.fill(0.0);
+            for &(k, a) in row {
+                let xi = k * aw + col;
+                let src = &mm[(xi * nt + i) * cout..(xi * nt + i + 1) * cout];
+                for (o, &x) in out.iter_mut().zip(src) {
+                    *o += a * x;
+                }
+            }
+        }
+    }
+    let bias = &w.bias[..cout];
+    for r in 0..mh {
+        let oy = oy0 + r;
+        if oy >= dst.h {
+            break;
+        }
+        for (s, row) in w.at.1.iter().enumerate() {
+            let ox = ox0 + s;
+            if ox >= dst.w {
+                break;
+            }
+            let p = (img * dst.h + oy) * dst.w + ox;
+            let out = std::slice::from_raw_parts_mut(dst.ptr.add(p * dst.ld), cout);
+            if ep.accumulate {
+                for (o, &b) in out.iter_mut().zip(bias) {
+                    *o += b;
+                }
+            } else {
+                out.copy_from_slice(bias);
+            }
+            for &(k, a) in row {
+                let src = &tmp[(r * aw + k) * cout..(r * aw + k + 1) * cout];
+                for (o, &x) in out.iter_mut().zip(src) {
+                    *o += a * x;
+                }
+            }
+            if ep.relu {
+                for o in out.iter_mut() {
+                    *o = o.max(0.0);
+                }
+            }
+        }
     }
 }
 
 /// `V[.., i, ..] = B_h^T d B_w` of tile `tile` (zero outside the input), into block row `i` of
-/// the `nt`-row matrices at `v`, 8 channels at a time.
+/// the `nt`-row matrices at `v`, [`LANES`] channels at a time.
 ///
 /// # Safety
 /// `src` is a valid view with `w.cin` channels; `v` holds `positions x nt x cin` floats.
@@ -518,7 +667,7 @@ unsafe fn input_transform(
 }
 
 /// `Y = A_h^T M A_w + bias` (+ what `dst` holds, ReLU, as `ep` says) of block row `i` of the
-/// GEMM outputs at `mm`, stored where it lies inside the output, 8 channels at a time.
+/// GEMM outputs at `mm`, stored where it lies inside the output, [`LANES`] channels at a time.
 ///
 /// # Safety
 /// `dst` is a valid view with `w.cout` channels; `mm` holds `positions x nt x cout` floats.
@@ -555,27 +704,29 @@ unsafe fn output_transform(
                 t[r * aw + x] = combine(row, &d, aw, x);
             }
         }
-        let bias: &Lanes = &*(w.bias.as_ptr().add(c0) as *const Lanes);
+        let bias = &w.bias[c0..c0 + lanes];
         for r in 0..rows {
             for (s, row) in w.at.1.iter().enumerate().take(cols) {
-                let mut y = combine(row, &t[r * aw..(r + 1) * aw], 1, 0);
-                for (y, &b) in y.iter_mut().zip(bias) {
-                    *y += b;
-                }
+                let y = combine(row, &t[r * aw..(r + 1) * aw], 1, 0);
                 let p = (img * dst.h + oy0 + r) * dst.w + ox0 + s;
-                let out = dst.ptr.add(p * dst.ld + c0);
+                let out = std::slice::from_raw_parts_mut(dst.ptr.add(p * dst.ld + c0), lanes);
+                // Loops over slices, which the compiler vectorises (on the fixed-size array it
+                // chose scalar adds through the stack).
+                let ys = &y[..lanes];
                 if ep.accumulate {
-                    let old = load(out, lanes);
-                    for (y, &o) in y.iter_mut().zip(&old) {
-                        *y += o;
+                    for ((o, &y), &b) in out.iter_mut().zip(ys).zip(bias) {
+                        *o += y + b;
+                    }
+                } else {
+                    for ((o, &y), &b) in out.iter_mut().zip(ys).zip(bias) {
+                        *o = y + b;
                     }
                 }
                 if ep.relu {
-                    for y in y.iter_mut() {
-                        *y = y.max(0.0);
+                    for o in out.iter_mut() {
+                        *o = o.max(0.0);
                     }
                 }
-                store(out, &y, lanes);
             }
         }
     }

@@ -62,6 +62,16 @@ fn manifest(size: usize) -> Manifest {
 
 /// An f32 bundle of an untrained network and its int8 section, calibrated on random frames.
 fn quantised(dir: &Path, size: usize, method: Method) -> (std::path::PathBuf, QuantizedWeights) {
+    quantised_with(dir, size, method, 1.0)
+}
+
+/// [`quantised`] with activation ranges widened `headroom` times.
+fn quantised_with(
+    dir: &Path,
+    size: usize,
+    method: Method,
+    headroom: f32,
+) -> (std::path::PathBuf, QuantizedWeights) {
     let store = WeightStore::synthetic(5);
     let model = EchoNetModel::from_store(manifest(size), &store, &RunOptions::cpu()).unwrap();
     let f32_path = dir.join("f32.safetensors");
@@ -74,13 +84,14 @@ fn quantised(dir: &Path, size: usize, method: Method) -> (std::path::PathBuf, Qu
     let stats = quantize::calibrate(plan, &batches).unwrap();
     let convs = CpuPlan::convolutions(model.network()).unwrap();
     assert_eq!(stats.len(), convs.len());
-    let (table, layers) = quantize::plan_table(&convs, &stats, method).unwrap();
+    let (table, layers) = quantize::plan_table(&convs, &stats, method, headroom).unwrap();
     assert!(table[0].is_none(), "the stem stays f32");
     assert!(layers[0].reason.as_deref().unwrap().contains("stem"));
     let q = QuantizedWeights {
         info: Quantization {
             scheme: quantize::SCHEME.into(),
             method,
+            headroom,
             calibration: Calibration {
                 source: "random frames".into(),
                 frames: 8,
@@ -351,4 +362,40 @@ fn methods_choose_nested_ranges() {
     assert!("mse".parse::<Method>().is_ok());
     let e = "l2".parse::<Method>().unwrap_err();
     assert!(e.contains("minmax, percentile or mse"), "{e}");
+}
+
+#[test]
+fn headroom_widens_every_int8_range_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, plain) = quantised(dir.path(), 75, Method::Percentile);
+    let (_, wide) = quantised_with(dir.path(), 75, Method::Percentile, 2.0);
+    let mut int8 = 0;
+    for (a, b) in plain.table.iter().zip(&wide.table) {
+        assert_eq!(
+            a.is_some(),
+            b.is_some(),
+            "headroom changed which layers are int8"
+        );
+        if let (Some(a), Some(b)) = (a, b) {
+            // Twice the range: twice the step, the zero point where it was (or one step off
+            // where the doubled range rounds it differently).
+            let ratio = b.act.scale / a.act.scale;
+            assert!((ratio - 2.0).abs() < 1e-3, "scale ratio {ratio}");
+            assert!((a.act.zero_point as i32 - b.act.zero_point as i32).abs() <= 1);
+            assert_eq!(a.weights, b.weights);
+            int8 += 1;
+        }
+    }
+    assert!(int8 > 10, "only {int8} int8 layers");
+    // The section records it; a section written before the field existed reads as 1; below 1 is
+    // refused naming the field.
+    assert_eq!(wide.info.headroom, 2.0);
+    let mut old = serde_json::to_value(&plain.info).unwrap();
+    old.as_object_mut().unwrap().remove("headroom");
+    let old: Quantization = serde_json::from_value(old).unwrap();
+    assert_eq!(old.headroom, 1.0);
+    let mut bad = wide.info.clone();
+    bad.headroom = 0.5;
+    let (field, why) = bad.check().unwrap_err();
+    assert_eq!(field, "headroom", "{why}");
 }

@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use echonet_edge::model::conv::{CandleConv, ConvKernel, FoldedConv, Geometry};
 use echonet_edge::model::cpu_plan::exec::PreparedConv;
 use echonet_edge::model::cpu_plan::gemm::MicroKernel;
-use echonet_edge::model::cpu_plan::qgemm::{quantize_row, ActQuant, WEIGHT_LEVELS};
+use echonet_edge::model::cpu_plan::qgemm::{self, quantize_row, ActQuant, WEIGHT_LEVELS};
 use echonet_edge::model::cpu_plan::ConvQuant;
 use proptest::prelude::*;
 
@@ -190,6 +190,31 @@ proptest! {
             want.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         let err = rel_l2(&a, &b);
         prop_assert!(err <= INT8_CONV_REL_L2_TOL, "rel L2 {}", err);
+    }
+}
+
+/// The int8 kernel the detected micro-kernel runs is the one this CPU can run: `sdot` exactly
+/// when an aarch64 CPU has the dot-product extension, `avx2` exactly when an x86 CPU has AVX2 and
+/// FMA. `ECHONET_EXPECT_INT8_KERNEL` names the kernel a run must get (the qemu checks set it:
+/// `sdot` under `-cpu max`, `portable` under `-cpu cortex-a57`), so a run on the wrong path fails
+/// rather than passing the bit-identity test above trivially.
+#[test]
+fn int8_kernel_follows_the_cpu() {
+    let name = qgemm::kernel_name(MicroKernel::detect());
+    eprintln!("int8 kernel: {name}");
+    assert_eq!(qgemm::kernel_name(MicroKernel::Portable), "portable");
+    #[cfg(target_arch = "aarch64")]
+    assert_eq!(
+        name == "sdot",
+        std::arch::is_aarch64_feature_detected!("dotprod")
+    );
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(
+        name == "avx2",
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    );
+    if let Ok(want) = std::env::var("ECHONET_EXPECT_INT8_KERNEL") {
+        assert_eq!(name, want, "ECHONET_EXPECT_INT8_KERNEL");
     }
 }
 

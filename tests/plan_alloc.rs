@@ -134,6 +134,7 @@ fn planned_frame_allocates_nothing_after_warm_up() {
         &convs,
         &stats,
         echonet_edge::model::quantize::Method::MinMax,
+        1.0,
     )
     .unwrap();
     let int8 =

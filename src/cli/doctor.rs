@@ -55,6 +55,7 @@ fn check_bundle(path: &PathBuf) -> Result<Value, String> {
         json!({
             "scheme": q.info.scheme,
             "method": q.info.method,
+            "headroom": q.info.headroom,
             "calibration": q.info.calibration,
             "drift": q.info.drift,
             "features_rel_l2": q.info.features_rel_l2,

@@ -1,5 +1,5 @@
 //! `echonet quantize INPUT OUTPUT [--calibration DIR | --phantom-seed S [--phantom-clips N]]
-//! [--frames N] [--method minmax|percentile|mse]`: an int8 bundle from an f32 one.
+//! [--frames N] [--method minmax|percentile|mse] [--headroom F]`: an int8 bundle from an f32 one.
 //!
 //! Calibration frames go through the runtime's own path: each clip's frames are sampled at the
 //! paper's 10 fps and prepared by the profile's preprocessor (sector crop, quality gates,
@@ -45,6 +45,10 @@ pub struct Args {
     /// How each activation range is chosen: minmax, percentile (0.01%/99.99%) or mse.
     #[arg(long, default_value = "percentile")]
     pub method: String,
+    /// Each activation range is the method's range times this (>= 1): room for inputs brighter
+    /// or busier than the calibration frames, where clipping costs far more than the coarser grid.
+    #[arg(long, default_value_t = quantize::DEFAULT_HEADROOM)]
+    pub headroom: f32,
     /// Deployment profile (TOML) whose preprocessing prepares the calibration frames.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -74,6 +78,11 @@ type Frames = Vec<FrameData>;
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     echonet_edge::runtime::configure_cpu_threads(args.threads);
     let method: Method = args.method.parse().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        args.headroom.is_finite() && args.headroom >= 1.0,
+        "--headroom {}: expected a number >= 1",
+        args.headroom
+    );
     anyhow::ensure!(
         args.frames > 0 && args.held_out > 0,
         "--frames and --held-out must be at least 1"
@@ -168,11 +177,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let batches = to_batches(&fit)?;
     let stats = quantize::calibrate(plan, &batches)?;
     let convs = CpuPlan::convolutions(reference.network())?;
-    let (table, layers) = quantize::plan_table(&convs, &stats, method)?;
+    let (table, layers) = quantize::plan_table(&convs, &stats, method, args.headroom)?;
     let mut quant = QuantizedWeights {
         info: Quantization {
             scheme: quantize::SCHEME.into(),
             method,
+            headroom: args.headroom,
             calibration: Calibration {
                 source: data.origin.clone(),
                 frames: fit.len(),
@@ -219,8 +229,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut manifest = bundle.manifest.clone();
     manifest.provenance.tool = format!("echonet quantize {}", env!("CARGO_PKG_VERSION"));
     let note = format!(
-        "int8 ({}) of {} ({}), calibrated on {} frames of {}",
+        "int8 ({}, headroom {}) of {} ({}), calibrated on {} frames of {}",
         method.as_str(),
+        args.headroom,
         args.input.display(),
         bundle.manifest.content_hash,
         fit.len(),
@@ -251,6 +262,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "output": args.output.display().to_string(),
         "content_hash": written.content_hash,
         "method": method.as_str(),
+        "headroom": args.headroom,
         "calibration": quant.info.calibration,
         "int8_layers": int8_layers,
         "f32_layers": quant.info.layers.iter().filter(|l| l.precision == "f32")

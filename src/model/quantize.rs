@@ -23,6 +23,14 @@ pub const SCHEME: &str =
 /// work for int8 to pay, and one input channel's rounding is a large share of each output.
 pub const MIN_INT8_K: usize = 32;
 
+/// How far beyond the calibrated range an activation range reaches by default (`echonet
+/// quantize --headroom`). Inputs unlike the calibration frames reach further (on standard-normal
+/// input every int8 layer of a full-size network saw 1.2-2.8x the range phantom frames gave), and
+/// clipping there costs far more than the coarser grid costs everywhere: features of that network
+/// moved by 1.5e-1 relative L2 without headroom and 1.2e-2 with 2x, while on held-out phantom
+/// frames 2x cost 1.39e-2 -> 1.40e-2 (4x: 1.45e-2). See README, "int8 bundles".
+pub const DEFAULT_HEADROOM: f32 = 2.0;
+
 /// Histogram bins per observed tensor (percentile and MSE range choice).
 const BINS: usize = 2048;
 
@@ -141,6 +149,17 @@ impl ActStats {
         hi
     }
 
+    /// The activation quantisation `method` picks, its range widened `headroom` times (>= 1).
+    pub fn choose_with_headroom(&self, method: Method, headroom: f32) -> ActQuant {
+        let act = self.choose(method);
+        if !(headroom.is_finite() && headroom > 1.0) {
+            return act;
+        }
+        let lo = -(act.zero_point as f32) * act.scale;
+        let hi = (255.0 - act.zero_point as f32) * act.scale;
+        ActQuant::from_range(lo * headroom, hi * headroom)
+    }
+
     /// The activation quantisation `method` picks.
     pub fn choose(&self, method: Method) -> ActQuant {
         let (lo, hi) = (self.min, self.max);
@@ -232,10 +251,12 @@ pub fn calibrate(plan: &CpuPlan, batches: &[Batch]) -> Result<Vec<ActStats>, Qua
 
 /// Which convolutions go int8, and their tables: the stem (index 0, and the grey stem) and every
 /// convolution with K below [`MIN_INT8_K`] stay f32 with the reason recorded.
+/// Each int8 layer's range is `method`'s widened `headroom` times (see [`DEFAULT_HEADROOM`]).
 pub fn plan_table(
     convs: &[PlanConv],
     stats: &[ActStats],
     method: Method,
+    headroom: f32,
 ) -> Result<(Vec<Option<ConvQuant>>, Vec<QuantLayer>), QuantizeError> {
     let mut table = Vec::with_capacity(convs.len());
     let mut layers = Vec::with_capacity(convs.len());
@@ -251,7 +272,9 @@ pub fn plan_table(
         } else {
             None
         };
-        let act = stats.get(i).map(|s| s.choose(method));
+        let act = stats
+            .get(i)
+            .map(|s| s.choose_with_headroom(method, headroom));
         let quant = match (&reason, act) {
             (None, Some(act)) => Some(ConvQuant::from_folded(&pc.conv, act)?),
             _ => None,
@@ -320,12 +343,20 @@ pub struct Quantization {
     pub scheme: String,
     /// `minmax`, `percentile` or `mse`.
     pub method: Method,
+    /// How many times `method`'s range each activation range is (1 in bundles made before
+    /// `--headroom` existed, which omit the field).
+    #[serde(default = "no_headroom")]
+    pub headroom: f32,
     pub calibration: Calibration,
     pub layers: Vec<QuantLayer>,
     /// Per task: int8 against f32 on the held-out frames.
     pub drift: BTreeMap<String, Drift>,
     /// Relative L2 of the pooled features, int8 against f32, on the held-out frames.
     pub features_rel_l2: f64,
+}
+
+fn no_headroom() -> f32 {
+    1.0
 }
 
 /// safetensors metadata key of the quantisation section.
@@ -338,6 +369,12 @@ impl Quantization {
             return Err((
                 "scheme".into(),
                 format!("is {:?}, this build runs {SCHEME:?}", self.scheme),
+            ));
+        }
+        if !(self.headroom.is_finite() && self.headroom >= 1.0) {
+            return Err((
+                "headroom".into(),
+                format!("is {}, expected a number >= 1", self.headroom),
             ));
         }
         for (i, l) in self.layers.iter().enumerate() {

@@ -10,9 +10,14 @@
 //! kernel computes the same integers exactly. The price is one bit of weight precision per output
 //! channel (the per-channel scale keeps it small).
 //!
-//! Kernels: a portable scalar one (the reference the tests hold the others to) and AVX2
-//! (`maddubs` + `madd` + `add`, 6x16 tile, 12 int32 accumulators). Both do the epilogue with the
-//! same fused multiply-add, so their outputs are bit-identical. aarch64 runs the portable kernel.
+//! Kernels: a portable scalar one (the reference the tests hold the others to), AVX2
+//! (`maddubs` + `madd` + `add`, 6x16 tile, 12 int32 accumulators) and, on aarch64 cores with the
+//! dot-product extension (the Jetson Orin's Cortex-A78AE), `sdot` (6x16 tile, 24 int32x4
+//! accumulators). All do the epilogue with the same fused multiply-add, so their outputs are
+//! bit-identical. `sdot` multiplies signed by signed bytes: it reads each activation as
+//! `u8 - 128` (one `eor` per broadcast) and starts every column's sums at `128 x` the column's
+//! weight sum, so it adds up exactly the integers the others do. VNNI (`vpdpbusd`) is not written:
+//! the development machines have no CPU to test it on.
 
 use super::gemm::{row_pointers, AlignedVec, Epilogue, MicroKernel, MR, NR};
 
@@ -127,6 +132,10 @@ pub struct QuantWeights {
     scale: AlignedVec,
     /// Per column: bias - zero_point x scale x (sum of the column's int8 weights).
     offset: AlignedVec,
+    /// Per column (zero-padded to whole panels): 128 x the sum of its int8 weights, where the
+    /// `sdot` kernel starts its sums (see the module note).
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    shifted: Vec<i32>,
 }
 
 impl QuantWeights {
@@ -155,6 +164,7 @@ impl QuantWeights {
         let mut panels = vec![0i8; panels_count * k4 * NR];
         let mut scale = AlignedVec::zeroed(panels_count * NR);
         let mut offset = AlignedVec::zeroed(panels_count * NR);
+        let mut shifted = vec![0i32; panels_count * NR];
         for col in 0..n {
             let (j, c) = (col / NR, col % NR);
             let mut sum = 0i32;
@@ -176,6 +186,7 @@ impl QuantWeights {
             let s = act.scale * ws;
             scale.as_mut_slice()[col] = s;
             offset.as_mut_slice()[col] = bias[col] - act.zero_point as f32 * s * sum as f32;
+            shifted[col] = 128 * sum;
         }
         Ok(Self {
             k,
@@ -185,6 +196,7 @@ impl QuantWeights {
             panels,
             scale,
             offset,
+            shifted,
         })
     }
 
@@ -206,7 +218,18 @@ impl QuantWeights {
 
     /// Bytes of packed weights and per-column constants.
     pub fn bytes(&self) -> usize {
-        self.panels.len() + 8 * self.scale.len()
+        self.panels.len() + 12 * self.scale.len()
+    }
+}
+
+/// Which int8 kernel [`strip`] runs for `kernel` on this CPU: `avx2`, `sdot` or `portable`.
+pub fn kernel_name(kernel: MicroKernel) -> &'static str {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        MicroKernel::Avx2Fma => "avx2",
+        #[cfg(target_arch = "aarch64")]
+        MicroKernel::Neon if std::arch::is_aarch64_feature_detected!("dotprod") => "sdot",
+        _ => "portable",
     }
 }
 
@@ -235,6 +258,11 @@ pub unsafe fn strip(
     match kernel {
         #[cfg(target_arch = "x86_64")]
         MicroKernel::Avx2Fma => avx2::strip(w, j, &rp, rows, cols, c, ldc, ep),
+        // std caches the detection: one atomic load per strip of 6 x 16 x K products.
+        #[cfg(target_arch = "aarch64")]
+        MicroKernel::Neon if std::arch::is_aarch64_feature_detected!("dotprod") => {
+            sdot::strip(w, j, &rp, rows, cols, c, ldc, ep)
+        }
         _ => portable_strip(w, j, &rp, rows, cols, c, ldc, ep),
     }
 }
@@ -389,6 +417,149 @@ mod avx2 {
             let lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), s0, o0);
             let hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), s1, o1);
             store_row(c.add(r * ldc), lo, hi, cols, ep.accumulate, ep.relu);
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod sdot {
+    use super::{QuantWeights, MR, NR};
+    use crate::model::cpu_plan::gemm::Epilogue;
+    use std::arch::aarch64::*;
+
+    /// The 6x16 tile as 24 int32x4 accumulators (v8-v31), each lane one column; per group of 4 k
+    /// the panel's 64 bytes as 4 vectors (v0-v3: 4 columns x 4 k each) and each row's 4 activation
+    /// bytes broadcast (`ld1r`, v4) and flipped to `u8 - 128` (`eor` with v5). The K loop is one
+    /// block of assembly: `sdot` has no stable intrinsic yet, and with one `asm!` per instruction
+    /// the compiler shuffled and spilled the accumulators (35 `mov`s and 4 stack accesses per 24
+    /// `sdot`s). Broadcasting rather than loading 16 bytes of a row and using `sdot`'s lane form
+    /// keeps the 24 accumulators, 4 B vectors and the flip mask within the 32 registers.
+    ///
+    /// # Safety
+    /// As [`super::strip`]; the CPU has NEON and the dot-product extension.
+    #[target_feature(enable = "neon,dotprod")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn strip(
+        w: &QuantWeights,
+        j: usize,
+        rp: &[*const u8; MR],
+        rows: usize,
+        cols: usize,
+        c: *mut f32,
+        ldc: usize,
+        ep: Epilogue,
+    ) {
+        let start = w.shifted[j * NR..(j + 1) * NR].as_ptr();
+        let init = [
+            vld1q_s32(start),
+            vld1q_s32(start.add(4)),
+            vld1q_s32(start.add(8)),
+            vld1q_s32(start.add(12)),
+        ];
+        let mut acc = [init; MR];
+        let groups = w.k4 / 4;
+        if groups > 0 {
+            let [a0, a1, a2, a3, a4, a5] = *rp;
+            let [r0, r1, r2, r3, r4, r5] = &mut acc;
+            std::arch::asm!(
+                "movi v5.16b, #0x80",
+                "2:",
+                "ld1 {{v0.16b, v1.16b, v2.16b, v3.16b}}, [{b}], #64",
+                "ld1r {{v4.4s}}, [{a0}], #4",
+                "eor v4.16b, v4.16b, v5.16b",
+                "sdot v8.4s, v0.16b, v4.16b",
+                "sdot v9.4s, v1.16b, v4.16b",
+                "sdot v10.4s, v2.16b, v4.16b",
+                "sdot v11.4s, v3.16b, v4.16b",
+                "ld1r {{v4.4s}}, [{a1}], #4",
+                "eor v4.16b, v4.16b, v5.16b",
+                "sdot v12.4s, v0.16b, v4.16b",
+                "sdot v13.4s, v1.16b, v4.16b",
+                "sdot v14.4s, v2.16b, v4.16b",
+                "sdot v15.4s, v3.16b, v4.16b",
+                "ld1r {{v4.4s}}, [{a2}], #4",
+                "eor v4.16b, v4.16b, v5.16b",
+                "sdot v16.4s, v0.16b, v4.16b",
+                "sdot v17.4s, v1.16b, v4.16b",
+                "sdot v18.4s, v2.16b, v4.16b",
+                "sdot v19.4s, v3.16b, v4.16b",
+                "ld1r {{v4.4s}}, [{a3}], #4",
+                "eor v4.16b, v4.16b, v5.16b",
+                "sdot v20.4s, v0.16b, v4.16b",
+                "sdot v21.4s, v1.16b, v4.16b",
+                "sdot v22.4s, v2.16b, v4.16b",
+                "sdot v23.4s, v3.16b, v4.16b",
+                "ld1r {{v4.4s}}, [{a4}], #4",
+                "eor v4.16b, v4.16b, v5.16b",
+                "sdot v24.4s, v0.16b, v4.16b",
+                "sdot v25.4s, v1.16b, v4.16b",
+                "sdot v26.4s, v2.16b, v4.16b",
+                "sdot v27.4s, v3.16b, v4.16b",
+                "ld1r {{v4.4s}}, [{a5}], #4",
+                "eor v4.16b, v4.16b, v5.16b",
+                "sdot v28.4s, v0.16b, v4.16b",
+                "sdot v29.4s, v1.16b, v4.16b",
+                "sdot v30.4s, v2.16b, v4.16b",
+                "sdot v31.4s, v3.16b, v4.16b",
+                "subs {n}, {n}, #1",
+                "b.ne 2b",
+                b = inout(reg) w.panel(j).as_ptr() => _,
+                a0 = inout(reg) a0 => _,
+                a1 = inout(reg) a1 => _,
+                a2 = inout(reg) a2 => _,
+                a3 = inout(reg) a3 => _,
+                a4 = inout(reg) a4 => _,
+                a5 = inout(reg) a5 => _,
+                n = inout(reg) groups => _,
+                out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _, out("v5") _,
+                inout("v8") r0[0], inout("v9") r0[1], inout("v10") r0[2], inout("v11") r0[3],
+                inout("v12") r1[0], inout("v13") r1[1], inout("v14") r1[2], inout("v15") r1[3],
+                inout("v16") r2[0], inout("v17") r2[1], inout("v18") r2[2], inout("v19") r2[3],
+                inout("v20") r3[0], inout("v21") r3[1], inout("v22") r3[2], inout("v23") r3[3],
+                inout("v24") r4[0], inout("v25") r4[1], inout("v26") r4[2], inout("v27") r4[3],
+                inout("v28") r5[0], inout("v29") r5[1], inout("v30") r5[2], inout("v31") r5[3],
+                options(nostack, readonly),
+            );
+        }
+        let (scale, offset) = (w.scale(j).as_ptr(), w.offset(j).as_ptr());
+        let z = vdupq_n_f32(0.0);
+        for (r, row) in acc.iter().enumerate().take(rows) {
+            let out = c.add(r * ldc);
+            let mut v = [z; 4];
+            for (q, (x, &s)) in v.iter_mut().zip(row).enumerate() {
+                *x = vfmaq_f32(
+                    vld1q_f32(offset.add(4 * q)),
+                    vcvtq_f32_s32(s),
+                    vld1q_f32(scale.add(4 * q)),
+                );
+            }
+            if cols == NR {
+                for (q, x) in v.iter_mut().enumerate() {
+                    if ep.accumulate {
+                        *x = vaddq_f32(*x, vld1q_f32(out.add(4 * q)));
+                    }
+                    if ep.relu {
+                        *x = vmaxq_f32(*x, z);
+                    }
+                    vst1q_f32(out.add(4 * q), *x);
+                }
+            } else {
+                let mut tmp = [0f32; NR];
+                for (q, x) in v.iter().enumerate() {
+                    vst1q_f32(tmp.as_mut_ptr().add(4 * q), *x);
+                }
+                for (col, &t) in tmp.iter().enumerate().take(cols) {
+                    let o = out.add(col);
+                    let mut v = t;
+                    if ep.accumulate {
+                        v += *o;
+                    }
+                    if ep.relu {
+                        v = v.max(0.0);
+                    }
+                    *o = v;
+                }
+            }
         }
     }
 }

@@ -353,7 +353,7 @@ impl RollingWindow {
             // Frames that pass one by one, but whose median lies beyond what the validation
             // clips' medians reach: a consistent shift the single-frame threshold is too wide
             // to see (a flipped fan, another machine's speckle).
-            if !(o.distance_median <= o.window_threshold) {
+            if o.distance_median.is_nan() || o.distance_median > o.window_threshold {
                 estimate.status = Status::Withheld;
                 estimate.withheld_reason = Some(format!(
                     "{OOD_WITHHELD_CAUSE}: the window's median distance {:.2} is beyond {:.2}, which no validation clip's median reached",
@@ -485,7 +485,10 @@ impl RollingWindow {
             distance_median: median,
             threshold: threshold.frame,
             window_threshold: threshold.window_median,
-            frames_beyond: d.iter().filter(|x| !(**x <= threshold.frame)).count() as u32,
+            frames_beyond: d
+                .iter()
+                .filter(|x| x.is_nan() || **x > threshold.frame)
+                .count() as u32,
         })
     }
 }

@@ -144,7 +144,7 @@ impl InferenceStep {
         let mut reasons = Vec::new();
         // A NaN distance (features of the wrong width or not finite) is never in the domain.
         if let (Some(stats), Some(d)) = (&self.ood, distance) {
-            if !(d <= stats.threshold()) {
+            if d.is_nan() || d > stats.threshold() {
                 reasons.push(UnfitReason::OutOfDistribution);
             }
         }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::LV_VOLUME;
+use crate::model::ood::OodThresholds;
 use crate::model::TaskSpec;
 use crate::preprocess::UnfitReason;
 use crate::volume_curve;
@@ -81,6 +82,9 @@ pub struct FramePrediction {
     pub captured_at: Instant,
     pub captured_wall: SystemTime,
     pub verdict: Verdict,
+    /// Its distance from the bundle's training frames, when the OOD gate is on and the model
+    /// ran on it (`model::ood`).
+    pub ood_distance: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -120,6 +124,25 @@ pub struct EfAgreement {
     pub low: bool,
 }
 
+/// How close the window's frames lie to the model's training frames (published when the
+/// bundle's OOD gate is on): a user sees how near a refusal was, or how far.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OodWindow {
+    /// Largest and median distance over the window's frames the model ran on.
+    pub distance_max: f64,
+    pub distance_median: f64,
+    /// The bundle's threshold: beyond it a frame is `out_of_distribution`.
+    pub threshold: f64,
+    /// The bundle's window threshold: a median beyond it withholds the window.
+    pub window_threshold: f64,
+    /// Frames beyond the threshold.
+    pub frames_beyond: u32,
+}
+
+/// The start of the withheld reason when the window lacks in-distribution frames; the display
+/// shows the reason as it is and flags this prefix.
+pub const OOD_WITHHELD_CAUSE: &str = "out of the model's training domain";
+
 #[derive(Debug, Clone)]
 pub struct Estimate {
     pub status: Status,
@@ -128,6 +151,8 @@ pub struct Estimate {
     pub quality: WindowQuality,
     /// The two EF readings compared, when the window has both (`None` otherwise).
     pub agreement: Option<EfAgreement>,
+    /// The window's OOD distances, when the gate is on and the model ran on any frame.
+    pub ood: Option<OodWindow>,
     /// The newest frame of the window: the estimate's capture time and sequence number.
     pub newest_seq: u64,
     pub captured_at: Instant,
@@ -141,6 +166,8 @@ pub struct RollingWindow {
     /// One frame's inference cost measured at warm-up, when it exceeds the 10 fps budget: a
     /// stretched window is then explained as inference being too slow.
     slow_inference_ms: Option<f64>,
+    /// The bundle's OOD thresholds, when its gate is on.
+    ood_threshold: Option<OodThresholds>,
 }
 
 /// One sampled frame every 100 ms (10 fps): the most one frame's inference may cost.
@@ -175,7 +202,14 @@ impl RollingWindow {
             config,
             frames: VecDeque::with_capacity(capacity),
             slow_inference_ms: None,
+            ood_threshold: None,
         }
+    }
+
+    /// The OOD gate's thresholds (None: off); estimates then carry the window's distances, and
+    /// a window whose median distance is beyond `window_median` is withheld.
+    pub fn set_ood_threshold(&mut self, threshold: Option<OodThresholds>) {
+        self.ood_threshold = threshold;
     }
 
     /// Records what one frame's inference costs (measured at warm-up); above
@@ -246,6 +280,7 @@ impl RollingWindow {
             estimates: BTreeMap::new(),
             quality,
             agreement: None,
+            ood: self.ood_window(),
             newest_seq: newest.seq,
             captured_at: newest.captured_at,
             captured_wall: newest.captured_wall,
@@ -279,8 +314,31 @@ impl RollingWindow {
                 .map(|(r, n)| format!("{r} {n}"))
                 .collect();
             estimate.status = Status::Withheld;
+            let ood_frames = estimate
+                .quality
+                .reasons
+                .get(UnfitReason::OutOfDistribution.as_str())
+                .copied()
+                .unwrap_or(0);
+            let most = estimate
+                .quality
+                .reasons
+                .values()
+                .copied()
+                .max()
+                .unwrap_or(0);
+            // Named first when it is the main reason: no setting or probe position fixes it.
+            let cause = match &estimate.ood {
+                Some(o) if ood_frames > 0 && ood_frames == most => format!(
+                    "{OOD_WITHHELD_CAUSE}: {ood_frames} of {} frames lie beyond the training frames (distance up to {:.2}, threshold {:.2}); ",
+                    self.frames.len(),
+                    o.distance_max,
+                    o.threshold
+                ),
+                _ => String::new(),
+            };
             estimate.withheld_reason = Some(format!(
-                "only {valid} of {} frames usable (need {}){}",
+                "{cause}only {valid} of {} frames usable (need {}){}",
                 self.frames.len(),
                 self.config.min_valid_frames,
                 if why.is_empty() {
@@ -290,6 +348,19 @@ impl RollingWindow {
                 }
             ));
             return Some(estimate);
+        }
+        if let Some(o) = &estimate.ood {
+            // Frames that pass one by one, but whose median lies beyond what the validation
+            // clips' medians reach: a consistent shift the single-frame threshold is too wide
+            // to see (a flipped fan, another machine's speckle).
+            if o.distance_median.is_nan() || o.distance_median > o.window_threshold {
+                estimate.status = Status::Withheld;
+                estimate.withheld_reason = Some(format!(
+                    "{OOD_WITHHELD_CAUSE}: the window's median distance {:.2} is beyond {:.2}, which no validation clip's median reached",
+                    o.distance_median, o.window_threshold
+                ));
+                return Some(estimate);
+            }
         }
         for t in tasks {
             let Some(values) = per_task.get(t.name.as_str()) else {
@@ -394,6 +465,32 @@ impl RollingWindow {
         }
         Some(estimate)
     }
+
+    fn ood_window(&self) -> Option<OodWindow> {
+        let threshold = self.ood_threshold?;
+        let mut d: Vec<f64> = self.frames.iter().filter_map(|f| f.ood_distance).collect();
+        if d.is_empty() {
+            return None;
+        }
+        // NaN (features not finite) sorts last and counts as beyond.
+        d.sort_by(f64::total_cmp);
+        let n = d.len();
+        let median = if n % 2 == 1 {
+            d[n / 2]
+        } else {
+            0.5 * (d[n / 2 - 1] + d[n / 2])
+        };
+        Some(OodWindow {
+            distance_max: d[n - 1],
+            distance_median: median,
+            threshold: threshold.frame,
+            window_threshold: threshold.window_median,
+            frames_beyond: d
+                .iter()
+                .filter(|x| x.is_nan() || **x > threshold.frame)
+                .count() as u32,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -415,6 +512,7 @@ mod tests {
             captured_at: Instant::now(),
             captured_wall: SystemTime::now(),
             verdict,
+            ood_distance: None,
         }
     }
 
@@ -576,6 +674,72 @@ mod tests {
                 && why.contains("no_sector 5"),
             "{why}"
         );
+    }
+
+    /// Issue #13 item 2: frames beyond the OOD threshold are not used, and a window short of
+    /// in-distribution frames says it is out of the model's training domain, with its
+    /// distances; a window whose frames pass one by one but whose median is beyond the window
+    /// threshold is withheld too; a window near the training frames is published with them.
+    #[test]
+    fn out_of_distribution_windows_are_withheld_and_say_so() {
+        let thresholds = OodThresholds {
+            frame: 2.5,
+            window_median: 1.8,
+        };
+        let run = |distance: &dyn Fn(u64) -> f64| {
+            let mut w = RollingWindow::new(WindowConfig::default());
+            w.set_ood_threshold(Some(thresholds));
+            for i in 0..20u64 {
+                let d = distance(i);
+                let mut f = if d > thresholds.frame {
+                    frame(i, Verdict::Invalid(vec![UnfitReason::OutOfDistribution]))
+                } else {
+                    frame(i, valid(55.0, 40.0, 90.0))
+                };
+                f.ood_distance = Some(d);
+                w.push(f);
+            }
+            w.estimate(&tasks()).unwrap()
+        };
+        let e = run(&|i| if i < 15 { 3.0 + i as f64 / 10.0 } else { 1.0 });
+        assert_eq!(e.status, Status::Withheld);
+        assert_eq!(e.quality.reasons["out_of_distribution"], 15);
+        let why = e.withheld_reason.unwrap();
+        assert!(why.starts_with(OOD_WITHHELD_CAUSE), "{why}");
+        assert!(
+            why.contains("15 of 20 frames") && why.contains("distance up to 4.40"),
+            "{why}"
+        );
+        let o = e.ood.unwrap();
+        assert_eq!((o.frames_beyond, o.threshold), (15, 2.5));
+
+        // All pass one by one, but the median (2.2) is beyond 1.8.
+        let e = run(&|i| 2.0 + (i % 5) as f64 / 10.0);
+        assert_eq!(e.status, Status::Withheld);
+        let why = e.withheld_reason.unwrap();
+        assert!(
+            why.starts_with(OOD_WITHHELD_CAUSE) && why.contains("median distance 2.20"),
+            "{why}"
+        );
+
+        let e = run(&|i| 0.9 + i as f64 / 100.0);
+        assert_eq!(e.status, Status::Ok);
+        let o = e.ood.unwrap();
+        assert!((o.distance_max - 1.09).abs() < 1e-12 && (o.distance_median - 0.995).abs() < 1e-12);
+        assert_eq!(o.frames_beyond, 0);
+
+        // Another reason leading: the usual reason, no OOD cause first.
+        let mut w = RollingWindow::new(WindowConfig::default());
+        w.set_ood_threshold(Some(thresholds));
+        for i in 0..20 {
+            w.push(frame(
+                i,
+                Verdict::Invalid(vec![QualityReason::Frozen.into()]),
+            ));
+        }
+        let e = w.estimate(&tasks()).unwrap();
+        assert!(e.ood.is_none(), "no frame ran");
+        assert!(e.withheld_reason.unwrap().starts_with("only 0 of 20"));
     }
 
     #[test]

@@ -24,6 +24,9 @@ enum Command {
     /// An int8 bundle from an f32 one: activation scales calibrated on clips or phantom
     /// patients, weights per output channel, drift on held-out frames recorded in the bundle.
     Quantize(cli::quantize::Args),
+    /// Fit the out-of-distribution statistics (pooled-feature mean, principal directions,
+    /// threshold on validation frames) onto a bundle, from clips or phantom patients.
+    OodFit(cli::ood_fit::Args),
     /// Time one forward pass: median and p90 ms/frame, frames/s.
     Bench(cli::bench::Args),
     /// Check devices, CUDA, bundles and configuration.
@@ -66,6 +69,7 @@ fn main() -> std::process::ExitCode {
         Command::Infer(a) => cli::infer::run(a),
         Command::Convert(a) => cli::convert::run(a),
         Command::Quantize(a) => cli::quantize::run(a),
+        Command::OodFit(a) => cli::ood_fit::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Doctor(a) => cli::doctor::run(a),
         Command::Phantom(a) => cli::phantom::run(a),

@@ -1,6 +1,7 @@
 //! Offline studies (`echonet predict`): one result per clip, from the paper's 20 frames at 10 fps
 //! taken from the clip's start, through the same sampler, preprocessing, inference step
-//! (`pipeline::InferenceStep`, view gate included) and window as the live daemon (the clip's
+//! (`pipeline::InferenceStep`, view and out-of-distribution gates included, the view gate at
+//! the profile's `pipeline.view_threshold`) and window as the live daemon (the clip's
 //! usable frames run as one batch). A clip too short for 20 frames at 10 fps, or with too few
 //! usable frames, is withheld with its reasons; a file that cannot be read is refused with the
 //! reason.
@@ -10,11 +11,12 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::aggregate::{
-    FramePrediction, RollingWindow, Status, TaskEstimate, Verdict, WindowConfig, WindowQuality,
+    FramePrediction, OodWindow, RollingWindow, Status, TaskEstimate, Verdict, WindowConfig,
+    WindowQuality,
 };
 use crate::frame::Frame;
 use crate::model::EchoNetModel;
-use crate::pipeline::{InferenceStep, DEFAULT_VIEW_THRESHOLD};
+use crate::pipeline::{InferenceStep, StepOutput};
 use crate::preprocess::{FramePreparer, PreparedInput, UnfitReason};
 use crate::sampler::{Decision, Sampler};
 
@@ -62,6 +64,9 @@ pub struct ClipResult {
     pub estimates: std::collections::BTreeMap<String, TaskEstimate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quality: Option<WindowQuality>,
+    /// The window's distances from the training frames, when the bundle's OOD gate is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ood: Option<OodWindow>,
     /// Source frame indices used (the sampled frames), and their media times in ms.
     pub frames_used: Vec<u64>,
     pub frame_times_ms: Vec<f64>,
@@ -82,20 +87,25 @@ pub struct FrameOutcome {
     /// Why it was unfit (empty when fit).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unfit: Vec<String>,
+    /// Its distance from the training frames, when the OOD gate is on and the model ran on it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ood_distance: Option<f64>,
 }
 
 impl FrameOutcome {
-    pub fn new(frame: u64, verdict: &Verdict) -> Self {
+    pub fn new(frame: u64, verdict: &Verdict, ood_distance: Option<f64>) -> Self {
         match verdict {
             Verdict::Valid(o) => Self {
                 frame,
                 outputs: Some(o.clone()),
                 unfit: Vec::new(),
+                ood_distance,
             },
             Verdict::Invalid(rs) => Self {
                 frame,
                 outputs: None,
                 unfit: rs.iter().map(|r| r.as_str().to_string()).collect(),
+                ood_distance,
             },
         }
     }
@@ -109,6 +119,7 @@ impl ClipResult {
             reason: Some(reason),
             estimates: Default::default(),
             quality: None,
+            ood: None,
             frames_used: vec![],
             frame_times_ms: vec![],
             source_frames: 0,
@@ -132,13 +143,15 @@ fn offline_batch(model: &EchoNetModel, window: &WindowConfig) -> usize {
     }
 }
 
-/// Runs one clip. `frames` are in display order with their media times.
+/// Runs one clip. `frames` are in display order with their media times; `view_threshold` is
+/// the profile's `pipeline.view_threshold`, as the daemon applies it.
 pub fn predict_clip(
     file: &str,
     frames: &[Frame],
     model: &EchoNetModel,
     preparer: &mut dyn FramePreparer,
     window: &WindowConfig,
+    view_threshold: f64,
 ) -> ClipResult {
     predict_clip_batched(
         file,
@@ -146,6 +159,7 @@ pub fn predict_clip(
         model,
         preparer,
         window,
+        view_threshold,
         offline_batch(model, window),
     )
 }
@@ -156,11 +170,11 @@ pub fn predict_clip(
 fn infer_inputs(
     file: &str,
     inputs: &[(u64, std::sync::Arc<PreparedInput>)],
+    step: &InferenceStep,
     model: &EchoNetModel,
     batch: usize,
     pad: bool,
-) -> Vec<Verdict> {
-    let step = InferenceStep::new(&model.manifest().tasks, DEFAULT_VIEW_THRESHOLD);
+) -> Vec<StepOutput> {
     let mut verdicts = Vec::with_capacity(inputs.len());
     for chunk in inputs.chunks(batch.max(1)) {
         let chunk_inputs: Vec<&PreparedInput> = chunk.iter().map(|(_, i)| i.as_ref()).collect();
@@ -170,11 +184,10 @@ fn infer_inputs(
             Err(e) => {
                 let seqs: Vec<u64> = chunk.iter().map(|(s, _)| *s).collect();
                 tracing::error!("{file}: frames {seqs:?}: inference failed: {e}");
-                verdicts.extend(
-                    chunk
-                        .iter()
-                        .map(|_| Verdict::Invalid(vec![UnfitReason::InferenceError])),
-                );
+                verdicts.extend(chunk.iter().map(|_| StepOutput {
+                    verdict: Verdict::Invalid(vec![UnfitReason::InferenceError]),
+                    ood_distance: None,
+                }));
             }
         }
     }
@@ -190,10 +203,13 @@ pub fn predict_clip_batched(
     model: &EchoNetModel,
     preparer: &mut dyn FramePreparer,
     window: &WindowConfig,
+    view_threshold: f64,
     batch: usize,
 ) -> ClipResult {
+    let step = InferenceStep::new(model, view_threshold);
     let mut sampler = Sampler::paper();
     let mut ring = RollingWindow::new(window.clone());
+    ring.set_ood_threshold(step.ood_threshold());
     let spec = model.manifest().input.clone();
     let mut used = Vec::new();
     let mut times = Vec::new();
@@ -218,27 +234,29 @@ pub fn predict_clip_batched(
             }
         }
     }
-    let mut verdicts: Vec<Option<Verdict>> =
-        infer_inputs(file, &inputs, model, batch, model.device().is_cuda())
+    let mut verdicts: Vec<Option<StepOutput>> =
+        infer_inputs(file, &inputs, &step, model, batch, model.device().is_cuda())
             .into_iter()
             .map(Some)
             .collect();
     let mut outcomes = Vec::with_capacity(taken.len());
     for (frame, slot) in taken {
-        let verdict = match slot {
-            Err(reasons) => Verdict::Invalid(reasons),
+        let (verdict, ood_distance) = match slot {
+            Err(reasons) => (Verdict::Invalid(reasons), None),
             Ok(i) => verdicts
                 .get_mut(i)
                 .and_then(Option::take)
-                .unwrap_or_else(|| Verdict::Invalid(vec![UnfitReason::InferenceError])),
+                .map(|o| (o.verdict, o.ood_distance))
+                .unwrap_or_else(|| (Verdict::Invalid(vec![UnfitReason::InferenceError]), None)),
         };
-        outcomes.push(FrameOutcome::new(frame.seq, &verdict));
+        outcomes.push(FrameOutcome::new(frame.seq, &verdict, ood_distance));
         ring.push(FramePrediction {
             seq: frame.seq,
             media_time: frame.media_time,
             captured_at: frame.captured_at,
             captured_wall: frame.captured_wall,
             verdict,
+            ood_distance,
         });
     }
     let base = ClipResult {
@@ -247,6 +265,7 @@ pub fn predict_clip_batched(
         reason: None,
         estimates: Default::default(),
         quality: None,
+        ood: None,
         frames_used: used.clone(),
         frame_times_ms: times,
         source_frames: frames.len(),
@@ -258,7 +277,9 @@ pub fn predict_clip_batched(
             .map(|f| f.media_time)
             .unwrap_or(Duration::ZERO);
         // The frames there were still went through the quality gate: say what it found too.
-        let quality = ring.estimate(&model.manifest().tasks).map(|e| e.quality);
+        let partial = ring.estimate(&model.manifest().tasks);
+        let ood = partial.as_ref().and_then(|e| e.ood.clone());
+        let quality = partial.map(|e| e.quality);
         let found: Vec<String> = quality
             .iter()
             .flat_map(|q| q.reasons.iter().map(|(r, n)| format!("{r} {n}")))
@@ -273,6 +294,7 @@ pub fn predict_clip_batched(
                 if found.is_empty() { String::new() } else { format!("; unusable frames: {}", found.join(", ")) }
             )),
             quality,
+            ood,
             ..base
         };
     }
@@ -289,6 +311,7 @@ pub fn predict_clip_batched(
             reason: e.withheld_reason,
             estimates: e.estimates,
             quality: Some(e.quality),
+            ood: e.ood,
             ..base
         },
     }
@@ -329,16 +352,21 @@ pub fn prepare_still(
     })
 }
 
-/// A still frame's verdict through the daemon's inference step (view gate included): the
-/// unfit reasons when preprocessing refused it.
+/// A still frame's verdict through the daemon's inference step (view gate at `view_threshold`,
+/// the profile's, and the OOD gate) with its distance: the unfit reasons when preprocessing
+/// refused it.
 pub fn infer_still(
     still: &StillFrame,
     model: &EchoNetModel,
-) -> Result<Verdict, crate::pipeline::InferenceError> {
+    view_threshold: f64,
+) -> Result<StepOutput, crate::pipeline::InferenceError> {
     let Some(input) = &still.input else {
-        return Ok(Verdict::Invalid(still.unfit.clone()));
+        return Ok(StepOutput {
+            verdict: Verdict::Invalid(still.unfit.clone()),
+            ood_distance: None,
+        });
     };
-    let step = InferenceStep::new(&model.manifest().tasks, DEFAULT_VIEW_THRESHOLD);
+    let step = InferenceStep::new(model, view_threshold);
     let mut v = step.infer(model, &[input], 1)?;
     v.pop().ok_or(crate::pipeline::InferenceError::OutputCount {
         outputs: 0,

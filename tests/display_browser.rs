@@ -165,6 +165,59 @@ fn display_page_in_headless_chromium() {
     let shown = browser.text("withheld-reason");
     assert!(shown.contains("GPU") && shown.contains("int8") && shown.contains("smaller variant"));
 
+    // Withheld because the frames are out of the model's training domain (issue #13 item 2):
+    // the window's own reason, the page's line for it, and the distance against the threshold.
+    let mut window = echonet_edge::aggregate::RollingWindow::new(Default::default());
+    window.set_ood_threshold(Some(echonet_edge::model::ood::OodThresholds {
+        frame: 2.5,
+        window_median: 2.0,
+    }));
+    for seq in 0..20u64 {
+        window.push(echonet_edge::aggregate::FramePrediction {
+            seq,
+            media_time: Duration::from_millis(100 * seq),
+            captured_at: std::time::Instant::now(),
+            captured_wall: std::time::SystemTime::now(),
+            verdict: echonet_edge::aggregate::Verdict::Invalid(vec![
+                echonet_edge::preprocess::UnfitReason::OutOfDistribution,
+            ]),
+            ood_distance: Some(3.0 + seq as f64 / 100.0),
+        });
+    }
+    let tasks: Vec<_> = ["ef", "esv", "edv"]
+        .iter()
+        .filter_map(|n| echonet_edge::model::TaskSpec::echonet_default(n))
+        .collect();
+    let e = window.estimate(&tasks).unwrap();
+    let template = estimate(0, 0.0);
+    let record = echonet_edge::publish::record::EstimateRecord::estimate(
+        &e,
+        std::time::Instant::now(),
+        std::time::SystemTime::now(),
+        &template.model,
+        &template.source,
+    );
+    let reason = record.withheld_reason.clone().unwrap();
+    assert!(
+        reason.starts_with("out of the model's training domain"),
+        "{reason}"
+    );
+    feeder.set(Some(record));
+    browser.wait_text("withheld-reason", WAIT, "the OOD reason", |t| t == reason);
+    assert_eq!(
+        browser.text("status-detail"),
+        "no number: the image is out of the model's training domain"
+    );
+    assert!(
+        !has_digit(&browser.text("ef-value")),
+        "EF shown out of domain"
+    );
+    let frames = browser.text("valid-frames");
+    assert!(
+        frames.contains("out_of_distribution 20") && frames.contains("domain distance 3.19 / 2.50"),
+        "{frames}"
+    );
+
     // Back to live, then the publisher stops: STALE within a few seconds, number hidden.
     feeder.set(Some(estimate(0, 57.0)));
     browser.wait_text("ef-value", WAIT, "EF 57", |t| t == "57");

@@ -148,7 +148,15 @@ fn cuda_offline_batch_of_20_matches_one_frame_at_a_time() {
         let run = |batch| {
             let mut pre = Preprocessor::new(config.preprocess.clone()).expect("preprocessor");
             pre.set_source_fps(Some(30.0));
-            predict_clip_batched(&clip.id, &frames, &model, &mut pre, &window, batch)
+            predict_clip_batched(
+                &clip.id,
+                &frames,
+                &model,
+                &mut pre,
+                &window,
+                echonet_edge::pipeline::DEFAULT_VIEW_THRESHOLD,
+                batch,
+            )
         };
         let (one, twenty) = (run(1), run(20));
         assert_eq!(one.status, "ok", "{:?}", one.reason);

@@ -371,7 +371,11 @@ fn headroom_widens_every_int8_range_and_nothing_else() {
     let (_, wide) = quantised_with(dir.path(), 75, Method::Percentile, 2.0);
     let mut int8 = 0;
     for (a, b) in plain.table.iter().zip(&wide.table) {
-        assert_eq!(a.is_some(), b.is_some(), "headroom changed which layers are int8");
+        assert_eq!(
+            a.is_some(),
+            b.is_some(),
+            "headroom changed which layers are int8"
+        );
         if let (Some(a), Some(b)) = (a, b) {
             // Twice the range: twice the step, the zero point where it was (or one step off
             // where the doubled range rounds it differently).

@@ -11,6 +11,7 @@ use echonet_edge::dataset::phantom::in_memory;
 use echonet_edge::frame::Image;
 use echonet_edge::model::{read_bundle, EchoNetModel, RunOptions};
 use echonet_edge::offline::{predict_clip, predict_clip_batched, ClipResult};
+use echonet_edge::pipeline::DEFAULT_VIEW_THRESHOLD as VIEW;
 use echonet_edge::preprocess::Preprocessor;
 
 fn demo_model() -> EchoNetModel {
@@ -58,8 +59,10 @@ fn batches_of_7_and_20_give_the_estimates_of_single_frames() {
             let mut pre = Preprocessor::new(config.preprocess.clone()).expect("preprocessor");
             pre.set_source_fps(Some(30.0));
             match batch {
-                None => predict_clip(&clip.id, &frames, &model, &mut pre, &window),
-                Some(b) => predict_clip_batched(&clip.id, &frames, &model, &mut pre, &window, b),
+                None => predict_clip(&clip.id, &frames, &model, &mut pre, &window, VIEW),
+                Some(b) => {
+                    predict_clip_batched(&clip.id, &frames, &model, &mut pre, &window, VIEW, b)
+                }
             }
         };
         let single = run(None);
@@ -85,7 +88,7 @@ fn a_clip_with_refused_frames_keeps_them_in_place_when_batched() {
     let run = |batch| {
         let mut pre = Preprocessor::new(Config::default().preprocess).expect("preprocessor");
         pre.set_source_fps(Some(30.0));
-        predict_clip_batched(&clip.id, &frames, &model, &mut pre, &window, batch)
+        predict_clip_batched(&clip.id, &frames, &model, &mut pre, &window, VIEW, batch)
     };
     let (one, many) = (run(1), run(20));
     let q1 = one.quality.as_ref().expect("quality");

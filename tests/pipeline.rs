@@ -432,6 +432,7 @@ fn offline_clip_with_76ms_frames_uses_20_frames_at_10fps_by_timestamp() {
         &model,
         &mut prep,
         &WindowConfig::default(),
+        echonet_edge::pipeline::DEFAULT_VIEW_THRESHOLD,
     );
     assert_eq!(r.status, "ok", "{r:?}");
     assert_eq!(r.frames_used.len(), 20);
@@ -457,6 +458,7 @@ fn offline_short_clip_is_withheld_with_the_reason() {
         &model,
         &mut prep,
         &WindowConfig::default(),
+        echonet_edge::pipeline::DEFAULT_VIEW_THRESHOLD,
     );
     assert_eq!(r.status, "withheld");
     assert!(r.estimates.is_empty());

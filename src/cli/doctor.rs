@@ -55,6 +55,7 @@ fn check_bundle(path: &PathBuf) -> Result<Value, String> {
         json!({
             "scheme": q.info.scheme,
             "method": q.info.method,
+            "headroom": q.info.headroom,
             "calibration": q.info.calibration,
             "drift": q.info.drift,
             "features_rel_l2": q.info.features_rel_l2,
@@ -72,6 +73,9 @@ fn check_bundle(path: &PathBuf) -> Result<Value, String> {
         "precision_on_cpu": model.precision(),
         "backend_on_cpu": model.backend_name(),
         "int8": int8,
+        // `on: threshold ...` or `off: the bundle has no training statistics` (item 2 of #13).
+        "ood_gate": model.ood_gate(),
+        "ood": bundle.ood.as_ref().map(|o| &o.info),
         "intended_use": m.intended_use,
         "provenance": m.provenance,
         "content_hash": m.content_hash,

@@ -155,7 +155,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let total = records.len();
     let mut clips: Vec<ClipEval> = Vec::with_capacity(total);
     for (i, record) in records.into_iter().enumerate() {
-        let c = eval::evaluate_clip(record, &model, &config.preprocess, &config.window);
+        let c = eval::evaluate_clip(
+            record,
+            &model,
+            &config.preprocess,
+            &config.window,
+            config.pipeline.view_threshold,
+        );
         tracing::info!(
             "{}/{total} {}: {}{}",
             i + 1,
@@ -181,6 +187,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             bundle: args.model.display().to_string(),
             intended_use: manifest.intended_use.clone(),
             tasks: tasks.iter().map(|t| t.name.clone()).collect(),
+            ood_gate: model.ood_gate(),
         },
         DatasetInfo {
             origin: data.origin.clone(),
@@ -278,6 +285,7 @@ fn compare(
             &other_model,
             &config.preprocess,
             &config.window,
+            config.pipeline.view_threshold,
         ));
     }
     let (this_p, other_p) = (model.precision(), other_model.precision());
@@ -404,7 +412,14 @@ fn record_metrics(path: &std::path::Path, report: &EvalReport) -> anyhow::Result
         format!("{notes}; {note}")
     };
     manifest.content_hash.clear();
-    let written = echonet_edge::model::write_bundle(path, &manifest, &bundle.store.snapshot())?;
+    // Its other sections (int8, OOD statistics) stay: only the provenance changes.
+    let written = echonet_edge::model::bundle::write_bundle_sections(
+        path,
+        &manifest,
+        &bundle.store.snapshot(),
+        bundle.quantization.as_ref(),
+        bundle.ood.as_ref(),
+    )?;
     eprintln!(
         "recorded the metrics in {}: content_hash {}",
         path.display(),

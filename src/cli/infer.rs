@@ -73,8 +73,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let still = prepare_still(image, spec, &config.preprocess)
             .with_context(|| format!("preprocessing {}", input.display()))?;
-        let verdict = infer_still(&still, &model).with_context(context)?;
-        let mut line = match verdict {
+        let out =
+            infer_still(&still, &model, config.pipeline.view_threshold).with_context(context)?;
+        let mut line = match out.verdict {
             Verdict::Valid(outputs) => serde_json::json!({ "outputs": outputs }),
             Verdict::Invalid(reasons) => {
                 all_fit = false;
@@ -87,6 +88,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 serde_json::json!({ "unfit": names })
             }
         };
+        if let Some(d) = out.ood_distance {
+            line["ood_distance"] = serde_json::json!(d);
+        }
         if let (true, Some(x)) = (args.features, &still.input) {
             let t = Tensor::from_slice(&x.data, (1, x.channels, x.height, x.width), &Device::Cpu)?;
             if let Some(f) = EchoNetModel::infer(&model, &t, true)

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod explain;
 pub mod export;
 pub mod infer;
+pub mod ood_fit;
 pub mod phantom;
 pub mod predict;
 pub mod probe_capture;

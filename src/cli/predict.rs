@@ -106,6 +106,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         intended_use: bundle.manifest.intended_use.clone(),
         content_hash: bundle.manifest.content_hash.clone(),
         precision: model.precision().to_string(),
+        ood_gate: model.ood_gate(),
     };
     let files = expand(&args.paths);
     anyhow::ensure!(
@@ -138,7 +139,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 } else {
                     let mut pre = Preprocessor::new(config.preprocess.clone())?;
                     pre.set_source_fps(clip.nominal_fps());
-                    predict_clip(&name, &frames, &model, &mut pre, &config.window)
+                    predict_clip(
+                        &name,
+                        &frames,
+                        &model,
+                        &mut pre,
+                        &config.window,
+                        config.pipeline.view_threshold,
+                    )
                 }
             }
         };

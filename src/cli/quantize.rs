@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 use echonet_edge::dataset;
-use echonet_edge::model::bundle::{write_bundle_int8, QuantizedWeights};
+use echonet_edge::model::bundle::{write_bundle_sections, QuantizedWeights};
 use echonet_edge::model::cpu_plan::CpuPlan;
 use echonet_edge::model::quantize::{self, Calibration, Method, Quantization};
 use echonet_edge::model::{read_bundle, EchoNetModel, Int8Request, RunOptions, StorageDtype};
@@ -243,7 +243,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         format!("{}; {note}", manifest.provenance.notes)
     };
     manifest.provenance.created = echonet_edge::model::bundle::utc_date_today();
-    let written = write_bundle_int8(&args.output, &manifest, &bundle.store.snapshot(), &quant)?;
+    // The OOD statistics come along: an int8 bundle's distances are computed from its int8
+    // features against the f32 training statistics (tests/ood.rs holds them to the phantom).
+    let written = write_bundle_sections(
+        &args.output,
+        &manifest,
+        &bundle.store.snapshot(),
+        Some(&quant),
+        bundle.ood.as_ref(),
+    )?;
     let int8_layers = quant
         .info
         .layers
@@ -261,6 +269,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map(|l| serde_json::json!({"label": l.label, "reason": l.reason})).collect::<Vec<_>>(),
         "drift": quant.info.drift,
         "features_rel_l2": rel,
+        "ood_gate": echonet_edge::model::ood::gate_description(bundle.ood.as_ref()),
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(ExitCode::SUCCESS)

@@ -336,6 +336,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .context("no training run finished")?;
         std::fs::copy(&best.2.bundle, &out)
             .with_context(|| format!("copying {} to {}", best.2.bundle.display(), out.display()))?;
+        // The OOD gate's statistics: training frames -> mean and directions, validation frames
+        // -> threshold. Too few frames (a tiny run) leaves the gate off, said here.
+        match echonet_edge::train::ood::record_ood_statistics(&out, data, &split, &dataset.origin) {
+            Ok(stats) => eprintln!(
+                "recorded the out-of-distribution statistics: {}",
+                echonet_edge::model::ood::gate_description(Some(&stats))
+            ),
+            Err(e) => eprintln!(
+                "warning: no out-of-distribution statistics recorded ({e}); the gate is off for this bundle (fit them later with `echonet ood-fit`)"
+            ),
+        }
         println!(
             "wrote {} (lr {:e}, weight decay {:e}, step {}, val loss {:.4}; {:.0} s of training)",
             out.display(),

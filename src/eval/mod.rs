@@ -159,6 +159,7 @@ pub fn evaluate_clip(
     model: &EchoNetModel,
     preprocess: &PreprocessConfig,
     window: &WindowConfig,
+    view_threshold: f64,
 ) -> ClipEval {
     let result = match record.load_frames() {
         Err(e) => ClipResult::refused(&record.id, e.to_string()),
@@ -166,7 +167,7 @@ pub fn evaluate_clip(
             Err(e) => ClipResult::refused(&record.id, format!("preprocessing settings: {e}")),
             Ok(mut pre) => {
                 pre.set_source_fps(source_fps(record, &frames));
-                predict_clip(&record.id, &frames, model, &mut pre, window)
+                predict_clip(&record.id, &frames, model, &mut pre, window, view_threshold)
             }
         },
     };
@@ -296,6 +297,9 @@ pub struct ModelInfo {
     pub bundle: String,
     pub intended_use: String,
     pub tasks: Vec<String>,
+    /// The out-of-distribution gate: `on: threshold ...` or `off: ...` (older reports: empty).
+    #[serde(default)]
+    pub ood_gate: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -515,6 +519,7 @@ mod tests {
                 bundle: "b".into(),
                 intended_use: "test".into(),
                 tasks: vec!["ef".into()],
+                ood_gate: String::new(),
             },
             DatasetInfo {
                 origin: "o".into(),

@@ -19,6 +19,7 @@ use super::cpu_plan::qgemm::ActQuant;
 use super::cpu_plan::ConvQuant;
 use super::error::{ModelError, Result};
 use super::heads::TaskSpec;
+use super::ood::{OodInfo, OodStats, OOD_KEY};
 use super::quantize::{Quantization, QUANT_KEY};
 use super::weights::WeightStore;
 
@@ -227,6 +228,9 @@ pub struct Bundle {
     pub store: WeightStore,
     /// The int8 section, when the bundle was made by `echonet quantize`.
     pub quantization: Option<QuantizedWeights>,
+    /// The out-of-distribution statistics (`echonet train`, `echonet ood-fit`); None: the gate
+    /// is off for this bundle.
+    pub ood: Option<OodStats>,
 }
 
 /// An int8 bundle's section and its tables, by plan index (None where the layer stays f32).
@@ -239,6 +243,7 @@ pub struct QuantizedWeights {
 fn hash_contents<'a>(
     manifest: &Manifest,
     quant: Option<&Quantization>,
+    ood: Option<&OodInfo>,
     tensors: impl Iterator<Item = (&'a str, &'a str, &'a [usize], &'a [u8])>,
 ) -> String {
     let mut unhashed = manifest.clone();
@@ -251,6 +256,12 @@ fn hash_contents<'a>(
         // Only int8 bundles hash a section, so every other bundle keeps its hash.
         h.update(b"\0echonet.quantization\0");
         h.update(serde_json::to_vec(q).unwrap_or_default());
+    }
+    if let Some(o) = ood {
+        // Likewise only bundles with OOD statistics hash this section (its tensors are hashed
+        // with the others, by name).
+        h.update(b"\0echonet.ood\0");
+        h.update(serde_json::to_vec(o).unwrap_or_default());
     }
     for (name, dtype, shape, data) in tensors {
         h.update((name.len() as u64).to_le_bytes());
@@ -322,6 +333,22 @@ pub fn read_bundle(path: &Path) -> Result<Bundle> {
             Some(q)
         }
     };
+    let ood_info: Option<OodInfo> = match meta.metadata().as_ref().and_then(|m| m.get(OOD_KEY)) {
+        None => None,
+        Some(json) => {
+            let o: OodInfo = serde_json::from_str(json).map_err(|e| ModelError::Metadata {
+                file: path.to_path_buf(),
+                field: OOD_KEY.into(),
+                reason: format!("invalid OOD statistics JSON: {e}"),
+            })?;
+            o.check().map_err(|(f, r)| ModelError::Metadata {
+                file: path.to_path_buf(),
+                field: format!("{OOD_KEY}.{f}"),
+                reason: r,
+            })?;
+            Some(o)
+        }
+    };
 
     let expected_dtype = manifest.dtype.safetensors();
     let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
@@ -333,7 +360,15 @@ pub fn read_bundle(path: &Path) -> Result<Bundle> {
             file: path.to_path_buf(),
             reason: format!("tensor `{name}`: {e:?}"),
         })?;
+        if name.starts_with("ood.") && ood_info.is_none() {
+            return Err(ModelError::Metadata {
+                file: path.to_path_buf(),
+                field: OOD_KEY.into(),
+                reason: format!("absent, but the bundle holds OOD tensor `{name}`"),
+            });
+        }
         let expected = match (name.starts_with("int8."), &quant) {
+            _ if name.starts_with("ood.") => StDtype::F32,
             (true, None) => {
                 return Err(ModelError::Metadata {
                     file: path.to_path_buf(),
@@ -359,6 +394,7 @@ pub fn read_bundle(path: &Path) -> Result<Bundle> {
     let computed = hash_contents(
         &manifest,
         quant.as_ref(),
+        ood_info.as_ref(),
         names
             .iter()
             .zip(&views)
@@ -374,7 +410,17 @@ pub fn read_bundle(path: &Path) -> Result<Bundle> {
     }
     let mut tensors = BTreeMap::new();
     let mut int8: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    let mut ood_tensors: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     for (name, view) in names.into_iter().zip(views) {
+        if name.starts_with("ood.") {
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            ood_tensors.insert(name, values);
+            continue;
+        }
         if name.starts_with("int8.") {
             int8.insert(name, (view.shape().to_vec(), view.data().to_vec()));
             continue;
@@ -392,11 +438,64 @@ pub fn read_bundle(path: &Path) -> Result<Bundle> {
         Some(info) => Some(int8_table(path, info, int8)?),
         None => None,
     };
+    let ood = match ood_info {
+        Some(info) => Some(ood_stats(path, &manifest, info, ood_tensors)?),
+        None => None,
+    };
     Ok(Bundle {
         path: path.to_path_buf(),
         manifest,
         store,
         quantization,
+        ood,
+    })
+}
+
+/// The OOD section from its tensors: exactly the three, in the lengths the info says, over
+/// the network's pooled features.
+fn ood_stats(
+    path: &Path,
+    manifest: &Manifest,
+    info: OodInfo,
+    mut tensors: BTreeMap<String, Vec<f32>>,
+) -> Result<OodStats> {
+    let bad = |field: String, reason: String| ModelError::Metadata {
+        file: path.to_path_buf(),
+        field,
+        reason,
+    };
+    let features = manifest.architecture.feature_channels();
+    if info.feature_dim != features {
+        return Err(bad(
+            format!("{OOD_KEY}.feature_dim"),
+            format!(
+                "is {}, the network's pooled features are {features} wide",
+                info.feature_dim
+            ),
+        ));
+    }
+    let mut take = |name: &str| {
+        tensors.remove(name).ok_or_else(|| {
+            bad(
+                name.to_string(),
+                format!("absent, but {OOD_KEY} is present"),
+            )
+        })
+    };
+    let mean = take(super::ood::TENSOR_MEAN)?;
+    let directions = take(super::ood::TENSOR_DIRECTIONS)?;
+    let variances = take(super::ood::TENSOR_VARIANCES)?;
+    if !tensors.is_empty() {
+        return Err(ModelError::UnexpectedTensors {
+            file: path.to_path_buf(),
+            names: tensors.into_keys().collect(),
+        });
+    }
+    OodStats::new(info, mean, directions, variances).map_err(|e| match e {
+        super::ood::OodError::Invalid { field, reason } => {
+            bad(format!("{OOD_KEY}: {field}"), reason)
+        }
+        other => bad(OOD_KEY.into(), other.to_string()),
     })
 }
 
@@ -511,7 +610,7 @@ pub fn write_bundle(
     manifest: &Manifest,
     tensors: &BTreeMap<String, Tensor>,
 ) -> Result<Manifest> {
-    write_bundle_with(path, manifest, tensors, None)
+    write_bundle_with(path, manifest, tensors, None, None)
 }
 
 /// [`write_bundle`] with an int8 section: `quant.info` as metadata [`QUANT_KEY`] and each int8
@@ -527,7 +626,27 @@ pub fn write_bundle_int8(
         field: format!("{QUANT_KEY}.{f}"),
         reason: r,
     })?;
-    write_bundle_with(path, manifest, tensors, Some(quant))
+    write_bundle_with(path, manifest, tensors, Some(quant), None)
+}
+
+/// [`write_bundle`] with whichever optional sections the bundle has: int8 (see
+/// [`write_bundle_int8`]) and the OOD statistics (metadata [`OOD_KEY`], f32 tensors `ood.*`).
+/// Rewriting a bundle read with [`read_bundle`] keeps what it had when given its sections.
+pub fn write_bundle_sections(
+    path: &Path,
+    manifest: &Manifest,
+    tensors: &BTreeMap<String, Tensor>,
+    quant: Option<&QuantizedWeights>,
+    ood: Option<&OodStats>,
+) -> Result<Manifest> {
+    if let Some(q) = quant {
+        q.info.check().map_err(|(f, r)| ModelError::Metadata {
+            file: path.to_path_buf(),
+            field: format!("{QUANT_KEY}.{f}"),
+            reason: r,
+        })?;
+    }
+    write_bundle_with(path, manifest, tensors, quant, ood)
 }
 
 fn write_bundle_with(
@@ -535,6 +654,7 @@ fn write_bundle_with(
     manifest: &Manifest,
     tensors: &BTreeMap<String, Tensor>,
     quant: Option<&QuantizedWeights>,
+    ood: Option<&OodStats>,
 ) -> Result<Manifest> {
     manifest.check(path)?;
     let storage = manifest.dtype.safetensors();
@@ -566,14 +686,35 @@ fn write_bundle_with(
                 conv.scales.iter().flat_map(|v| v.to_le_bytes()).collect(),
             ));
         }
-        // The reader hashes in name order.
-        encoded.sort_by(|a, b| a.0.cmp(&b.0));
     }
+    if let Some(o) = ood {
+        o.info.check().map_err(|(f, r)| ModelError::Metadata {
+            file: path.to_path_buf(),
+            field: format!("{OOD_KEY}.{f}"),
+            reason: r,
+        })?;
+        let (d, k) = (o.info.feature_dim, o.info.components);
+        for (name, shape, values) in [
+            (super::ood::TENSOR_MEAN, vec![d], &o.mean),
+            (super::ood::TENSOR_DIRECTIONS, vec![k, d], &o.directions),
+            (super::ood::TENSOR_VARIANCES, vec![k], &o.variances),
+        ] {
+            encoded.push((
+                name.to_string(),
+                StDtype::F32,
+                shape,
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ));
+        }
+    }
+    // The reader hashes in name order.
+    encoded.sort_by(|a, b| a.0.cmp(&b.0));
     let mut manifest = manifest.clone();
     let dnames: Vec<String> = encoded.iter().map(|e| dtype_name(e.1)).collect();
     manifest.content_hash = hash_contents(
         &manifest,
         quant.map(|q| &q.info),
+        ood.map(|o| &o.info),
         encoded
             .iter()
             .zip(&dnames)
@@ -602,6 +743,14 @@ fn write_bundle_with(
             reason: e.to_string(),
         })?;
         metadata.insert(QUANT_KEY.to_string(), qjson);
+    }
+    if let Some(o) = ood {
+        let ojson = serde_json::to_string(&o.info).map_err(|e| ModelError::Metadata {
+            file: path.to_path_buf(),
+            field: OOD_KEY.into(),
+            reason: e.to_string(),
+        })?;
+        metadata.insert(OOD_KEY.to_string(), ojson);
     }
     let bytes =
         safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| ModelError::Format {

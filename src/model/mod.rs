@@ -11,6 +11,7 @@ pub mod error;
 pub mod heads;
 pub mod import;
 pub mod network;
+pub mod ood;
 pub mod profile;
 pub mod quantize;
 pub mod weights;
@@ -126,12 +127,15 @@ pub struct EchoNetModel {
     trunk_graph: Option<crate::gpu::graph::TrunkGraph>,
     /// Whether the plan runs the bundle's int8 layers.
     int8: bool,
+    /// The bundle's out-of-distribution statistics, when it has them (the gate is off without).
+    ood: Option<Arc<ood::OodStats>>,
 }
 
 impl EchoNetModel {
     /// The model of a bundle; an int8 bundle runs int8 as `opts.int8` says (see [`Int8Request`]).
     pub fn from_bundle(bundle: &Bundle, opts: &RunOptions) -> Result<Self> {
         let mut model = Self::from_store(bundle.manifest.clone(), &bundle.store, opts)?;
+        model.ood = bundle.ood.clone().map(Arc::new);
         let file = bundle.path.display();
         match (opts.int8, &bundle.quantization) {
             (Int8Request::Off, _) | (Int8Request::Auto, None) => {}
@@ -257,6 +261,7 @@ impl EchoNetModel {
             dtype,
             trunk_graph: None,
             int8: false,
+            ood: None,
         })
     }
 
@@ -276,6 +281,19 @@ impl EchoNetModel {
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+    /// The out-of-distribution statistics the inference step gates on (None: the gate is off).
+    pub fn ood(&self) -> Option<&Arc<ood::OodStats>> {
+        self.ood.as_ref()
+    }
+    /// Replaces the statistics (`echonet ood-fit` scores frames with the ones it just fitted).
+    pub fn set_ood(&mut self, stats: Option<ood::OodStats>) {
+        self.ood = stats.map(Arc::new);
+    }
+    /// The gate's state in words, for records, summaries and doctor: `on (threshold 1.83, ...)`
+    /// or `off: the bundle has no training statistics`.
+    pub fn ood_gate(&self) -> String {
+        ood::gate_description(self.ood.as_deref())
     }
     pub fn network(&self) -> &InceptionResnetV1 {
         &self.network

@@ -1,5 +1,5 @@
 //! The inference stage: the one per-frame inference step (model outputs -> `Verdict`, with the
-//! view gate), shared by the live daemon and offline prediction (`crate::offline`), and the
+//! view gate and the out-of-distribution gate), shared by the live daemon and offline prediction (`crate::offline`), and the
 //! inference thread's body (build and warm the model, then window every sample).
 
 use std::sync::atomic::Ordering;
@@ -13,6 +13,7 @@ use super::queue::{DropOldest, ToInfer, ToPublish};
 use super::{BoxError, PipelineError, StageWatch};
 use crate::aggregate::{FramePrediction, RollingWindow, Verdict, WindowConfig};
 use crate::metrics::PipelineMetrics;
+use crate::model::ood::OodStats;
 use crate::model::{EchoNetModel, InputSpec, ModelError, TaskKind, TaskSpec};
 use crate::preprocess::{PreparedInput, UnfitReason};
 use crate::publish::record::ModelInfo;
@@ -34,22 +35,50 @@ impl From<candle_core::Error> for InferenceError {
 
 /// The per-frame inference step: runs prepared inputs through the model (several per forward
 /// pass when they share a shape) and turns each output into a `Verdict`, marking a frame the
-/// bundle's `view_a4c` head rejects as `not_a4c`.
-#[derive(Debug, Clone, Copy)]
+/// bundle's `view_a4c` head rejects as `not_a4c`, and a frame whose pooled features lie beyond
+/// the bundle's OOD threshold as `out_of_distribution` (from the features the same forward
+/// pass computed for the heads).
+#[derive(Debug, Clone)]
 pub struct InferenceStep {
     /// The `view_a4c` probability below which a frame is `not_a4c`, when the bundle has that
     /// binary head.
     view_gate: Option<f64>,
+    /// The bundle's training statistics, when it has them.
+    ood: Option<Arc<OodStats>>,
+}
+
+/// One frame's result from the step: its verdict and, when the gate is on, its distance from
+/// the training frames (also for a frame the gate refused, so a user sees how far it was).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOutput {
+    pub verdict: Verdict,
+    pub ood_distance: Option<f64>,
 }
 
 impl InferenceStep {
-    pub fn new(tasks: &[TaskSpec], view_threshold: f64) -> Self {
+    /// The step for `model`: the view gate at `view_threshold` when the bundle has a
+    /// `view_a4c` head, the OOD gate when it has training statistics.
+    pub fn new(model: &EchoNetModel, view_threshold: f64) -> Self {
+        Self::with_gates(
+            &model.manifest().tasks,
+            view_threshold,
+            model.ood().cloned(),
+        )
+    }
+
+    pub fn with_gates(tasks: &[TaskSpec], view_threshold: f64, ood: Option<Arc<OodStats>>) -> Self {
         let has_view_head = tasks
             .iter()
             .any(|t| t.name == "view_a4c" && t.kind == TaskKind::Binary);
         Self {
             view_gate: has_view_head.then_some(view_threshold),
+            ood,
         }
+    }
+
+    /// The OOD gate's thresholds, when it is on.
+    pub fn ood_threshold(&self) -> Option<crate::model::ood::OodThresholds> {
+        self.ood.as_ref().map(|o| o.thresholds())
     }
 
     /// One verdict per input, in order. Inputs of one shape go through in one forward pass,
@@ -60,7 +89,8 @@ impl InferenceStep {
         model: &EchoNetModel,
         inputs: &[&PreparedInput],
         pad_to: usize,
-    ) -> Result<Vec<Verdict>, InferenceError> {
+    ) -> Result<Vec<StepOutput>, InferenceError> {
+        let features = self.ood.is_some();
         let Some(first) = inputs.first() else {
             return Ok(Vec::new());
         };
@@ -73,7 +103,7 @@ impl InferenceStep {
                 data.extend_from_slice(&inputs[k.min(inputs.len() - 1)].data);
             }
             let x = Tensor::from_vec(data, (n, c, h, w), &Device::Cpu)?;
-            let mut out = model.infer(&x, false)?;
+            let mut out = model.infer(&x, features)?;
             out.truncate(inputs.len());
             out
         } else {
@@ -81,7 +111,7 @@ impl InferenceStep {
             for i in inputs {
                 let [c, h, w] = dims(i);
                 let x = Tensor::from_slice(&i.data, (1, c, h, w), &Device::Cpu)?;
-                out.extend(model.infer(&x, false)?);
+                out.extend(model.infer(&x, features)?);
             }
             out
         };
@@ -93,16 +123,40 @@ impl InferenceStep {
         }
         Ok(outputs
             .into_iter()
-            .map(|o| self.verdict(o.outputs))
+            .map(|o| {
+                let distance = match (&self.ood, &o.features) {
+                    (Some(stats), Some(f)) => Some(stats.distance(f)),
+                    _ => None,
+                };
+                StepOutput {
+                    verdict: self.verdict(o.outputs, distance),
+                    ood_distance: distance,
+                }
+            })
             .collect())
     }
 
-    fn verdict(&self, outputs: std::collections::BTreeMap<String, f64>) -> Verdict {
-        match (self.view_gate, outputs.get("view_a4c")) {
-            (Some(threshold), Some(p)) if *p < threshold => {
-                Verdict::Invalid(vec![UnfitReason::NotA4c])
+    fn verdict(
+        &self,
+        outputs: std::collections::BTreeMap<String, f64>,
+        distance: Option<f64>,
+    ) -> Verdict {
+        let mut reasons = Vec::new();
+        // A NaN distance (features of the wrong width or not finite) is never in the domain.
+        if let (Some(stats), Some(d)) = (&self.ood, distance) {
+            if d.is_nan() || d > stats.threshold() {
+                reasons.push(UnfitReason::OutOfDistribution);
             }
-            _ => Verdict::Valid(outputs),
+        }
+        if let (Some(threshold), Some(p)) = (self.view_gate, outputs.get("view_a4c")) {
+            if *p < threshold {
+                reasons.push(UnfitReason::NotA4c);
+            }
+        }
+        if reasons.is_empty() {
+            Verdict::Valid(outputs)
+        } else {
+            Verdict::Invalid(reasons)
         }
     }
 }
@@ -182,6 +236,7 @@ where
         intended_use: manifest.intended_use.clone(),
         content_hash: manifest.content_hash.clone(),
         precision: model.precision().to_string(),
+        ood_gate: model.ood_gate(),
     };
     let _ = ready.send(Ok(ModelReady {
         info,
@@ -189,7 +244,12 @@ where
     }));
     let mut window = RollingWindow::new(window);
     window.set_inference_cost(inference_cost_ms);
-    let step = InferenceStep::new(&manifest.tasks, view_threshold);
+    let step = InferenceStep::new(&model, view_threshold);
+    window.set_ood_threshold(step.ood_threshold());
+    if step.ood_threshold().is_none() {
+        // Once per run: every record says it too (`model.ood_gate`).
+        tracing::warn!("out-of-distribution gate {}", model.ood_gate());
+    }
     for msg in samples.iter() {
         let sample = match msg {
             ToInfer::Gap(reason) => {
@@ -199,6 +259,7 @@ where
             }
             ToInfer::Sample(s) => s,
         };
+        let mut ood_distance = None;
         let verdict = match &sample.prepared.input {
             None => Verdict::Invalid(sample.prepared.reasons.clone()),
             Some(input) => {
@@ -207,7 +268,11 @@ where
                 metrics.latency_inference.observe(t0.elapsed());
                 metrics.frames_inferred.fetch_add(1, Ordering::Relaxed);
                 match result {
-                    Ok(mut verdicts) if verdicts.len() == 1 => verdicts.swap_remove(0),
+                    Ok(mut verdicts) if verdicts.len() == 1 => {
+                        let out = verdicts.swap_remove(0);
+                        ood_distance = out.ood_distance;
+                        out.verdict
+                    }
                     Ok(_) => Verdict::Invalid(vec![UnfitReason::InferenceError]),
                     Err(e) => {
                         tracing::error!(seq = sample.seq, "inference failed: {e}");
@@ -227,6 +292,7 @@ where
             captured_at: sample.captured_at,
             captured_wall: sample.captured_wall,
             verdict,
+            ood_distance,
         });
         if window.is_full() {
             if let Some(e) = window.estimate(&manifest.tasks) {

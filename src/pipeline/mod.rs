@@ -30,7 +30,7 @@ use crate::model::{EchoNetModel, ModelError};
 use crate::preprocess::FramePreparer;
 use crate::publish::record::SourceSummary;
 
-pub use infer::{InferenceError, InferenceStep};
+pub use infer::{InferenceError, InferenceStep, StepOutput};
 pub use queue::DropReason;
 pub use sink::EstimateSink;
 pub use watch::StageWatch;
@@ -165,6 +165,9 @@ pub struct RunSummary {
     /// Stages that died (panicked), each with its message. Non-empty = the run failed: the
     /// caller must exit non-zero.
     pub stage_failures: Vec<String>,
+    /// The model's out-of-distribution gate: `on: threshold ...` or `off: the bundle has no
+    /// training statistics`.
+    pub ood_gate: String,
 }
 
 /// Resident set size of this process, MB (Linux; None elsewhere).
@@ -266,7 +269,7 @@ impl Pipeline {
         let publish_stage = PublishStage {
             sinks,
             messages: pub_rx.clone(),
-            model: ready.info,
+            model: ready.info.clone(),
             source: SourceSummary {
                 kind: info.kind.to_string(),
                 name: info.name.clone(),
@@ -354,6 +357,7 @@ impl Pipeline {
         let m = &self.metrics;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         Ok(RunSummary {
+            ood_gate: ready.info.ood_gate.clone(),
             source: info,
             wall_s: started.elapsed().as_secs_f64(),
             frames_captured: load(&m.frames_captured),

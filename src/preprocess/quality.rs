@@ -54,6 +54,9 @@ pub enum UnfitReason {
     BadFrame,
     /// The bundle's `view_a4c` head said it is not an apical four-chamber view.
     NotA4c,
+    /// Its pooled features lie beyond the bundle's out-of-distribution threshold: the model
+    /// was never trained on anything like it (see `model::ood`).
+    OutOfDistribution,
     /// The model failed on it (or gave no output).
     InferenceError,
 }
@@ -65,6 +68,7 @@ impl UnfitReason {
             Self::Quality(q) => q.as_str(),
             Self::BadFrame => "bad_frame",
             Self::NotA4c => "not_a4c",
+            Self::OutOfDistribution => "out_of_distribution",
             Self::InferenceError => "inference_error",
         }
     }

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
-use crate::aggregate::{EfAgreement, Estimate, Status, TaskEstimate, WindowQuality};
+use crate::aggregate::{EfAgreement, Estimate, OodWindow, Status, TaskEstimate, WindowQuality};
 use crate::timefmt::rfc3339_millis;
 
 pub const SCHEMA: &str = "echonet.estimate/1";
@@ -23,6 +23,9 @@ pub struct ModelInfo {
     pub content_hash: String,
     /// What the model computes in: `f32`, `f16`, `bf16` or `int8` (`EchoNetModel::precision`).
     pub precision: String,
+    /// The out-of-distribution gate: `on: threshold ...`, or `off: the bundle has no training
+    /// statistics` (`EchoNetModel::ood_gate`).
+    pub ood_gate: String,
 }
 
 /// Where the frames came from.
@@ -83,6 +86,9 @@ pub struct EstimateRecord {
     /// The paper's mean EF against the volume curve's EF (null on stale notices and when the
     /// model lacks one of them).
     pub agreement: Option<EfAgreement>,
+    /// The window's distances from the model's training frames (null when the gate is off, on
+    /// stale notices, and when the model ran on no frame of the window).
+    pub ood: Option<OodWindow>,
     pub model: ModelInfo,
     pub source: SourceSummary,
 }
@@ -110,6 +116,7 @@ impl EstimateRecord {
             estimates: e.estimates.clone(),
             quality: e.quality.clone(),
             agreement: e.agreement.clone(),
+            ood: e.ood.clone(),
             model: model.clone(),
             source: source.clone(),
         }
@@ -135,6 +142,7 @@ impl EstimateRecord {
             estimates: BTreeMap::new(),
             quality,
             agreement: None,
+            ood: None,
             model: model.clone(),
             source: source.clone(),
         }
@@ -193,6 +201,7 @@ mod tests {
             intended_use: "demo".into(),
             content_hash: "sha256:00".into(),
             precision: "f32".into(),
+            ood_gate: "on: threshold 1.5".into(),
         }
     }
 
@@ -240,6 +249,13 @@ mod tests {
                 margin: 10.0,
                 low: false,
             }),
+            ood: Some(OodWindow {
+                distance_max: 1.25,
+                distance_median: 0.9,
+                threshold: 1.5,
+                window_threshold: 1.2,
+                frames_beyond: 0,
+            }),
             newest_seq: 42,
             captured_at,
             captured_wall,
@@ -261,6 +277,7 @@ mod tests {
             "estimates": e.estimates,
             "quality": e.quality,
             "agreement": e.agreement,
+            "ood": e.ood,
             "model": m,
             "source": s,
         });
@@ -292,6 +309,7 @@ mod tests {
             "estimates": {},
             "quality": quality(),
             "agreement": null,
+            "ood": null,
             "model": m,
             "source": s,
         });

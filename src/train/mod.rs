@@ -9,6 +9,7 @@ pub mod augment;
 pub mod data;
 pub mod init;
 pub mod net;
+pub mod ood;
 pub mod pool;
 pub mod trainer;
 

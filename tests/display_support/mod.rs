@@ -61,11 +61,13 @@ pub fn estimate(seq: u64, ef: f64) -> EstimateRecord {
             reasons: [("frozen".to_string(), 2)].into_iter().collect(),
         },
         agreement: None,
+        ood: None,
         model: ModelInfo {
             id: "echonet-phantom-v1".into(),
             intended_use: INTENDED_USE.into(),
             content_hash: "sha256:0123456789abcdef0123456789abcdef".into(),
             precision: "f32".into(),
+            ood_gate: "off: the bundle has no training statistics".into(),
         },
         source: SourceSummary {
             kind: "phantom".into(),
@@ -93,9 +95,11 @@ pub fn estimate_json(seq: u64, ef: f64) -> Value {
         },
         "quality": {"valid_frames": 18, "window": 20, "reasons": {"frozen": 2}},
         "agreement": null,
+        "ood": null,
         "model": {"id": "echonet-phantom-v1", "intended_use": INTENDED_USE,
                   "content_hash": "sha256:0123456789abcdef0123456789abcdef",
-                  "precision": "f32"},
+                  "precision": "f32",
+                  "ood_gate": "off: the bundle has no training statistics"},
         "source": {"kind": "phantom", "name": "seed 1"}
     })
 }

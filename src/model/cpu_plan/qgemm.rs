@@ -427,24 +427,13 @@ mod sdot {
     use crate::model::cpu_plan::gemm::Epilogue;
     use std::arch::aarch64::*;
 
-    /// `acc.4s += x.16b · b.16b` per four-byte group, signed: the `sdot` instruction (inline
-    /// assembly because its intrinsic is not stable Rust yet).
-    #[inline(always)]
-    unsafe fn dot(acc: &mut int32x4_t, x: int8x16_t, b: int8x16_t) {
-        std::arch::asm!(
-            "sdot {acc:v}.4s, {b:v}.16b, {x:v}.16b",
-            acc = inout(vreg) *acc,
-            b = in(vreg) b,
-            x = in(vreg) x,
-            options(pure, nomem, nostack, preserves_flags),
-        );
-    }
-
-    /// The 6x16 tile as 24 int32x4 accumulators, each lane one column; per group of 4 k, the
-    /// panel's 64 bytes as 4 vectors (4 columns x 4 k each) and each row's 4 activation bytes
-    /// broadcast (`ld1r`) and flipped to `u8 - 128` (`eor`): 29 of the 32 vector registers, as
-    /// in the f32 NEON kernel. Broadcasting rather than loading 16 bytes of a row and using
-    /// `sdot`'s lane form would keep 6 more registers live than there are.
+    /// The 6x16 tile as 24 int32x4 accumulators (v8-v31), each lane one column; per group of 4 k
+    /// the panel's 64 bytes as 4 vectors (v0-v3: 4 columns x 4 k each) and each row's 4 activation
+    /// bytes broadcast (`ld1r`, v4) and flipped to `u8 - 128` (`eor` with v5). The K loop is one
+    /// block of assembly: `sdot` has no stable intrinsic yet, and with one `asm!` per instruction
+    /// the compiler shuffled and spilled the accumulators (35 `mov`s and 4 stack accesses per 24
+    /// `sdot`s). Broadcasting rather than loading 16 bytes of a row and using `sdot`'s lane form
+    /// keeps the 24 accumulators, 4 B vectors and the flip mask within the 32 registers.
     ///
     /// # Safety
     /// As [`super::strip`]; the CPU has NEON and the dot-product extension.
@@ -460,7 +449,6 @@ mod sdot {
         ldc: usize,
         ep: Epilogue,
     ) {
-        let b = w.panel(j).as_ptr();
         let start = w.shifted[j * NR..(j + 1) * NR].as_ptr();
         let init = [
             vld1q_s32(start),
@@ -469,22 +457,69 @@ mod sdot {
             vld1q_s32(start.add(12)),
         ];
         let mut acc = [init; MR];
-        let flip = vdupq_n_u8(0x80);
-        for g in 0..w.k4 / 4 {
-            let bp = b.add(g * 64);
-            let bv = [
-                vld1q_s8(bp),
-                vld1q_s8(bp.add(16)),
-                vld1q_s8(bp.add(32)),
-                vld1q_s8(bp.add(48)),
-            ];
-            for (row, &a) in acc.iter_mut().zip(rp) {
-                let x = vld1q_dup_u32(a.add(4 * g) as *const u32);
-                let x = vreinterpretq_s8_u8(veorq_u8(vreinterpretq_u8_u32(x), flip));
-                for (acc, &bq) in row.iter_mut().zip(&bv) {
-                    dot(acc, x, bq);
-                }
-            }
+        let groups = w.k4 / 4;
+        if groups > 0 {
+            let [a0, a1, a2, a3, a4, a5] = *rp;
+            let [r0, r1, r2, r3, r4, r5] = &mut acc;
+            std::arch::asm!(
+                "movi v5.16b, #0x80",
+                "2:",
+                "ld1 {{v0.16b, v1.16b, v2.16b, v3.16b}}, [{b}], #64",
+                "ld1r {{v4.4s}}, [{a0}], #4",
+                "eor v4.16b, v4.16b, v5.16b",
+                "sdot v8.4s, v0.16b, v4.16b",
+                "sdot v9.4s, v1.16b, v4.16b",
+                "sdot v10.4s, v2.16b, v4.16b",
+                "sdot v11.4s, v3.16b, v4.16b",
+                "ld1r {{v4.4s}}, [{a1}], #4",
+                "eor v4.16b, v4.16b, v5.16b",
+                "sdot v12.4s, v0.16b, v4.16b",
+                "sdot v13.4s, v1.16b, v4.16b",
+                "sdot v14.4s, v2.16b, v4.16b",
+                "sdot v15.4s, v3.16b, v4.16b",
+                "ld1r {{v4.4s}}, [{a2}], #4",
+                "eor v4.16b, v4.16b, v5.16b",
+                "sdot v16.4s, v0.16b, v4.16b",
+                "sdot v17.4s, v1.16b, v4.16b",
+                "sdot v18.4s, v2.16b, v4.16b",
+                "sdot v19.4s, v3.16b, v4.16b",
+                "ld1r {{v4.4s}}, [{a3}], #4",
+                "eor v4.16b, v4.16b, v5.16b",
+                "sdot v20.4s, v0.16b, v4.16b",
+                "sdot v21.4s, v1.16b, v4.16b",
+                "sdot v22.4s, v2.16b, v4.16b",
+                "sdot v23.4s, v3.16b, v4.16b",
+                "ld1r {{v4.4s}}, [{a4}], #4",
+                "eor v4.16b, v4.16b, v5.16b",
+                "sdot v24.4s, v0.16b, v4.16b",
+                "sdot v25.4s, v1.16b, v4.16b",
+                "sdot v26.4s, v2.16b, v4.16b",
+                "sdot v27.4s, v3.16b, v4.16b",
+                "ld1r {{v4.4s}}, [{a5}], #4",
+                "eor v4.16b, v4.16b, v5.16b",
+                "sdot v28.4s, v0.16b, v4.16b",
+                "sdot v29.4s, v1.16b, v4.16b",
+                "sdot v30.4s, v2.16b, v4.16b",
+                "sdot v31.4s, v3.16b, v4.16b",
+                "subs {n}, {n}, #1",
+                "b.ne 2b",
+                b = inout(reg) w.panel(j).as_ptr() => _,
+                a0 = inout(reg) a0 => _,
+                a1 = inout(reg) a1 => _,
+                a2 = inout(reg) a2 => _,
+                a3 = inout(reg) a3 => _,
+                a4 = inout(reg) a4 => _,
+                a5 = inout(reg) a5 => _,
+                n = inout(reg) groups => _,
+                out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _, out("v5") _,
+                inout("v8") r0[0], inout("v9") r0[1], inout("v10") r0[2], inout("v11") r0[3],
+                inout("v12") r1[0], inout("v13") r1[1], inout("v14") r1[2], inout("v15") r1[3],
+                inout("v16") r2[0], inout("v17") r2[1], inout("v18") r2[2], inout("v19") r2[3],
+                inout("v20") r3[0], inout("v21") r3[1], inout("v22") r3[2], inout("v23") r3[3],
+                inout("v24") r4[0], inout("v25") r4[1], inout("v26") r4[2], inout("v27") r4[3],
+                inout("v28") r5[0], inout("v29") r5[1], inout("v30") r5[2], inout("v31") r5[3],
+                options(nostack, readonly),
+            );
         }
         let (scale, offset) = (w.scale(j).as_ptr(), w.offset(j).as_ptr());
         let z = vdupq_n_f32(0.0);

@@ -39,11 +39,13 @@ fn estimate(seq: u64, status: &str, ef: f64) -> EstimateRecord {
             reasons: Default::default(),
         },
         agreement: None,
+        ood: None,
         model: ModelInfo {
             id: "m".into(),
             intended_use: "test".into(),
             content_hash: "sha256:00".into(),
             precision: "f32".into(),
+            ood_gate: "off: the bundle has no training statistics".into(),
         },
         source: SourceSummary {
             kind: "phantom".into(),

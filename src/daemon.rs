@@ -152,10 +152,8 @@ pub fn build_source(
     inputs: &[PathBuf],
 ) -> Result<Box<dyn FrameSource>, DaemonError> {
     let s = &config.source;
-    let (kind, fallback) = resolve_source_kind(config, inputs);
-    if let Some(why) = fallback {
-        tracing::info!("{why}");
-    }
+    // The fallback's reason is told once, by `run_daemon`'s notice.
+    let (kind, _fallback) = resolve_source_kind(config, inputs);
     Ok(match kind {
         SourceKind::Phantom => {
             // The live demo always shows an apical four-chamber view: a patient drawn in another
@@ -453,10 +451,11 @@ pub fn run_daemon(
     let bundle_path = resolve_bundle(config)?;
     // Read and verify the bundle before anything starts, so a bad file fails fast and clearly.
     let bundle = read_bundle(&bundle_path)?;
-    let notice = |text: &str| {
-        if let Some(n) = &options.notices {
-            n(text);
-        }
+    // Each notice reaches the person once: through the caller's channel (the CLI prints it on
+    // stderr, beside the log), else as a log line.
+    let notice = |text: &str| match &options.notices {
+        Some(n) => n(text),
+        None => tracing::info!("{text}"),
     };
     if let (_, Some(why)) = resolve_source_kind(config, &options.inputs) {
         notice(&format!("source: {why}"));
@@ -494,7 +493,6 @@ pub fn run_daemon(
             },
         )
         .map_err(|e| DaemonError::Display(e.to_string()))?;
-        tracing::info!("bedside display at {}", server.url());
         notice(&format!("bedside display: {}", server.url()));
         display_hub = Some(hub.clone());
         sinks.push(Box::new(DisplaySink { hub }));

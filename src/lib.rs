@@ -12,6 +12,7 @@
 pub mod aggregate;
 pub mod capture;
 pub mod config;
+pub mod contained_panic;
 pub mod daemon;
 pub mod dataset;
 pub mod eval;

@@ -99,6 +99,14 @@ fn run_says_where_the_display_is_and_why_the_phantom_plays() {
         ),
         "{stderr}"
     );
+    // Each is told once: not again by the daemon's or the HTTP server's log lines.
+    for told_once in ["/nonexistent/video9", "http://127.0.0.1:"] {
+        assert_eq!(
+            stderr.matches(told_once).count(),
+            1,
+            "{told_once}: {stderr}"
+        );
+    }
 }
 
 #[test]

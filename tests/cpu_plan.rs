@@ -19,8 +19,9 @@ use proptest::prelude::*;
 /// Max abs difference of one convolution, relative to the largest reference value: f32 sums of
 /// at most a few hundred products, in a different order.
 const KERNEL_REL_TOL: f32 = 1e-5;
-/// The same for Winograd F(4x4, 3x3): its transforms multiply by up to 8 and 5 before the products
-/// are summed back, which costs about a decimal digit of f32 (F(2x2) uses only 0, 1 and 1/2 and is
+/// The same for Winograd with 4-output tiles (F(4x4, 3x3), and F(4, 3) / F(4, 7) along one axis of
+/// a 1x3 / 1x7 kernel): their transforms multiply by up to 8 (F(4, 7): 17) before the products are
+/// summed back, which costs about a decimal digit of f32 (F(2x2) uses only 0, 1 and 1/2 and is
 /// held to `KERNEL_REL_TOL`).
 const WINOGRAD_F4_REL_TOL: f32 = 1e-4;
 /// Relative L2 of pooled features, planned trunk vs candle trunk: ~30 layers of reordered f32
@@ -85,7 +86,8 @@ proptest! {
         if relu {
             reference = reference.relu().unwrap();
         }
-        // Direct, and Winograd with 2x2 and 4x4 output tiles (3x3 stride 1; others run direct).
+        // Direct, and Winograd with 2- and 4-output tiles (stride 1 with 3- or 7-tap axes; others
+        // run direct).
         for (winograd, tol) in [(None, KERNEL_REL_TOL), (Some(2), KERNEL_REL_TOL), (Some(4), WINOGRAD_F4_REL_TOL)] {
             let prepared = PreparedConv::from_folded_with(&folded, winograd).unwrap();
             for kernel in kernels() {
@@ -102,17 +104,23 @@ proptest! {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
-    /// Winograd's own shapes (3x3 stride 1) with enough input channels for several K passes of
-    /// the GEMM, partial tiles at the borders and one-axis padding.
+    /// Winograd's own shapes (stride 1: 3x3 on both axes, 1x3 / 3x1 / 1x7 / 7x1 on one) with
+    /// enough input channels for several K passes of the GEMM, partial tiles at the borders,
+    /// channel counts that are not whole 8-lane groups, and one-axis padding.
     #[test]
     fn winograd_matches_candle(
         n in 1usize..3, cin in 1usize..300, cout in 1usize..70,
-        h in 3usize..20, w in 3usize..20, pad_h in 0usize..2, pad_w in 0usize..2,
+        h in 3usize..20, w in 3usize..20,
+        kernel in prop::sample::select(vec![(3usize, 3usize), (1, 3), (3, 1), (1, 7), (7, 1)]),
+        pad_h in 0usize..4, pad_w in 0usize..4,
         relu in any::<bool>(), residual in any::<bool>(), threads in 1usize..4, seed in any::<u64>(),
     ) {
+        let (kh, kw) = kernel;
+        let (pad_h, pad_w) = (pad_h.min(kh / 2), pad_w.min(kw / 2));
+        prop_assume!(h + 2 * pad_h >= kh && w + 2 * pad_w >= kw);
         let x = mk(&[n, cin, h, w], seed);
         let folded = FoldedConv {
-            weight: mk(&[cout, cin, 3, 3], seed.wrapping_add(1)),
+            weight: mk(&[cout, cin, kh, kw], seed.wrapping_add(1)),
             bias: mk(&[cout], seed.wrapping_add(2)),
             geometry: Geometry { stride: 1, pad_h, pad_w },
             relu: false,
@@ -127,13 +135,15 @@ proptest! {
         }
         for (tile, tol) in [(2, KERNEL_REL_TOL), (4, WINOGRAD_F4_REL_TOL)] {
             let prepared = PreparedConv::from_folded_with(&folded, Some(tile)).unwrap();
+            // Every shape here has a transform for 4-output tiles; for 2 all but the 7-tap ones.
+            prop_assert_eq!(prepared.winograd.is_some(), tile == 4 || kh.max(kw) == 3);
             for kernel in kernels() {
                 let fast = prepared
                     .forward_nchw(&x, residual.then_some(&res), relu, kernel, threads)
                     .unwrap();
                 prop_assert_eq!(fast.dims(), reference.dims());
                 let d = max_rel_diff(&fast, &reference);
-                prop_assert!(d <= tol, "{:?} F({}x{}): max rel diff {}", kernel, tile, tile, d);
+                prop_assert!(d <= tol, "{:?} {}x{} F({}): max rel diff {}", kernel, kh, kw, tile, d);
             }
         }
     }

@@ -9,6 +9,8 @@ use std::sync::atomic::Ordering;
 
 use echonet_edge::capture::dicom::DicomClip;
 
+mod common;
+
 #[path = "support/peak_alloc.rs"]
 mod peak_alloc;
 use peak_alloc::{PeakTracking, CURRENT, PEAK};
@@ -155,5 +157,59 @@ fn mutated_fixtures_are_decoded_or_refused_never_a_panic() {
     assert!(
         refused > 10 && decoded > 10,
         "refused {refused}, decoded {decoded}"
+    );
+}
+
+/// A damaged file on which dicom-rs itself panics is refused in words, without Rust's panic
+/// message or a backtrace on stderr before the refusal (src/contained_panic.rs).
+#[test]
+fn a_panic_inside_dicom_rs_prints_no_panic_message() {
+    let original = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom/SC_rgb_rle_2frame.dcm"),
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // About one RLE variant in six makes dicom-rs's RLE interleave panic (a segment that
+    // decodes short); take the first such seed.
+    let panicking = (0..400u64)
+        .find_map(|seed| {
+            let target = tmp.path().join(format!("p{seed}.dcm"));
+            std::fs::write(&target, mutate(&original, seed)).unwrap();
+            let clip = DicomClip::open(&target).ok()?;
+            let failed = (0..clip.frame_count()).any(|i| {
+                clip.frame(i)
+                    .is_err_and(|e| e.to_string().contains("the decoder failed on damaged data"))
+            });
+            failed.then_some(target)
+        })
+        .expect("no variant among 400 made dicom-rs panic");
+    let out = common::echonet()
+        .env("RUST_BACKTRACE", "1")
+        .args([
+            "predict",
+            "--model",
+            "models/echonet-phantom-demo.safetensors",
+        ])
+        .arg(&panicking)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    let name = panicking
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        stderr.contains(&name) || stdout.contains(&name),
+        "the refusal names the file: {stdout} {stderr}"
+    );
+    assert!(
+        format!("{stdout}{stderr}").contains("failed on damaged data"),
+        "{stdout} {stderr}"
     );
 }

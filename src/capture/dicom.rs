@@ -14,8 +14,8 @@
 //! decoded size. The first frame is decoded when the clip opens, so a file that cannot be decoded
 //! is refused at once rather than mid-replay.
 
+use crate::contained_panic::contain;
 use std::borrow::Cow;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -408,19 +408,19 @@ impl DicomClip {
             .map_err(|fault| precheck::fault_error(&path, &fault))?;
         // dicom-rs's parser and codecs index into file-controlled data; a damaged file must come
         // back as an error, never take the process down.
-        let object = match catch_unwind(AssertUnwindSafe(|| dicom_object::open_file(&path))) {
+        let object = match contain(|| dicom_object::open_file(&path)) {
             Ok(Ok(object)) => object,
             Ok(Err(e)) => {
                 // The error names the file itself: once is enough ("Could not read from file").
                 let reason = describe(&e).replace(&format!(" '{}'", path.display()), "");
                 // Tell a file cut short in its pixel data (the usual damage: an interrupted copy)
                 // from one that is not DICOM at all: its header alone still reads.
-                let header_reads = catch_unwind(AssertUnwindSafe(|| {
+                let header_reads = contain(|| {
                     OpenFileOptions::new()
                         .read_until(tags::PIXEL_DATA)
                         .open_file(&path)
                         .is_ok()
-                }))
+                })
                 .unwrap_or(false);
                 return Err(if header_reads {
                     DicomError::DamagedPixelData { path, reason }
@@ -751,11 +751,11 @@ impl DicomClip {
                 .map_err(|r| self.decode_error(index, r))?;
         }
         // The codecs index into file-controlled data (and some unwrap): catch their panics.
-        let decoded = catch_unwind(AssertUnwindSafe(|| {
+        let decoded = contain(|| {
             self.object
                 .decode_pixel_data_frame(frame)
                 .map(|d| d.into_data())
-        }));
+        });
         let mut bytes = match decoded {
             Ok(Ok(bytes)) => bytes,
             Ok(Err(e)) => return Err(self.decode_error(index, describe(&e))),

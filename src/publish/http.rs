@@ -234,7 +234,7 @@ impl DisplayServer {
             .name("display-accept".into())
             .spawn(move || accept_loop(&accept_shared, &listener))
             .map_err(ServerError::Thread)?;
-        tracing::info!("display at http://{addr}/");
+        tracing::debug!("display at http://{addr}/");
         Ok(Self {
             addr,
             shared,

@@ -8,7 +8,6 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::panic::catch_unwind;
 use std::path::Path;
 
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
@@ -276,7 +275,7 @@ pub(super) fn peek_transfer_syntax(path: &Path) -> Option<String> {
         let meta = dicom_object::FileMetaTable::from_reader(file).ok()?;
         Some(meta.transfer_syntax().to_string())
     };
-    catch_unwind(read).ok().flatten()
+    crate::contained_panic::contain(read).ok().flatten()
 }
 
 #[cfg(test)]

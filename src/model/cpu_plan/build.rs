@@ -23,11 +23,13 @@ use crate::model::network::{Block, Branch, InceptionResnetV1, Join, Stage};
 /// How a convolution is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Algorithm {
-    /// Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions, direct for the rest.
+    /// Winograd with 2-output tiles where there is a transform (3x3 and 1x3 / 3x1 stride 1),
+    /// direct for the rest.
     Auto,
     /// im2col (or in place for 1x1) and GEMM.
     Direct,
-    /// Winograd with output tiles of this side (2 or 4) where the shape is 3x3 stride 1.
+    /// Winograd with output tiles of this side (2 or 4) along each axis of 3 taps (and of 7
+    /// taps for 4: 1x7 / 7x1) where the stride is 1; direct for other shapes.
     Winograd(usize),
 }
 
@@ -138,16 +140,6 @@ pub(super) fn prepare_quant(
             int8: Some(packed),
         });
     }
-    let weights = PackedWeights::pack(
-        kh * kw * cin,
-        cout,
-        |row, col| {
-            let (tap, c) = (row / cin, row % cin);
-            let (ky, kx) = (tap / kw, tap % kw);
-            w[((out_order[col] * cin + in_order[c]) * kh + ky) * kw + kx]
-        },
-        &bias,
-    );
     let g = conv.geometry;
     let tile = match algorithm {
         Algorithm::Auto => Some(2),
@@ -155,26 +147,35 @@ pub(super) fn prepare_quant(
         Algorithm::Winograd(m) => Some(m),
     };
     let winograd = match tile {
-        Some(m) if kh == 3 && kw == 3 && g.stride == 1 => {
+        Some(m) if g.stride == 1 && kh * kw > 1 => {
             // In the permuted channel orders, like the packed weights.
-            let mut wp = vec![0f32; cout * cin * 9];
+            let taps = kh * kw;
+            let mut wp = vec![0f32; cout * cin * taps];
             for (col, &o) in out_order.iter().enumerate() {
                 for (c, &i) in in_order.iter().enumerate() {
-                    let from = (o * cin + i) * 9;
-                    wp[(col * cin + c) * 9..(col * cin + c + 1) * 9]
-                        .copy_from_slice(&w[from..from + 9]);
+                    let from = (o * cin + i) * taps;
+                    wp[(col * cin + c) * taps..(col * cin + c + 1) * taps]
+                        .copy_from_slice(&w[from..from + taps]);
                 }
             }
-            Some(WinogradConv::new(
-                &wp,
-                &bias,
-                cout,
-                cin,
-                (g.pad_h, g.pad_w),
-                m,
-            ))
+            WinogradConv::new(&wp, &bias, cout, cin, (kh, kw), (g.pad_h, g.pad_w), m)
         }
         _ => None,
+    };
+    // A Winograd convolution never runs the direct GEMM: its panels would only take memory.
+    let weights = if winograd.is_some() {
+        PackedWeights::shape_only(kh * kw * cin, cout)
+    } else {
+        PackedWeights::pack(
+            kh * kw * cin,
+            cout,
+            |row, col| {
+                let (tap, c) = (row / cin, row % cin);
+                let (ky, kx) = (tap / kw, tap % kw);
+                w[((out_order[col] * cin + in_order[c]) * kh + ky) * kw + kx]
+            },
+            &bias,
+        )
     };
     Ok(PreparedConv {
         cin,
@@ -187,14 +188,24 @@ pub(super) fn prepare_quant(
     })
 }
 
-/// Winograd where it pays (thread CPU time per step, `echonet bench --threads 1 --profile`), by
-/// facenet name: F(4x4) on conv2d_2b, conv2d_4a and mixed_6a's 35x35 3x3 (1.2x, 2.0x, 1.8x faster
-/// than direct); F(2x2) at 17x17, where 4x4 tiles would pad the output to 20x20; direct for the
-/// 32-channel 3x3s (conv2d_2a, Block35), whose transforms cost about what their GEMMs save.
-fn algorithm_for(name: &str) -> Algorithm {
+/// Winograd where it pays (thread CPU time per step, `echonet bench --threads 1 --profile`): by
+/// facenet name for the 3x3s: F(4x4) on conv2d_2b, conv2d_4a and mixed_6a's 35x35 3x3 (1.2x, 2.0x,
+/// 1.8x faster than direct); F(2x2) at 17x17, where 4x4 tiles would pad the output to 20x20;
+/// direct for the 32-channel 3x3s (conv2d_2a, Block35), whose transforms cost about what their
+/// GEMMs save. By shape for the factorised convolutions (Block17's 1x7 / 7x1, Block8's 1x3 / 3x1,
+/// stride 1): F(4) along their long axis, whose transforms are cheap against 128-192 channels.
+fn algorithm_for(name: &str, conv: &FoldedConv) -> Algorithm {
     match name {
-        "conv2d_2b" | "conv2d_4a" | "mixed_6a.branch1.1" => Algorithm::Winograd(4),
-        "mixed_7a.branch2.1" => Algorithm::Winograd(2),
+        "conv2d_2b" | "conv2d_4a" | "mixed_6a.branch1.1" => return Algorithm::Winograd(4),
+        "mixed_7a.branch2.1" => return Algorithm::Winograd(2),
+        _ => {}
+    }
+    let dims = conv.weight.dims();
+    let (kh, kw) = (dims.get(2).copied(), dims.get(3).copied());
+    match (kh, kw) {
+        (Some(1), Some(3 | 7)) | (Some(3 | 7), Some(1)) if conv.geometry.stride == 1 => {
+            Algorithm::Winograd(4)
+        }
         _ => Algorithm::Direct,
     }
 }
@@ -401,7 +412,7 @@ impl CpuPlan {
             match stage {
                 Stage::Conv(c) => {
                     let y = b.buffer(c.conv.out_channels());
-                    b.algorithm = algorithm_for(&c.name);
+                    b.algorithm = algorithm_for(&c.name, &c.conv);
                     b.plain(&c.name, &c.conv, b.whole(x), b.whole(y))?;
                     x = y;
                 }
@@ -454,7 +465,7 @@ fn chain(
             let t = b.buffer(c.conv.out_channels());
             b.whole(t)
         };
-        b.algorithm = algorithm_for(&c.name);
+        b.algorithm = algorithm_for(&c.name, &c.conv);
         b.plain(&branch_label(kind, &c.name), &c.conv, src, out)?;
         src = out;
     }

@@ -139,12 +139,8 @@ pub fn tiling(conv: &PreparedConv, n: usize, oh: usize, ow: usize, threads: usiz
         cap = cap.min(TILE_IM2COL_BYTES / 4 / k.max(1));
     }
     if let Some(q) = &conv.int8 {
-        // One byte per element and the whole K in one pass: the quantised tile stays in L2
-        // (and the f32 im2col it is made from stays within the f32 path's bound).
-        cap = cap.min(TILE_A_BYTES / q.k4.max(1));
-        if conv.is_pointwise() {
-            cap = TILE_A_BYTES / q.k4.max(1);
-        }
+        // One byte per element and the whole K in one pass: the quantised tile stays in L2.
+        cap = TILE_A_BYTES / q.k4.max(1);
     }
     let cap_strips = (cap / MR).max(1);
     let strips = m.div_ceil(MR).max(1);
@@ -182,12 +178,10 @@ pub fn tiling(conv: &PreparedConv, n: usize, oh: usize, ow: usize, threads: usiz
         panels,
         panel_chunks,
         scratch: match &conv.int8 {
-            // Every int8 tile is quantised into scratch bytes; unless 1x1, after an f32 im2col.
-            Some(q) => {
-                let rows = max_rows.min(m.max(1));
-                let unfold = if conv.is_pointwise() { 0 } else { rows * k };
-                unfold + (rows * q.k4).div_ceil(4)
-            }
+            // An int8 1x1 convolution reads the layer's quantised input in place; others unfold
+            // a tile of it into scratch bytes.
+            Some(_) if conv.is_pointwise() => 0,
+            Some(q) => (max_rows.min(m.max(1)) * q.k4).div_ceil(4),
             None if conv.is_pointwise() => 0,
             None => max_rows.min(m.max(1)) * k,
         },
@@ -196,9 +190,13 @@ pub fn tiling(conv: &PreparedConv, n: usize, oh: usize, ow: usize, threads: usiz
 
 /// Per-thread im2col buffers: slot `i` for rayon worker `i`, the last for a caller outside the
 /// pool. Sized at warm-up; a frame only locks its own slot (uncontended).
+///
+/// Besides, one buffer all threads share: an int8 convolution's whole input, quantised once per
+/// layer (see [`int8_input_bytes`]).
 #[derive(Debug, Default)]
 pub struct Scratch {
     slots: Vec<Mutex<AlignedVec>>,
+    shared: Mutex<AlignedVec>,
 }
 
 impl Scratch {
@@ -207,7 +205,19 @@ impl Scratch {
             slots: (0..threads + 1)
                 .map(|_| Mutex::new(AlignedVec::zeroed(floats)))
                 .collect(),
+            shared: Mutex::new(AlignedVec::zeroed(0)),
         }
+    }
+
+    /// The same, with `bytes` of shared buffer for quantised layer inputs.
+    pub fn with_shared(mut self, bytes: usize) -> Self {
+        self.shared = Mutex::new(AlignedVec::zeroed(bytes.div_ceil(4)));
+        self
+    }
+
+    /// Bytes of the shared buffer.
+    pub fn shared_bytes(&self) -> usize {
+        self.shared.lock().map(|v| 4 * v.len()).unwrap_or(0)
     }
 
     pub fn floats(&self) -> usize {
@@ -325,9 +335,41 @@ pub unsafe fn conv(
     });
 }
 
-/// The int8 form of [`conv`]: each work item quantises its output rows' inputs (the pixels for
-/// a 1x1 convolution, the im2col rows otherwise) into its scratch bytes, `q.k4` per row with the
-/// zero point beyond K and outside the image, then runs the int8 micro-kernel over its panels.
+/// Bytes of an int8 convolution's quantised input for an `n` x `h` x `w` input (0 for an f32
+/// one): every pixel's channels, padded to a multiple of 4 (the kernel reads 4 at a time).
+pub fn int8_input_bytes(conv: &PreparedConv, n: usize, h: usize, w: usize) -> usize {
+    match conv.int8 {
+        Some(_) => n * h * w * conv.cin.div_ceil(4) * 4,
+        None => 0,
+    }
+}
+
+/// A raw byte buffer shared by the threads of one layer: written in one phase (each thread its
+/// own rows), read in the next.
+#[derive(Clone, Copy)]
+struct SharedBytes(*mut u8);
+
+// SAFETY: as [`View`]: the executor gives each thread disjoint rows to write, and reads only
+// after every write of the phase has finished (`for_each_item` returns after all items).
+unsafe impl Send for SharedBytes {}
+unsafe impl Sync for SharedBytes {}
+
+impl SharedBytes {
+    /// # Safety
+    /// `i` stays inside the buffer.
+    unsafe fn at(&self, i: usize) -> *mut u8 {
+        self.0.add(i)
+    }
+}
+
+/// Pixels quantised per work item of the quantisation phase (a few thousand bytes at least).
+const QUANT_ITEM_BYTES: usize = 64 * 1024;
+
+/// The int8 form of [`conv`]. First the whole input is quantised once into the shared buffer
+/// (one row of `cin` rounded up to 4 bytes per pixel, the zero point in the padding); then each
+/// work item runs the int8 micro-kernel over its rows and panels, reading a 1x1 convolution's
+/// rows in place and unfolding other shapes' rows from the quantised input into scratch bytes
+/// (`q.k4` per row, the zero point outside the image and beyond K).
 ///
 /// # Safety
 /// As [`conv`].
@@ -343,38 +385,55 @@ unsafe fn conv_int8(
     scratch: &Scratch,
     threads: usize,
 ) {
-    let (oh, ow) = (dst.h, dst.w);
     let m = dst.rows();
-    let items = t.row_tiles * t.panel_chunks;
     let (k, k4) = (q.k, q.k4);
     let zp = q.act.zero_point;
+    let cin = conv.cin;
+    let ldq = cin.div_ceil(4) * 4;
+    let pixels = src.rows();
+    // A poisoned lock only means another call panicked; the buffer itself is still sound.
+    let mut shared = match scratch.shared.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    if 4 * shared.len() < pixels * ldq || m != t.rows || (conv.is_pointwise() && ldq != k4) {
+        return; // cannot happen: the workspace sizes the buffer from the same shapes
+    }
+    let qin = SharedBytes(shared.as_mut_slice().as_mut_ptr() as *mut u8);
+    let per_item = (QUANT_ITEM_BYTES / ldq.max(1)).max(1);
+    for_each_item(pixels.div_ceil(per_item), threads, |item| {
+        let (p0, p1) = (item * per_item, ((item + 1) * per_item).min(pixels));
+        if src.ld == cin && ldq == cin {
+            // Contiguous rows: one pass over the item's pixels.
+            let from = std::slice::from_raw_parts(src.at(p0 * cin) as *const f32, (p1 - p0) * cin);
+            let to = std::slice::from_raw_parts_mut(qin.at(p0 * ldq), (p1 - p0) * ldq);
+            qgemm::quantize_row(from, to, q.act);
+            return;
+        }
+        for p in p0..p1 {
+            let from = std::slice::from_raw_parts(src.at(p * src.ld) as *const f32, cin);
+            let to = std::slice::from_raw_parts_mut(qin.at(p * ldq), ldq);
+            qgemm::quantize_row(from, &mut to[..cin], q.act);
+            to[cin..].fill(zp);
+        }
+    });
+    let items = t.row_tiles * t.panel_chunks;
     scratch.for_each(items, threads, |item, buf| {
         let (tile, chunk) = (item / t.panel_chunks, item % t.panel_chunks);
         let (row0, row1) = t.row_range(tile);
         let rows = row1 - row0;
         let (panel0, panel1) = t.panel_range(chunk);
-        let f32_floats = if conv.is_pointwise() { 0 } else { rows * k };
-        if rows == 0 || m != t.rows || buf.len() < f32_floats + (rows * k4).div_ceil(4) {
-            return; // cannot happen: the workspace sizes scratch from the same tiling
-        }
-        // A 1x1 convolution quantises its pixels' channels straight from the source; others
-        // unfold the tile in f32 first (plain copies), then quantise each row in one vector pass.
-        let (col, bytes) = buf.split_at_mut(f32_floats);
-        // SAFETY: `bytes` is this thread's f32 scratch past the im2col part, at least
-        // `rows * k4` bytes long (checked above).
-        let a = std::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut u8, rows * k4);
-        if !conv.is_pointwise() {
-            im2col(conv, src, oh, ow, row0, rows, col);
-        }
-        for (r, line) in a.chunks_exact_mut(k4).enumerate() {
-            line[k..].fill(zp);
-            let from: &[f32] = if conv.is_pointwise() {
-                std::slice::from_raw_parts(src.at((row0 + r) * src.ld) as *const f32, k)
-            } else {
-                &col[r * k..(r + 1) * k]
-            };
-            qgemm::quantize_row(from, &mut line[..k], q.act);
-        }
+        let a: *const u8 = if conv.is_pointwise() {
+            qin.at(row0 * ldq)
+        } else {
+            if rows == 0 || 4 * buf.len() < rows * k4 {
+                return; // cannot happen: the workspace sizes scratch from the same tiling
+            }
+            // SAFETY: `buf` is this thread's scratch, at least `rows * k4` bytes (checked above).
+            let col = std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, rows * k4);
+            im2col_u8(conv, qin, ldq, src, dst, row0, k, k4, zp, col);
+            col.as_ptr()
+        };
         for j in panel0..panel1 {
             let mut r = 0;
             while r < rows {
@@ -383,7 +442,7 @@ unsafe fn conv_int8(
                     kernel,
                     q,
                     j,
-                    a.as_ptr().add(r * k4),
+                    a.add(r * k4),
                     k4,
                     n,
                     dst.at((row0 + r) * dst.ld + j * NR),
@@ -394,6 +453,47 @@ unsafe fn conv_int8(
             }
         }
     });
+}
+
+/// Unfolds output rows `row0..row0 + col.len() / k4` of the quantised input `qin` (`ldq` bytes
+/// per pixel, `src`'s size) into `col`, `k4` bytes per row: the `k` bytes (ky, kx, input
+/// channel), the zero point outside the input and beyond `k`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn im2col_u8(
+    conv: &PreparedConv,
+    qin: SharedBytes,
+    ldq: usize,
+    src: View,
+    dst: View,
+    row0: usize,
+    k: usize,
+    k4: usize,
+    zp: u8,
+    col: &mut [u8],
+) {
+    let g = conv.geometry;
+    let cin = conv.cin;
+    let (oh, ow) = (dst.h, dst.w);
+    for (r, line) in col.chunks_exact_mut(k4).enumerate() {
+        let p = row0 + r;
+        let (img, rest) = (p / (oh * ow), p % (oh * ow));
+        let (oy, ox) = (rest / ow, rest % ow);
+        for ky in 0..conv.kh {
+            let iy = (oy * g.stride + ky) as isize - g.pad_h as isize;
+            for kx in 0..conv.kw {
+                let ix = (ox * g.stride + kx) as isize - g.pad_w as isize;
+                let tap = ky * conv.kw + kx;
+                let out = &mut line[tap * cin..(tap + 1) * cin];
+                if iy < 0 || ix < 0 || iy as usize >= src.h || ix as usize >= src.w {
+                    out.fill(zp);
+                } else {
+                    let pix = (img * src.h + iy as usize) * src.w + ix as usize;
+                    out.copy_from_slice(std::slice::from_raw_parts(qin.at(pix * ldq), cin));
+                }
+            }
+        }
+        line[k..].fill(zp);
+    }
 }
 
 /// Unfolds output rows `row0..row0+rows` into `col` (`rows` x `kh*kw*cin`), zero outside the input.

@@ -466,6 +466,7 @@ impl CpuPlan {
         let mut tilings = vec![None; self.steps.len()];
         let mut flops = vec![0f64; self.steps.len()];
         let mut scratch = 0usize;
+        let mut quantised = 0usize;
         let mut first = vec![usize::MAX; self.buffers.len()];
         let mut last = vec![0usize; self.buffers.len()];
         first[self.input] = 0;
@@ -488,6 +489,7 @@ impl CpuPlan {
                     let t = exec::tiling(pc, n, out.0, out.1, self.threads);
                     flops[i] = 2.0 * (n * out.0 * out.1 * pc.weights.k * pc.cout()) as f64;
                     scratch = scratch.max(t.scratch);
+                    quantised = quantised.max(exec::int8_input_bytes(pc, n, sh, sw));
                     tilings[i] = Some(t);
                     (src, dst, out)
                 }
@@ -550,7 +552,7 @@ impl CpuPlan {
             physical: physical_sizes.into_iter().map(AlignedVec::zeroed).collect(),
             tilings,
             flops,
-            scratch: Scratch::new(self.threads, scratch),
+            scratch: Scratch::new(self.threads, scratch).with_shared(quantised),
         })
     }
 
@@ -563,6 +565,7 @@ impl CpuPlan {
                 g.as_ref().map(|ws| {
                     4 * (ws.physical.iter().map(|b| b.len()).sum::<usize>()
                         + ws.scratch.floats() * (self.threads + 1))
+                        + ws.scratch.shared_bytes()
                 })
             })
             .unwrap_or(0)
@@ -570,8 +573,8 @@ impl CpuPlan {
 }
 
 impl PreparedConv {
-    /// Packs a folded convolution with its natural channel orders, as the plan would (Winograd
-    /// F(2x2, 3x3) for a 3x3 stride-1 convolution).
+    /// Packs a folded convolution with its natural channel orders (Winograd with 2-output tiles
+    /// for a 3x3, 1x3 or 3x1 stride-1 convolution).
     pub fn from_folded(conv: &FoldedConv) -> candle_core::Result<Self> {
         build::prepare(conv, None, None, build::Algorithm::Auto)
     }
@@ -582,7 +585,8 @@ impl PreparedConv {
     }
 
     /// Packs a folded convolution for one algorithm: direct (`None`) or Winograd with output
-    /// tiles of `Some(2)` or `Some(4)` (3x3 stride 1 only; otherwise direct).
+    /// tiles of `Some(2)` or `Some(4)` (stride 1 with 3-tap axes, or 7-tap ones for 4: F(2x2),
+    /// F(4x4), F(2) / F(4) along a 1x3 or 3x1, F(4) along a 1x7 or 7x1; otherwise direct).
     pub fn from_folded_with(
         conv: &FoldedConv,
         winograd: Option<usize>,
@@ -621,7 +625,8 @@ impl PreparedConv {
             candle_core::bail!("conv: residual does not have the output's shape");
         }
         let t = exec::tiling(self, n, oh, ow, threads);
-        let scratch = Scratch::new(threads, t.scratch);
+        let scratch =
+            Scratch::new(threads, t.scratch).with_shared(exec::int8_input_bytes(self, n, h, w));
         // SAFETY: both views cover exactly their vectors, which do not overlap.
         unsafe {
             exec::conv(

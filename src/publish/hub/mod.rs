@@ -33,9 +33,6 @@ pub use frames::{EncodedFrame, FrameError};
 
 use fanout::{faults_event, Subscriber};
 
-/// The trend keeps these tasks; others are shown live but not plotted.
-const TREND_TASKS: [&str; 3] = ["ef", "esv", "edv"];
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct HubConfig {
     /// How far back the trend history reaches. Default 10 minutes.
@@ -425,16 +422,13 @@ impl DisplayHub {
 }
 
 /// The trend values (ef, esv, edv) of a record. Only a status of "ok" puts numbers on the trend:
-/// a withheld or stale estimate must not be plotted as if it were a measurement. As the display:
-/// the volume-curve figures when the model gives all three.
+/// a withheld or stale estimate must not be plotted as if it were a measurement. The numbers are
+/// the ones the display and the journal show ([`EstimateRecord::displayed_numbers`]: the
+/// volume-curve figures when the model gives all three, else the heads, else EF from volumes).
 fn trend_values(record: &EstimateRecord) -> [Option<f64>; 3] {
     if record.status != Status::Ok {
         return [None; 3];
     }
-    let curve = TREND_TASKS.map(|t| record.value(&format!("{t}_volume_curve")));
-    if curve.iter().all(Option::is_some) {
-        curve
-    } else {
-        TREND_TASKS.map(|t| record.value(t))
-    }
+    let (ef, edv, esv) = record.displayed_numbers();
+    [ef, esv, edv]
 }

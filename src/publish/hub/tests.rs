@@ -86,6 +86,29 @@ fn volume_curve_figures_replace_the_means_on_the_trend() {
     );
 }
 
+/// A model without an EF head: the trend plots EF from the volumes, as the display and the
+/// journal show it.
+#[test]
+fn the_trend_plots_ef_from_volumes_when_there_is_no_ef_head() {
+    let hub = DisplayHub::new(HubConfig::default());
+    let mut e = estimate(1, "ok", 55.0);
+    e.estimates.remove("ef");
+    e.estimates
+        .insert("ef_from_volumes".into(), task(48.0, "%"));
+    e.estimates.insert("edv".into(), task(77.0, "mL"));
+    hub.publish_estimate(&e).unwrap();
+    let h = hub.history();
+    assert_eq!(
+        (h[0].ef, h[0].esv, h[0].edv),
+        (Some(48.0), Some(40.0), Some(77.0))
+    );
+    assert_eq!(
+        (h[0].ef, h[0].edv, h[0].esv),
+        e.displayed_numbers(),
+        "the trend and the journal show the same numbers"
+    );
+}
+
 #[test]
 fn only_ok_estimates_put_numbers_on_the_trend() {
     let hub = DisplayHub::new(HubConfig::default());

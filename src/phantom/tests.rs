@@ -560,11 +560,11 @@ fn a_pacemaker_lead_is_bright_runs_from_the_atrium_into_the_ventricle_and_casts_
             }
             let probe = behind.iter().filter(|&&b| b).count();
             assert!(probe > 30, "seed {seed}: {probe} pixels behind the lead");
-            let drop = mean_in(&without, &behind) - mean_in(&with, &behind);
-            // (Deep tissue is dim already; the shadow takes what there is, down to the floor.)
+            let (lit, shaded) = (mean_in(&without, &behind), mean_in(&with, &behind));
+            // Deep tissue is dim already; the shadow takes most of what there is.
             assert!(
-                drop > 20.0,
-                "seed {seed} frame {k}: shadow {drop:.1} grey levels"
+                lit - shaded > 15.0 && shaded < 0.5 * lit,
+                "seed {seed} frame {k}: behind the lead {shaded:.1} grey levels, {lit:.1} without"
             );
             let lv = lead.lv_mask(t);
             assert_eq!(

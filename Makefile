@@ -64,6 +64,7 @@ model:
 	$(CARGO) build --release
 	./target/release/echonet train --phantom-seed 1 --phantom-clips 400 --steps 2500 \
 		--eval-every 250 --width 0.125 --input-size 96 --threads 1 \
+		--tasks ef,esv,edv,lv_volume,pacemaker,la_dilation,lv_wall_normal,view_a4c \
 		--out $(DEMO_MODEL) --work-dir target/demo-model-train
 	./target/release/echonet eval --model $(DEMO_MODEL) --phantom-seed 900 --phantom-clips 100 \
 		--threads 1 --record-metrics --plots docs/demo-model

@@ -21,7 +21,7 @@ use crate::frame::Image;
 use crate::metrics::PipelineMetrics;
 use crate::model::catalog::Catalog;
 use crate::model::{read_bundle, Bundle, EchoNetModel, ModelError};
-use crate::phantom::PhantomParams;
+use crate::phantom::{PhantomParams, PhantomView};
 use crate::pipeline::{BoxError, EstimateSink, Pipeline, PipelineError, RunLimits, RunSummary};
 use crate::preprocess::{PreparedInput, PreprocessError, Preprocessor};
 use crate::publish::journal::{new_session_id, Journal, SessionInfo};
@@ -156,8 +156,12 @@ pub fn build_source(
     let (kind, _fallback) = resolve_source_kind(config, inputs);
     Ok(match kind {
         SourceKind::Phantom => {
+            // The live demo always shows an apical four-chamber view: a patient drawn in another
+            // view would only ever be withheld as `not_a4c` (clips in other views are for
+            // training and evaluating the view gate).
             let params = PhantomParams {
                 fps: s.phantom.fps,
+                view: PhantomView::A4c,
                 ..PhantomParams::random(s.phantom.seed)
             };
             // The phantom's truth, so a demo can be checked against the display at a glance.

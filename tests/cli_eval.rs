@@ -96,13 +96,23 @@ fn eval_on_phantom_clips_reports_metrics_that_match_its_own_pairs() {
         serde_json::from_value(ef["regression"].clone()).unwrap();
     assert_eq!(reported, expected);
 
-    // The phantom has no pacemaker label: reported as such, never as a number.
+    // The phantom labels pacemaker leads (issue #13; clip 1 of seed 7 has one): the fixture
+    // network's pacemaker head gets AUC/F1 from its own pairs, with the class counts.
     let pm = &r["estimators"]["pacemaker"];
     assert_eq!(pm["kind"], "binary");
-    assert_eq!(pm["n"], 0);
-    assert_eq!(pm["missing_truth"], c["ok"]);
-    assert!(pm["binary"].is_null());
-    assert!(pm["error"].as_str().unwrap().contains("pacemaker"));
+    assert_eq!(pm["n"], c["ok"]);
+    assert_eq!(pm["missing_truth"], 0);
+    let (mut p, mut t) = (vec![], vec![]);
+    for clip in clips {
+        if let Some(e) = clip["predictions"].get("pacemaker") {
+            p.push(e["prediction"].as_f64().unwrap());
+            t.push(e["truth"].as_f64().unwrap());
+        }
+    }
+    let expected = metrics::binary(&p, &t).unwrap();
+    let reported: metrics::BinaryMetrics = serde_json::from_value(pm["binary"].clone()).unwrap();
+    assert_eq!(reported, expected);
+    assert_eq!((reported.positives, reported.negatives), (1, 3));
 
     // --predictions: the same per-clip objects, one a line.
     let text = std::fs::read_to_string(&lines).unwrap();

@@ -131,6 +131,46 @@ fn display_page_in_headless_chromium() {
     });
     assert_eq!(browser.text("ef-value"), "64");
 
+    // Findings (issue #13 item 5): binary heads as probabilities on one line, the view gate's
+    // head left out; none without them, and none when withheld (checked below).
+    assert_eq!(
+        browser.text("findings"),
+        "",
+        "findings line without binary heads"
+    );
+    let mut findings = estimate(0, 62.0);
+    for (task, p) in [
+        ("pacemaker", 0.921),
+        ("la_dilation", 0.08),
+        ("lv_wall_normal", 0.706),
+        ("view_a4c", 0.99),
+    ] {
+        findings.estimates.insert(
+            task.to_string(),
+            echonet_edge::aggregate::TaskEstimate {
+                value: p,
+                unit: "probability".into(),
+                spread: Some(0.02),
+            },
+        );
+    }
+    feeder.set(Some(findings));
+    browser.wait_text("findings-text", WAIT, "the findings line", |t| {
+        t.contains("pacemaker lead 92 %")
+    });
+    let line = browser.text("findings-text");
+    assert!(
+        line.contains("severe LA dilation 8 %") && line.contains("normal LV wall thickness 71 %"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("a4c") && !line.contains("99 %"),
+        "view gate shown: {line}"
+    );
+    assert!(browser
+        .text("findings")
+        .starts_with("Findings (model probability)"));
+
     // Withheld: the number goes, the reason shows.
     let reason = "too few valid frames (9/20)";
     feeder.set(Some(withheld(0, reason)));
@@ -141,6 +181,7 @@ fn display_page_in_headless_chromium() {
     );
     assert!(!has_digit(&browser.text("esv-value")) && !has_digit(&browser.text("edv-value")));
     assert_eq!(browser.text("withheld-reason"), reason);
+    assert_eq!(browser.text("findings-text"), "", "findings while withheld");
     assert_eq!(
         browser.text("agreement-text"),
         "",

@@ -20,7 +20,7 @@ use echonet_edge::frame::Frame;
 use echonet_edge::model::{
     read_bundle, Architecture, EchoNetModel, InputSpec, RunOptions, TaskSpec,
 };
-use echonet_edge::phantom::{Phantom, PhantomParams};
+use echonet_edge::phantom::{Phantom, PhantomParams, PhantomView};
 use echonet_edge::preprocess::resize::letterbox;
 use echonet_edge::preprocess::{PreparedInput, PreprocessConfig, Preprocessor, Sector};
 use echonet_edge::train::TrainableIrv1;
@@ -285,6 +285,72 @@ fn saliency_mass_falls_on_the_heart() {
         100.0 * fan_area / n
     );
     assert!(ratio > 1.5, "mass ratio {ratio:.2}");
+}
+
+/// Issue #13 item 5, as in the paper's figure: SmoothGrad of the bundled model's `pacemaker` head
+/// on phantom frames with a lead puts far more of its mass on the lead (the phantom knows where
+/// it drew it: `lead_mask`, grown by 0.25 cm, about one model-input pixel, for the blur of
+/// resizing) than the lead's share of the image.
+#[test]
+#[ignore = "issue #13 item 5 not met by the bundled model yet: measured 3.3 % of the pacemaker map \
+            on the lead (+0.25 cm), 2.2x its image share but 0.9x its share of the fan; run by hand"]
+fn smoothgrad_for_pacemaker_lights_up_the_lead() {
+    let bundle = read_bundle(&bundled()).unwrap();
+    let spec = bundle.manifest.input.clone();
+    let ex = Explainer::from_bundle(&bundle).unwrap();
+    let task = ex.task_index("pacemaker").unwrap();
+    let cfg = SmoothGrad {
+        samples: 20,
+        ..SmoothGrad::default()
+    };
+    let (mut mass, mut area, mut fan_share, mut n) = (0.0, 0.0, 0.0, 0usize);
+    for seed in [3, 8, 21] {
+        let phantom = Phantom::new(PhantomParams {
+            pacemaker: true,
+            view: PhantomView::A4c,
+            ..PhantomParams::random(seed)
+        })
+        .unwrap();
+        let (w, h) = (phantom.params().width, phantom.params().height);
+        let geometry = Arc::new(phantom.geometry());
+        let mut pre = Preprocessor::new(PreprocessConfig::default()).unwrap();
+        for index in [0u64, 9] {
+            let t = phantom.frame_time(index);
+            let frame = Frame {
+                seq: index,
+                media_time: t,
+                captured_at: Instant::now(),
+                captured_wall: SystemTime::now(),
+                image: phantom.render(t),
+                geometry: geometry.clone(),
+            };
+            let p = pre.process(&frame, &spec).unwrap();
+            let (Some(input), Some(sector)) = (p.input, p.sector) else {
+                panic!("seed {seed} frame {index}: unfit {:?}", p.quality.reasons);
+            };
+            let grow = (0.25 / phantom.cm_per_pixel()).round() as usize;
+            let lead = dilate(&phantom.lead_mask(t), w, h, grow);
+            let region = mask_to_input(&lead, w, h, &sector, &spec).unwrap();
+            let fan = mask_to_input(&phantom.sector().mask(w, h), w, h, &sector, &spec).unwrap();
+            let map = ex.smoothgrad(&input, task, &cfg).unwrap();
+            let sum = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>();
+            mass += map.mass_share(&region);
+            area += sum(&region) / region.len() as f64;
+            fan_share += sum(&region) / sum(&fan);
+            n += 1;
+        }
+    }
+    let (mass, area, fan_share) = (mass / n as f64, area / n as f64, fan_share / n as f64);
+    let ratio = mass / area;
+    println!(
+        "pacemaker SmoothGrad mass on the lead (+0.25 cm): {:.1} % of the map, the lead {:.2} % \
+         of the image ({:.2} % of the fan): ratio {ratio:.1} (vs its fan share {:.1}), {n} frames",
+        100.0 * mass,
+        100.0 * area,
+        100.0 * fan_share,
+        mass / fan_share
+    );
+    assert!(ratio > 4.0, "lead mass ratio {ratio:.2}");
 }
 
 /// LV cavity, its shifted copy and the fan (prepared-input pixels), and the copy's distance from

@@ -110,6 +110,12 @@ fn cli_writes_dicom_clips_and_agreeing_csvs() {
         assert!((num(row, "heart_rate_bpm") - params.heart_rate_bpm).abs() < 1e-3);
         assert_eq!(num(row, "fps"), fps);
         assert_eq!(num(row, "frames") as u64, frames);
+        // The findings and the view, 0/1, from the patient's parameters.
+        let bit = |b: bool| if b { "1" } else { "0" };
+        assert_eq!(row["pacemaker"], bit(params.pacemaker));
+        assert_eq!(row["la_dilation"], bit(params.la_dilation()));
+        assert_eq!(row["lv_wall_normal"], bit(params.lv_wall_normal()));
+        assert_eq!(row["view_a4c"], bit(params.view.is_a4c()));
 
         let clip_rows: Vec<_> = volumes.iter().filter(|r| &r["file"] == file).collect();
         assert_eq!(clip_rows.len() as u64, frames);
@@ -272,5 +278,69 @@ fn cli_rejects_bad_requests() {
         std::fs::read_dir(dir.path()).unwrap().count(),
         0,
         "nothing written"
+    );
+}
+
+/// The dataset reader on an `echonet phantom` folder: each clip's labels are what the in-memory
+/// phantom gives the same patient; a two-chamber clip carries only `view_a4c` = 0, and a bad
+/// 0/1 cell is refused naming the file, line and column.
+#[test]
+fn dataset_reads_the_findings_and_keeps_volumes_off_other_views() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("clips");
+    // Base seed 1: clip 3 is a two-chamber view, clip 6 has a lead (the seed's draws).
+    let o = run_echonet(&[
+        "phantom",
+        "--out",
+        out.to_str().unwrap(),
+        "--clips",
+        "8",
+        "--seed",
+        "1",
+        "--frames",
+        "3",
+        "--width",
+        "320",
+        "--height",
+        "240",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let data = echonet_edge::dataset::open(&out).unwrap();
+    let memory = echonet_edge::dataset::phantom::in_memory(1, 8, 3, 30.0).unwrap();
+    assert_eq!(data.clips.len(), 8);
+    let mut other_views = 0;
+    for (read, mem) in data.clips.iter().zip(&memory.clips) {
+        assert_eq!(
+            read.labels.keys().collect::<Vec<_>>(),
+            mem.labels.keys().collect::<Vec<_>>()
+        );
+        for (k, v) in &read.labels {
+            assert!((v - mem.labels[k]).abs() < 1e-3, "{} {k}", read.id);
+        }
+        if read.labels["view_a4c"] == 0.0 {
+            other_views += 1;
+            assert_eq!(read.labels.len(), 1, "{}: {:?}", read.id, read.labels);
+            assert!(read.frame_labels.is_empty() && mem.frame_labels.is_empty());
+        } else {
+            for task in ["ef", "pacemaker", "la_dilation", "lv_wall_normal"] {
+                assert!(read.labels.contains_key(task), "{} lacks {task}", read.id);
+            }
+            assert_eq!(read.frame_labels.len(), 3);
+        }
+    }
+    assert!(
+        other_views >= 1,
+        "seed 1 has a two-chamber clip among its first 8"
+    );
+
+    let labels = out.join("labels.csv");
+    let text = std::fs::read_to_string(&labels).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines[2] = format!("{},2", lines[2].rsplit_once(',').unwrap().0);
+    std::fs::write(&labels, lines.join("\n") + "\n").unwrap();
+    let e = echonet_edge::dataset::open(&out).unwrap_err().to_string();
+    assert!(
+        e.contains("labels.csv") && e.contains("line 3") && e.contains("view_a4c"),
+        "{e}"
     );
 }

@@ -166,7 +166,8 @@ fn shipped_int8_model_holds_its_accuracy_against_f32() {
             .unwrap(),
     );
     let a = &out["against"]["estimators"]["ef_volume_curve"];
-    assert_eq!(a["n"], 10);
+    // Clips 1 and 9 of seed 903 are two-chamber views, withheld by the view gate (issue #13).
+    assert_eq!(a["n"], 8);
     let change = a["mae_change"].as_f64().unwrap();
     assert!(
         change.abs() <= EF_MAE_CHANGE_MAX,

@@ -397,6 +397,21 @@ fn record_metrics(path: &std::path::Path, report: &EvalReport) -> anyhow::Result
                 metrics.insert(format!("test_{name}_{what}"), v);
             }
         }
+        if let Some(m) = &r.binary {
+            for (what, v) in [
+                ("n", m.n as f64),
+                ("positives", m.positives as f64),
+                ("auc", m.auc),
+                ("f1", m.f1),
+                ("accuracy", m.accuracy),
+            ] {
+                metrics.insert(format!("test_{name}_{what}"), v);
+            }
+        }
+    }
+    if let Some(g) = &report.view_gate {
+        metrics.insert("test_view_gate_frame_accuracy".into(), g.frame_accuracy);
+        metrics.insert("test_view_gate_clip_accuracy".into(), g.clip_accuracy);
     }
     let note = format!(
         "test metrics: {} clips of {} ({} ok, {} withheld)",

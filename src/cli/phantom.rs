@@ -1,6 +1,7 @@
 //! `echonet phantom --out DIR --clips N --seed S`: writes synthetic apical-4-chamber clips as
-//! multi-frame ultrasound DICOM files, with their ground truth in `labels.csv` (one row per clip)
-//! and `frame_volumes.csv` (one row per frame). The training set of the bundled model and the
+//! multi-frame ultrasound DICOM files, with their ground truth in `labels.csv` (one row per clip:
+//! volumes, EF, the findings `pacemaker`, `la_dilation`, `lv_wall_normal` and the view
+//! `view_a4c`, each 0/1) and `frame_volumes.csv` (one row per frame). The training set of the bundled model and the
 //! test input of the DICOM source are made with this command.
 //!
 //! Clip `i` is the patient `PhantomParams::random(S * 1000 + i)` (see `clip_seed`), rendered at
@@ -137,11 +138,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
     }
 
-    let mut csv = String::from("file,seed,edv_ml,esv_ml,ef_percent,heart_rate_bpm,fps,frames\n");
+    // The patient's truth in every row; `view_a4c` = 0 tells a reader that the volumes and
+    // findings are not what the clip shows (the dataset reader drops them for such clips).
+    let mut csv = String::from(
+        "file,seed,edv_ml,esv_ml,ef_percent,heart_rate_bpm,fps,frames,\
+         pacemaker,la_dilation,lv_wall_normal,view_a4c\n",
+    );
     for l in &labels {
         let p = &l.params;
+        let bit = |b: bool| u8::from(b);
         csv.push_str(&format!(
-            "{},{},{:.4},{:.4},{:.4},{:.4},{},{}\n",
+            "{},{},{:.4},{:.4},{:.4},{:.4},{},{},{},{},{},{}\n",
             l.file,
             p.seed,
             p.edv_ml,
@@ -149,7 +156,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             p.ef_percent(),
             p.heart_rate_bpm,
             p.fps,
-            l.frames
+            l.frames,
+            bit(p.pacemaker),
+            bit(p.la_dilation()),
+            bit(p.lv_wall_normal()),
+            bit(p.view.is_a4c()),
         ));
     }
     write_atomically(&out.join("labels.csv"), csv.as_bytes())?;

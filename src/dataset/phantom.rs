@@ -1,7 +1,12 @@
 //! The phantom as a dataset: the folder `echonet phantom` writes (multi-frame DICOM clips,
 //! `labels.csv`, `frame_volumes.csv`), or the same clips rendered in memory from a seed without
-//! touching the disk. Every phantom clip is its own patient, and every frame carries its true LV
-//! volume.
+//! touching the disk. Every phantom clip is its own patient, and every frame of an apical
+//! four-chamber clip carries its true LV volume.
+//!
+//! The volume tasks (ef, esv, edv, lv_volume) and the findings (pacemaker, la_dilation,
+//! lv_wall_normal) are defined on the A4C view: a clip in another view is labelled only
+//! `view_a4c` = 0, so no volume or finding loss ever sees it and evaluation has nothing of it
+//! to score but the view.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,13 +14,41 @@ use std::path::Path;
 use super::{ClipRecord, ClipSource, Dataset, DatasetError, DatasetKind, Result, LV_VOLUME};
 use crate::phantom::{clip_seed, Phantom, PhantomParams};
 
-/// Clip-level labels of a phantom patient, in task units.
+/// The phantom's binary tasks, in `labels.csv`'s column order.
+pub const FINDING_TASKS: [&str; 3] = ["pacemaker", "la_dilation", "lv_wall_normal"];
+/// The view task: 1 for an apical four-chamber clip.
+pub const VIEW_TASK: &str = "view_a4c";
+
+/// Clip-level labels of a phantom patient, in task units (binary tasks 0/1): for an A4C clip the
+/// volumes, the findings and `view_a4c` = 1; for another view only `view_a4c` = 0.
 pub fn clip_labels(params: &PhantomParams) -> BTreeMap<String, f64> {
-    BTreeMap::from([
-        ("ef".to_string(), params.ef_percent()),
-        ("esv".to_string(), params.esv_ml),
-        ("edv".to_string(), params.edv_ml),
-    ])
+    let bit = |b: bool| f64::from(u8::from(b));
+    let findings = [
+        params.pacemaker,
+        params.la_dilation(),
+        params.lv_wall_normal(),
+    ];
+    labels_for_view(
+        params.view.is_a4c(),
+        [params.ef_percent(), params.esv_ml, params.edv_ml],
+        findings.map(bit),
+    )
+}
+
+/// Labels from their parts: `[ef, esv, edv]` and the findings in [`FINDING_TASKS`] order, kept
+/// only for an A4C clip.
+fn labels_for_view(a4c: bool, volumes: [f64; 3], findings: [f64; 3]) -> BTreeMap<String, f64> {
+    let mut labels = BTreeMap::from([(VIEW_TASK.to_string(), if a4c { 1.0 } else { 0.0 })]);
+    if a4c {
+        labels.extend(
+            ["ef", "esv", "edv"]
+                .into_iter()
+                .map(String::from)
+                .zip(volumes),
+        );
+        labels.extend(FINDING_TASKS.into_iter().map(String::from).zip(findings));
+    }
+    labels
 }
 
 /// Clips `0..clips` of base seed `seed` (the patients `echonet phantom --seed seed` writes), with
@@ -40,7 +73,8 @@ pub fn in_memory(seed: u64, clips: u32, frames: u32, fps: f64) -> Result<Dataset
             ..PhantomParams::random(s)
         };
         let phantom = Phantom::new(params.clone()).map_err(|e| bad(format!("clip {i}: {e}")))?;
-        let frame_labels = (0..frames as usize)
+        let volumes_shown = if params.view.is_a4c() { frames } else { 0 };
+        let frame_labels = (0..volumes_shown as usize)
             .map(|k| {
                 let v = phantom.lv_volume_ml(phantom.frame_time(k as u64));
                 (k, BTreeMap::from([(LV_VOLUME.to_string(), v)]))
@@ -91,18 +125,49 @@ pub fn open_folder(dir: &Path) -> Result<Dataset> {
             });
         }
         let num = |col: &str| parse::<f64>(&labels_path, *line, col, &row[col]);
-        let clip_labels = BTreeMap::from([
-            ("ef".to_string(), num("ef_percent")?),
-            ("esv".to_string(), num("esv_ml")?),
-            ("edv".to_string(), num("edv_ml")?),
-        ]);
+        // Folders written before the findings existed have no finding or view columns: their
+        // clips are all A4C and carry only the volumes.
+        let bit = |col: &str| -> Result<Option<f64>> {
+            match row.get(col) {
+                None => Ok(None),
+                Some(text) => match text.as_str() {
+                    "0" => Ok(Some(0.0)),
+                    "1" => Ok(Some(1.0)),
+                    _ => Err(DatasetError::Invalid {
+                        path: labels_path.clone(),
+                        what: format!("line {line}, column {col}: {text:?} is not 0 or 1"),
+                    }),
+                },
+            }
+        };
+        let a4c = bit(VIEW_TASK)?.is_none_or(|v| v == 1.0);
+        let volumes = [num("ef_percent")?, num("esv_ml")?, num("edv_ml")?];
+        let mut clip_labels = labels_for_view(a4c, volumes, [0.0; 3]);
+        for task in FINDING_TASKS {
+            match bit(task)? {
+                Some(v) if a4c => {
+                    clip_labels.insert(task.to_string(), v);
+                }
+                _ => {
+                    clip_labels.remove(task);
+                }
+            }
+        }
+        if bit(VIEW_TASK)?.is_none() {
+            clip_labels.remove(VIEW_TASK);
+        }
+        let frame_labels = if a4c {
+            per_file.remove(&file).unwrap_or_default()
+        } else {
+            BTreeMap::new()
+        };
         let id = file.trim_end_matches(".dcm").to_string();
         clips.push(ClipRecord {
             patient: format!("phantom-{}", row["seed"]),
             id,
             split: None,
             labels: clip_labels,
-            frame_labels: per_file.remove(&file).unwrap_or_default(),
+            frame_labels,
             source: super::ClipSource::Dicom(path),
         });
     }

@@ -55,6 +55,7 @@ pub struct RegressionMetrics {
 pub struct BinaryMetrics {
     pub n: usize,
     pub positives: usize,
+    pub negatives: usize,
     /// Mann-Whitney AUC: the probability that a random positive scores above a random negative,
     /// ties counting one half.
     pub auc: f64,
@@ -200,6 +201,7 @@ pub fn binary(scores: &[f64], truths: &[f64]) -> Result<BinaryMetrics> {
     Ok(BinaryMetrics {
         n,
         positives,
+        negatives: n - positives,
         auc,
         f1,
         accuracy: correct as f64 / n as f64,

@@ -101,6 +101,71 @@ pub struct ClipEval {
     pub reason: Option<String>,
     /// Estimate name → prediction and truth; empty unless the clip is `ok`.
     pub predictions: BTreeMap<String, Paired>,
+    /// For a clip labelled `view_a4c`: what the view gate made of its frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<ClipView>,
+}
+
+/// The view gate on one clip whose view is known.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ClipView {
+    /// The truth: an apical four-chamber clip.
+    pub a4c: bool,
+    /// Sampled frames that reached the model (fit, or refused only by the view gate).
+    pub frames: usize,
+    /// Of those, the frames the view gate refused (`not_a4c`).
+    pub not_a4c: usize,
+}
+
+impl ClipView {
+    /// The gate's call on the whole clip: not A4C when it refused most of the frames.
+    pub fn called_a4c(&self) -> bool {
+        2 * self.not_a4c < self.frames
+    }
+}
+
+/// How well the view gate separates A4C clips from others, at the configured threshold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewGateReport {
+    pub a4c_clips: usize,
+    pub other_clips: usize,
+    /// A4C frames let through, of all A4C frames that reached the model.
+    pub a4c_frames_passed: usize,
+    pub a4c_frames: usize,
+    /// Frames of other views refused as `not_a4c`, of all such frames that reached the model.
+    pub other_frames_refused: usize,
+    pub other_frames: usize,
+    /// Share of frames the gate called right.
+    pub frame_accuracy: f64,
+    /// Share of clips called right (a clip is called not A4C when most of its frames are).
+    pub clip_accuracy: f64,
+}
+
+/// The view gate's figures over the clips with a known view; `None` when no clip has one or no
+/// frame reached the model.
+pub fn view_gate(clips: &[ClipEval]) -> Option<ViewGateReport> {
+    let views: Vec<&ClipView> = clips.iter().filter_map(|c| c.view.as_ref()).collect();
+    let frames: usize = views.iter().map(|v| v.frames).sum();
+    if frames == 0 {
+        return None;
+    }
+    let (a4c, other): (Vec<&ClipView>, Vec<&ClipView>) = views.iter().partition(|v| v.a4c);
+    let a4c_frames: usize = a4c.iter().map(|v| v.frames).sum();
+    let a4c_frames_passed: usize = a4c.iter().map(|v| v.frames - v.not_a4c).sum();
+    let other_frames: usize = other.iter().map(|v| v.frames).sum();
+    let other_frames_refused: usize = other.iter().map(|v| v.not_a4c).sum();
+    let counted: Vec<&&ClipView> = views.iter().filter(|v| v.frames > 0).collect();
+    let clips_right = counted.iter().filter(|v| v.called_a4c() == v.a4c).count();
+    Some(ViewGateReport {
+        a4c_clips: a4c.len(),
+        other_clips: other.len(),
+        a4c_frames_passed,
+        a4c_frames,
+        other_frames_refused,
+        other_frames,
+        frame_accuracy: (a4c_frames_passed + other_frames_refused) as f64 / frames as f64,
+        clip_accuracy: clips_right as f64 / counted.len().max(1) as f64,
+    })
 }
 
 impl ClipEval {
@@ -126,6 +191,18 @@ impl ClipEval {
         } else {
             BTreeMap::new()
         };
+        let view = record.labels.get("view_a4c").map(|&truth| {
+            let gated = |f: &&crate::offline::FrameOutcome| f.unfit.iter().any(|r| r == "not_a4c");
+            ClipView {
+                a4c: truth == 1.0,
+                frames: result
+                    .frames
+                    .iter()
+                    .filter(|f| f.outputs.is_some() || gated(f))
+                    .count(),
+                not_a4c: result.frames.iter().filter(gated).count(),
+            }
+        });
         Self {
             id: record.id.clone(),
             patient: record.patient.clone(),
@@ -133,6 +210,7 @@ impl ClipEval {
             status: result.status,
             reason: result.reason.clone(),
             predictions,
+            view,
         }
     }
 }
@@ -318,6 +396,10 @@ pub struct EvalReport {
     pub dataset: DatasetInfo,
     pub counts: Counts,
     pub estimators: BTreeMap<String, EstimatorReport>,
+    /// The view gate on clips with a known view (`view_a4c` label), when the bundle has the
+    /// `view_a4c` head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_gate: Option<ViewGateReport>,
     /// PNG files written by `--plots`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plots: Vec<String>,
@@ -332,12 +414,16 @@ impl EvalReport {
         tasks: &[TaskSpec],
     ) -> Self {
         let (counts, estimators) = summarise(&clips, tasks);
+        let gate = tasks
+            .iter()
+            .any(|t| t.name == "view_a4c" && t.kind == TaskKind::Binary);
         Self {
             schema: REPORT_SCHEMA.into(),
             model,
             dataset,
             counts,
             estimators,
+            view_gate: if gate { view_gate(&clips) } else { None },
             plots: Vec::new(),
             clips,
         }
@@ -393,10 +479,28 @@ impl EvalReport {
             if let Some(e) = &r.error {
                 let _ = write!(s, "  ({e})");
             }
+            if let Some(b) = b {
+                let _ = write!(s, "  [{} positive, {} negative]", b.positives, b.negatives);
+            }
             if r.missing_truth > 0 {
                 let _ = write!(s, "  [{} clips without a label]", r.missing_truth);
             }
             s.push('\n');
+        }
+        if let Some(g) = &self.view_gate {
+            let _ = writeln!(
+                s,
+                "view gate: {}/{} A4C frames passed, {}/{} frames of other views refused \
+                 (frame accuracy {:.3}); clips called right {:.3} ({} A4C, {} other)",
+                g.a4c_frames_passed,
+                g.a4c_frames,
+                g.other_frames_refused,
+                g.other_frames,
+                g.frame_accuracy,
+                g.clip_accuracy,
+                g.a4c_clips,
+                g.other_clips
+            );
         }
         let _ = writeln!(
             s,
@@ -452,6 +556,7 @@ mod tests {
             split: None,
             status: serde_json::from_value(serde_json::json!(status)).unwrap(),
             reason: (status != "ok").then(|| format!("{status} because")),
+            view: None,
             predictions: preds
                 .iter()
                 .map(|(n, p, t)| {
@@ -541,6 +646,32 @@ mod tests {
             table.contains("caution: R2 from as few as 2 clips"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn view_gate_counts_frames_and_calls_clips() {
+        let with_view = |id: &str, a4c: bool, frames: usize, not_a4c: usize| ClipEval {
+            view: Some(ClipView {
+                a4c,
+                frames,
+                not_a4c,
+            }),
+            ..clip(id, "ok", &[])
+        };
+        let clips = vec![
+            with_view("a", true, 20, 0),
+            with_view("b", true, 20, 12), // most frames refused: called wrongly
+            with_view("c", false, 20, 20),
+            with_view("d", false, 10, 4), // most frames passed: called wrongly
+            clip("e", "refused", &[]),    // no view label: not counted
+        ];
+        let g = view_gate(&clips).unwrap();
+        assert_eq!((g.a4c_clips, g.other_clips), (2, 2));
+        assert_eq!((g.a4c_frames_passed, g.a4c_frames), (28, 40));
+        assert_eq!((g.other_frames_refused, g.other_frames), (24, 30));
+        assert!((g.frame_accuracy - 52.0 / 70.0).abs() < 1e-12);
+        assert!((g.clip_accuracy - 0.5).abs() < 1e-12);
+        assert_eq!(view_gate(&clips[4..]), None, "no clip with a view");
     }
 
     #[test]

@@ -75,6 +75,11 @@ impl TaskSpec {
                 "probability",
                 "normal left-ventricular wall thickness",
             ),
+            "view_a4c" => (
+                TaskKind::Binary,
+                "probability",
+                "the frame is an apical four-chamber view",
+            ),
             "age" => (TaskKind::Regression, "years", "patient age"),
             "sex" => (TaskKind::Binary, "probability", "patient sex is male"),
             "weight" => (TaskKind::Regression, "kg", "patient weight"),

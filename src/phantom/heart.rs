@@ -55,6 +55,19 @@ pub(super) const VALVE_ORIFICE_OF_D: f64 = 0.35;
 pub(super) const APEX_DEPTH_CM: f64 = 2.4;
 pub(super) const APEX_LATERAL_CM: f64 = 0.3;
 pub(super) const AXIS_TILT_DEG: f64 = 5.0;
+/// In the two-chamber view the right heart is out of the plane and the LV moves toward the middle
+/// of the fan: its apex 0.4 cm left of the beam axis puts the standard patient's tilted cavity
+/// centre on it (each patient's position jitter comes on top).
+pub(super) const APEX_LATERAL_A2C_CM: f64 = -0.4;
+
+/// A pacemaker/ICD lead: its echo is about as wide as the lead (2-3 mm), it enters the right
+/// atrium from the venous side (below the atrium in the apical view), bows a little toward the
+/// free wall, crosses the tricuspid valve and ends near the RV apex. How far past the atrium's
+/// far wall it shows, and where along the RV it ends (fraction of the RV cavity's half-length
+/// from its centre toward the apex).
+pub(super) const LEAD_CM: f64 = 0.22;
+pub(super) const LEAD_BEYOND_RA_CM: f64 = 2.0;
+pub(super) const LEAD_TIP_OF_RV_HALF: f64 = 0.8;
 
 /// The LV at one instant, in physical and pixel terms.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -137,6 +150,11 @@ pub(super) struct HeartState {
     pub(super) tricuspid_valve: Ellipse,
     pub(super) mitral_orifice: Option<Ellipse>,
     pub(super) tricuspid_orifice: Option<Ellipse>,
+    /// Whether the right heart (RV, RA, tricuspid valve) is in the imaging plane (A4C).
+    pub(super) right_heart: bool,
+    /// A pacemaker lead's centre line in the heart frame (u, v), from outside the RA to its tip
+    /// in the RV, when the patient has one and the right heart is in the plane.
+    pub(super) lead: Option<[(f64, f64); 4]>,
 }
 
 /// Fraction of the stroke volume in the LV at `phase` (0..1 of the beat): 1 at ED (phase 0),
@@ -254,6 +272,30 @@ impl Phantom {
         }
         mask
     }
+    /// Row-major: which pixels' centres lie on the pacemaker lead's echo (within half the lead's
+    /// width of its centre line) at `t`; all false without a visible lead. The truth a saliency
+    /// check holds the pacemaker head to.
+    pub fn lead_mask(&self, t: Duration) -> Vec<bool> {
+        let (w, h) = (self.params.width, self.params.height);
+        let mut mask = vec![false; w * h];
+        if let Some(line) = self.lead_px(&self.heart_state(t)) {
+            let half = 0.5 * LEAD_CM / self.cm_per_px;
+            let r = polyline_box(&line, half, w, h);
+            for y in r.y0..r.y1 {
+                for x in r.x0..r.x1 {
+                    let d = polyline_distance(&line, x as f64 + 0.5, y as f64 + 0.5);
+                    mask[y * w + x] = d <= half;
+                }
+            }
+        }
+        mask
+    }
+
+    /// The lead's centre line in pixel coordinates.
+    pub(super) fn lead_px(&self, s: &HeartState) -> Option<[(f64, f64); 4]> {
+        s.lead.map(|pts| pts.map(|(u, v)| self.heart_to_px(u, v)))
+    }
+
     // --- anatomy -----------------------------------------------------------------------------
 
     pub(super) fn heart_state(&self, t: Duration) -> HeartState {
@@ -264,6 +306,7 @@ impl Phantom {
         let l = lv_length_cm(volume);
         let d = (6.0 * volume / (std::f64::consts::PI * l)).sqrt();
         let wall = wall_thickness_cm(l, d, volume, self.myo_ml);
+        let right_heart = p.view.is_a4c();
         // Other chambers scale with the heart's size (dilated ventricles come with large atria).
         let size = (p.edv_ml / LV_REF_VOLUME_ML).cbrt();
 
@@ -308,7 +351,15 @@ impl Phantom {
                 Ellipse::symmetric(cu, cv, a + ATRIAL_WALL_CM, b + ATRIAL_WALL_CM),
             )
         };
-        let (la_cavity, la_outer) = atrium(mitral_u + VALVE_CM, 0.0, LA_SIZE_CM.0, la_b * squeeze);
+        // A dilated LA grows in length and toward the lateral wall (screen right): its septal
+        // side stays where a normal atrium's is, so the interatrial septum is kept.
+        let la_w = la_b * squeeze;
+        let (la_cavity, la_outer) = atrium(
+            mitral_u + VALVE_CM,
+            la_w * (p.la_scale - 1.0),
+            LA_SIZE_CM.0 * p.la_scale,
+            la_w * p.la_scale,
+        );
         let (ra_cavity, ra_outer) =
             atrium(tricuspid_u + VALVE_CM, rv_cv, RA_SIZE_CM.0, ra_b * squeeze);
 
@@ -332,7 +383,21 @@ impl Phantom {
                 )
             })
         };
+        let lead = (p.pacemaker && right_heart).then(|| {
+            let far = ra_cavity.cu + ra_cavity.a_base + ATRIAL_WALL_CM + LEAD_BEYOND_RA_CM;
+            [
+                (far, rv_cv - 0.5 * ra_cavity.b),
+                (ra_cavity.cu, rv_cv - 0.3 * ra_cavity.b),
+                (tricuspid_u + VALVE_CM / 2.0, rv_cv),
+                (
+                    rv_cavity.cu - LEAD_TIP_OF_RV_HALF * rv_cavity.a_apex,
+                    rv_cv + 0.15 * rv_cavity.b,
+                ),
+            ]
+        });
         HeartState {
+            right_heart,
+            lead,
             volume_ml: volume,
             length_cm: l,
             diameter_cm: d,
@@ -354,8 +419,13 @@ impl Phantom {
 
     /// Epicardial apex in cm from the probe (lateral to screen right, depth down).
     pub(super) fn apex_cm(&self) -> (f64, f64) {
+        let lateral = if self.params.view.is_a4c() {
+            APEX_LATERAL_CM
+        } else {
+            APEX_LATERAL_A2C_CM
+        };
         (
-            APEX_LATERAL_CM + self.params.shift_cm.0,
+            lateral + self.params.shift_cm.0,
             APEX_DEPTH_CM + self.params.shift_cm.1,
         )
     }
@@ -413,5 +483,45 @@ impl Phantom {
             }
         }
         Ok(())
+    }
+}
+
+/// Distance from (x, y) to the nearest point of a polyline.
+pub(super) fn polyline_distance(line: &[(f64, f64)], x: f64, y: f64) -> f64 {
+    line.windows(2)
+        .map(|seg| {
+            let ((ax, ay), (bx, by)) = (seg[0], seg[1]);
+            let (dx, dy) = (bx - ax, by - ay);
+            let len2 = dx * dx + dy * dy;
+            let k = if len2 > 0.0 {
+                (((x - ax) * dx + (y - ay) * dy) / len2).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            ((x - ax - k * dx).powi(2) + (y - ay - k * dy).powi(2)).sqrt()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Pixel rectangle holding a polyline grown by `grow_px`, clipped to a `w` x `h` image.
+pub(super) fn polyline_box(
+    line: &[(f64, f64)],
+    grow_px: f64,
+    w: usize,
+    h: usize,
+) -> crate::frame::PixelRect {
+    let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
+    for &(x, y) in line {
+        x0 = x0.min(x);
+        y0 = y0.min(y);
+        x1 = x1.max(x);
+        y1 = y1.max(y);
+    }
+    let clip = |v: f64, hi: usize| v.clamp(0.0, hi as f64) as usize;
+    crate::frame::PixelRect {
+        x0: clip((x0 - grow_px).floor() - 1.0, w),
+        y0: clip((y0 - grow_px).floor() - 1.0, h),
+        x1: clip((x1 + grow_px).ceil() + 1.0, w),
+        y1: clip((y1 + grow_px).ceil() + 1.0, h),
     }
 }

@@ -1,5 +1,8 @@
 //! The built-in synthetic apical-4-chamber echo ("phantom"): the product's demo source, the test
-//! source of the whole pipeline, and the training data of the bundled model.
+//! source of the whole pipeline, and the training data of the bundled model. Beside the LV it
+//! renders the findings of the paper's other tasks from the patient's parameters: a pacemaker
+//! lead with its acoustic shadow, a dilated left atrium, thickened LV walls, and an apical
+//! two-chamber view in place of the A4C for some clips (the view gate's negatives).
 //!
 //! Everything is a pure function of [`PhantomParams`] and the time: the same seed gives the same
 //! bytes on every machine, and the ground truth (LV volume, the LV cavity's pixels, the exact fan)
@@ -28,8 +31,10 @@ use crate::frame::{PixelRect, SourceGeometry};
 pub use geometry::{sector_truth, SectorTruth};
 pub use heart::{ChamberCentres, LvShape};
 pub use params::{
-    clip_seed, PhantomParams, RANDOM_EDV_ML, RANDOM_EF_PERCENT, RANDOM_GAIN, RANDOM_HEART_RATE_BPM,
-    RANDOM_OFFSET, RANDOM_SHIFT_CM, RANDOM_TILT_DEG,
+    clip_seed, PhantomParams, PhantomView, LA_SEVERE_SCALE, RANDOM_EDV_ML, RANDOM_EF_PERCENT,
+    RANDOM_GAIN, RANDOM_HEART_RATE_BPM, RANDOM_LA_DILATED_SHARE, RANDOM_NOT_A4C_SHARE,
+    RANDOM_OFFSET, RANDOM_PACEMAKER_SHARE, RANDOM_SHIFT_CM, RANDOM_TILT_DEG,
+    RANDOM_WALL_THICK_SHARE, WALL_NORMAL_MAX_SCALE,
 };
 
 use geometry::Layout;
@@ -87,7 +92,8 @@ impl Phantom {
         let speckle_lut = speckle_lut();
         let myo_ml = MYO_ML_PER_EDV_ML_AT_REF
             * LV_REF_VOLUME_ML.powf(1.0 - MYO_EDV_EXPONENT)
-            * params.edv_ml.powf(MYO_EDV_EXPONENT);
+            * params.edv_ml.powf(MYO_EDV_EXPONENT)
+            * params.wall_scale;
         // The tables are built only once the patient is known to fit: they cost a few ms.
         let mut phantom = Self {
             tilt_rad: (AXIS_TILT_DEG + params.tilt_deg).to_radians(),

@@ -20,6 +20,11 @@ pub(super) const LEVEL_BLOOD: f32 = 12.0;
 pub(super) const LEVEL_TISSUE: f32 = 80.0;
 pub(super) const LEVEL_MYOCARDIUM: f32 = 170.0;
 pub(super) const LEVEL_VALVE: f32 = 190.0;
+/// A pacemaker lead (metal in insulation) is the brightest reflector in the heart, and hides
+/// what lies behind it along the beam: its acoustic shadow takes 16 dB off every echo deeper on
+/// the same beams.
+pub(super) const LEVEL_LEAD: f32 = 245.0;
+pub(super) const LEAD_SHADOW_GREY: f32 = 70.0;
 /// Log compression maps a 60 dB dynamic range onto 0-255.
 pub(super) const GREY_PER_DB: f64 = 255.0 / 60.0;
 /// Attenuation left after time-gain compensation, dB per cm of depth.
@@ -68,31 +73,41 @@ impl Phantom {
         let state = self.heart_state(t);
         let mut level = vec![LEVEL_TISSUE; w * h];
         let half_edge = 0.5 * self.edge_cm();
-        // Painter's order: walls and valves, then cavities over them, then open valve orifices.
-        for e in [
-            &state.lv_outer,
-            &state.rv_outer,
-            &state.la_outer,
-            &state.ra_outer,
-        ] {
+        // Painter's order: walls and valves, then cavities over them, then open valve orifices,
+        // then a lead's shadow and the lead. Out of the A4C plane there is no right heart.
+        let right = state.right_heart;
+        let walls = [
+            (&state.lv_outer, true),
+            (&state.rv_outer, right),
+            (&state.la_outer, true),
+            (&state.ra_outer, right),
+        ];
+        for (e, _) in walls.iter().filter(|(_, shown)| *shown) {
             self.paint(&mut level, e, LEVEL_MYOCARDIUM, half_edge);
         }
-        for e in [&state.mitral_valve, &state.tricuspid_valve] {
+        for (e, _) in [(&state.mitral_valve, true), (&state.tricuspid_valve, right)]
+            .iter()
+            .filter(|(_, shown)| *shown)
+        {
             self.paint(&mut level, e, LEVEL_VALVE, half_edge);
         }
-        for e in [
-            &state.la_cavity,
-            &state.ra_cavity,
-            &state.rv_cavity,
-            &state.lv_cavity,
-        ] {
-            self.paint(&mut level, e, LEVEL_BLOOD, half_edge);
-        }
-        for e in [&state.mitral_orifice, &state.tricuspid_orifice]
-            .into_iter()
-            .flatten()
+        for (e, _) in [
+            (&state.la_cavity, true),
+            (&state.ra_cavity, right),
+            (&state.rv_cavity, right),
+            (&state.lv_cavity, true),
+        ]
+        .iter()
+        .filter(|(_, shown)| *shown)
         {
             self.paint(&mut level, e, LEVEL_BLOOD, half_edge);
+        }
+        let tricuspid = if right { state.tricuspid_orifice } else { None };
+        for e in [&state.mitral_orifice, &tricuspid].into_iter().flatten() {
+            self.paint(&mut level, e, LEVEL_BLOOD, half_edge);
+        }
+        if let Some(line) = self.lead_px(&state) {
+            self.paint_lead(&mut level, &line, half_edge);
         }
 
         let frame_index = (t.as_secs_f64() * p.fps).round() as u64;
@@ -181,6 +196,89 @@ impl Phantom {
         }
     }
 
+    /// The lead's acoustic shadow, then the lead: a band `LEAD_CM` wide around its centre line
+    /// (edges blurred like every tissue edge). The shadow starts beyond the lead on every beam
+    /// (ray from the probe) that crosses it, ramping in over the blur width.
+    pub(super) fn paint_lead(&self, level: &mut [f32], line: &[(f64, f64); 4], half_edge: f64) {
+        let (w, h) = (self.params.width, self.params.height);
+        let sec = self.layout.sector;
+        let half_px = 0.5 * LEAD_CM / self.cm_per_px;
+        let edge_px = 2.0 * half_edge / self.cm_per_px;
+        // Per beam-angle bin (half a pixel wide at the fan's arc), the radius where the shadow
+        // starts: the far side of the lead on that beam.
+        let bins = (2.0 * sec.half_angle_rad * sec.radius_px / 0.5)
+            .ceil()
+            .max(1.0) as usize;
+        let bin_of = |ang: f64| {
+            let b = (ang + sec.half_angle_rad) / (2.0 * sec.half_angle_rad) * bins as f64;
+            b.floor()
+        };
+        let mut start = vec![f64::INFINITY; bins];
+        let (mut lo_ang, mut hi_ang) = (f64::INFINITY, f64::NEG_INFINITY);
+        for seg in line.windows(2) {
+            let ((ax, ay), (bx, by)) = (seg[0], seg[1]);
+            let n = ((bx - ax).hypot(by - ay) / 0.25).ceil().max(1.0) as usize;
+            for k in 0..=n {
+                let f = k as f64 / n as f64;
+                let (x, y) = (ax + f * (bx - ax), ay + f * (by - ay));
+                let (dx, dy) = (x - sec.apex_x, y - sec.apex_y);
+                let r = dx.hypot(dy);
+                if r <= half_px {
+                    continue;
+                }
+                let ang = dx.atan2(dy);
+                let spread = (half_px / r).asin();
+                lo_ang = lo_ang.min(ang - spread);
+                hi_ang = hi_ang.max(ang + spread);
+                let (b0, b1) = (bin_of(ang - spread), bin_of(ang + spread));
+                let mut b = b0;
+                while b <= b1 {
+                    if b >= 0.0 && (b as usize) < bins {
+                        let s = &mut start[b as usize];
+                        *s = s.min(r + half_px);
+                    }
+                    b += 1.0;
+                }
+            }
+        }
+        let tb = &self.tables;
+        for (y, &(x0, x1)) in tb.spans.iter().enumerate() {
+            let dy = y as f64 + 0.5 - sec.apex_y;
+            if dy <= 0.0 || x0 >= x1 {
+                continue;
+            }
+            // Only the columns between the lead's extreme beams can be in its shadow.
+            let xa = (sec.apex_x + dy * lo_ang.tan() - 1.0)
+                .floor()
+                .max(x0 as f64) as usize;
+            let xb = (sec.apex_x + dy * hi_ang.tan() + 1.0).ceil().min(x1 as f64) as usize;
+            for x in xa..xb.max(xa) {
+                let dx = x as f64 + 0.5 - sec.apex_x;
+                let b = bin_of(dx.atan2(dy));
+                if b < 0.0 || b as usize >= bins {
+                    continue;
+                }
+                let depth = dx.hypot(dy) - start[b as usize];
+                if depth > 0.0 {
+                    let f = (depth / edge_px).min(1.0) as f32;
+                    let v = &mut level[y * w + x];
+                    *v = (*v - LEAD_SHADOW_GREY * f).max(0.0);
+                }
+            }
+        }
+        let r = polyline_box(line, half_px + edge_px, w, h);
+        for y in r.y0..r.y1 {
+            for x in r.x0..r.x1 {
+                let d = polyline_distance(line, x as f64 + 0.5, y as f64 + 0.5);
+                let cover = (0.5 - (d - half_px) / edge_px).clamp(0.0, 1.0) as f32;
+                if cover > 0.0 {
+                    let v = &mut level[y * w + x];
+                    *v += (LEVEL_LEAD - *v) * cover;
+                }
+            }
+        }
+    }
+
     /// Per-frame speckle for both grids, from (seed, frame index).
     pub(super) fn dynamic_speckle(&self, frame_index: u64) -> [Vec<f32>; 2] {
         let n = self.tables.cell_count;
@@ -261,7 +359,10 @@ impl Phantom {
             }
         };
         (
-            vec!["ECHONET PHANTOM".into(), "SYNTHETIC A4C".into()],
+            vec![
+                "ECHONET PHANTOM".into(),
+                format!("SYNTHETIC {}", p.view.label()),
+            ],
             vec![
                 format!("DEPTH {} CM", number(p.depth_cm)),
                 format!("{} FPS", number(p.fps)),

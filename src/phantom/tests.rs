@@ -321,10 +321,18 @@ fn apical_four_chamber_layout() {
 fn chambers_never_merge() {
     // Cavities of different chambers are separated by wall at every phase, for small
     // hyperdynamic and large failing hearts alike.
-    for (edv, ef) in [(70.0, 75.0), (220.0, 15.0), (140.0, 73.0), (120.0, 60.0)] {
+    for (edv, ef, la_scale) in [
+        (70.0, 75.0, 1.0),
+        (220.0, 15.0, 1.0),
+        (140.0, 73.0, 1.0),
+        (120.0, 60.0, 1.0),
+        (70.0, 75.0, 1.75),
+        (220.0, 15.0, 1.75),
+    ] {
         let ph = Phantom::new(PhantomParams {
             edv_ml: edv,
             esv_ml: edv * (1.0 - ef / 100.0),
+            la_scale,
             ..PhantomParams::default()
         })
         .unwrap();
@@ -430,6 +438,276 @@ fn labels_use_only_drawable_characters() {
         assert!(line.chars().all(|c| font::glyph(c).is_some()), "{line}");
     }
     assert!(r.contains(&"29.9 FPS".to_string()) || r.contains(&"30.0 FPS".to_string()));
+}
+
+// --- findings and views (issue #13 item 5) -----------------------------------------------------
+
+/// Mean grey level of `img` over the pixels where `region` is set.
+fn mean_in(img: &Image, region: &[bool]) -> f64 {
+    let (sum, n) = img
+        .data
+        .iter()
+        .zip(region)
+        .filter(|&(_, &r)| r)
+        .fold((0.0, 0usize), |(s, n), (&v, _)| (s + f64::from(v), n + 1));
+    sum / n.max(1) as f64
+}
+
+#[test]
+fn random_findings_come_in_their_stated_shares_and_leave_the_patient_alone() {
+    let n = 4000;
+    let (mut pm, mut la, mut thick, mut other) = (0, 0, 0, 0);
+    for seed in 0..n {
+        let p = PhantomParams::random(seed);
+        pm += usize::from(p.pacemaker);
+        la += usize::from(p.la_dilation());
+        thick += usize::from(!p.lv_wall_normal());
+        other += usize::from(!p.view.is_a4c());
+        // The draws sit well away from the label thresholds: a label is never borderline.
+        assert!((p.la_scale - LA_SEVERE_SCALE).abs() >= 0.1, "{p:?}");
+        assert!((p.wall_scale - WALL_NORMAL_MAX_SCALE).abs() >= 0.1, "{p:?}");
+        if seed < 200 {
+            Phantom::new(p).unwrap();
+        }
+    }
+    let share = |k: usize| k as f64 / n as f64;
+    for (what, got, want) in [
+        ("pacemaker", share(pm), RANDOM_PACEMAKER_SHARE),
+        ("la dilation", share(la), RANDOM_LA_DILATED_SHARE),
+        ("thick walls", share(thick), RANDOM_WALL_THICK_SHARE),
+        ("not A4C", share(other), RANDOM_NOT_A4C_SHARE),
+    ] {
+        // 4000 draws: the binomial SD is under 0.008.
+        assert!((got - want).abs() < 0.03, "{what}: {got} vs {want}");
+    }
+    // Findings draw from their own stream: a patient's volumes and probe are those it had
+    // before findings existed (a patient is the same patient with or without its lead).
+    let p = PhantomParams::random(1000);
+    assert!((p.edv_ml - 135.3872).abs() < 1e-3 && (p.ef_percent() - 51.7732).abs() < 1e-3);
+}
+
+/// A patient with a lead, and the same patient without one.
+fn with_and_without_lead(seed: u64) -> (Phantom, Phantom) {
+    let p = PhantomParams {
+        view: PhantomView::A4c,
+        ..PhantomParams::random(seed)
+    };
+    let lead = Phantom::new(PhantomParams {
+        pacemaker: true,
+        ..p.clone()
+    })
+    .unwrap();
+    let none = Phantom::new(PhantomParams {
+        pacemaker: false,
+        ..p
+    })
+    .unwrap();
+    (lead, none)
+}
+
+#[test]
+fn a_pacemaker_lead_is_bright_runs_from_the_atrium_into_the_ventricle_and_casts_a_shadow() {
+    for seed in [3, 8, 21] {
+        let (lead, none) = with_and_without_lead(seed);
+        let (w, h) = (lead.params().width, lead.params().height);
+        assert!(none.lead_mask(Duration::ZERO).iter().all(|&m| !m));
+        for k in [0, 5, 11] {
+            let t = lead.frame_time(k);
+            let mask = lead.lead_mask(t);
+            let area = mask.iter().filter(|&&m| m).count();
+            // About 0.2 cm wide over several cm of its course.
+            let px_per_cm = 1.0 / lead.cm_per_pixel();
+            assert!(
+                area as f64 > 4.0 * 0.15 * px_per_cm * px_per_cm,
+                "seed {seed}: lead area {area} px"
+            );
+            let (with, without) = (lead.render(t), none.render(t));
+            let fan = lead.sector().mask(w, h);
+            let on_lead: Vec<bool> = mask.iter().zip(&fan).map(|(&a, &b)| a && b).collect();
+            assert!(
+                // (Brightest near the probe; its edges are blurred like every tissue edge.)
+                mean_in(&with, &on_lead) > 150.0 && mean_in(&without, &on_lead) < 100.0,
+                "seed {seed} frame {k}: lead {:.0} vs {:.0} without it",
+                mean_in(&with, &on_lead),
+                mean_in(&without, &on_lead)
+            );
+            // It passes through the RA and the RV cavities.
+            let c = lead.chamber_centres(t);
+            let st = lead.heart_state(t);
+            let line = lead.lead_px(&st).unwrap();
+            let near = |(x, y): (f64, f64), e: &Ellipse| {
+                let (u, v) = lead.px_to_heart(x, y);
+                e.implicit(u, v).0 < 1.0
+            };
+            assert!(line.iter().any(|&p| near(p, &st.ra_cavity)), "{c:?}");
+            assert!(near(line[3], &st.rv_cavity), "tip in the RV: {c:?}");
+            // The shadow: pixels deeper than the lead on its beams are darker than without it;
+            // elsewhere (the LV and its wall, screen right) nothing changes.
+            let sec = lead.sector();
+            let mut behind = vec![false; w * h];
+            for (i, b) in behind.iter_mut().enumerate() {
+                let (x, y) = ((i % w) as f64 + 0.5, (i / w) as f64 + 0.5);
+                if !fan[i] || mask[i] {
+                    continue;
+                }
+                // Beyond the middle of the lead's course in the RV, on the same beam, 1-3 cm
+                // deeper.
+                let (mx, my) = (0.5 * (line[2].0 + line[3].0), 0.5 * (line[2].1 + line[3].1));
+                let ang = |px: f64, py: f64| (px - sec.apex_x).atan2(py - sec.apex_y);
+                let r = |px: f64, py: f64| (px - sec.apex_x).hypot(py - sec.apex_y);
+                *b = (ang(x, y) - ang(mx, my)).abs() < 0.004
+                    && (1.0..3.0).contains(&((r(x, y) - r(mx, my)) * lead.cm_per_pixel()));
+            }
+            let probe = behind.iter().filter(|&&b| b).count();
+            assert!(probe > 30, "seed {seed}: {probe} pixels behind the lead");
+            let (lit, shaded) = (mean_in(&without, &behind), mean_in(&with, &behind));
+            // Deep tissue is dim already; the shadow takes most of what there is.
+            assert!(
+                lit - shaded > 15.0 && shaded < 0.5 * lit,
+                "seed {seed} frame {k}: behind the lead {shaded:.1} grey levels, {lit:.1} without"
+            );
+            let lv = lead.lv_mask(t);
+            assert_eq!(
+                dark_in(&with, &lv, 60),
+                dark_in(&without, &lv, 60),
+                "the lead touched the LV"
+            );
+        }
+    }
+}
+
+#[test]
+fn dilated_atria_and_thick_walls_change_only_their_own_structures() {
+    let base = PhantomParams {
+        view: PhantomView::A4c,
+        pacemaker: false,
+        la_scale: 1.0,
+        wall_scale: 1.0,
+        ..PhantomParams::random(17)
+    };
+    let normal = Phantom::new(base.clone()).unwrap();
+    let dilated = Phantom::new(PhantomParams {
+        la_scale: 1.6,
+        ..base.clone()
+    })
+    .unwrap();
+    let thick = Phantom::new(PhantomParams {
+        wall_scale: 2.0,
+        ..base.clone()
+    })
+    .unwrap();
+    assert!(dilated.params().la_dilation() && !normal.params().la_dilation());
+    assert!(!thick.params().lv_wall_normal() && normal.params().lv_wall_normal());
+    for k in [0, 4, 9] {
+        let t = normal.frame_time(k);
+        let (a, b, c) = (
+            normal.heart_state(t),
+            dilated.heart_state(t),
+            thick.heart_state(t),
+        );
+        // LA: 1.6 times as long and as wide, its septal side where it was.
+        let area = |e: &Ellipse| e.a_apex * e.b;
+        assert!((area(&b.la_cavity) / area(&a.la_cavity) - 2.56).abs() < 1e-9);
+        assert!(((b.la_cavity.cv - b.la_cavity.b) - (a.la_cavity.cv - a.la_cavity.b)).abs() < 1e-9);
+        // Twice the myocardium: a wall about 1.5 times as thick, the same cavity.
+        assert!(
+            c.wall_cm > 1.4 * a.wall_cm && c.wall_cm < 1.8 * a.wall_cm,
+            "{} vs {}",
+            c.wall_cm,
+            a.wall_cm
+        );
+        // (The thick-walled cavity sits deeper by the extra apical wall, same shape and size.)
+        let area = |ph: &Phantom| ph.lv_mask(t).iter().filter(|&&m| m).count() as f64;
+        assert!((area(&thick) / area(&normal) - 1.0).abs() < 0.01);
+        assert_eq!(normal.lv_mask(t), dilated.lv_mask(t));
+        assert_eq!(normal.lv_volume_ml(t), thick.lv_volume_ml(t));
+        // In the image: more dark (blood) pixels for the dilated atrium, more bright
+        // (myocardium) ones for the thick walls.
+        let fan = normal.sector().mask(base.width, base.height);
+        let (n_img, d_img, t_img) = (normal.render(t), dilated.render(t), thick.render(t));
+        // Same seed, same speckle: every pixel that differs belongs to the atrium or its wall,
+        // and the enlarged atrium shows (the fan cuts off its far part in large hearts).
+        let changed = |img: &Image| {
+            img.data
+                .iter()
+                .zip(&n_img.data)
+                .filter(|&(&a, &b)| a.abs_diff(b) > 10)
+                .count()
+        };
+        let la_px = changed(&d_img);
+        let px_per_cm2 = 1.0 / (normal.cm_per_pixel() * normal.cm_per_pixel());
+        assert!(
+            la_px as f64 > 3.0 * px_per_cm2,
+            "the dilated atrium changed {la_px} pixels"
+        );
+        let la_top = normal.heart_to_px(b.la_cavity.cu - b.la_cavity.a_apex, b.la_cavity.cv);
+        assert!(normal.sector().contains_point(la_top.0, la_top.1));
+        let bright = |img: &Image| {
+            img.data
+                .iter()
+                .zip(&fan)
+                .filter(|&(&v, &f)| f && v > 130)
+                .count()
+        };
+        let (tb, nb) = (bright(&t_img), bright(&n_img));
+        assert!(
+            tb > nb + 2000,
+            "bright pixels {tb} with thick walls, {nb} without"
+        );
+    }
+}
+
+#[test]
+fn the_two_chamber_view_has_no_right_heart_and_the_same_lv() {
+    let a4c = PhantomParams {
+        view: PhantomView::A4c,
+        pacemaker: false,
+        ..PhantomParams::random(23)
+    };
+    let four = Phantom::new(a4c.clone()).unwrap();
+    let two = Phantom::new(PhantomParams {
+        view: PhantomView::A2c,
+        ..a4c
+    })
+    .unwrap();
+    let t = four.frame_time(0);
+    // No lead drawn where there is no right heart, even for a patient who has one.
+    let paced = Phantom::new(PhantomParams {
+        pacemaker: true,
+        ..two.params().clone()
+    })
+    .unwrap();
+    assert!(paced.lead_mask(t).iter().all(|&m| !m));
+    assert_eq!(paced.render(t).data, two.render(t).data);
+    // The RV cavity of the A4C is dark there; in the A2C the same place is tissue.
+    let (x, y) = four.chamber_centres(t).rv;
+    let w = four.params().width;
+    let patch: Vec<bool> = (0..w * four.params().height)
+        .map(|i| ((i % w) as f64 - x).abs() < 6.0 && ((i / w) as f64 - y).abs() < 6.0)
+        .collect();
+    let (m4, m2) = (
+        mean_in(&four.render(t), &patch),
+        mean_in(&two.render(t), &patch),
+    );
+    assert!(m4 < 30.0 && m2 > 45.0, "RV patch: A4C {m4:.0}, A2C {m2:.0}");
+    // The LV holds the same volume, centred in the fan.
+    let area = |ph: &Phantom| ph.lv_mask(t).iter().filter(|&&m| m).count() as f64;
+    assert!((area(&two) / area(&four) - 1.0).abs() < 0.01);
+    // The LV moves 0.7 cm toward screen left, into the fan's middle for the standard patient.
+    let (c2, c4) = (two.chamber_centres(t).lv, four.chamber_centres(t).lv);
+    let moved_cm = (c2.0 - c4.0) * two.cm_per_pixel();
+    assert!((moved_cm - (APEX_LATERAL_A2C_CM - APEX_LATERAL_CM)).abs() < 1e-9);
+    let standard = Phantom::new(PhantomParams {
+        view: PhantomView::A2c,
+        ..PhantomParams::default()
+    })
+    .unwrap();
+    let c = standard.chamber_centres(t).lv;
+    assert!(
+        (c.0 - w as f64 / 2.0).abs() * standard.cm_per_pixel() < 0.1,
+        "{c:?}"
+    );
+    assert_eq!(two.labels().0[1], "SYNTHETIC A2C");
 }
 
 /// `cargo test --release --lib render_time -- --ignored --nocapture`

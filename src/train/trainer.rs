@@ -171,7 +171,7 @@ fn task_kind(name: &str) -> Result<TaskKind, TrainError> {
         .map(|t| t.kind)
         .ok_or_else(|| {
             TrainError::Unsupported(format!(
-                "task {name:?}: expected one of ef, esv, edv, lv_volume, pacemaker, la_dilation, lv_wall_normal, age, sex, weight, height"
+                "task {name:?}: expected one of ef, esv, edv, lv_volume, pacemaker, la_dilation, lv_wall_normal, view_a4c, age, sex, weight, height"
             ))
         })
 }

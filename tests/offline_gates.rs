@@ -27,8 +27,8 @@ fn run(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// The demo bundle plus a `view_a4c` head that says 0.6 for every frame (zero weights, bias
-/// logit(0.6)): a threshold of 0.5 passes every frame, 0.7 none.
+/// The demo bundle with its `view_a4c` head replaced by one that says 0.6 for every frame (zero
+/// weights, bias logit(0.6)): a threshold of 0.5 passes every frame, 0.7 none.
 fn bundle_with_view_head(dir: &Path) -> PathBuf {
     let demo =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("models/echonet-phantom-demo.safetensors");
@@ -53,6 +53,7 @@ fn bundle_with_view_head(dir: &Path) -> PathBuf {
         head.bias_name(),
         Tensor::new(&[logit], &Device::Cpu).unwrap(),
     );
+    manifest.tasks.retain(|t| t.name != head.name);
     manifest.tasks.push(head);
     let path = dir.join("view.safetensors");
     write_bundle_sections(&path, &manifest, &tensors, None, b.ood.as_ref()).unwrap();

@@ -45,7 +45,12 @@ fn phantom_distances(model: &EchoNetModel, seed: u64, clips: u32) -> (Vec<f64>, 
     let data = in_memory(seed, clips, 64, 30.0).unwrap();
     let mut distances = Vec::new();
     let mut passed = 0;
-    for clip in &data.clips {
+    // Clips of another view are the view gate's to refuse (and far from the A4C statistics).
+    for clip in data
+        .clips
+        .iter()
+        .filter(|c| c.labels.get("view_a4c") != Some(&0.0))
+    {
         let frames = clip.load_frames().unwrap();
         let mut pre = Preprocessor::new(config.preprocess.clone()).unwrap();
         pre.set_source_fps(Some(30.0));
@@ -97,8 +102,8 @@ fn unseen_phantom_patients_pass_the_gate_in_f32_and_int8() {
             summary(&d)
         );
         assert!(
-            d.len() >= 700,
-            "40 clips x 20 sampled frames ran: {}",
+            d.len() >= 560,
+            "the A4C clips of 40 patients (15 % are another view) x 20 sampled frames ran: {}",
             d.len()
         );
         assert!(
@@ -458,8 +463,14 @@ fn unseen_phantom_windows_are_published() {
     let config = Config::default();
     let data = in_memory(902, 20, 64, 30.0).unwrap();
     let mut ok = 0;
+    let mut a4c = 0;
     let mut medians = Vec::new();
-    for clip in &data.clips {
+    // Clips of another view are the view gate's to refuse (and far from the A4C statistics).
+    for clip in data
+        .clips
+        .iter()
+        .filter(|c| c.labels.get("view_a4c") != Some(&0.0))
+    {
         let frames = clip.load_frames().unwrap();
         let mut pre = Preprocessor::new(config.preprocess.clone()).unwrap();
         pre.set_source_fps(Some(30.0));
@@ -473,13 +484,18 @@ fn unseen_phantom_windows_are_published() {
         );
         medians.push(r.ood.as_ref().unwrap().distance_median);
         ok += usize::from(r.status == "ok");
+        a4c += 1;
     }
     eprintln!(
-        "phantom seed 902: {ok} / 20 clips ok; window medians {}; window threshold {:.3}",
+        "phantom seed 902: {ok} / {a4c} A4C clips ok; window medians {}; window threshold {:.3}",
         summary(&medians),
         m.ood().unwrap().info.window_threshold
     );
-    assert_eq!(ok, 20);
+    assert!(
+        a4c >= 15,
+        "20 patients, 15 % of them in another view: {a4c} A4C"
+    );
+    assert_eq!(ok, a4c);
 }
 
 /// The same images as still frames through the whole path (`echonet infer`'s): whatever the

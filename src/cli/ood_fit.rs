@@ -15,6 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use echonet_edge::dataset;
+use echonet_edge::dataset::phantom::VIEW_TASK;
 use echonet_edge::model::bundle::write_bundle_sections;
 use echonet_edge::model::ood::{self, FitSettings, OodStats};
 use echonet_edge::model::{read_bundle, EchoNetModel, RunOptions};
@@ -118,9 +119,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut val_clip: Vec<usize> = Vec::new();
     let mut shape = None;
     let mut rejected: BTreeMap<String, usize> = BTreeMap::new();
+    let mut other_views = 0usize;
     for (ci, record) in data.clips.iter().enumerate() {
         let validation = val.contains(record.patient.as_str());
         if !validation && !train.contains(record.patient.as_str()) {
+            continue;
+        }
+        // The gate's domain is the view the heads were trained for (as `echonet train` fits
+        // it): clips labelled as another view are the view gate's to refuse.
+        if record.labels.get(VIEW_TASK) == Some(&0.0) {
+            other_views += 1;
             continue;
         }
         let frames = record
@@ -190,6 +198,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "train_frames": train_f.len(),
         "validation_frames": val_f.len(),
         "rejected_frames": rejected,
+        "other_view_clips_skipped": other_views,
         "components": stats.info.components,
         "residual_variance": stats.info.residual_variance,
         "validation_distance_median": ood::percentile(&val_d, 50.0),

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use super::data::{PatientSplit, TrainData};
 use super::TrainError;
+use crate::dataset::phantom::VIEW_TASK;
 use crate::model::bundle::{read_bundle, write_bundle_sections};
 use crate::model::ood::{self, FitSettings, OodStats};
 use crate::model::{EchoNetModel, RunOptions};
@@ -40,6 +41,9 @@ pub fn record_ood_statistics(
             .frames
             .iter()
             .filter(|f| set.contains(data.clips[f.clip].patient.as_str()))
+            // The gate's domain is the view the heads were trained for; clips labelled as
+            // another view are the view gate's to refuse, and would widen the thresholds.
+            .filter(|f| data.clips[f.clip].labels.get(VIEW_TASK) != Some(&0.0))
             .collect();
         let step = all.len().div_ceil(cap).max(1);
         all.into_iter()

@@ -344,8 +344,9 @@ pub struct Quantization {
     /// `minmax`, `percentile` or `mse`.
     pub method: Method,
     /// How many times `method`'s range each activation range is (1 in bundles made before
-    /// `--headroom` existed, which omit the field).
-    #[serde(default = "no_headroom")]
+    /// `--headroom` existed, which omit the field). Written only when it is not 1, so a bundle
+    /// made before the field existed hashes as it did when it was written.
+    #[serde(default = "no_headroom", skip_serializing_if = "is_no_headroom")]
     pub headroom: f32,
     pub calibration: Calibration,
     pub layers: Vec<QuantLayer>,
@@ -357,6 +358,10 @@ pub struct Quantization {
 
 fn no_headroom() -> f32 {
     1.0
+}
+
+fn is_no_headroom(headroom: &f32) -> bool {
+    *headroom == 1.0
 }
 
 /// safetensors metadata key of the quantisation section.

@@ -316,39 +316,21 @@ pub fn read_bundle(path: &Path) -> Result<Bundle> {
         reason: format!("invalid manifest JSON: {e}"),
     })?;
     manifest.check(path)?;
-    let quant: Option<Quantization> = match meta.metadata().as_ref().and_then(|m| m.get(QUANT_KEY))
-    {
-        None => None,
-        Some(json) => {
-            let q: Quantization = serde_json::from_str(json).map_err(|e| ModelError::Metadata {
-                file: path.to_path_buf(),
-                field: QUANT_KEY.into(),
-                reason: format!("invalid quantization JSON: {e}"),
-            })?;
-            q.check().map_err(|(f, r)| ModelError::Metadata {
-                file: path.to_path_buf(),
-                field: format!("{QUANT_KEY}.{f}"),
-                reason: r,
-            })?;
-            Some(q)
-        }
-    };
-    let ood_info: Option<OodInfo> = match meta.metadata().as_ref().and_then(|m| m.get(OOD_KEY)) {
-        None => None,
-        Some(json) => {
-            let o: OodInfo = serde_json::from_str(json).map_err(|e| ModelError::Metadata {
-                file: path.to_path_buf(),
-                field: OOD_KEY.into(),
-                reason: format!("invalid OOD statistics JSON: {e}"),
-            })?;
-            o.check().map_err(|(f, r)| ModelError::Metadata {
-                file: path.to_path_buf(),
-                field: format!("{OOD_KEY}.{f}"),
-                reason: r,
-            })?;
-            Some(o)
-        }
-    };
+    let metadata = meta.metadata();
+    let quant: Option<Quantization> = read_section(
+        path,
+        metadata.as_ref(),
+        QUANT_KEY,
+        "quantization",
+        Quantization::check,
+    )?;
+    let ood_info: Option<OodInfo> = read_section(
+        path,
+        metadata.as_ref(),
+        OOD_KEY,
+        "OOD statistics",
+        OodInfo::check,
+    )?;
 
     let expected_dtype = manifest.dtype.safetensors();
     let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
@@ -770,4 +752,29 @@ fn write_bundle_with(
 /// Today's UTC date as YYYY-MM-DD (for `provenance.created`).
 pub fn utc_date_today() -> String {
     crate::timefmt::utc_date(std::time::SystemTime::now())
+}
+
+/// A JSON section of the bundle's metadata under `key`, parsed and checked (`check` names the
+/// field at fault); absent is `None`. Every error names the file and the field.
+fn read_section<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    metadata: Option<&std::collections::HashMap<String, String>>,
+    key: &str,
+    what: &str,
+    check: impl Fn(&T) -> std::result::Result<(), (String, String)>,
+) -> std::result::Result<Option<T>, ModelError> {
+    let Some(json) = metadata.and_then(|m| m.get(key)) else {
+        return Ok(None);
+    };
+    let section: T = serde_json::from_str(json).map_err(|e| ModelError::Metadata {
+        file: path.to_path_buf(),
+        field: key.into(),
+        reason: format!("invalid {what} JSON: {e}"),
+    })?;
+    check(&section).map_err(|(f, r)| ModelError::Metadata {
+        file: path.to_path_buf(),
+        field: format!("{key}.{f}"),
+        reason: r,
+    })?;
+    Ok(Some(section))
 }

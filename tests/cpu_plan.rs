@@ -103,6 +103,44 @@ proptest! {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// 1x1 convolutions with enough input channels for several K passes, whose A rows the AVX2
+    /// kernel packs per pass and tile (`gemm::pack_a`): row counts that are not whole strips,
+    /// output channels that are not whole panels, residual and ReLU, 1-3 threads.
+    #[test]
+    fn pointwise_matches_candle(
+        n in 1usize..3, cin in 1usize..700, cout in 1usize..70,
+        h in 1usize..20, w in 1usize..20,
+        relu in any::<bool>(), residual in any::<bool>(), threads in 1usize..4, seed in any::<u64>(),
+    ) {
+        let x = mk(&[n, cin, h, w], seed);
+        let folded = FoldedConv {
+            weight: mk(&[cout, cin, 1, 1], seed.wrapping_add(1)),
+            bias: mk(&[cout], seed.wrapping_add(2)),
+            geometry: Geometry::unit(),
+            relu: false,
+        };
+        let mut reference = CandleConv.forward(&x, &folded).unwrap();
+        let res = mk(reference.dims(), seed.wrapping_add(3));
+        if residual {
+            reference = (reference + &res).unwrap();
+        }
+        if relu {
+            reference = reference.relu().unwrap();
+        }
+        let prepared = PreparedConv::from_folded_with(&folded, None).unwrap();
+        for kernel in kernels() {
+            let fast = prepared
+                .forward_nchw(&x, residual.then_some(&res), relu, kernel, threads)
+                .unwrap();
+            prop_assert_eq!(fast.dims(), reference.dims());
+            let d = max_rel_diff(&fast, &reference);
+            prop_assert!(d <= KERNEL_REL_TOL, "{:?} {}->{}: max rel diff {}", kernel, cin, cout, d);
+        }
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
     /// Winograd's own shapes (stride 1: 3x3 on both axes, 1x3 / 3x1 / 1x7 / 7x1 on one) with
     /// enough input channels for several K passes of the GEMM, partial tiles at the borders,

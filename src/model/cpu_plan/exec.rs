@@ -301,6 +301,11 @@ pub unsafe fn conv(
                     let mut r = 0;
                     while r < rows {
                         let n = MR.min(rows - r);
+                        // A panel's first strip fetches the next panel's weights.
+                        let pass = gemm::Pass {
+                            prefetch_next: r == 0,
+                            ..pass
+                        };
                         gemm::strip(
                             kernel,
                             &conv.weights,

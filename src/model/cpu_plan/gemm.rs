@@ -40,8 +40,12 @@ impl AlignedVec {
 }
 
 /// A convolution's weights as GEMM panels: `k` rows (im2col order: ky, kx, input channel) by
-/// `n` output columns, zero-padded to whole panels of [`NR`]; panel `j` holds rows `0..k` of
-/// columns `16j..16j+16`, contiguous.
+/// `n` output columns, zero-padded to whole panels of [`NR`]. Stored pass by pass (the [`KC`]-row
+/// passes of [`Pass::over`]): pass `p` holds rows `p*KC..` of panel 0, then the same rows of panel
+/// 1, and so on, each a contiguous `kc x 16` slice. A pass over the panels therefore reads one
+/// sequential stream, which the hardware prefetcher follows and the kernel prefetches ahead of
+/// (stored panel by panel, consecutive 16 KiB slices were `k x 64` bytes apart, and the weights,
+/// 92 MB a frame, come from DRAM).
 #[derive(Debug)]
 pub struct PackedWeights {
     pub k: usize,
@@ -59,10 +63,11 @@ impl PackedWeights {
         let dst = panels.as_mut_slice();
         for j in 0..panels_count {
             for row in 0..k {
+                let at = slice_offset(k, panels_count, j, row - row % KC) + (row % KC) * NR;
                 for c in 0..NR {
                     let col = j * NR + c;
                     if col < n {
-                        dst[(j * k + row) * NR + c] = b(row, col);
+                        dst[at + c] = b(row, col);
                     }
                 }
             }
@@ -92,13 +97,24 @@ impl PackedWeights {
         self.n.div_ceil(NR)
     }
 
-    fn panel(&self, j: usize) -> &[f32] {
-        &self.panels.as_slice()[j * self.k * NR..(j + 1) * self.k * NR]
+    /// Rows `k0..k0 + kc` of panel `j` (`k0` a pass start: a multiple of [`KC`]), `kc x 16`
+    /// floats, followed in memory by the same rows of panel `j + 1`.
+    fn slice(&self, j: usize, k0: usize) -> &[f32] {
+        let at = slice_offset(self.k, self.panels(), j, k0);
+        let kc = KC.min(self.k.saturating_sub(k0));
+        &self.panels.as_slice()[at..at + kc * NR]
     }
 
     fn panel_bias(&self, j: usize) -> &[f32] {
         &self.bias.as_slice()[j * NR..(j + 1) * NR]
     }
+}
+
+/// Where rows `k0..` (a pass start) of panel `j` begin in weights of `k` rows and `panels`
+/// panels stored pass by pass: after the `k0` rows of every panel, and `j` slices of this pass.
+fn slice_offset(k: usize, panels: usize, j: usize, k0: usize) -> usize {
+    let kc = KC.min(k.saturating_sub(k0));
+    (k0 * panels + j * kc) * NR
 }
 
 /// What happens to a tile of `A · B` before it is stored.
@@ -124,6 +140,8 @@ pub struct Pass {
     /// Add the bias (first pass only).
     pub bias: bool,
     pub relu: bool,
+    /// Prefetch the next slice of the weights (set by the caller for a panel's first strip).
+    pub prefetch_next: bool,
 }
 
 impl Pass {
@@ -136,6 +154,7 @@ impl Pass {
             load_c: i > 0 || ep.accumulate,
             bias: i == 0,
             relu: i + 1 == passes && ep.relu,
+            prefetch_next: false,
         })
     }
 }
@@ -225,7 +244,7 @@ unsafe fn portable_strip(
     ldc: usize,
     pass: Pass,
 ) {
-    let panel = &w.panel(j)[pass.k0 * NR..];
+    let panel = w.slice(j, pass.k0);
     let mut acc = [[0f32; NR]; MR];
     for p in 0..pass.kc {
         let b: &[f32; NR] = panel[p * NR..(p + 1) * NR].try_into().unwrap_or(&[0.0; NR]);
@@ -287,7 +306,13 @@ pub(super) mod avx2 {
         ldc: usize,
         pass: Pass,
     ) {
-        let b = w.panel(j).as_ptr().add(pass.k0 * NR);
+        let slice = w.slice(j, pass.k0);
+        let b = slice.as_ptr();
+        // The next slice (this pass's next panel) follows this one in memory: the first strip
+        // of a panel fetches it, a 64-byte line per k, while its own FMAs run, so the next
+        // panel's strips find it in L1 instead of waiting on DRAM. A prefetch never faults;
+        // the address is only formed (wrapping), never read as a Rust reference.
+        let next = b.wrapping_add(slice.len());
         let [a0, a1, a2, a3, a4, a5] = *rp;
         if pass.load_c {
             // The tile's C rows (the residual, far apart in the block's buffer and usually out
@@ -300,6 +325,9 @@ pub(super) mod avx2 {
         let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
         let (mut c30, mut c31, mut c40, mut c41, mut c50, mut c51) = (z, z, z, z, z, z);
         for p in 0..pass.kc {
+            if pass.prefetch_next {
+                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(p * NR) as *const i8);
+            }
             let b0 = _mm256_load_ps(b.add(p * NR));
             let b1 = _mm256_load_ps(b.add(p * NR + 8));
             let x = _mm256_broadcast_ss(&*a0.add(p));
@@ -413,7 +441,7 @@ mod neon {
         ldc: usize,
         pass: Pass,
     ) {
-        let b = w.panel(j).as_ptr().add(pass.k0 * NR);
+        let b = w.slice(j, pass.k0).as_ptr();
         let z = vdupq_n_f32(0.0);
         let mut acc = [[z; 4]; MR];
         for p in 0..pass.kc {

@@ -459,6 +459,11 @@ unsafe fn run_block(
                 let mut r = 0;
                 while r < nt {
                     let rows = MR.min(nt - r);
+                    // A panel's first strip fetches the next panel's weights.
+                    let pass = Pass {
+                        prefetch_next: r == 0,
+                        ..pass
+                    };
                     gemm::strip(
                         kernel,
                         u,

@@ -336,12 +336,29 @@ pub unsafe fn conv(
 }
 
 /// Bytes of an int8 convolution's quantised input for an `n` x `h` x `w` input (0 for an f32
-/// one): every pixel's channels, padded to a multiple of 4 (the kernel reads 4 at a time).
+/// one): every pixel's channels, padded to a multiple of 4 (the kernel reads 4 at a time), and for
+/// a convolution that is not 1x1 the padding ring too (see [`reads_in_place`]).
 pub fn int8_input_bytes(conv: &PreparedConv, n: usize, h: usize, w: usize) -> usize {
+    let g = conv.geometry;
     match conv.int8 {
-        Some(_) => n * h * w * conv.cin.div_ceil(4) * 4,
+        Some(_) if conv.is_pointwise() => n * h * w * conv.cin.div_ceil(4) * 4,
+        Some(_) => n * (h + 2 * g.pad_h) * (w + 2 * g.pad_w) * conv.cin.div_ceil(4) * 4,
         None => 0,
     }
+}
+
+/// Most kernel taps an int8 convolution reads in place (a 7x7 has 49).
+const MAX_TAPS: usize = 64;
+
+/// Whether an int8 convolution that is not 1x1 reads its taps in place from the zero-point padded
+/// quantised input (no im2col): its input channels are a multiple of 4 (so each tap's bytes are a
+/// whole number of the kernel's 4-byte groups, in the packed weights' K order) and `kernel` runs
+/// taps ([`qgemm::runs_taps`]).
+fn reads_in_place(conv: &PreparedConv, kernel: MicroKernel) -> bool {
+    !conv.is_pointwise()
+        && conv.cin.is_multiple_of(4)
+        && conv.kh * conv.kw <= MAX_TAPS
+        && qgemm::runs_taps(kernel)
 }
 
 /// A raw byte buffer shared by the threads of one layer: written in one phase (each thread its
@@ -400,6 +417,20 @@ unsafe fn conv_int8(
         return; // cannot happen: the workspace sizes the buffer from the same shapes
     }
     let qin = SharedBytes(shared.as_mut_slice().as_mut_ptr() as *mut u8);
+    if reads_in_place(conv, kernel) {
+        return conv_int8_taps(
+            kernel,
+            conv,
+            q,
+            qin,
+            4 * shared.len(),
+            src,
+            dst,
+            ep,
+            t,
+            threads,
+        );
+    }
     let per_item = (QUANT_ITEM_BYTES / ldq.max(1)).max(1);
     for_each_item(pixels.div_ceil(per_item), threads, |item| {
         let (p0, p1) = (item * per_item, ((item + 1) * per_item).min(pixels));
@@ -446,6 +477,115 @@ unsafe fn conv_int8(
                     k4,
                     n,
                     dst.at((row0 + r) * dst.ld + j * NR),
+                    dst.ld,
+                    ep,
+                );
+                r += n;
+            }
+        }
+    });
+}
+
+/// [`conv_int8`] for a convolution that [`reads_in_place`]: the input is quantised into a
+/// zero-point padded image (`h + 2 pad_h` x `w + 2 pad_w` pixels of `cin` bytes, the ring written
+/// with the zero point, which stands for 0.0), and each output pixel's row of A is its window's
+/// top-left pixel there plus one fixed offset per tap, so the kernel reads the taps in place.
+///
+/// # Safety
+/// As [`conv`]; `qin` holds `qin_bytes` writable bytes no other thread uses during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_int8_taps(
+    kernel: MicroKernel,
+    conv: &PreparedConv,
+    q: &QuantWeights,
+    qin: SharedBytes,
+    qin_bytes: usize,
+    src: View,
+    dst: View,
+    ep: Epilogue,
+    t: Tiling,
+    threads: usize,
+) {
+    let g = conv.geometry;
+    let cin = conv.cin;
+    let zp = q.act.zero_point;
+    let (hp, wp) = (src.h + 2 * g.pad_h, src.w + 2 * g.pad_w);
+    let lines = src.n * hp;
+    let taps_count = conv.kh * conv.kw;
+    if qin_bytes < lines * wp * cin || taps_count * cin != q.k4 || taps_count > MAX_TAPS {
+        return; // cannot happen: the workspace sizes the buffer from the same shapes
+    }
+    // Phase 1: quantise, one padded line of pixels at a time.
+    let per_item = (QUANT_ITEM_BYTES / (wp * cin).max(1)).max(1);
+    for_each_item(lines.div_ceil(per_item), threads, |item| {
+        for line in item * per_item..((item + 1) * per_item).min(lines) {
+            let to = std::slice::from_raw_parts_mut(qin.at(line * wp * cin), wp * cin);
+            let (img, y) = (line / hp, line % hp);
+            if y < g.pad_h || y >= g.pad_h + src.h {
+                to.fill(zp);
+                continue;
+            }
+            let (left, rest) = to.split_at_mut(g.pad_w * cin);
+            let (inner, right) = rest.split_at_mut(src.w * cin);
+            left.fill(zp);
+            right.fill(zp);
+            let first = (img * src.h + y - g.pad_h) * src.w;
+            if src.ld == cin {
+                let from =
+                    std::slice::from_raw_parts(src.at(first * cin) as *const f32, src.w * cin);
+                qgemm::quantize_row(from, inner, q.act);
+            } else {
+                for (x, to) in inner.chunks_exact_mut(cin).enumerate() {
+                    let from =
+                        std::slice::from_raw_parts(src.at((first + x) * src.ld) as *const f32, cin);
+                    qgemm::quantize_row(from, to, q.act);
+                }
+            }
+        }
+    });
+    // Phase 2: the GEMM, each output row's A read at its window's taps.
+    let mut taps = [0usize; MAX_TAPS];
+    for (i, tap) in taps.iter_mut().enumerate().take(taps_count) {
+        let (ky, kx) = (i / conv.kw, i % conv.kw);
+        *tap = (ky * wp + kx) * cin;
+    }
+    let taps = &taps[..taps_count];
+    let (oh, ow) = (dst.h, dst.w);
+    let s = g.stride;
+    let items = t.row_tiles * t.panel_chunks;
+    for_each_item(items, threads, |item| {
+        let (tile, chunk) = (item / t.panel_chunks, item % t.panel_chunks);
+        let (row0, row1) = t.row_range(tile);
+        let (panel0, panel1) = t.panel_range(chunk);
+        for j in panel0..panel1 {
+            // The output pixel of row `row0` as (image, y, x), stepped along with the rows.
+            let (img, rest) = (row0 / (oh * ow), row0 % (oh * ow));
+            let (mut img, mut oy, mut ox) = (img, rest / ow, rest % ow);
+            let mut r = row0;
+            while r < row1 {
+                let n = MR.min(row1 - r);
+                let mut rp = [qin.at(0) as *const u8; MR];
+                for p in rp.iter_mut().take(n) {
+                    *p = qin.at(((img * hp + oy * s) * wp + ox * s) * cin);
+                    ox += 1;
+                    if ox == ow {
+                        ox = 0;
+                        oy += 1;
+                        if oy == oh {
+                            oy = 0;
+                            img += 1;
+                        }
+                    }
+                }
+                qgemm::strip_taps(
+                    kernel,
+                    q,
+                    j,
+                    &rp,
+                    n,
+                    taps,
+                    cin,
+                    dst.at(r * dst.ld + j * NR),
                     dst.ld,
                     ep,
                 );

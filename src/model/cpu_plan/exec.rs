@@ -91,7 +91,8 @@ pub struct Tiling {
     pub row_tiles: usize,
     pub panels: usize,
     pub panel_chunks: usize,
-    /// Floats of im2col scratch one item needs (0 for a 1x1 convolution read in place).
+    /// Floats of im2col (or, int8, quantised-row) scratch one item needs (0 for an f32 1x1
+    /// convolution, read in place).
     pub scratch: usize,
 }
 
@@ -178,9 +179,8 @@ pub fn tiling(conv: &PreparedConv, n: usize, oh: usize, ow: usize, threads: usiz
         panels,
         panel_chunks,
         scratch: match &conv.int8 {
-            // An int8 1x1 convolution reads the layer's quantised input in place; others unfold
-            // a tile of it into scratch bytes.
-            Some(_) if conv.is_pointwise() => 0,
+            // An int8 1x1 convolution quantises a tile of its input into scratch bytes; others
+            // unfold a tile of the quantised input there (unless they read their taps in place).
             Some(q) => (max_rows.min(m.max(1)) * q.k4).div_ceil(4),
             None if conv.is_pointwise() => 0,
             None => max_rows.min(m.max(1)) * k,
@@ -341,7 +341,8 @@ pub unsafe fn conv(
 pub fn int8_input_bytes(conv: &PreparedConv, n: usize, h: usize, w: usize) -> usize {
     let g = conv.geometry;
     match conv.int8 {
-        Some(_) if conv.is_pointwise() => n * h * w * conv.cin.div_ceil(4) * 4,
+        // A 1x1 quantises each work item's rows into the item's scratch instead.
+        Some(_) if conv.is_pointwise() => 0,
         Some(_) => n * (h + 2 * g.pad_h) * (w + 2 * g.pad_w) * conv.cin.div_ceil(4) * 4,
         None => 0,
     }
@@ -382,11 +383,12 @@ impl SharedBytes {
 /// Pixels quantised per work item of the quantisation phase (a few thousand bytes at least).
 const QUANT_ITEM_BYTES: usize = 64 * 1024;
 
-/// The int8 form of [`conv`]. First the whole input is quantised once into the shared buffer
-/// (one row of `cin` rounded up to 4 bytes per pixel, the zero point in the padding); then each
-/// work item runs the int8 micro-kernel over its rows and panels, reading a 1x1 convolution's
-/// rows in place and unfolding other shapes' rows from the quantised input into scratch bytes
-/// (`q.k4` per row, the zero point outside the image and beyond K).
+/// The int8 form of [`conv`]. A 1x1 convolution's work items each quantise their own rows into
+/// scratch bytes and multiply them. Other shapes first quantise the whole input once into the
+/// shared buffer (one row of `cin` rounded up to 4 bytes per pixel, the zero point in the
+/// padding); then each work item runs the int8 micro-kernel over its rows and panels, reading the
+/// taps in place ([`conv_int8_taps`]) or unfolding its rows from the quantised input into scratch
+/// bytes (`q.k4` per row, the zero point outside the image and beyond K).
 ///
 /// # Safety
 /// As [`conv`].
@@ -408,12 +410,64 @@ unsafe fn conv_int8(
     let cin = conv.cin;
     let ldq = cin.div_ceil(4) * 4;
     let pixels = src.rows();
+    if m != t.rows {
+        return; // cannot happen: the tiling was planned for this output
+    }
+    if conv.is_pointwise() {
+        // Each work item quantises its own rows into its thread's scratch and multiplies them
+        // while they are in cache: no pass over the whole input and no second hand-over to the
+        // pool per layer. Items that share rows (their panels split between threads) quantise
+        // them once each, a small cost next to the products.
+        if ldq != k4 {
+            return; // cannot happen: a 1x1's K is its input channels
+        }
+        return scratch.for_each(t.row_tiles * t.panel_chunks, threads, |item, buf| {
+            let (tile, chunk) = (item / t.panel_chunks, item % t.panel_chunks);
+            let (row0, row1) = t.row_range(tile);
+            let rows = row1 - row0;
+            if rows == 0 || 4 * buf.len() < rows * k4 {
+                return; // cannot happen: the workspace sizes scratch from the same tiling
+            }
+            // SAFETY: `buf` is this thread's scratch, at least `rows * k4` bytes (checked above).
+            let a = std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, rows * k4);
+            if src.ld == cin && ldq == cin {
+                let from = std::slice::from_raw_parts(src.at(row0 * cin) as *const f32, rows * cin);
+                qgemm::quantize_row(from, a, q.act);
+            } else {
+                for (r, to) in a.chunks_exact_mut(ldq).enumerate() {
+                    let from =
+                        std::slice::from_raw_parts(src.at((row0 + r) * src.ld) as *const f32, cin);
+                    qgemm::quantize_row(from, &mut to[..cin], q.act);
+                    to[cin..].fill(zp);
+                }
+            }
+            let (panel0, panel1) = t.panel_range(chunk);
+            for j in panel0..panel1 {
+                let mut r = 0;
+                while r < rows {
+                    let n = MR.min(rows - r);
+                    qgemm::strip(
+                        kernel,
+                        q,
+                        j,
+                        a.as_ptr().add(r * k4),
+                        k4,
+                        n,
+                        dst.at((row0 + r) * dst.ld + j * NR),
+                        dst.ld,
+                        ep,
+                    );
+                    r += n;
+                }
+            }
+        });
+    }
     // A poisoned lock only means another call panicked; the buffer itself is still sound.
     let mut shared = match scratch.shared.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     };
-    if 4 * shared.len() < pixels * ldq || m != t.rows || (conv.is_pointwise() && ldq != k4) {
+    if 4 * shared.len() < pixels * ldq {
         return; // cannot happen: the workspace sizes the buffer from the same shapes
     }
     let qin = SharedBytes(shared.as_mut_slice().as_mut_ptr() as *mut u8);
@@ -454,17 +508,13 @@ unsafe fn conv_int8(
         let (row0, row1) = t.row_range(tile);
         let rows = row1 - row0;
         let (panel0, panel1) = t.panel_range(chunk);
-        let a: *const u8 = if conv.is_pointwise() {
-            qin.at(row0 * ldq)
-        } else {
-            if rows == 0 || 4 * buf.len() < rows * k4 {
-                return; // cannot happen: the workspace sizes scratch from the same tiling
-            }
-            // SAFETY: `buf` is this thread's scratch, at least `rows * k4` bytes (checked above).
-            let col = std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, rows * k4);
-            im2col_u8(conv, qin, ldq, src, dst, row0, k, k4, zp, col);
-            col.as_ptr()
-        };
+        if rows == 0 || 4 * buf.len() < rows * k4 {
+            return; // cannot happen: the workspace sizes scratch from the same tiling
+        }
+        // SAFETY: `buf` is this thread's scratch, at least `rows * k4` bytes (checked above).
+        let col = std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, rows * k4);
+        im2col_u8(conv, qin, ldq, src, dst, row0, k, k4, zp, col);
+        let a = col.as_ptr();
         for j in panel0..panel1 {
             let mut r = 0;
             while r < rows {
@@ -654,8 +704,19 @@ unsafe fn im2col(
         let (img, rest) = (p / (oh * ow), p % (oh * ow));
         let (oy, ox) = (rest / ow, rest % ow);
         let line = &mut col[r * k..(r + 1) * k];
+        let ix0 = (ox * g.stride) as isize - g.pad_w as isize;
+        // A window row wholly inside the image, in a buffer of `cin` floats per pixel: its taps'
+        // pixels are `kw * cin` consecutive floats, one copy (the stem, with 3 channels, made
+        // 9 copies of 3 floats per output pixel).
+        let whole_rows = src.ld == cin && ix0 >= 0 && ix0 as usize + conv.kw <= src.w;
         for ky in 0..conv.kh {
             let iy = (oy * g.stride + ky) as isize - g.pad_h as isize;
+            if whole_rows && iy >= 0 && (iy as usize) < src.h {
+                let pix = (img * src.h + iy as usize) * src.w + ix0 as usize;
+                let from = std::slice::from_raw_parts(src.at(pix * cin), conv.kw * cin);
+                line[ky * conv.kw * cin..(ky + 1) * conv.kw * cin].copy_from_slice(from);
+                continue;
+            }
             for kx in 0..conv.kw {
                 let ix = (ox * g.stride + kx) as isize - g.pad_w as isize;
                 let out = &mut line[(ky * conv.kw + kx) * cin..(ky * conv.kw + kx + 1) * cin];
@@ -705,7 +766,10 @@ pub unsafe fn max_pool_3s2(src: View, dst: View, threads: usize) {
                     for kx in 0..3 {
                         if ky + kx > 0 {
                             for (o, &v) in out.iter_mut().zip(at(ky, kx)) {
-                                *o = o.max(v);
+                                // A compare and select is one `maxps`; `f32::max`'s NaN rule
+                                // costs two more instructions per vector (activations are
+                                // finite here).
+                                *o = if v > *o { v } else { *o };
                             }
                         }
                     }

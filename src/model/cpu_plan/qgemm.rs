@@ -272,6 +272,8 @@ pub fn runs_taps(kernel: MicroKernel) -> bool {
 /// `taps.len() * tap_bytes == w.k4`; for every row `r < rows` and run `t`, `rp[r] + taps[t]`
 /// holds `tap_bytes` readable bytes (rows `rows..MR` of `rp` too: they are read, not used); `c`,
 /// `ldc` as [`strip`].
+// Inlined into the callers' strip loops: a call per strip cost about 1 % of a frame.
+#[inline]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn strip_taps(
     kernel: MicroKernel,
@@ -300,7 +302,8 @@ pub unsafe fn strip_taps(
     }
 }
 
-/// The scalar reference kernel.
+/// The scalar reference kernel (kept out of line, so [`strip_taps`] stays small).
+#[inline(never)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn portable_strip(
     w: &QuantWeights,

@@ -539,7 +539,8 @@ unsafe fn conv_int8(
 /// [`conv_int8`] for a convolution that [`reads_in_place`]: the input is quantised into a
 /// zero-point padded image (`h + 2 pad_h` x `w + 2 pad_w` pixels of `cin` bytes, the ring written
 /// with the zero point, which stands for 0.0), and each output pixel's row of A is its window's
-/// top-left pixel there plus one fixed offset per tap, so the kernel reads the taps in place.
+/// top-left pixel there plus one fixed offset per window row, so the kernel reads the taps in
+/// place.
 ///
 /// # Safety
 /// As [`conv`]; `qin` holds `qin_bytes` writable bytes no other thread uses during the call.
@@ -593,13 +594,15 @@ unsafe fn conv_int8_taps(
             }
         }
     });
-    // Phase 2: the GEMM, each output row's A read at its window's taps.
+    // Phase 2: the GEMM, each output row's A read at its window's taps. A window row's `kw` taps
+    // are consecutive pixels of the padded input and consecutive in K, so the kernel reads them
+    // as one run of `kw * cin` bytes (a 3x3 over 32 channels: 3 runs of 96 bytes, not 9 of 32).
     let mut taps = [0usize; MAX_TAPS];
-    for (i, tap) in taps.iter_mut().enumerate().take(taps_count) {
-        let (ky, kx) = (i / conv.kw, i % conv.kw);
-        *tap = (ky * wp + kx) * cin;
+    for (ky, tap) in taps.iter_mut().enumerate().take(conv.kh) {
+        *tap = ky * wp * cin;
     }
-    let taps = &taps[..taps_count];
+    let taps = &taps[..conv.kh];
+    let run = conv.kw * cin;
     let (oh, ow) = (dst.h, dst.w);
     let s = g.stride;
     let items = t.row_tiles * t.panel_chunks;
@@ -634,7 +637,7 @@ unsafe fn conv_int8_taps(
                     &rp,
                     n,
                     taps,
-                    cin,
+                    run,
                     dst.at(r * dst.ld + j * NR),
                     dst.ld,
                     ep,

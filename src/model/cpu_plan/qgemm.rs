@@ -291,10 +291,13 @@ pub unsafe fn strip_taps(
     match kernel {
         #[cfg(target_arch = "x86_64")]
         MicroKernel::Avx2Fma => avx2::strip(w, j, rp, rows, taps, tap_bytes, cols, c, ldc, ep),
-        // std caches the detection: one atomic load per strip of 6 x 16 x K products.
+        // std caches the detection: one atomic load per strip of 6 x 16 x K products. `sdot`
+        // reads one run of the whole K from each row pointer (see [`runs_taps`]).
         #[cfg(target_arch = "aarch64")]
         MicroKernel::Neon
-            if taps.len() == 1 && std::arch::is_aarch64_feature_detected!("dotprod") =>
+            if taps == [0]
+                && tap_bytes == w.k4
+                && std::arch::is_aarch64_feature_detected!("dotprod") =>
         {
             sdot::strip(w, j, rp, rows, cols, c, ldc, ep)
         }
@@ -547,8 +550,8 @@ mod sdot {
             vld1q_s32(start.add(12)),
         ];
         let mut acc = [init; MR];
-        let groups = tap_bytes / 4;
-        for &off in taps.iter().filter(|_| groups > 0) {
+        let groups = w.k4 / 4;
+        if groups > 0 {
             let [a0, a1, a2, a3, a4, a5] = *rp;
             let [r0, r1, r2, r3, r4, r5] = &mut acc;
             std::arch::asm!(

@@ -392,9 +392,8 @@ mod avx2 {
     }
 
     /// # Safety
-    /// As [`super::strip`]; the CPU supports AVX2 and FMA (checked by `MicroKernel::detect`).
+    /// As [`super::strip_taps`]; the CPU supports AVX2 and FMA (checked by `MicroKernel::detect`).
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn strip(
         w: &QuantWeights,

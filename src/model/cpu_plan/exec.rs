@@ -91,7 +91,8 @@ pub struct Tiling {
     pub row_tiles: usize,
     pub panels: usize,
     pub panel_chunks: usize,
-    /// Floats of im2col scratch one item needs (0 for a 1x1 convolution read in place).
+    /// Floats of im2col (or, int8, quantised-row) scratch one item needs (0 for an f32 1x1
+    /// convolution, read in place).
     pub scratch: usize,
 }
 
@@ -178,9 +179,8 @@ pub fn tiling(conv: &PreparedConv, n: usize, oh: usize, ow: usize, threads: usiz
         panels,
         panel_chunks,
         scratch: match &conv.int8 {
-            // An int8 1x1 convolution reads the layer's quantised input in place; others unfold
-            // a tile of it into scratch bytes.
-            Some(_) if conv.is_pointwise() => 0,
+            // An int8 1x1 convolution quantises a tile of its input into scratch bytes; others
+            // unfold a tile of the quantised input there (unless they read their taps in place).
             Some(q) => (max_rows.min(m.max(1)) * q.k4).div_ceil(4),
             None if conv.is_pointwise() => 0,
             None => max_rows.min(m.max(1)) * k,
@@ -341,12 +341,30 @@ pub unsafe fn conv(
 }
 
 /// Bytes of an int8 convolution's quantised input for an `n` x `h` x `w` input (0 for an f32
-/// one): every pixel's channels, padded to a multiple of 4 (the kernel reads 4 at a time).
+/// one): every pixel's channels, padded to a multiple of 4 (the kernel reads 4 at a time), and for
+/// a convolution that is not 1x1 the padding ring too (see [`reads_in_place`]).
 pub fn int8_input_bytes(conv: &PreparedConv, n: usize, h: usize, w: usize) -> usize {
+    let g = conv.geometry;
     match conv.int8 {
-        Some(_) => n * h * w * conv.cin.div_ceil(4) * 4,
+        // A 1x1 quantises each work item's rows into the item's scratch instead.
+        Some(_) if conv.is_pointwise() => 0,
+        Some(_) => n * (h + 2 * g.pad_h) * (w + 2 * g.pad_w) * conv.cin.div_ceil(4) * 4,
         None => 0,
     }
+}
+
+/// Most kernel taps an int8 convolution reads in place (a 7x7 has 49).
+const MAX_TAPS: usize = 64;
+
+/// Whether an int8 convolution that is not 1x1 reads its taps in place from the zero-point padded
+/// quantised input (no im2col): its input channels are a multiple of 4 (so each tap's bytes are a
+/// whole number of the kernel's 4-byte groups, in the packed weights' K order) and `kernel` runs
+/// taps ([`qgemm::runs_taps`]).
+fn reads_in_place(conv: &PreparedConv, kernel: MicroKernel) -> bool {
+    !conv.is_pointwise()
+        && conv.cin.is_multiple_of(4)
+        && conv.kh * conv.kw <= MAX_TAPS
+        && qgemm::runs_taps(kernel)
 }
 
 /// A raw byte buffer shared by the threads of one layer: written in one phase (each thread its
@@ -370,11 +388,12 @@ impl SharedBytes {
 /// Pixels quantised per work item of the quantisation phase (a few thousand bytes at least).
 const QUANT_ITEM_BYTES: usize = 64 * 1024;
 
-/// The int8 form of [`conv`]. First the whole input is quantised once into the shared buffer
-/// (one row of `cin` rounded up to 4 bytes per pixel, the zero point in the padding); then each
-/// work item runs the int8 micro-kernel over its rows and panels, reading a 1x1 convolution's
-/// rows in place and unfolding other shapes' rows from the quantised input into scratch bytes
-/// (`q.k4` per row, the zero point outside the image and beyond K).
+/// The int8 form of [`conv`]. A 1x1 convolution's work items each quantise their own rows into
+/// scratch bytes and multiply them. Other shapes first quantise the whole input once into the
+/// shared buffer (one row of `cin` rounded up to 4 bytes per pixel, the zero point in the
+/// padding); then each work item runs the int8 micro-kernel over its rows and panels, reading the
+/// taps in place ([`conv_int8_taps`]) or unfolding its rows from the quantised input into scratch
+/// bytes (`q.k4` per row, the zero point outside the image and beyond K).
 ///
 /// # Safety
 /// As [`conv`].
@@ -396,15 +415,81 @@ unsafe fn conv_int8(
     let cin = conv.cin;
     let ldq = cin.div_ceil(4) * 4;
     let pixels = src.rows();
+    if m != t.rows {
+        return; // cannot happen: the tiling was planned for this output
+    }
+    if conv.is_pointwise() {
+        // Each work item quantises its own rows into its thread's scratch and multiplies them
+        // while they are in cache: no pass over the whole input and no second hand-over to the
+        // pool per layer. Items that share rows (their panels split between threads) quantise
+        // them once each, a small cost next to the products.
+        if ldq != k4 {
+            return; // cannot happen: a 1x1's K is its input channels
+        }
+        return scratch.for_each(t.row_tiles * t.panel_chunks, threads, |item, buf| {
+            let (tile, chunk) = (item / t.panel_chunks, item % t.panel_chunks);
+            let (row0, row1) = t.row_range(tile);
+            let rows = row1 - row0;
+            if rows == 0 || 4 * buf.len() < rows * k4 {
+                return; // cannot happen: the workspace sizes scratch from the same tiling
+            }
+            // SAFETY: `buf` is this thread's scratch, at least `rows * k4` bytes (checked above).
+            let a = std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, rows * k4);
+            if src.ld == cin && ldq == cin {
+                let from = std::slice::from_raw_parts(src.at(row0 * cin) as *const f32, rows * cin);
+                qgemm::quantize_row(from, a, q.act);
+            } else {
+                for (r, to) in a.chunks_exact_mut(ldq).enumerate() {
+                    let from =
+                        std::slice::from_raw_parts(src.at((row0 + r) * src.ld) as *const f32, cin);
+                    qgemm::quantize_row(from, &mut to[..cin], q.act);
+                    to[cin..].fill(zp);
+                }
+            }
+            let (panel0, panel1) = t.panel_range(chunk);
+            for j in panel0..panel1 {
+                let mut r = 0;
+                while r < rows {
+                    let n = MR.min(rows - r);
+                    qgemm::strip(
+                        kernel,
+                        q,
+                        j,
+                        a.as_ptr().add(r * k4),
+                        k4,
+                        n,
+                        dst.at((row0 + r) * dst.ld + j * NR),
+                        dst.ld,
+                        ep,
+                    );
+                    r += n;
+                }
+            }
+        });
+    }
     // A poisoned lock only means another call panicked; the buffer itself is still sound.
     let mut shared = match scratch.shared.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
     };
-    if 4 * shared.len() < pixels * ldq || m != t.rows || (conv.is_pointwise() && ldq != k4) {
+    if 4 * shared.len() < pixels * ldq {
         return; // cannot happen: the workspace sizes the buffer from the same shapes
     }
     let qin = SharedBytes(shared.as_mut_slice().as_mut_ptr() as *mut u8);
+    if reads_in_place(conv, kernel) {
+        return conv_int8_taps(
+            kernel,
+            conv,
+            q,
+            qin,
+            4 * shared.len(),
+            src,
+            dst,
+            ep,
+            t,
+            threads,
+        );
+    }
     let per_item = (QUANT_ITEM_BYTES / ldq.max(1)).max(1);
     for_each_item(pixels.div_ceil(per_item), threads, |item| {
         let (p0, p1) = (item * per_item, ((item + 1) * per_item).min(pixels));
@@ -428,17 +513,13 @@ unsafe fn conv_int8(
         let (row0, row1) = t.row_range(tile);
         let rows = row1 - row0;
         let (panel0, panel1) = t.panel_range(chunk);
-        let a: *const u8 = if conv.is_pointwise() {
-            qin.at(row0 * ldq)
-        } else {
-            if rows == 0 || 4 * buf.len() < rows * k4 {
-                return; // cannot happen: the workspace sizes scratch from the same tiling
-            }
-            // SAFETY: `buf` is this thread's scratch, at least `rows * k4` bytes (checked above).
-            let col = std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, rows * k4);
-            im2col_u8(conv, qin, ldq, src, dst, row0, k, k4, zp, col);
-            col.as_ptr()
-        };
+        if rows == 0 || 4 * buf.len() < rows * k4 {
+            return; // cannot happen: the workspace sizes scratch from the same tiling
+        }
+        // SAFETY: `buf` is this thread's scratch, at least `rows * k4` bytes (checked above).
+        let col = std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, rows * k4);
+        im2col_u8(conv, qin, ldq, src, dst, row0, k, k4, zp, col);
+        let a = col.as_ptr();
         for j in panel0..panel1 {
             let mut r = 0;
             while r < rows {
@@ -451,6 +532,118 @@ unsafe fn conv_int8(
                     k4,
                     n,
                     dst.at((row0 + r) * dst.ld + j * NR),
+                    dst.ld,
+                    ep,
+                );
+                r += n;
+            }
+        }
+    });
+}
+
+/// [`conv_int8`] for a convolution that [`reads_in_place`]: the input is quantised into a
+/// zero-point padded image (`h + 2 pad_h` x `w + 2 pad_w` pixels of `cin` bytes, the ring written
+/// with the zero point, which stands for 0.0), and each output pixel's row of A is its window's
+/// top-left pixel there plus one fixed offset per window row, so the kernel reads the taps in
+/// place.
+///
+/// # Safety
+/// As [`conv`]; `qin` holds `qin_bytes` writable bytes no other thread uses during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_int8_taps(
+    kernel: MicroKernel,
+    conv: &PreparedConv,
+    q: &QuantWeights,
+    qin: SharedBytes,
+    qin_bytes: usize,
+    src: View,
+    dst: View,
+    ep: Epilogue,
+    t: Tiling,
+    threads: usize,
+) {
+    let g = conv.geometry;
+    let cin = conv.cin;
+    let zp = q.act.zero_point;
+    let (hp, wp) = (src.h + 2 * g.pad_h, src.w + 2 * g.pad_w);
+    let lines = src.n * hp;
+    let taps_count = conv.kh * conv.kw;
+    if qin_bytes < lines * wp * cin || taps_count * cin != q.k4 || taps_count > MAX_TAPS {
+        return; // cannot happen: the workspace sizes the buffer from the same shapes
+    }
+    // Phase 1: quantise, one padded line of pixels at a time.
+    let per_item = (QUANT_ITEM_BYTES / (wp * cin).max(1)).max(1);
+    for_each_item(lines.div_ceil(per_item), threads, |item| {
+        for line in item * per_item..((item + 1) * per_item).min(lines) {
+            let to = std::slice::from_raw_parts_mut(qin.at(line * wp * cin), wp * cin);
+            let (img, y) = (line / hp, line % hp);
+            if y < g.pad_h || y >= g.pad_h + src.h {
+                to.fill(zp);
+                continue;
+            }
+            let (left, rest) = to.split_at_mut(g.pad_w * cin);
+            let (inner, right) = rest.split_at_mut(src.w * cin);
+            left.fill(zp);
+            right.fill(zp);
+            let first = (img * src.h + y - g.pad_h) * src.w;
+            if src.ld == cin {
+                let from =
+                    std::slice::from_raw_parts(src.at(first * cin) as *const f32, src.w * cin);
+                qgemm::quantize_row(from, inner, q.act);
+            } else {
+                for (x, to) in inner.chunks_exact_mut(cin).enumerate() {
+                    let from =
+                        std::slice::from_raw_parts(src.at((first + x) * src.ld) as *const f32, cin);
+                    qgemm::quantize_row(from, to, q.act);
+                }
+            }
+        }
+    });
+    // Phase 2: the GEMM, each output row's A read at its window's taps. A window row's `kw` taps
+    // are consecutive pixels of the padded input and consecutive in K, so the kernel reads them
+    // as one run of `kw * cin` bytes (a 3x3 over 32 channels: 3 runs of 96 bytes, not 9 of 32).
+    let mut taps = [0usize; MAX_TAPS];
+    for (ky, tap) in taps.iter_mut().enumerate().take(conv.kh) {
+        *tap = ky * wp * cin;
+    }
+    let taps = &taps[..conv.kh];
+    let run = conv.kw * cin;
+    let (oh, ow) = (dst.h, dst.w);
+    let s = g.stride;
+    let items = t.row_tiles * t.panel_chunks;
+    for_each_item(items, threads, |item| {
+        let (tile, chunk) = (item / t.panel_chunks, item % t.panel_chunks);
+        let (row0, row1) = t.row_range(tile);
+        let (panel0, panel1) = t.panel_range(chunk);
+        for j in panel0..panel1 {
+            // The output pixel of row `row0` as (image, y, x), stepped along with the rows.
+            let (img, rest) = (row0 / (oh * ow), row0 % (oh * ow));
+            let (mut img, mut oy, mut ox) = (img, rest / ow, rest % ow);
+            let mut r = row0;
+            while r < row1 {
+                let n = MR.min(row1 - r);
+                let mut rp = [qin.at(0) as *const u8; MR];
+                for p in rp.iter_mut().take(n) {
+                    *p = qin.at(((img * hp + oy * s) * wp + ox * s) * cin);
+                    ox += 1;
+                    if ox == ow {
+                        ox = 0;
+                        oy += 1;
+                        if oy == oh {
+                            oy = 0;
+                            img += 1;
+                        }
+                    }
+                }
+                qgemm::strip_taps(
+                    kernel,
+                    q,
+                    j,
+                    &rp,
+                    n,
+                    taps,
+                    run,
+                    dst.at(r * dst.ld + j * NR),
                     dst.ld,
                     ep,
                 );
@@ -519,8 +712,19 @@ unsafe fn im2col(
         let (img, rest) = (p / (oh * ow), p % (oh * ow));
         let (oy, ox) = (rest / ow, rest % ow);
         let line = &mut col[r * k..(r + 1) * k];
+        let ix0 = (ox * g.stride) as isize - g.pad_w as isize;
+        // A window row wholly inside the image, in a buffer of `cin` floats per pixel: its taps'
+        // pixels are `kw * cin` consecutive floats, one copy (the stem, with 3 channels, made
+        // 9 copies of 3 floats per output pixel).
+        let whole_rows = src.ld == cin && ix0 >= 0 && ix0 as usize + conv.kw <= src.w;
         for ky in 0..conv.kh {
             let iy = (oy * g.stride + ky) as isize - g.pad_h as isize;
+            if whole_rows && iy >= 0 && (iy as usize) < src.h {
+                let pix = (img * src.h + iy as usize) * src.w + ix0 as usize;
+                let from = std::slice::from_raw_parts(src.at(pix * cin), conv.kw * cin);
+                line[ky * conv.kw * cin..(ky + 1) * conv.kw * cin].copy_from_slice(from);
+                continue;
+            }
             for kx in 0..conv.kw {
                 let ix = (ox * g.stride + kx) as isize - g.pad_w as isize;
                 let out = &mut line[(ky * conv.kw + kx) * cin..(ky * conv.kw + kx + 1) * cin];
@@ -570,7 +774,10 @@ pub unsafe fn max_pool_3s2(src: View, dst: View, threads: usize) {
                     for kx in 0..3 {
                         if ky + kx > 0 {
                             for (o, &v) in out.iter_mut().zip(at(ky, kx)) {
-                                *o = o.max(v);
+                                // A compare and select is one `maxps`; `f32::max`'s NaN rule
+                                // costs two more instructions per vector (activations are
+                                // finite here).
+                                *o = if v > *o { v } else { *o };
                             }
                         }
                     }

@@ -253,27 +253,68 @@ pub unsafe fn strip(
     ldc: usize,
     ep: Epilogue,
 ) {
-    let cols = (w.n - j * NR).min(NR);
     let rp = row_pointers(a, lda, rows);
+    strip_taps(kernel, w, j, &rp, rows, &[0], w.k4, c, ldc, ep)
+}
+
+/// Whether [`strip_taps`] runs `kernel`'s own loop for more than one tap (`avx2`, `portable`);
+/// `sdot` does not yet (it would run the portable kernel), so its callers unfold rows instead.
+pub fn runs_taps(kernel: MicroKernel) -> bool {
+    kernel_name(kernel) != "sdot"
+}
+
+/// [`strip`] without an unfolded A: K is `taps.len()` runs of `tap_bytes` (a multiple of 4)
+/// bytes, run `t` of row `r` read at `rp[r] + taps[t]`. A convolution whose input channels are a
+/// multiple of 4 thus reads each tap's pixels where they lie in the quantised (zero-point padded)
+/// input, with K in the packed weights' order (tap, input channel), and needs no im2col.
+///
+/// # Safety
+/// `taps.len() * tap_bytes == w.k4`; for every row `r < rows` and run `t`, `rp[r] + taps[t]`
+/// holds `tap_bytes` readable bytes (rows `rows..MR` of `rp` too: they are read, not used); `c`,
+/// `ldc` as [`strip`].
+// Inlined into the callers' strip loops: a call per strip cost about 1 % of a frame.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn strip_taps(
+    kernel: MicroKernel,
+    w: &QuantWeights,
+    j: usize,
+    rp: &[*const u8; MR],
+    rows: usize,
+    taps: &[usize],
+    tap_bytes: usize,
+    c: *mut f32,
+    ldc: usize,
+    ep: Epilogue,
+) {
+    let cols = (w.n - j * NR).min(NR);
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        MicroKernel::Avx2Fma => avx2::strip(w, j, &rp, rows, cols, c, ldc, ep),
-        // std caches the detection: one atomic load per strip of 6 x 16 x K products.
+        MicroKernel::Avx2Fma => avx2::strip(w, j, rp, rows, taps, tap_bytes, cols, c, ldc, ep),
+        // std caches the detection: one atomic load per strip of 6 x 16 x K products. `sdot`
+        // reads one run of the whole K from each row pointer (see [`runs_taps`]).
         #[cfg(target_arch = "aarch64")]
-        MicroKernel::Neon if std::arch::is_aarch64_feature_detected!("dotprod") => {
-            sdot::strip(w, j, &rp, rows, cols, c, ldc, ep)
+        MicroKernel::Neon
+            if taps == [0]
+                && tap_bytes == w.k4
+                && std::arch::is_aarch64_feature_detected!("dotprod") =>
+        {
+            sdot::strip(w, j, rp, rows, cols, c, ldc, ep)
         }
-        _ => portable_strip(w, j, &rp, rows, cols, c, ldc, ep),
+        _ => portable_strip(w, j, rp, rows, taps, tap_bytes, cols, c, ldc, ep),
     }
 }
 
-/// The scalar reference kernel.
+/// The scalar reference kernel (kept out of line, so [`strip_taps`] stays small).
+#[inline(never)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn portable_strip(
     w: &QuantWeights,
     j: usize,
     rp: &[*const u8; MR],
     rows: usize,
+    taps: &[usize],
+    tap_bytes: usize,
     cols: usize,
     c: *mut f32,
     ldc: usize,
@@ -281,17 +322,21 @@ unsafe fn portable_strip(
 ) {
     let panel = w.panel(j);
     let mut acc = [[0i32; NR]; MR];
-    for g in 0..w.k4 / 4 {
-        let group = &panel[g * 4 * NR..(g + 1) * 4 * NR];
-        for (r, row) in acc.iter_mut().enumerate().take(rows) {
-            let a = std::slice::from_raw_parts(rp[r].add(4 * g), 4);
-            for (col, x) in row.iter_mut().enumerate() {
-                let b = &group[col * 4..col * 4 + 4];
-                *x += a
-                    .iter()
-                    .zip(b)
-                    .map(|(&av, &bv)| av as i32 * bv as i32)
-                    .sum::<i32>();
+    let per_tap = tap_bytes / 4;
+    for (t, &off) in taps.iter().enumerate() {
+        for gt in 0..per_tap {
+            let g = t * per_tap + gt;
+            let group = &panel[g * 4 * NR..(g + 1) * 4 * NR];
+            for (r, row) in acc.iter_mut().enumerate().take(rows) {
+                let a = std::slice::from_raw_parts(rp[r].add(off + 4 * gt), 4);
+                for (col, x) in row.iter_mut().enumerate() {
+                    let b = &group[col * 4..col * 4 + 4];
+                    *x += a
+                        .iter()
+                        .zip(b)
+                        .map(|(&av, &bv)| av as i32 * bv as i32)
+                        .sum::<i32>();
+                }
             }
         }
     }
@@ -347,7 +392,7 @@ mod avx2 {
     }
 
     /// # Safety
-    /// As [`super::strip`]; the CPU supports AVX2 and FMA (checked by `MicroKernel::detect`).
+    /// As [`super::strip_taps`]; the CPU supports AVX2 and FMA (checked by `MicroKernel::detect`).
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn strip(
@@ -355,12 +400,14 @@ mod avx2 {
         j: usize,
         rp: &[*const u8; MR],
         rows: usize,
+        taps: &[usize],
+        tap_bytes: usize,
         cols: usize,
         c: *mut f32,
         ldc: usize,
         ep: Epilogue,
     ) {
-        let b = w.panel(j).as_ptr();
+        let mut b = w.panel(j).as_ptr();
         let [a0, a1, a2, a3, a4, a5] = *rp;
         if ep.accumulate {
             for r in 0..rows {
@@ -371,36 +418,81 @@ mod avx2 {
         let z = _mm256_setzero_si256();
         let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
         let (mut c30, mut c31, mut c40, mut c41, mut c50, mut c51) = (z, z, z, z, z, z);
-        // One step: 4 consecutive k of a row (broadcast as one int32) against 8 columns x 4 k;
-        // `maddubs` makes 16 int16 pair sums (never saturating with 7-bit weights), `madd` with
-        // ones adds pairs into 8 int32 lanes.
-        macro_rules! step {
-            ($acc:ident, $a:expr, $b:expr) => {
-                $acc =
-                    _mm256_add_epi32($acc, _mm256_madd_epi16(_mm256_maddubs_epi16($a, $b), ones));
-            };
-        }
-        for g in 0..w.k4 / 4 {
-            let b0 = _mm256_loadu_si256(b.add(g * 64) as *const __m256i);
-            let b1 = _mm256_loadu_si256(b.add(g * 64 + 32) as *const __m256i);
-            let x = _mm256_set1_epi32((a0.add(4 * g) as *const i32).read_unaligned());
-            step!(c00, x, b0);
-            step!(c01, x, b1);
-            let x = _mm256_set1_epi32((a1.add(4 * g) as *const i32).read_unaligned());
-            step!(c10, x, b0);
-            step!(c11, x, b1);
-            let x = _mm256_set1_epi32((a2.add(4 * g) as *const i32).read_unaligned());
-            step!(c20, x, b0);
-            step!(c21, x, b1);
-            let x = _mm256_set1_epi32((a3.add(4 * g) as *const i32).read_unaligned());
-            step!(c30, x, b0);
-            step!(c31, x, b1);
-            let x = _mm256_set1_epi32((a4.add(4 * g) as *const i32).read_unaligned());
-            step!(c40, x, b0);
-            step!(c41, x, b1);
-            let x = _mm256_set1_epi32((a5.add(4 * g) as *const i32).read_unaligned());
-            step!(c50, x, b0);
-            step!(c51, x, b1);
+        let groups = tap_bytes / 4;
+        for &off in taps.iter().filter(|_| groups > 0) {
+            // The K loop as one block of assembly with the 12 accumulators pinned to ymm0-ymm11:
+            // written with intrinsics, LLVM kept the two weight vectors, the ones vector, the
+            // broadcast and a temporary in registers too (17 > 16) and spilled one accumulator
+            // through the stack on every step. Here the weights are `maddubs`'s memory operand
+            // (its signed-byte operand may be one; L1 serves the 12 loads per step), which leaves
+            // 15 registers. Per group of 4 k and row: one broadcast of the row's 4 activation
+            // bytes, then for each half of the 16 columns `maddubs` (16 int16 pair sums, never
+            // saturating with 7-bit weights), `madd` with ones (8 int32) and `add`. The row
+            // pointers run from `-4 * groups` to 0 past their ends, so one `add` sets the flags.
+            // One block per tap (one for a 1x1 or an unfolded A); the accumulators stay in their
+            // registers between blocks.
+            let end = off + 4 * groups;
+            std::arch::asm!(
+                "2:",
+                "vpbroadcastd ymm12, dword ptr [{a0} + {k}]",
+                "vpmaddubsw ymm13, ymm12, ymmword ptr [{b}]",
+                "vpmaddwd ymm13, ymm13, ymm14",
+                "vpaddd ymm0, ymm0, ymm13",
+                "vpmaddubsw ymm13, ymm12, ymmword ptr [{b} + 32]",
+                "vpmaddwd ymm13, ymm13, ymm14",
+                "vpaddd ymm1, ymm1, ymm13",
+                "vpbroadcastd ymm12, dword ptr [{a1} + {k}]",
+                "vpmaddubsw ymm13, ymm12, ymmword ptr [{b}]",
+                "vpmaddwd ymm13, ymm13, ymm14",
+                "vpaddd ymm2, ymm2, ymm13",
+                "vpmaddubsw ymm13, ymm12, ymmword ptr [{b} + 32]",
+                "vpmaddwd ymm13, ymm13, ymm14",
+                "vpaddd ymm3, ymm3, ymm13",
+                "vpbroadcastd ymm12, dword ptr [{a2} + {k}]",
+                "vpmaddubsw ymm13, ymm12, ymmword ptr [{b}]",
+                "vpmaddwd ymm13, ymm13, ymm14",
+                "vpaddd ymm4, ymm4, ymm13",
+                "vpmaddubsw ymm13, ymm12, ymmword ptr [{b} + 32]",
+                "vpmaddwd ymm13, ymm13, ymm14",
+                "vpaddd ymm5, ymm5, ymm13",
+                "vpbroadcastd ymm12, dword ptr [{a3} + {k}]",
+                "vpmaddubsw ymm13, ymm12, ymmword ptr [{b}]",
+                "vpmaddwd ymm13, ymm13, ymm14",
+                "vpaddd ymm6, ymm6, ymm13",
+                "vpmaddubsw ymm13, ymm12, ymmword ptr [{b} + 32]",
+                "vpmaddwd ymm13, ymm13, ymm14",
+                "vpaddd ymm7, ymm7, ymm13",
+                "vpbroadcastd ymm12, dword ptr [{a4} + {k}]",
+                "vpmaddubsw ymm13, ymm12, ymmword ptr [{b}]",
+                "vpmaddwd ymm13, ymm13, ymm14",
+                "vpaddd ymm8, ymm8, ymm13",
+                "vpmaddubsw ymm13, ymm12, ymmword ptr [{b} + 32]",
+                "vpmaddwd ymm13, ymm13, ymm14",
+                "vpaddd ymm9, ymm9, ymm13",
+                "vpbroadcastd ymm12, dword ptr [{a5} + {k}]",
+                "vpmaddubsw ymm13, ymm12, ymmword ptr [{b}]",
+                "vpmaddwd ymm13, ymm13, ymm14",
+                "vpaddd ymm10, ymm10, ymm13",
+                "vpmaddubsw ymm13, ymm12, ymmword ptr [{b} + 32]",
+                "vpmaddwd ymm13, ymm13, ymm14",
+                "vpaddd ymm11, ymm11, ymm13",
+                "add {b}, 64",
+                "add {k}, 4",
+                "jnz 2b",
+                a0 = in(reg) a0.add(end),
+                a1 = in(reg) a1.add(end),
+                a2 = in(reg) a2.add(end),
+                a3 = in(reg) a3.add(end),
+                a4 = in(reg) a4.add(end),
+                a5 = in(reg) a5.add(end),
+                b = inout(reg) b,
+                k = inout(reg) -(4 * groups as isize) => _,
+                inout("ymm0") c00, inout("ymm1") c01, inout("ymm2") c10, inout("ymm3") c11,
+                inout("ymm4") c20, inout("ymm5") c21, inout("ymm6") c30, inout("ymm7") c31,
+                inout("ymm8") c40, inout("ymm9") c41, inout("ymm10") c50, inout("ymm11") c51,
+                out("ymm12") _, out("ymm13") _, in("ymm14") ones,
+                options(nostack, readonly),
+            );
         }
         let acc = [
             (c00, c01),

@@ -142,6 +142,8 @@ pub struct OodWindow {
 /// The start of the withheld reason when the window lacks in-distribution frames; the display
 /// shows the reason as it is and flags this prefix.
 pub const OOD_WITHHELD_CAUSE: &str = "out of the model's training domain";
+/// The start of a withheld reason when most frames are not an apical four-chamber view.
+pub const VIEW_WITHHELD_CAUSE: &str = "not an apical four-chamber view";
 
 #[derive(Debug, Clone)]
 pub struct Estimate {
@@ -327,8 +329,21 @@ impl RollingWindow {
                 .copied()
                 .max()
                 .unwrap_or(0);
-            // Named first when it is the main reason: no setting or probe position fixes it.
+            let view_frames = estimate
+                .quality
+                .reasons
+                .get(UnfitReason::NotA4c.as_str())
+                .copied()
+                .unwrap_or(0);
+            // The main reason is named first. The view when the view gate refused most of the
+            // window: the domain statistics are the A4C frames', so another view is out of the
+            // domain too, and moving the probe is what fixes it. Otherwise the domain when it is
+            // the commonest reason: no setting or probe position fixes that.
             let cause = match &estimate.ood {
+                _ if 2 * view_frames as usize > self.frames.len() => format!(
+                    "{VIEW_WITHHELD_CAUSE}: the view gate refused {view_frames} of {} frames; ",
+                    self.frames.len()
+                ),
                 Some(o) if ood_frames > 0 && ood_frames == most => format!(
                     "{OOD_WITHHELD_CAUSE}: {ood_frames} of {} frames lie beyond the training frames (distance up to {:.2}, threshold {:.2}); ",
                     self.frames.len(),
@@ -701,6 +716,17 @@ mod tests {
             }
             w.estimate(&tasks()).unwrap()
         };
+        let run_with = |verdict: &dyn Fn(u64) -> (Verdict, f64)| {
+            let mut w = RollingWindow::new(WindowConfig::default());
+            w.set_ood_threshold(Some(thresholds));
+            for i in 0..20u64 {
+                let (v, d) = verdict(i);
+                let mut f = frame(i, v);
+                f.ood_distance = Some(d);
+                w.push(f);
+            }
+            w.estimate(&tasks()).unwrap()
+        };
         let e = run(&|i| if i < 15 { 3.0 + i as f64 / 10.0 } else { 1.0 });
         assert_eq!(e.status, Status::Withheld);
         assert_eq!(e.quality.reasons["out_of_distribution"], 15);
@@ -740,6 +766,32 @@ mod tests {
         let e = w.estimate(&tasks()).unwrap();
         assert!(e.ood.is_none(), "no frame ran");
         assert!(e.withheld_reason.unwrap().starts_with("only 0 of 20"));
+
+        // Another view: refused by the view gate and beyond the A4C frames' statistics alike.
+        // The view is named first, since moving the probe fixes it.
+        let e = run_with(&|i| {
+            let reasons = if i < 18 {
+                vec![UnfitReason::NotA4c, UnfitReason::OutOfDistribution]
+            } else {
+                vec![UnfitReason::OutOfDistribution]
+            };
+            (Verdict::Invalid(reasons), 4.0)
+        });
+        let why = e.withheld_reason.unwrap();
+        assert!(
+            why.starts_with("not an apical four-chamber view: the view gate refused 18 of 20"),
+            "{why}"
+        );
+        // More frames beyond the domain than refused as a view: the domain leads.
+        let e = run_with(&|i| {
+            let reasons = if i < 3 {
+                vec![UnfitReason::NotA4c, UnfitReason::OutOfDistribution]
+            } else {
+                vec![UnfitReason::OutOfDistribution]
+            };
+            (Verdict::Invalid(reasons), 4.0)
+        });
+        assert!(e.withheld_reason.unwrap().starts_with(OOD_WITHHELD_CAUSE));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::model::catalog::Catalog;
 use crate::model::{read_bundle, Bundle, EchoNetModel, ModelError};
 use crate::phantom::{PhantomParams, PhantomView};
 use crate::pipeline::{BoxError, EstimateSink, Pipeline, PipelineError, RunLimits, RunSummary};
-use crate::preprocess::{PreparedInput, PreprocessError, Preprocessor};
+use crate::preprocess::{ModelInput, PreprocessError, Preprocessor};
 use crate::publish::journal::{new_session_id, Journal, SessionInfo};
 use crate::publish::jsonl::{open_target, JsonlError, JsonlWriter};
 use crate::publish::record::EstimateRecord;
@@ -408,8 +408,8 @@ impl EstimateSink for DisplaySink {
             tracing::warn!("display frame: {e}");
         }
     }
-    fn model_input(&mut self, seq: u64, input: &Arc<PreparedInput>) {
-        self.hub.set_model_input(seq, input.clone());
+    fn model_input(&mut self, input: &ModelInput) {
+        self.hub.set_model_input(input.clone());
     }
     fn fault(&mut self, reason: &str) {
         self.hub.set_fault("pipeline", Some(reason.to_string()));

@@ -298,7 +298,7 @@ fn display_page_in_headless_chromium() {
 #[test]
 fn saliency_button_shows_the_map_beside_the_frame() {
     use echonet_edge::explain::worker::SaliencyWorker;
-    use echonet_edge::preprocess::PreparedInput;
+    use echonet_edge::preprocess::{ModelInput, PreparedInput};
 
     let (hub, server) = start(HubConfig::default(), ServerConfig::default());
     let bundle = echonet_edge::model::read_bundle(
@@ -321,15 +321,16 @@ fn saliency_button_shows_the_map_beside_the_frame() {
     let data: Vec<f32> = (0..plane)
         .map(|i| ((i % spec.width) as f32 / spec.width as f32) * 2.0 - 1.0)
         .collect();
-    hub.set_model_input(
-        7,
-        Arc::new(PreparedInput {
+    hub.set_model_input(ModelInput {
+        seq: 7,
+        input: Arc::new(PreparedInput {
             data,
             channels: 1,
             height: spec.height,
             width: spec.width,
         }),
-    );
+        sector: None,
+    });
     browser.click("saliency-button");
     let note = browser.wait_text("saliency-note", Duration::from_secs(60), "the map", |t| {
         t.contains("SmoothGrad")

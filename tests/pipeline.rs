@@ -115,6 +115,7 @@ impl FramePreparer for TestPreparer {
                 input: None,
                 reasons: vec![UnfitReason::Quality(QualityReason::Frozen)],
                 outline: None,
+                sector: None,
             };
         }
         let (h, w) = (spec.height, spec.width);
@@ -130,6 +131,7 @@ impl FramePreparer for TestPreparer {
             })),
             reasons: vec![],
             outline: None,
+            sector: None,
         }
     }
 }

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use echonet_edge::explain::{
-    annotate, colour_top, display_scale, overlay, png_bytes, sector_outline, write_npy, Colouring,
-    Explainer, Legend, Map2d, Occlusion, SmoothGrad, SALIENCY_DISPLAY_SIGMA,
+    annotate, colour_top, display_scale, overlay, png_bytes, sector_inside, sector_outline,
+    write_npy, Colouring, Explainer, Legend, Map2d, Occlusion, SmoothGrad, SALIENCY_DISPLAY_SIGMA,
 };
 use echonet_edge::model::{read_bundle, EchoNetModel, InputSpec};
 use echonet_edge::offline::prepare_still;
@@ -198,7 +198,11 @@ pub fn saliency(args: SaliencyArgs) -> anyhow::Result<ExitCode> {
         ..SmoothGrad::default()
     };
     for item in load_items(&c.input, &spec, c.frames)? {
-        let map = explainer.smoothgrad(&item.input, task, &cfg)?;
+        let inside = match &item.sector {
+            Some(sector) => Some(sector_inside(sector, &spec)?),
+            None => None,
+        };
+        let map = explainer.smoothgrad(&item.input, inside.as_deref(), task, &cfg)?;
         // The task's value for this very input (trainable form, eval mode), in its unit: the
         // number the map explains, and the one `echonet infer` prints for the frame.
         let raw: Vec<f32> = explainer

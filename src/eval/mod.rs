@@ -449,13 +449,41 @@ impl EvalReport {
             ("withheld", &c.withheld_reasons),
             ("refused", &c.refused_reasons),
         ] {
+            // One line per cause (a reason's text before its first ':'), with the first
+            // full reason as the example: reasons carry each clip's own numbers, so 13 clips of
+            // another view would otherwise be 13 lines (the JSON keeps every reason).
+            let mut causes: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
             for (r, n) in reasons {
-                let _ = writeln!(s, "  {what} {n}: {r}");
+                let cause = r.split(": ").next().unwrap_or(r);
+                causes.entry(cause).or_insert((0, r)).0 += n;
+            }
+            for (cause, (n, example)) in causes {
+                if cause == example {
+                    let _ = writeln!(s, "  {what} {n}: {cause}");
+                } else {
+                    let _ = writeln!(s, "  {what} {n}: {cause} (e.g. {example})");
+                }
             }
         }
+        // Columns as wide as their longest entry (binary heads have long names and units).
+        let widest = |head: &str, cells: Vec<usize>| cells.into_iter().fold(head.len(), usize::max);
+        let (lw, uw) = (
+            widest(
+                "label",
+                self.estimators.values().map(|r| r.label.len()).collect(),
+            ),
+            widest(
+                "unit",
+                self.estimators.values().map(|r| r.unit.len()).collect(),
+            ),
+        );
+        let nw = widest(
+            "estimator",
+            self.estimators.keys().map(String::len).collect(),
+        );
         let _ = writeln!(
             s,
-            "{:<20} {:<10} {:<5} {:>5} {:>8} {:>9} {:>13} {:>9} {:>7} {:>7}",
+            "{:<nw$} {:<lw$} {:<uw$} {:>5} {:>8} {:>9} {:>13} {:>9} {:>7} {:>7}",
             "estimator", "label", "unit", "n", "R2", "MAE", "mean-pred MAE", "bias", "AUC", "F1"
         );
         let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
@@ -464,7 +492,7 @@ impl EvalReport {
             let b = r.binary.as_ref();
             let _ = write!(
                 s,
-                "{:<20} {:<10} {:<5} {:>5} {:>8} {:>9} {:>13} {:>9} {:>7} {:>7}",
+                "{:<nw$} {:<lw$} {:<uw$} {:>5} {:>8} {:>9} {:>13} {:>9} {:>7} {:>7}",
                 name,
                 r.label,
                 if r.unit.is_empty() { "-" } else { &r.unit },
@@ -646,6 +674,75 @@ mod tests {
             table.contains("caution: R2 from as few as 2 clips"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn table_groups_reasons_by_cause_and_fits_long_names() {
+        let tasks: Vec<TaskSpec> = ["ef", "lv_wall_normal"]
+            .iter()
+            .filter_map(|n| TaskSpec::echonet_default(n))
+            .collect();
+        let mut clips: Vec<ClipEval> = (0..4)
+            .map(|i| {
+                clip(
+                    &format!("c{i}"),
+                    "ok",
+                    &[
+                        ("ef", 50.0 + i as f64, Some(52.0 + 2.0 * i as f64)),
+                        ("lv_wall_normal", 0.2 * i as f64, Some((i % 2) as f64)),
+                    ],
+                )
+            })
+            .collect();
+        for (id, why) in [
+            ("w1", "not an apical four-chamber view: 20 of 20 frames"),
+            ("w2", "not an apical four-chamber view: 18 of 20 frames"),
+            ("w3", "source stalled"),
+        ] {
+            let mut c = clip(id, "withheld", &[]);
+            c.reason = Some(why.into());
+            clips.push(c);
+        }
+        let model = ModelInfo {
+            id: "sha256:x".into(),
+            bundle: "b".into(),
+            intended_use: "test".into(),
+            tasks: vec!["ef".into(), "lv_wall_normal".into()],
+            ood_gate: String::new(),
+        };
+        let dataset = DatasetInfo {
+            origin: "o".into(),
+            kind: "phantom".into(),
+            split: "all".into(),
+        };
+        let table = EvalReport::new(model, dataset, clips, &tasks).table();
+        assert!(
+            table.contains(
+                "  withheld 2: not an apical four-chamber view (e.g. not an apical four-chamber \
+                 view: 18 of 20 frames)"
+            ),
+            "{table}"
+        );
+        assert!(table.contains("  withheld 1: source stalled\n"), "{table}");
+        // Every row's fixed columns are as wide as the header's, long names included.
+        let lines: Vec<&str> = table.lines().collect();
+        let header = lines
+            .iter()
+            .position(|l| l.starts_with("estimator"))
+            .unwrap();
+        let width = lines[header].len();
+        let rows = &lines[header + 1..header + 1 + 2];
+        assert!(
+            rows.iter().any(|r| r.starts_with("lv_wall_normal ")),
+            "{table}"
+        );
+        for row in rows {
+            assert!(
+                row.len() >= width && (row.len() == width || row[width..].starts_with("  ")),
+                "misaligned:\n{}\n{row}",
+                lines[header]
+            );
+        }
     }
 
     #[test]

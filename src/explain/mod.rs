@@ -124,10 +124,19 @@ pub fn mask_to_input(
     Ok(prepared.data)
 }
 
+/// Each prepared-input pixel's share inside the scan sector (0..1): what SmoothGrad and
+/// occlusion may attribute anything to.
+pub fn sector_inside(sector: &Sector, spec: &InputSpec) -> Result<Vec<f32>> {
+    let (w, h) = sector.frame_size();
+    // Area averages of 0 and 1 can round a hair past 1.
+    let mut inside = mask_to_input(sector.mask(), w, h, sector, spec)?;
+    inside.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
+    Ok(inside)
+}
+
 /// The sector's edge in prepared-input pixels: inside pixels with an outside 4-neighbour.
 pub fn sector_outline(sector: &Sector, spec: &InputSpec) -> Result<Vec<bool>> {
-    let (w, h) = sector.frame_size();
-    let inside = mask_to_input(sector.mask(), w, h, sector, spec)?;
+    let inside = sector_inside(sector, spec)?;
     let (iw, ih) = (spec.width, spec.height);
     let is_in = |x: isize, y: isize| -> bool {
         x >= 0

@@ -159,9 +159,18 @@ impl Explainer {
     }
 
     /// The SmoothGrad map of `task` over the prepared input.
+    ///
+    /// `inside` is each input pixel's share inside the scan sector (0..1, `[H, W]`:
+    /// [`super::sector_inside`]), or `None` to treat every pixel as image. Preprocessing replaces
+    /// everything outside the sector with black, so the function being explained is the model of
+    /// the *masked* input: `x -> f(inside * x + (1 - inside) * black)`. Its gradient is the
+    /// model's scaled by `inside`, and noise added outside the sector never reaches the model, so
+    /// the map has no mass outside the fan (before, about a third of a map lay there, on pixels
+    /// no frame can change).
     pub fn smoothgrad(
         &self,
         input: &PreparedInput,
+        inside: Option<&[f32]>,
         task: usize,
         cfg: &SmoothGrad,
     ) -> Result<Map2d> {
@@ -173,6 +182,16 @@ impl Explainer {
                 input.data.len()
             )));
         }
+        if let Some(m) = inside {
+            if m.len() != h * w || m.iter().any(|v| !(0.0..=1.0).contains(v)) {
+                return Err(ExplainError::Invalid(format!(
+                    "the sector mask has {} values (expected {h}x{w}, each 0 to 1)",
+                    m.len()
+                )));
+            }
+        }
+        // Per input value (channel-major like the input): how much of it the sector lets through.
+        let share = |i: usize| inside.map_or(1.0, |m| m[i % (h * w)] as f64);
         if cfg.samples == 0 || !(cfg.noise >= 0.0 && cfg.noise.is_finite()) {
             return Err(ExplainError::Invalid(format!(
                 "SmoothGrad needs samples >= 1 and a finite noise level >= 0 (got {} and {})",
@@ -193,9 +212,9 @@ impl Explainer {
             let b = cfg.batch.max(1).min(cfg.samples - done);
             let mut data = Vec::with_capacity(b * n);
             for _ in 0..b {
-                data.extend(input.data.iter().map(|&v| {
+                data.extend(input.data.iter().enumerate().map(|(i, &v)| {
                     if sigma > 0.0 {
-                        (v as f64 + sigma * rng.sample()) as f32
+                        (v as f64 + share(i) * sigma * rng.sample()) as f32
                     } else {
                         v
                     }
@@ -210,8 +229,8 @@ impl Explainer {
                 .flatten_all()?
                 .to_vec1()?;
             for frame in g.chunks_exact(h * w) {
-                for (a, v) in acc.iter_mut().zip(frame) {
-                    *a += v;
+                for (i, (a, v)) in acc.iter_mut().zip(frame).enumerate() {
+                    *a += share(i) * v;
                 }
             }
             done += b;

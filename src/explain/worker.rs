@@ -15,7 +15,7 @@ use crossbeam_channel::{bounded, Sender, TrySendError};
 
 use super::{display_scale, overlay, png_bytes, Colouring, Explainer, SmoothGrad};
 use crate::model::Manifest;
-use crate::preprocess::PreparedInput;
+use crate::preprocess::{PreparedInput, Sector};
 use crate::train::TrainableIrv1;
 
 /// Why no map came back.
@@ -41,6 +41,8 @@ pub struct Rendered {
 
 struct Job {
     input: Arc<PreparedInput>,
+    /// The sector the input was cut from: the map has no mass outside it.
+    sector: Option<Arc<Sector>>,
     task: String,
     samples: usize,
     reply: Sender<Result<Rendered, Refusal>>,
@@ -147,6 +149,7 @@ impl SaliencyWorker {
     pub fn request(
         &self,
         input: Arc<PreparedInput>,
+        sector: Option<Arc<Sector>>,
         task: Option<&str>,
         samples: Option<usize>,
     ) -> Result<Rendered, Refusal> {
@@ -180,6 +183,7 @@ impl SaliencyWorker {
         let (reply, answer) = bounded(1);
         let job = Job {
             input,
+            sector,
             task,
             samples,
             reply,
@@ -266,7 +270,13 @@ fn render(ex: &Explainer, job: &Job) -> Result<Vec<u8>, Refusal> {
         samples: job.samples,
         ..SmoothGrad::default()
     };
-    let map = ex.smoothgrad(&job.input, task, &cfg).map_err(fail)?;
+    let inside = match &job.sector {
+        Some(s) => Some(super::sector_inside(s, ex.spec()).map_err(fail)?),
+        None => None,
+    };
+    let map = ex
+        .smoothgrad(&job.input, inside.as_deref(), task, &cfg)
+        .map_err(fail)?;
     let side = job.input.width.max(job.input.height);
     let img = overlay(
         &job.input,

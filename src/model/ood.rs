@@ -28,8 +28,10 @@ pub const DEFAULT_COMPONENTS: usize = 256;
 pub const DEFAULT_PERCENTILE: f64 = 99.5;
 /// The threshold is the percentile times this: a frame of the training domain must not be
 /// refused for being one of the 0.5 % of validation frames beyond the percentile, nor for the
-/// small feature drift of an int8 bundle (see README, "Out-of-distribution gate").
-pub const DEFAULT_MARGIN: f64 = 1.5;
+/// small feature drift of an int8 bundle (see README, "Out-of-distribution gate"). 1.25, not
+/// more: on the demo model at 1.5 an outdoor-scene frame (2.72) and a flipped fan's window median
+/// (2.33) passed, while unseen phantom frames reach at most 0.63x the 1.25 threshold.
+pub const DEFAULT_MARGIN: f64 = 1.25;
 
 /// What the section says about itself (the metadata JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -796,7 +798,9 @@ mod tests {
             "wrong width is not a distance"
         );
         assert_eq!(stats.info.fit.train_frames, 2000);
-        assert!((stats.info.threshold / stats.info.percentile_distance - 1.5).abs() < 1e-12);
+        assert!(
+            (stats.info.threshold / stats.info.percentile_distance - DEFAULT_MARGIN).abs() < 1e-12
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::queue::{
 use super::StageWatch;
 use crate::metrics::PipelineMetrics;
 use crate::model::InputSpec;
-use crate::preprocess::{FramePreparer, PreparedInput};
+use crate::preprocess::{FramePreparer, ModelInput};
 use crate::sampler::{Decision, Sampler};
 
 /// Everything the preprocessing thread owns.
@@ -39,7 +39,7 @@ pub(super) fn run_prepare_stage(mut stage: PrepareStage) {
     let mut last_display: Option<Instant> = None;
     let mut last_outline: Option<Vec<(f32, f32)>> = None;
     // The newest usable model input, handed to the display with the next frame.
-    let mut last_input: Option<(u64, Arc<PreparedInput>)> = None;
+    let mut last_input: Option<ModelInput> = None;
     for msg in stage.frames.iter() {
         let frame = match msg {
             ToPrep::Gap(reason) => {
@@ -67,7 +67,11 @@ pub(super) fn run_prepare_stage(mut stage: PrepareStage) {
             last_outline = prepared.outline.clone();
             if let Some(input) = &prepared.input {
                 // Shared, not copied: the display's saliency worker reads the same buffer.
-                last_input = Some((frame.seq, Arc::clone(input)));
+                last_input = Some(ModelInput {
+                    seq: frame.seq,
+                    input: Arc::clone(input),
+                    sector: prepared.sector.clone(),
+                });
             }
             let sample = Sample {
                 seq: frame.seq,

@@ -107,8 +107,8 @@ pub(super) fn run_publish_stage(mut stage: PublishStage) -> Option<f64> {
             Ok(ToPublish::Frame(frame)) => {
                 for s in stage.sinks.iter_mut() {
                     s.frame(&frame.image, frame.outline.as_deref());
-                    if let Some((seq, input)) = &frame.input {
-                        s.model_input(*seq, input);
+                    if let Some(input) = &frame.input {
+                        s.model_input(input);
                     }
                 }
             }

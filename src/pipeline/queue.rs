@@ -1,7 +1,6 @@
 //! What travels between the stages, and how it is sent: bounded queues with a drop-oldest policy
 //! (every drop counted by its `DropReason`), and a waiting send for items that must not be lost.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -10,7 +9,7 @@ use super::StageWatch;
 use crate::aggregate::Estimate;
 use crate::frame::{Frame, Image};
 use crate::metrics::PipelineMetrics;
-use crate::preprocess::{Prepared, PreparedInput};
+use crate::preprocess::{ModelInput, Prepared};
 
 /// Why a frame was dropped on its way through the pipeline; counted by name in the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +68,7 @@ pub(super) enum ToInfer {
 pub(super) struct DisplayFrame {
     pub image: Image,
     pub outline: Option<Vec<(f32, f32)>>,
-    pub input: Option<(u64, Arc<PreparedInput>)>,
+    pub input: Option<ModelInput>,
 }
 
 /// Inference, preprocess and source -> publisher.

@@ -414,6 +414,17 @@ pub struct Prepared {
     pub reasons: Vec<UnfitReason>,
     /// The scanning sector's outline in frame pixels, for the display.
     pub outline: Option<Vec<(f32, f32)>>,
+    /// The sector in force (shared while it holds): what saliency maps may attribute to.
+    pub sector: Option<Arc<Sector>>,
+}
+
+/// The newest usable model input, kept for on-demand work (the display's saliency maps): the
+/// normalised frame of source frame `seq` and the sector it was cut from.
+#[derive(Debug, Clone)]
+pub struct ModelInput {
+    pub seq: u64,
+    pub input: Arc<PreparedInput>,
+    pub sector: Option<Arc<Sector>>,
 }
 
 /// The preprocessing stage's seam (the live pipeline and offline prediction): sector, mask,
@@ -430,7 +441,8 @@ impl FramePreparer for Preprocessor {
             Ok(p) => Prepared {
                 input: p.input.map(Arc::new),
                 reasons: p.quality.reasons.iter().map(|r| (*r).into()).collect(),
-                outline: p.sector.map(|s| s.outline()),
+                outline: p.sector.as_ref().map(|s| s.outline()),
+                sector: p.sector,
             },
             Err(e) => {
                 tracing::warn!("frame {}: {e}", frame.seq);
@@ -438,6 +450,7 @@ impl FramePreparer for Preprocessor {
                     input: None,
                     reasons: vec![UnfitReason::BadFrame],
                     outline: None,
+                    sector: None,
                 }
             }
         }

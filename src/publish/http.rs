@@ -24,6 +24,7 @@ use super::http_wire::{
 };
 use super::hub::{DisplayHub, Health, Subscription};
 use crate::explain::worker::Refusal;
+use crate::preprocess::ModelInput;
 
 /// The page: one file, CSS and JS inline, so the display works with no network at all.
 const PAGE: &str = include_str!("assets/display.html");
@@ -723,7 +724,7 @@ fn saliency(hub: &DisplayHub, request: Request) {
         );
         return;
     };
-    let Some((seq, input)) = hub.model_input() else {
+    let Some(ModelInput { seq, input, sector }) = hub.model_input() else {
         respond_json(
             request,
             404,
@@ -750,7 +751,7 @@ fn saliency(hub: &DisplayHub, request: Request) {
             return;
         }
     };
-    match worker.request(input, task, samples) {
+    match worker.request(input, sector, task, samples) {
         Ok(r) => {
             let seq = seq.to_string();
             let ms = format!("{:.0}", r.compute.as_secs_f64() * 1000.0);

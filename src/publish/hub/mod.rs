@@ -21,7 +21,7 @@ use super::record::EstimateRecord;
 use crate::aggregate::Status;
 use crate::explain::worker::SaliencyWorker;
 use crate::frame::{Image, PixelFormat};
-use crate::preprocess::PreparedInput;
+use crate::preprocess::ModelInput;
 
 mod fanout;
 mod frames;
@@ -131,7 +131,7 @@ struct State {
     metrics_text: Option<Arc<str>>,
     metrics_provider: Option<MetricsProvider>,
     /// The newest usable model input (source frame seq), for on-demand saliency maps.
-    model_input: Option<(u64, Arc<PreparedInput>)>,
+    model_input: Option<ModelInput>,
     saliency: Option<Arc<SaliencyWorker>>,
     /// Open faults by key (`pipeline`, `journal`, ...), shown by `/healthz`.
     faults: std::collections::BTreeMap<String, String>,
@@ -332,12 +332,12 @@ impl DisplayHub {
         }
     }
 
-    /// Keeps the newest usable model input (the normalised frame) of source frame `seq`.
-    pub fn set_model_input(&self, seq: u64, input: Arc<PreparedInput>) {
-        lock(&self.state).model_input = Some((seq, input));
+    /// Keeps the newest usable model input (the normalised frame and its sector).
+    pub fn set_model_input(&self, input: ModelInput) {
+        lock(&self.state).model_input = Some(input);
     }
 
-    pub fn model_input(&self) -> Option<(u64, Arc<PreparedInput>)> {
+    pub fn model_input(&self) -> Option<ModelInput> {
         lock(&self.state).model_input.clone()
     }
 

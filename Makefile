@@ -56,7 +56,7 @@ lint:
 bench:
 	$(CARGO) bench --bench forward
 
-# Retrains the bundled demo model from scratch (about 90 min on one core of this 2-core VM),
+# Retrains the bundled demo model from scratch (about 50-90 min on one core of this 2-core VM),
 # refits its out-of-distribution statistics as shipped (A4C training clips of the same phantom
 # seed, margin 1.25; training records them too, from its training set's frames, and the refit
 # reads frames through the runtime's sampler and preprocessing as the daemon does), evaluates it
@@ -66,11 +66,11 @@ DEMO_MODEL = models/echonet-phantom-demo.safetensors
 DEMO_MODEL_INT8 = models/echonet-phantom-demo-int8.safetensors
 model:
 	$(CARGO) build --release
-	./target/release/echonet train --phantom-seed 1 --phantom-clips 400 --steps 2500 \
+	./target/release/echonet train --phantom-seed 1 --phantom-clips 1000 --steps 2500 \
 		--eval-every 250 --width 0.125 --input-size 96 --threads 1 \
 		--tasks ef,esv,edv,lv_volume,pacemaker,la_dilation,lv_wall_normal,view_a4c \
 		--out $(DEMO_MODEL) --work-dir target/demo-model-train
-	./target/release/echonet ood-fit $(DEMO_MODEL) $(DEMO_MODEL) --phantom-seed 1 --phantom-clips 400 \
+	./target/release/echonet ood-fit $(DEMO_MODEL) $(DEMO_MODEL) --phantom-seed 1 --phantom-clips 1000 \
 		--margin 1.25
 	./target/release/echonet eval --model $(DEMO_MODEL) --phantom-seed 900 --phantom-clips 100 \
 		--threads 1 --record-metrics --plots docs/demo-model

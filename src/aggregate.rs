@@ -36,8 +36,11 @@ pub struct WindowConfig {
     pub max_span_ms: u64,
     /// Largest difference between the paper's mean of per-frame EF (`ef`) and EF from the
     /// volume curve (`ef_volume_curve`) before the estimate is flagged as low agreement,
-    /// percentage points (0.5-50). Default 10: twice the paper's 4.1-point MAE; two readings of
-    /// the same frames further apart than that mean the model is unsure what it sees.
+    /// percentage points (0.5-50). Default 14: twice the paper's 7.0-point EF MAE (Ghorbani et
+    /// al.; 4.1, the default's earlier source, is EchoNet-Dynamic's video model); two readings of
+    /// the same frames further apart than twice the paper's typical error mean the model is
+    /// unsure what it sees. On unseen phantom patients the bundled model's estimates are
+    /// flagged at 19-20 % (README, "The bundled demo model").
     #[serde(default = "default_ef_agreement_margin")]
     pub ef_agreement_margin: f64,
 }
@@ -52,7 +55,7 @@ fn default_max_span_ms() -> u64 {
     2500
 }
 fn default_ef_agreement_margin() -> f64 {
-    10.0
+    14.0
 }
 
 impl Default for WindowConfig {
@@ -579,10 +582,10 @@ mod tests {
             (e.estimates["ef"].value - 50.0).abs() < 1e-12,
             "the paper's estimate stays"
         );
-        // Mean EF 50 against curve EF 60: 10 points apart, at the default margin, not beyond.
+        // Mean EF 50 against curve EF 60: 10 points apart, within the default margin (14).
         let a = e.agreement.clone().unwrap();
         assert!(
-            (a.difference - 10.0).abs() < 1e-9 && a.margin == 10.0 && !a.low,
+            (a.difference - 10.0).abs() < 1e-9 && a.margin == 14.0 && !a.low,
             "{a:?}"
         );
     }

@@ -60,6 +60,26 @@ fn kernels() -> Vec<MicroKernel> {
     k
 }
 
+/// candle's convolution of `x`, plus a seeded residual when asked, then ReLU when asked: the
+/// reference every prepared convolution is held to. Returns the residual used.
+fn reference_conv(
+    x: &Tensor,
+    folded: &FoldedConv,
+    residual: bool,
+    relu: bool,
+    seed: u64,
+) -> (Tensor, Tensor) {
+    let mut reference = CandleConv.forward(x, folded).unwrap();
+    let res = mk(reference.dims(), seed.wrapping_add(3));
+    if residual {
+        reference = (reference + &res).unwrap();
+    }
+    if relu {
+        reference = reference.relu().unwrap();
+    }
+    (reference, res)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
     #[test]
@@ -78,14 +98,7 @@ proptest! {
             geometry: Geometry { stride, pad_h, pad_w },
             relu: false,
         };
-        let mut reference = CandleConv.forward(&x, &folded).unwrap();
-        let res = mk(reference.dims(), seed.wrapping_add(3));
-        if residual {
-            reference = (reference + &res).unwrap();
-        }
-        if relu {
-            reference = reference.relu().unwrap();
-        }
+        let (reference, res) = reference_conv(&x, &folded, residual, relu, seed);
         // Direct, and Winograd with 2- and 4-output tiles (stride 1 with 3- or 7-tap axes; others
         // run direct).
         for (winograd, tol) in [(None, KERNEL_REL_TOL), (Some(2), KERNEL_REL_TOL), (Some(4), WINOGRAD_F4_REL_TOL)] {
@@ -104,9 +117,9 @@ proptest! {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
-    /// 1x1 convolutions with enough input channels for several K passes, whose A rows the AVX2
-    /// kernel packs per pass and tile (`gemm::pack_a`): row counts that are not whole strips,
-    /// output channels that are not whole panels, residual and ReLU, 1-3 threads.
+    /// 1x1 convolutions with enough input channels for several K passes, whose weights are
+    /// stored pass by pass with the next panel's slice prefetched: row counts that are not whole
+    /// strips, output channels that are not whole panels, residual and ReLU, 1-3 threads.
     #[test]
     fn pointwise_matches_candle(
         n in 1usize..3, cin in 1usize..700, cout in 1usize..70,
@@ -120,14 +133,7 @@ proptest! {
             geometry: Geometry::unit(),
             relu: false,
         };
-        let mut reference = CandleConv.forward(&x, &folded).unwrap();
-        let res = mk(reference.dims(), seed.wrapping_add(3));
-        if residual {
-            reference = (reference + &res).unwrap();
-        }
-        if relu {
-            reference = reference.relu().unwrap();
-        }
+        let (reference, res) = reference_conv(&x, &folded, residual, relu, seed);
         let prepared = PreparedConv::from_folded_with(&folded, None).unwrap();
         for kernel in kernels() {
             let fast = prepared
@@ -163,14 +169,7 @@ proptest! {
             geometry: Geometry { stride: 1, pad_h, pad_w },
             relu: false,
         };
-        let mut reference = CandleConv.forward(&x, &folded).unwrap();
-        let res = mk(reference.dims(), seed.wrapping_add(3));
-        if residual {
-            reference = (reference + &res).unwrap();
-        }
-        if relu {
-            reference = reference.relu().unwrap();
-        }
+        let (reference, res) = reference_conv(&x, &folded, residual, relu, seed);
         for (tile, tol) in [(2, KERNEL_REL_TOL), (4, WINOGRAD_F4_REL_TOL)] {
             let prepared = PreparedConv::from_folded_with(&folded, Some(tile)).unwrap();
             // Every shape here has a transform for 4-output tiles; for 2 all but the 7-tap ones.

@@ -171,6 +171,9 @@ pub fn build_source(
                 esv_ml = format!("{:.1}", params.esv_ml),
                 ef_percent = format!("{:.1}", params.ef_percent()),
                 heart_rate_bpm = format!("{:.0}", params.heart_rate_bpm),
+                pacemaker = params.pacemaker,
+                la_dilation = params.la_dilation(),
+                lv_wall_normal = params.lv_wall_normal(),
                 "phantom patient (ground truth)"
             );
             Box::new(

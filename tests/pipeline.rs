@@ -114,7 +114,6 @@ impl FramePreparer for TestPreparer {
             return Prepared {
                 input: None,
                 reasons: vec![UnfitReason::Quality(QualityReason::Frozen)],
-                outline: None,
                 sector: None,
             };
         }
@@ -130,7 +129,6 @@ impl FramePreparer for TestPreparer {
                 width: w,
             })),
             reasons: vec![],
-            outline: None,
             sector: None,
         }
     }

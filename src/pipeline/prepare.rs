@@ -14,7 +14,7 @@ use super::queue::{
 use super::StageWatch;
 use crate::metrics::PipelineMetrics;
 use crate::model::InputSpec;
-use crate::preprocess::{FramePreparer, ModelInput};
+use crate::preprocess::{FramePreparer, ModelInput, Sector};
 use crate::sampler::{Decision, Sampler};
 
 /// Everything the preprocessing thread owns.
@@ -37,7 +37,8 @@ pub(super) fn run_prepare_stage(mut stage: PrepareStage) {
     let watch = &stage.watch;
     let mut sampler = Sampler::paper();
     let mut last_display: Option<Instant> = None;
-    let mut last_outline: Option<Vec<(f32, f32)>> = None;
+    // The sector of the newest sampled frame: the display's outline, traced at display pace.
+    let mut last_sector: Option<Arc<Sector>> = None;
     // The newest usable model input, handed to the display with the next frame.
     let mut last_input: Option<ModelInput> = None;
     for msg in stage.frames.iter() {
@@ -64,7 +65,7 @@ pub(super) fn run_prepare_stage(mut stage: PrepareStage) {
             let t0 = Instant::now();
             let prepared = stage.preparer.prepare(&frame, &stage.spec);
             metrics.latency_preprocess.observe(t0.elapsed());
-            last_outline = prepared.outline.clone();
+            last_sector = prepared.sector.clone();
             if let Some(input) = &prepared.input {
                 // Shared, not copied: the display's saliency worker reads the same buffer.
                 last_input = Some(ModelInput {
@@ -91,7 +92,7 @@ pub(super) fn run_prepare_stage(mut stage: PrepareStage) {
             last_display = Some(Instant::now());
             let display = DisplayFrame {
                 image: frame.image,
-                outline: last_outline.clone(),
+                outline: last_sector.as_ref().map(|s| s.outline()),
                 input: last_input.take(),
             };
             stage

@@ -412,9 +412,8 @@ pub struct Prepared {
     pub input: Option<Arc<PreparedInput>>,
     /// Why the frame is unfit (empty when fit).
     pub reasons: Vec<UnfitReason>,
-    /// The scanning sector's outline in frame pixels, for the display.
-    pub outline: Option<Vec<(f32, f32)>>,
-    /// The sector in force (shared while it holds): what saliency maps may attribute to.
+    /// The sector in force (shared while it holds): its outline for the display, and what
+    /// saliency maps may attribute to.
     pub sector: Option<Arc<Sector>>,
 }
 
@@ -441,7 +440,6 @@ impl FramePreparer for Preprocessor {
             Ok(p) => Prepared {
                 input: p.input.map(Arc::new),
                 reasons: p.quality.reasons.iter().map(|r| (*r).into()).collect(),
-                outline: p.sector.as_ref().map(|s| s.outline()),
                 sector: p.sector,
             },
             Err(e) => {
@@ -449,7 +447,6 @@ impl FramePreparer for Preprocessor {
                 Prepared {
                     input: None,
                     reasons: vec![UnfitReason::BadFrame],
-                    outline: None,
                     sector: None,
                 }
             }

@@ -339,3 +339,106 @@ fn ctrl_c_before_the_first_validation_leaves_a_checkpoint_that_resumes() {
         "{log}"
     );
 }
+
+/// `--init`: a fine-tune starts from the bundle's weights and keeps its heads' scale and offset
+/// (at a vanishing learning rate the weights stay the bundle's, where a seeded start is far from
+/// them), and a bundle of another width, input size or head list is refused before any data is
+/// rendered, naming the bundle and what differs.
+#[test]
+fn init_starts_from_a_bundles_weights_and_refuses_another_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.safetensors");
+    ok(&train(&["--out", base.to_str().unwrap()]));
+    let base_s = base.to_str().unwrap();
+    // Other patients (their label statistics differ), two steps, no weight decay.
+    let tuned = dir.path().join("tuned.safetensors");
+    let fresh = dir.path().join("fresh.safetensors");
+    let common = [
+        "--phantom-seed",
+        "6",
+        "--steps",
+        "2",
+        "--lr",
+        "1e-12",
+        "--weight-decay",
+        "0",
+    ];
+    let mut a = common.to_vec();
+    a.extend_from_slice(&["--out", tuned.to_str().unwrap(), "--init", base_s]);
+    let stdout = ok(&train(&a));
+    assert!(stdout.contains("wrote"), "{stdout}");
+    // Another seed: another initialisation (the same seed would start from the base's own).
+    let mut b = common.to_vec();
+    b.extend_from_slice(&["--out", fresh.to_str().unwrap(), "--seed", "2"]);
+    ok(&train(&b));
+
+    // Largest absolute difference over the trained parameters (BatchNorm running statistics
+    // move with every batch whatever the learning rate).
+    let diff = |x: &Path, y: &Path| {
+        tensors(x)
+            .iter()
+            .zip(tensors(y))
+            .filter(|((n, _), _)| !n.ends_with(".running_mean") && !n.ends_with(".running_var"))
+            .map(|((n, a), (m, b))| {
+                assert_eq!(n, &m);
+                a.iter()
+                    .zip(&b)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0f32, f32::max)
+            })
+            .fold(0f32, f32::max)
+    };
+    let (from_base, from_seed) = (diff(&base, &tuned), diff(&base, &fresh));
+    assert!(
+        from_base < 1e-5 && from_seed > 1e-2,
+        "fine-tuned {from_base} from the bundle, seeded start {from_seed}"
+    );
+    let specs = |p: &Path| read_bundle(p).unwrap().manifest.tasks;
+    assert_eq!(specs(&tuned), specs(&base));
+    assert_ne!(
+        specs(&fresh),
+        specs(&base),
+        "seed 6's labels give other scales"
+    );
+    let m = read_bundle(&tuned).unwrap().manifest;
+    assert!(
+        m.provenance.source.contains("--init"),
+        "{}",
+        m.provenance.source
+    );
+
+    let out = dir.path().join("x.safetensors");
+    for (flag, value, says) in [
+        ("--width", "0.25", "architecture"),
+        ("--input-size", "80", "input"),
+        ("--tasks", "ef,edv", "heads"),
+    ] {
+        let r = train(&[
+            "--out",
+            out.to_str().unwrap(),
+            "--init",
+            base_s,
+            flag,
+            value,
+        ]);
+        assert!(!r.status.success(), "{flag} {value} accepted");
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            err.contains("--init") && err.contains("base.safetensors") && err.contains(says),
+            "{flag} {value}: {err}"
+        );
+        assert!(
+            !err.contains("data prepared"),
+            "refused only after rendering: {err}"
+        );
+    }
+    let missing = train(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--init",
+        "/nonexistent/m.safetensors",
+    ]);
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("/nonexistent/m.safetensors"), "{err}");
+}

@@ -14,7 +14,7 @@ use echonet_edge::dataset::{self, Dataset};
 use echonet_edge::model::Provenance;
 use echonet_edge::train::data::{prepare, split_patients, FramePick};
 use echonet_edge::train::trainer::{
-    train_run, HeadLayout, Progress, RunControl, RunOutcome, TrainConfig,
+    train_run, HeadLayout, InitWeights, Progress, RunControl, RunOutcome, TrainConfig,
 };
 
 #[derive(clap::Args, Debug)]
@@ -39,6 +39,10 @@ pub struct Args {
     /// Continue from the checkpoints in the work folder.
     #[arg(long)]
     pub resume: bool,
+    /// Fine-tune: start from this bundle's weights (and its heads' scale and offset) instead of
+    /// a seeded initialisation. Its width, input size and heads (in order) must be the run's.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
     /// Stop every run at this step with a checkpoint (continue later with --resume).
     #[arg(long)]
     pub pause_at: Option<usize>,
@@ -191,6 +195,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         notes: String::new(),
     };
 
+    // Read and checked before the data is rendered, so a mismatched bundle fails at once.
+    let init = match &args.init {
+        Some(path) => {
+            let w = InitWeights::read(path)?;
+            w.check(&cfg)?;
+            Some(Arc::new(w))
+        }
+        None => None,
+    };
+
     let prep_started = Instant::now();
     let layouts: Vec<(String, TrainConfig)> = match cfg.heads {
         HeadLayout::Shared => vec![(String::new(), cfg.clone())],
@@ -274,6 +288,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         resume: args.resume,
                         pause_at: args.pause_at,
                         interrupt: Some(interrupt.clone()),
+                        init: init.clone(),
                     },
                     &device,
                     &Progress::new(&name),

@@ -241,6 +241,66 @@ pub struct RunControl {
     /// Set (by Ctrl-C, say) to stop after the current step with a checkpoint, as `pause_at`
     /// does: an interrupted run can be resumed, even before its first validation.
     pub interrupt: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Start from these weights instead of a seeded initialisation (fine-tuning a trained
+    /// bundle). A checkpoint being resumed takes precedence: it already holds the weights.
+    pub init: Option<std::sync::Arc<InitWeights>>,
+}
+
+/// A trained bundle's weights to fine-tune from (`echonet train --init`): its tensors and its
+/// heads' specs (their scale and offset are what the head weights were trained against, so they
+/// are kept rather than re-estimated from the new data).
+#[derive(Debug, Clone)]
+pub struct InitWeights {
+    pub path: PathBuf,
+    pub architecture: Architecture,
+    pub input: crate::model::InputSpec,
+    pub tasks: Vec<TaskSpec>,
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+impl InitWeights {
+    /// The f32 tensors and specs of the bundle at `path` (an int8 bundle's f32 tensors serve as
+    /// well: its int8 section is a derived copy).
+    pub fn read(path: &Path) -> Result<Self, TrainError> {
+        let bundle = crate::model::read_bundle(path)
+            .map_err(|e| TrainError::Unsupported(format!("--init {}: {e}", path.display())))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            architecture: bundle.manifest.architecture.clone(),
+            input: bundle.manifest.input.clone(),
+            tasks: bundle.manifest.tasks.clone(),
+            tensors: bundle.store.snapshot(),
+        })
+    }
+
+    /// Refuses a bundle whose network differs from the one `cfg` trains: another width or
+    /// embedding, another input, or other heads (names and order), naming what differs.
+    pub fn check(&self, cfg: &TrainConfig) -> Result<(), TrainError> {
+        let file = self.path.display();
+        let arch = Architecture::new(cfg.width, cfg.embedding);
+        if self.architecture != arch {
+            return Err(TrainError::Unsupported(format!(
+                "--init {file}: its architecture is {:?}, the run trains {arch:?} (set --width to the bundle's)",
+                self.architecture
+            )));
+        }
+        let spec = cfg.input_spec();
+        if self.input != spec {
+            return Err(TrainError::Unsupported(format!(
+                "--init {file}: its input is {}x{} ({:?}), the run trains {}x{} ({:?}) (set --input-size to the bundle's)",
+                self.input.width, self.input.height, self.input, spec.width, spec.height, spec
+            )));
+        }
+        let names: Vec<&str> = self.tasks.iter().map(|t| t.name.as_str()).collect();
+        if names != cfg.tasks.iter().map(String::as_str).collect::<Vec<_>>() {
+            return Err(TrainError::Unsupported(format!(
+                "--init {file}: its heads are {}, the run trains {} (same heads, same order)",
+                names.join(","),
+                cfg.tasks.join(",")
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl RunControl {
@@ -518,6 +578,24 @@ pub fn train_run(
         tracing::info!(step = state.step, checkpoint = %checkpoint_path.display(), "resuming");
     }
 
+    let initialised = match (&control.init, restored_optimiser.is_some()) {
+        (Some(init), false) => {
+            init.check(cfg)?;
+            let mut vars = varmap.data().lock().map_err(|_| TrainError::Parameter {
+                name: "<variable map>".into(),
+                reason: "lock poisoned".into(),
+            })?;
+            for (name, t) in &init.tensors {
+                vars.insert(name.clone(), Var::from_tensor(&t.to_device(device)?)?);
+            }
+            // The heads' scale and offset the weights were trained against.
+            state.tasks = init.tasks.clone();
+            tracing::info!(init = %init.path.display(), "starting from the bundle's weights");
+            Some(init)
+        }
+        _ => None,
+    };
+
     let arch = Architecture::new(cfg.width, cfg.embedding);
     let net = TrainableIrv1::new(
         &arch,
@@ -528,6 +606,32 @@ pub fn train_run(
         device,
         DType::F32,
     )?;
+    if let Some(init) = initialised {
+        // Every parameter must come from the bundle (none made up by the seeded initialiser), and
+        // the bundle must hold nothing the network does not use.
+        let wanted: std::collections::BTreeSet<&String> = net.parameter_names().iter().collect();
+        let missing: Vec<&str> = wanted
+            .iter()
+            .filter(|n| !init.tensors.contains_key(n.as_str()))
+            .map(|n| n.as_str())
+            .collect();
+        let extra: Vec<&str> = init
+            .tensors
+            .keys()
+            .filter(|n| !wanted.contains(n))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() || !extra.is_empty() {
+            return Err(TrainError::Unsupported(format!(
+                "--init {}: its tensors do not match the network ({} missing, e.g. {:?}; {} unused, e.g. {:?})",
+                init.path.display(),
+                missing.len(),
+                missing.first(),
+                extra.len(),
+                extra.first()
+            )));
+        }
+    }
     let names: Vec<String> = net
         .parameter_names()
         .iter()

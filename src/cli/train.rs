@@ -76,6 +76,10 @@ pub struct Args {
     /// Grid over weight decays, e.g. `1e-4,0`.
     #[arg(long, value_delimiter = ',')]
     pub weight_decay_grid: Option<Vec<f64>>,
+    /// Training-time Gaussian noise inside the sector, as a fraction of each frame's range
+    /// (default 0: off; SmoothGrad explains with 0.15).
+    #[arg(long)]
+    pub augment_noise: Option<f64>,
     /// Frames per optimiser step (default 24).
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -126,6 +130,9 @@ fn config(args: &Args) -> anyhow::Result<TrainConfig> {
         seed,
         intended_use
     );
+    if let Some(n) = args.augment_noise {
+        cfg.augment.noise = n;
+    }
     if let Some(h) = &args.heads {
         cfg.heads = match h.as_str() {
             "shared" => HeadLayout::Shared,

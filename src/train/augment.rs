@@ -1,7 +1,8 @@
 //! The paper's training augmentation, on one prepared frame (`height x width` normalised f32):
 //! a random rotation within ±20 degrees about the frame centre (bilinear; what rotates in from
 //! outside is black, normalised like any black pixel) and a brightness shift within ±0.1 of the
-//! [0, 1] pixel range, added to every pixel.
+//! [0, 1] pixel range, added to every pixel. Optionally (off by default, not the paper's) Gaussian
+//! noise on every pixel inside the scan sector, as SmoothGrad adds it when it explains the model.
 
 /// Uniform numbers from a seed (splitmix64): the CPU device cannot be seeded, and a training run
 /// must replay exactly from its seed and checkpoint.
@@ -35,6 +36,13 @@ impl TrainRng {
         lo + (hi - lo) * self.unit()
     }
 
+    /// Standard normal (Box-Muller; one of the pair, so every call draws two numbers).
+    pub fn gaussian(&mut self) -> f64 {
+        let u = 1.0 - self.unit();
+        let v = self.unit();
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
     /// Uniform index in 0..n (n > 0).
     pub fn below(&mut self, n: usize) -> usize {
         ((self.unit() * n as f64) as usize).min(n.saturating_sub(1))
@@ -57,6 +65,11 @@ pub struct AugmentConfig {
     pub rotation_deg: f64,
     /// Largest brightness shift either way, in units of the [0, 1] pixel range. Default 0.1.
     pub brightness: f64,
+    /// Standard deviation of Gaussian noise added to every pixel inside the sector, as a fraction
+    /// of the frame's range (SmoothGrad's definition). Default 0: off. Training with the noise
+    /// SmoothGrad explains with sharpens its maps (Smilkov et al. 2017, section 4.2): the model
+    /// can no longer lean on faint texture spread over the whole frame.
+    pub noise: f64,
 }
 
 impl Default for AugmentConfig {
@@ -64,6 +77,7 @@ impl Default for AugmentConfig {
         Self {
             rotation_deg: 20.0,
             brightness: 0.1,
+            noise: 0.0,
         }
     }
 }
@@ -120,6 +134,20 @@ pub fn augment(
     } else {
         src.to_vec()
     };
+    // Noise before the brightness shift, so "outside the sector" is still exactly `black`
+    // (preprocessing blackens everything outside; the fan's floor keeps every pixel inside above
+    // it). No draws when off: runs without noise replay exactly as before it existed.
+    if cfg.noise > 0.0 {
+        let (lo, hi) = out
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
+        let sigma = cfg.noise * f64::from(hi - lo);
+        for v in out.iter_mut().filter(|v| **v > black) {
+            *v += (sigma * rng.gaussian()) as f32;
+        }
+    }
     if cfg.brightness > 0.0 {
         out.iter_mut().for_each(|v| *v += shift);
     }
@@ -158,11 +186,58 @@ mod tests {
         let cfg = AugmentConfig {
             rotation_deg: 0.0,
             brightness: 0.1,
+            noise: 0.0,
         };
         let a = augment(&src, 10, 10, &cfg, -1.0, 0.5, &mut rng);
         let d = a[0] - 1.0;
         assert!(d.abs() <= 0.2 + 1e-6 && d != 0.0);
         assert!(a.iter().all(|v| (v - 1.0 - d).abs() < 1e-6));
+    }
+
+    #[test]
+    fn noise_has_the_asked_spread_inside_and_leaves_black_black() {
+        // Left half black (outside the sector), right half a ramp 0.5..1.5: range 1.5 + 1.
+        let black = -1.0f32;
+        let src: Vec<f32> = (0..10_000)
+            .map(|i| {
+                if i % 100 < 50 {
+                    black
+                } else {
+                    0.5 + (i % 100 - 50) as f32 / 50.0
+                }
+            })
+            .collect();
+        let cfg = AugmentConfig {
+            rotation_deg: 0.0,
+            brightness: 0.0,
+            noise: 0.1,
+        };
+        let out = augment(&src, 100, 100, &cfg, black, 0.5, &mut TrainRng::new(5));
+        let d: Vec<f64> = out
+            .iter()
+            .zip(&src)
+            .filter(|(_, &s)| s > black)
+            .map(|(o, s)| f64::from(o - s))
+            .collect();
+        let n = d.len() as f64;
+        let mean = d.iter().sum::<f64>() / n;
+        let sd = (d.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let range = 1.48 - f64::from(black);
+        assert!(mean.abs() < 0.01, "mean {mean}");
+        assert!(
+            (sd / (0.1 * range) - 1.0).abs() < 0.05,
+            "sd {sd} for range {range}"
+        );
+        assert!(out.iter().zip(&src).all(|(o, &s)| s > black || *o == black));
+        // Off: no draws, the frame unchanged.
+        let off = AugmentConfig { noise: 0.0, ..cfg };
+        let mut rng = TrainRng::new(5);
+        assert_eq!(augment(&src, 100, 100, &off, black, 0.5, &mut rng), src);
+        // Only the rotation's and the shift's draws, as before noise existed.
+        let mut expect = TrainRng::new(5);
+        expect.unit();
+        expect.unit();
+        assert_eq!(rng, expect);
     }
 
     #[test]

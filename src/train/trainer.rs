@@ -151,8 +151,12 @@ impl TrainConfig {
         }
         if !(0.0..=180.0).contains(&self.augment.rotation_deg)
             || !(0.0..=1.0).contains(&self.augment.brightness)
+            || !(0.0..=1.0).contains(&self.augment.noise)
         {
-            return bad("augment.rotation_deg must be 0-180 and augment.brightness 0-1".into());
+            return bad(
+                "augment.rotation_deg must be 0-180, augment.brightness and augment.noise 0-1"
+                    .into(),
+            );
         }
         Ok(())
     }

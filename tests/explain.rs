@@ -1,5 +1,6 @@
 //! Where the model looks (`echonet_edge::explain`): SmoothGrad against finite differences and the
-//! vanilla gradient, saliency mass on the phantom's heart, occlusion of the left ventricle against
+//! vanilla gradient, saliency mass on the phantom's heart (and on a pacemaker lead), what the
+//! `pacemaker` head answers to (the lead or its shadow), occlusion of the left ventricle against
 //! occlusion elsewhere, and the `echonet saliency` / `echonet occlusion` commands.
 // Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -348,12 +349,39 @@ fn saliency_mass_falls_on_the_heart() {
 /// resizing) than the lead's share of the scan sector (the map has no mass outside the sector:
 /// SmoothGrad explains the model of the masked input). "Lights up": at least 3x as dense as the
 /// sector's average.
+///
+/// Not met yet. Measured (session 8, bundled model as of d3957cd, this test with
+/// `cargo test --release --test explain -- --ignored --nocapture smoothgrad_for_pacemaker`):
+/// the lead (+0.25 cm) holds 6.3 % of the map on 3.7 % of the sector (1.69x); the ring from
+/// 0.25 to 1 cm around it 15.9 % on 8.1 % (1.96x); the lead's shadow (pixels more than 15 grey
+/// levels darker than the same patient without a lead, beyond that ring) 12.0 % on 6.8 % (1.78x);
+/// the other two thirds of the mass spread over the rest of the sector. The map is a broad blob
+/// over the right heart, not a line. It is not that the model reads the shadow:
+/// `pacemaker_head_answers_to_the_lead_itself` shows the lead's pixels alone carry the decision.
+/// What was tried, each as a fine-tune of that model (`echonet train --init`, seed 1, 1000
+/// patients, lr 3e-4) measured by this test:
+/// - the shadow taken from 16 dB to about 6 dB (`LEAD_SHADOW_GREY` 70 -> 25): the base model on
+///   such frames 1.76x; after 100 steps 1.77x. The `pacemaker` head's validation accuracy is
+///   already 1.00, so its loss gives the fine-tune nothing to change; reverted.
+/// - training with SmoothGrad's own noise (`--augment-noise 0.15`, Smilkov et al. 2017 section
+///   4.2; phantom unchanged), 600 steps: the lead's share rises from 1.69x to 2.13x after 100
+///   steps, 2.21x after 300 and 400 (8.2 % of the map), a plateau well short of 3x; it costs
+///   the volume heads accuracy meanwhile (validation EDV MAE 12.6 mL at step 400 where the
+///   fine-tune without noise, on the fainter shadow, had 9.3 at step 100). Command: `echonet train --init
+///   <d3957cd's bundle> --augment-noise 0.15 --phantom-seed 1 --phantom-clips 1000 --steps 600
+///   --eval-every 100 --lr 3e-4 --width 0.125 --input-size 96 --threads 1 --tasks
+///   ef,esv,edv,lv_volume,pacemaker,la_dilation,lv_wall_normal,view_a4c`, each step's best bundle
+///   measured here with `PACEMAKER_SALIENCY_MODEL`.
+///
+/// `PACEMAKER_SALIENCY_MODEL=FILE` measures another bundle (a candidate) instead of the bundled
+/// one.
 #[test]
 #[ignore = "issue #13 item 5 not met by the bundled model yet: measured 6.3 % of the pacemaker map \
             on the lead (+0.25 cm), 1.7x its 3.7 % share of the sector (the right heart lit as a \
             blur); run by hand"]
 fn smoothgrad_for_pacemaker_lights_up_the_lead() {
-    let bundle = read_bundle(&bundled()).unwrap();
+    let path = std::env::var_os("PACEMAKER_SALIENCY_MODEL").map_or_else(bundled, PathBuf::from);
+    let bundle = read_bundle(&path).unwrap();
     let spec = bundle.manifest.input.clone();
     let ex = Explainer::from_bundle(&bundle).unwrap();
     let task = ex.task_index("pacemaker").unwrap();
@@ -361,56 +389,182 @@ fn smoothgrad_for_pacemaker_lights_up_the_lead() {
         samples: 20,
         ..SmoothGrad::default()
     };
-    let (mut mass, mut area, mut fan_share, mut n) = (0.0, 0.0, 0.0, 0usize);
+    // Per region (lead + 0.25 cm, the ring out to 1 cm, the shadow beyond it): map mass and
+    // share of the sector, summed over frames.
+    let (mut mass, mut share) = ([0.0f64; 3], [0.0f64; 3]);
+    let (mut area, mut n) = (0.0, 0usize);
     for seed in [3, 8, 21] {
-        let phantom = Phantom::new(PhantomParams {
-            pacemaker: true,
-            view: PhantomView::A4c,
-            ..PhantomParams::random(seed)
-        })
-        .unwrap();
+        let patient = |pacemaker| {
+            Phantom::new(PhantomParams {
+                pacemaker,
+                view: PhantomView::A4c,
+                ..PhantomParams::random(seed)
+            })
+            .unwrap()
+        };
+        let (phantom, unpaced) = (patient(true), patient(false));
         let (w, h) = (phantom.params().width, phantom.params().height);
         let geometry = Arc::new(phantom.geometry());
         let mut pre = Preprocessor::new(PreprocessConfig::default()).unwrap();
         for index in [0u64, 9] {
             let t = phantom.frame_time(index);
+            let image = phantom.render(t);
+            let (paced, plain) = (image.to_gray(), unpaced.render(t).to_gray());
             let frame = Frame {
                 seq: index,
                 media_time: t,
                 captured_at: Instant::now(),
                 captured_wall: SystemTime::now(),
-                image: phantom.render(t),
+                image,
                 geometry: geometry.clone(),
             };
             let p = pre.process(&frame, &spec).unwrap();
             let (Some(input), Some(sector)) = (p.input, p.sector) else {
                 panic!("seed {seed} frame {index}: unfit {:?}", p.quality.reasons);
             };
-            let grow = (0.25 / phantom.cm_per_pixel()).round() as usize;
-            let lead = dilate(&phantom.lead_mask(t), w, h, grow);
-            let region = mask_to_input(&lead, w, h, &sector, &spec).unwrap();
-            let fan = mask_to_input(&phantom.sector().mask(w, h), w, h, &sector, &spec).unwrap();
+            let cm = |d: f64| (d / phantom.cm_per_pixel()).round() as usize;
+            let line = phantom.lead_mask(t);
+            let lead = dilate(&line, w, h, cm(0.25));
+            let near = dilate(&line, w, h, cm(1.0));
+            let ring: Vec<bool> = near.iter().zip(&lead).map(|(&a, &b)| a && !b).collect();
+            let shadow: Vec<bool> = (0..w * h)
+                .map(|i| !near[i] && i32::from(plain[i]) - i32::from(paced[i]) > 15)
+                .collect();
+            let to_input = |m: &[bool]| mask_to_input(m, w, h, &sector, &spec).unwrap();
+            let fan = to_input(&phantom.sector().mask(w, h));
             let inside = sector_inside(&sector, &spec).unwrap();
             let map = ex.smoothgrad(&input, Some(&inside), task, &cfg).unwrap();
             let sum = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>();
-            mass += map.mass_share(&region);
-            area += sum(&region) / region.len() as f64;
-            fan_share += sum(&region) / sum(&fan);
+            for (k, m) in [&lead, &ring, &shadow].into_iter().enumerate() {
+                let region = to_input(m);
+                mass[k] += map.mass_share(&region);
+                share[k] += sum(&region) / sum(&fan);
+                if k == 0 {
+                    area += sum(&region) / region.len() as f64;
+                }
+            }
             n += 1;
         }
     }
-    let (mass, area, fan_share) = (mass / n as f64, area / n as f64, fan_share / n as f64);
+    let nf = n as f64;
+    for (k, name) in ["ring 0.25-1 cm", "shadow beyond 1 cm"].iter().enumerate() {
+        let (m, a) = (mass[k + 1] / nf, share[k + 1] / nf);
+        println!(
+            "{name}: {:.1} % of the map on {:.1} % of the sector ({:.2}x)",
+            100.0 * m,
+            100.0 * a,
+            m / a
+        );
+    }
+    let (mass, area, fan_share) = (mass[0] / nf, area / nf, share[0] / nf);
     let ratio = mass / fan_share;
     println!(
         "pacemaker SmoothGrad mass on the lead (+0.25 cm): {:.1} % of the map, the lead {:.2} % \
-         of the image ({:.2} % of the sector): {ratio:.1}x its sector share ({:.1}x its image \
-         share), {n} frames",
+         of the image ({:.2} % of the sector): {ratio:.2}x its sector share ({:.1}x its image \
+         share), {n} frames ({})",
         100.0 * mass,
         100.0 * area,
         100.0 * fan_share,
-        mass / area
+        mass / area,
+        path.display()
     );
     assert!(ratio > 3.0, "lead mass {ratio:.2}x its share of the sector");
+}
+
+/// What the bundled model's `pacemaker` head answers to (issue #13 item 5's diagnosis): on
+/// phantom frames with a lead, the raw output (logit) with the lead, for the same patient without
+/// one, with only the lead's own pixels (within 3 pixels of it; the shadow taken out), and with
+/// only its shadow (the lead's pixels as without it). The lead's pixels alone must decide "paced"
+/// and the shadow alone must not: the head finds the lead itself. Measured (d3957cd's model,
+/// 10 frames): +7.9 with the lead, -7.6 without, +3.6 lead only, -4.4 shadow only.
+#[test]
+fn pacemaker_head_answers_to_the_lead_itself() {
+    let bundle = read_bundle(&bundled()).unwrap();
+    let spec = bundle.manifest.input.clone();
+    let ex = Explainer::from_bundle(&bundle).unwrap();
+    let task = ex.task_index("pacemaker").unwrap();
+    let mut mean = [0.0f64; 4];
+    let mut n = 0.0;
+    for seed in [3u64, 8, 21, 40, 41] {
+        let patient = |pacemaker| {
+            Phantom::new(PhantomParams {
+                pacemaker,
+                view: PhantomView::A4c,
+                ..PhantomParams::random(seed)
+            })
+            .unwrap()
+        };
+        let (phantom, unpaced) = (patient(true), patient(false));
+        let (w, h) = (phantom.params().width, phantom.params().height);
+        let geometry = Arc::new(phantom.geometry());
+        for index in [0u64, 9] {
+            let t = phantom.frame_time(index);
+            let (paced, plain) = (phantom.render(t).to_gray(), unpaced.render(t).to_gray());
+            let lead = dilate(&phantom.lead_mask(t), w, h, 3);
+            let mix = |on_lead: &[u8], elsewhere: &[u8]| -> Vec<u8> {
+                (0..w * h)
+                    .map(|i| if lead[i] { on_lead[i] } else { elsewhere[i] })
+                    .collect()
+            };
+            let images = [
+                paced.clone(),
+                plain.clone(),
+                mix(&paced, &plain),
+                mix(&plain, &paced),
+            ];
+            let mut out = [0.0f64; 4];
+            for (k, gray) in images.into_iter().enumerate() {
+                let mut pre = Preprocessor::new(PreprocessConfig::default()).unwrap();
+                let frame = Frame {
+                    seq: index,
+                    media_time: t,
+                    captured_at: Instant::now(),
+                    captured_wall: SystemTime::now(),
+                    image: echonet_edge::frame::Image::gray(w, h, gray).unwrap(),
+                    geometry: geometry.clone(),
+                };
+                let input = pre.process(&frame, &spec).unwrap().input.unwrap();
+                let x = Tensor::from_vec(
+                    input.data.clone(),
+                    (1, input.channels, input.height, input.width),
+                    &Device::Cpu,
+                )
+                .unwrap();
+                let o: Vec<f64> = ex
+                    .outputs(&x)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                out[k] = o[task];
+            }
+            println!(
+                "seed {seed} frame {index}: with the lead {:.2}, without {:.2}, lead only {:.2}, \
+                 shadow only {:.2}",
+                out[0], out[1], out[2], out[3]
+            );
+            assert!(
+                out[0] > 0.0 && out[1] < 0.0 && out[2] > 0.0,
+                "seed {seed} frame {index}: {out:?}"
+            );
+            for (m, o) in mean.iter_mut().zip(out) {
+                *m += o;
+            }
+            n += 1.0;
+        }
+    }
+    let [with, without, lead_only, shadow_only] = mean.map(|m| m / n);
+    println!(
+        "mean logit: with the lead {with:.2}, without {without:.2}, lead only {lead_only:.2}, \
+         shadow only {shadow_only:.2}"
+    );
+    assert!(
+        lead_only > 0.0 && shadow_only < 0.0,
+        "lead only {lead_only:.2}, shadow only {shadow_only:.2}"
+    );
 }
 
 /// LV cavity, its shifted copy and the fan (prepared-input pixels), and the copy's distance from

@@ -2,8 +2,9 @@
 //! it writes loads and describes itself, a paused and resumed run equals an uninterrupted one
 //! exactly, the grid and per-task layouts write what they say, bad settings are refused by
 //! name, progress is logged from the first step when stderr is not a terminal, and Ctrl-C before
-//! the first validation leaves a checkpoint that resumes. Whether training learns is checked where it matters, on the bundled model
-//! (tests/bundled_model.rs).
+//! the first validation leaves a checkpoint that resumes, and `--init` starts from a bundle's
+//! weights (refusing another network). Whether training learns is checked where it matters, on
+//! the bundled model (tests/bundled_model.rs).
 // Test code: a failed unwrap/expect is the test failing (the crate denies them elsewhere).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -365,13 +365,18 @@ fn saliency_mass_falls_on_the_heart() {
 ///   already 1.00, so its loss gives the fine-tune nothing to change; reverted.
 /// - training with SmoothGrad's own noise (`--augment-noise 0.15`, Smilkov et al. 2017 section
 ///   4.2; phantom unchanged), 600 steps: the lead's share rises from 1.69x to 2.13x after 100
-///   steps, 2.21x after 300 and 400 (8.2 % of the map), a plateau well short of 3x; it costs
-///   the volume heads accuracy meanwhile (validation EDV MAE 12.6 mL at step 400 where the
-///   fine-tune without noise, on the fainter shadow, had 9.3 at step 100). Command: `echonet train --init
-///   <d3957cd's bundle> --augment-noise 0.15 --phantom-seed 1 --phantom-clips 1000 --steps 600
-///   --eval-every 100 --lr 3e-4 --width 0.125 --input-size 96 --threads 1 --tasks
-///   ef,esv,edv,lv_volume,pacemaker,la_dilation,lv_wall_normal,view_a4c`, each step's best bundle
-///   measured here with `PACEMAKER_SALIENCY_MODEL`.
+///   steps, 2.21x after 300 and 400, 2.22x for the run's best (step 500, 8.2 % of the map), a
+///   plateau well short of 3x, and the volume heads lose accuracy (validation EDV MAE 14.1 mL at
+///   step 500, where the fine-tune without noise had 9.3 at step 100). Command: `echonet train
+///   --init <d3957cd's bundle> --augment-noise 0.15 --phantom-seed 1 --phantom-clips 1000
+///   --steps 600 --eval-every 100 --lr 3e-4 --width 0.125 --input-size 96 --threads 1 --tasks
+///   ef,esv,edv,lv_volume,pacemaker,la_dilation,lv_wall_normal,view_a4c`, each validation's best
+///   bundle measured here with `PACEMAKER_SALIENCY_MODEL`.
+///
+/// The spread is the model's own gradient, not SmoothGrad's noise: the same frames with noise 0
+/// (the plain gradient) give 1.77x, with noise 0.05 1.63x. Left to try: a full retrain (the
+/// fine-tunes above start from a trunk that already answers to the whole right heart), or a
+/// wider input than 96 px, where the lead (0.22 cm) is more than about one pixel wide.
 ///
 /// `PACEMAKER_SALIENCY_MODEL=FILE` measures another bundle (a candidate) instead of the bundled
 /// one.

@@ -413,6 +413,8 @@ fn init_starts_from_a_bundles_weights_and_refuses_another_network() {
         ("--width", "0.25", "architecture"),
         ("--input-size", "80", "input"),
         ("--tasks", "ef,edv", "heads"),
+        // One network per task: each run's single head is not the bundle's list.
+        ("--heads", "per_task", "heads"),
     ] {
         let r = train(&[
             "--out",

@@ -202,16 +202,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         notes: String::new(),
     };
 
-    // Read and checked before the data is rendered, so a mismatched bundle fails at once.
-    let init = match &args.init {
-        Some(path) => {
-            let w = InitWeights::read(path)?;
-            w.check(&cfg)?;
-            Some(Arc::new(w))
-        }
-        None => None,
-    };
-
     let prep_started = Instant::now();
     let layouts: Vec<(String, TrainConfig)> = match cfg.heads {
         HeadLayout::Shared => vec![(String::new(), cfg.clone())],
@@ -228,6 +218,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 )
             })
             .collect(),
+    };
+    // Read and checked against every run's network before the data is rendered, so a
+    // mismatched bundle fails at once (with `--heads per_task` each run has one head).
+    let init = match &args.init {
+        Some(path) => {
+            let w = InitWeights::read(path)?;
+            for (_, run_cfg) in &layouts {
+                w.check(run_cfg)?;
+            }
+            Some(Arc::new(w))
+        }
+        None => None,
     };
     let data = prepare(
         &dataset,

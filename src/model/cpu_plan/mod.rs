@@ -20,8 +20,9 @@ use candle_core::{Device, Tensor};
 use super::conv::{ConvKernel, FoldedConv};
 use super::cpu_conv::{cpu_f32, CpuGemmConv};
 pub use build::{ConvQuant, PlanConv};
-use exec::{PreparedConv, Scratch, Tiling, View};
+use exec::{Handoff, Int8Io, PreparedConv, Scratch, Tiling, View};
 use gemm::{AlignedVec, Epilogue, MicroKernel};
+use qgemm::ActQuant;
 
 /// The kernel choice that asks for the plan: the trunk runs through [`CpuPlan`] when the model is
 /// f32 on the CPU, and through [`CpuGemmConv`] layer by layer otherwise (f16, CUDA).
@@ -101,6 +102,20 @@ struct Workspace {
     /// Per step: floating-point operations of one call (multiply-adds count 2).
     flops: Vec<f64>,
     scratch: Scratch,
+    /// Per step: the quantised output it hands to the next step (see [`CpuPlan::handoffs`]).
+    handoffs: Vec<Option<HandoffPlan>>,
+    /// The handoff bytes, two buffers used in turn: step `i` writes buffer `i % 2`, which step
+    /// `i + 1` reads while it may write the other.
+    handoff_bufs: [AlignedVec; 2],
+}
+
+/// A step's handoff: the next convolution's input quantisation and layout.
+#[derive(Debug, Clone, Copy)]
+struct HandoffPlan {
+    act: ActQuant,
+    channels: usize,
+    pad: (usize, usize),
+    bytes: usize,
 }
 
 #[derive(Debug)]
@@ -115,6 +130,8 @@ pub struct CpuPlan {
     output: usize,
     kernel: MicroKernel,
     threads: usize,
+    /// Whether int8 convolutions hand their outputs on quantised (see [`CpuPlan::handoffs`]).
+    handoffs: bool,
     workspace: Mutex<Option<Workspace>>,
     profiling: AtomicBool,
     /// Per step: wall time and the running thread's CPU time, summed over profiled calls.
@@ -183,6 +200,56 @@ impl CpuPlan {
     pub fn with_kernel(mut self, kernel: MicroKernel) -> Self {
         self.kernel = kernel;
         self
+    }
+
+    /// Turns the int8 handoffs off (tests hold the plan with them to the plan without).
+    pub fn with_handoffs(mut self, on: bool) -> Self {
+        self.handoffs = on;
+        self
+    }
+
+    /// Steps whose int8 output is handed to the next convolution already quantised: an int8
+    /// convolution followed by an int8 convolution that reads exactly its output (a block's
+    /// up-projection and the next block's entry, the links of a branch chain, the stem's chain
+    /// of 3x3s), where that consumer reads a 1x1's rows or its taps in place. The producer still
+    /// writes f32 (the residual stream, calibration's observer and any other reader use it).
+    pub fn handoff_count(&self) -> usize {
+        self.handoff_links().iter().filter(|h| h.is_some()).count()
+    }
+
+    /// Per step: the consumer's input quantisation, its channels and its padding, where the step
+    /// hands off (see [`CpuPlan::handoff_count`]).
+    fn handoff_links(&self) -> Vec<Option<(ActQuant, usize, (usize, usize))>> {
+        let mut links = vec![None; self.steps.len()];
+        if !self.handoffs {
+            return links;
+        }
+        for (i, pair) in self.steps.windows(2).enumerate() {
+            let (
+                Op::Conv {
+                    conv: p, dst: out, ..
+                },
+                Op::Conv { conv: c, src, .. },
+            ) = (&pair[0].op, &pair[1].op)
+            else {
+                continue;
+            };
+            let (producer, consumer) = (&self.convs[*p], &self.convs[*c]);
+            let same =
+                src.buf == out.buf && src.offset == out.offset && src.channels == out.channels;
+            let Some(q) = &consumer.int8 else { continue };
+            let readable = consumer.is_pointwise() || exec::reads_in_place(consumer, self.kernel);
+            if producer.int8.is_some() && same && consumer.cin.is_multiple_of(4) && readable {
+                let g = consumer.geometry;
+                let pad = if consumer.is_pointwise() {
+                    (0, 0)
+                } else {
+                    (g.pad_h, g.pad_w)
+                };
+                links[i] = Some((q.act, consumer.cin, pad));
+            }
+        }
+        links
     }
 
     /// Turns per-step timing on (for `echonet bench --profile`) and clears what was recorded.
@@ -398,7 +465,24 @@ impl CpuPlan {
                         epilogue,
                     } => {
                         let tiling = ws.tilings[i].ok_or_else(|| bad("conv tiling missing"))?;
-                        exec::conv(
+                        let io = Int8Io {
+                            hand: ws.handoffs[i].map(|h| Handoff {
+                                ptr: ws.handoff_bufs[i % 2].as_mut_slice().as_mut_ptr() as *mut u8,
+                                bytes: h.bytes.min(4 * ws.handoff_bufs[i % 2].len()),
+                                act: h.act,
+                                channels: h.channels,
+                                pad_h: h.pad.0,
+                                pad_w: h.pad.1,
+                            }),
+                            pre: match i.checked_sub(1).and_then(|p| ws.handoffs[p]) {
+                                Some(_) => {
+                                    Some(ws.handoff_bufs[(i - 1) % 2].as_slice().as_ptr()
+                                        as *const u8)
+                                }
+                                None => None,
+                            },
+                        };
+                        exec::conv_io(
                             self.kernel,
                             &self.convs[conv],
                             view(ws, src),
@@ -407,6 +491,7 @@ impl CpuPlan {
                             tiling,
                             &ws.scratch,
                             self.threads,
+                            io,
                         );
                     }
                     Op::MaxPool { src, dst } => {
@@ -517,6 +602,25 @@ impl CpuPlan {
             }
         }
         last[self.output] = usize::MAX;
+        let mut handoffs = vec![None; self.steps.len()];
+        let mut handoff_bytes = 0;
+        for (i, link) in self.handoff_links().into_iter().enumerate() {
+            let (Some((act, channels, pad)), Op::Conv { dst, .. }) = (link, &self.steps[i].op)
+            else {
+                continue;
+            };
+            let Some((oh, ow)) = dims[dst.buf] else {
+                continue;
+            };
+            let bytes = Handoff::bytes_for(n, oh, ow, channels, pad);
+            handoff_bytes = handoff_bytes.max(bytes);
+            handoffs[i] = Some(HandoffPlan {
+                act,
+                channels,
+                pad,
+                bytes,
+            });
+        }
         // Greedy lifetime sharing, in order of first use.
         let mut order: Vec<usize> = (0..self.buffers.len()).collect();
         order.sort_by_key(|&b| first[b]);
@@ -553,6 +657,11 @@ impl CpuPlan {
             tilings,
             flops,
             scratch: Scratch::new(self.threads, scratch).with_shared(quantised),
+            handoffs,
+            handoff_bufs: [
+                AlignedVec::zeroed(handoff_bytes.div_ceil(4)),
+                AlignedVec::zeroed(handoff_bytes.div_ceil(4)),
+            ],
         })
     }
 
@@ -564,7 +673,8 @@ impl CpuPlan {
             .and_then(|g| {
                 g.as_ref().map(|ws| {
                     4 * (ws.physical.iter().map(|b| b.len()).sum::<usize>()
-                        + ws.scratch.floats() * (self.threads + 1))
+                        + ws.scratch.floats() * (self.threads + 1)
+                        + ws.handoff_bufs.iter().map(|b| b.len()).sum::<usize>())
                         + ws.scratch.shared_bytes()
                 })
             })

@@ -312,13 +312,18 @@ pub unsafe fn conv_io(
 ) {
     if let Some(q) = &conv.int8 {
         let mut io = io;
-        if let Some(h) = io.hand {
-            if h.channels != q.n
-                || h.bytes < Handoff::bytes_for(dst.n, dst.h, dst.w, h.channels, (h.pad_h, h.pad_w))
-            {
-                io.hand = None; // cannot happen: the plan sizes the buffer from the same shapes
-            } else {
-                h.fill_ring(dst.n, dst.h, dst.w);
+        for hand in io.hands.iter_mut() {
+            if let Some(h) = *hand {
+                let pad = (h.pad_h, h.pad_w);
+                if (h.only && ep.accumulate)
+                    || !h.col0.is_multiple_of(NR)
+                    || h.col0 + h.channels > q.n
+                    || h.bytes < Handoff::bytes_for(dst.n, dst.h, dst.w, h.channels, pad)
+                {
+                    *hand = None; // cannot happen: the plan checks and sizes handoffs alike
+                } else {
+                    h.fill_ring(dst.n, dst.h, dst.w);
+                }
             }
         }
         return conv_int8(kernel, conv, q, src, dst, ep, t, scratch, threads, io);
@@ -433,23 +438,30 @@ impl SharedBytes {
     }
 }
 
-/// An int8 convolution's output handed to the next int8 convolution already quantised with that
-/// consumer's input quantisation, in the layout the consumer reads: `channels` bytes per pixel
-/// (a multiple of 4), and for a consumer that reads its taps in place the zero-point padding ring
-/// around the image (`pad_h` lines, `pad_w` pixels; 0 for a 1x1 consumer). The producer quantises
-/// each 6x16 output tile in its epilogue, right after storing it in f32 (still in L1), instead of
-/// the consumer reading the f32 activations back from memory and quantising them in a pass of
-/// its own, as ONNX Runtime's QLinearConv chain keeps uint8 between layers. The bytes are the
-/// same ones the consumer's pass would have made ([`qgemm::quantize_tile`]).
+/// Output columns `col0..col0 + channels` of an int8 convolution handed to a later int8
+/// convolution that reads exactly them, already quantised with that consumer's input
+/// quantisation and in the layout it reads: `channels` bytes per pixel (a multiple of 4), and for
+/// a consumer that reads its taps in place the zero-point padding ring around the image (`pad_h`
+/// lines, `pad_w` pixels; 0 for a 1x1 consumer). The producer quantises each 6x16 output tile in
+/// its epilogue, right after storing it in f32 (still in L1), instead of the consumer reading the
+/// f32 activations back from memory and quantising them in a pass (for a 3x3, a hand-over to the
+/// pool) of its own, as ONNX Runtime's QLinearConv chain keeps uint8 between layers. The bytes are
+/// the ones the consumer's pass would have made ([`qgemm::quantize_tile`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Handoff {
     pub ptr: *mut u8,
     /// Writable bytes at `ptr` (checked against the layout before anything is written).
     pub bytes: usize,
     pub act: qgemm::ActQuant,
+    /// First producer column handed on: a multiple of [`NR`], so a weight panel is handed on
+    /// whole or not at all.
+    pub col0: usize,
     pub channels: usize,
     pub pad_h: usize,
     pub pad_w: usize,
+    /// Nothing reads these columns in f32 (the consumers take them quantised): the producer
+    /// stores its f32 tile in L1 scratch only, to quantise it from there.
+    pub only: bool,
 }
 
 // SAFETY: as [`View`]: each work item writes the bytes of its own output rows and columns only.
@@ -475,10 +487,17 @@ impl Handoff {
         ow: usize,
         col0: usize,
     ) -> [*mut u8; MR] {
+        let mut out = [self.ptr; MR];
+        if self.pad_h == 0 && self.pad_w == 0 {
+            // A 1x1 consumer's rows: pixel after pixel, no divisions.
+            for (r, o) in out.iter_mut().enumerate().take(rows) {
+                *o = self.ptr.add((p0 + r) * self.channels + col0);
+            }
+            return out;
+        }
         let (hp, wp) = (oh + 2 * self.pad_h, ow + 2 * self.pad_w);
         let (img, rest) = (p0 / (oh * ow), p0 % (oh * ow));
         let (mut img, mut y, mut x) = (img, rest / ow, rest % ow);
-        let mut out = [self.ptr; MR];
         for o in out.iter_mut().take(rows) {
             *o = self
                 .ptr
@@ -520,12 +539,15 @@ impl Handoff {
     }
 }
 
-/// What an int8 convolution exchanges in bytes with its neighbours: `hand`, its output quantised
-/// for the next convolution (besides the f32 output); `pre`, its own input already quantised by
-/// the previous one, in the layout of a [`Handoff`] for this convolution.
+/// Most handoffs one convolution writes (a reduction's entry feeds three branches).
+pub const MAX_HANDOFFS: usize = 4;
+
+/// What an int8 convolution exchanges in bytes with other convolutions: `hands`, parts of its
+/// output quantised for later convolutions (besides the f32 output); `pre`, its own input already
+/// quantised by an earlier one, in the layout of a [`Handoff`] for this convolution.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Int8Io {
-    pub hand: Option<Handoff>,
+    pub hands: [Option<Handoff>; MAX_HANDOFFS],
     pub pre: Option<*const u8>,
 }
 
@@ -533,27 +555,45 @@ pub struct Int8Io {
 unsafe impl Send for Int8Io {}
 unsafe impl Sync for Int8Io {}
 
-/// After a strip of output rows `p0..p0 + rows`, panel `j`, has been stored at `c`: quantises it
-/// into the handoff, if any.
+/// One strip's f32 output tile where nothing reads it in memory (see [`Handoff::only`]).
+#[repr(C, align(32))]
+struct Tile([f32; MR * NR]);
+
+/// Runs one strip, output rows `p0..p0 + rows` of panel `j`: `run(c, ldc)` computes it into `c`
+/// (row stride `ldc`), which is `dst` or, where every reader takes these columns quantised, an
+/// L1 tile; then the tile is quantised into each handoff that takes panel `j`.
 ///
 /// # Safety
-/// As [`qgemm::quantize_tile`]; the handoff was sized for `dst`'s output.
-#[inline]
+/// As [`qgemm::strip`] for the rows and panel given; the handoffs were checked by [`conv_io`]
+/// for `dst`'s output.
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn hand_strip(
+unsafe fn strip_out(
     kernel: MicroKernel,
-    hand: &Option<Handoff>,
+    hands: &[Option<Handoff>; MAX_HANDOFFS],
     q: &QuantWeights,
     dst: &View,
     p0: usize,
     rows: usize,
     j: usize,
-    c: *const f32,
+    run: impl FnOnce(*mut f32, usize),
 ) {
-    if let Some(h) = hand {
-        let cols = (q.n - j * NR).min(NR);
-        let to = h.rows(p0, rows, dst.h, dst.w, j * NR);
-        qgemm::quantize_tile(kernel, c, dst.ld, rows, cols, &to, h.act);
+    let col = j * NR;
+    let takes = |h: &&Handoff| col >= h.col0 && col < h.col0 + h.channels;
+    if hands.iter().flatten().find(takes).is_none() {
+        return run(dst.at(p0 * dst.ld + col), dst.ld);
+    }
+    let mut tile = Tile([0.0; MR * NR]);
+    let (c, ldc) = if hands.iter().flatten().filter(takes).any(|h| h.only) {
+        (tile.0.as_mut_ptr(), NR)
+    } else {
+        (dst.at(p0 * dst.ld + col), dst.ld)
+    };
+    run(c, ldc);
+    for h in hands.iter().flatten().filter(takes) {
+        let cols = (q.n - col).min(NR).min(h.col0 + h.channels - col);
+        let to = h.rows(p0, rows, dst.h, dst.w, col - h.col0);
+        qgemm::quantize_tile(kernel, c, ldc, rows, cols, &to, h.act);
     }
 }
 
@@ -601,7 +641,7 @@ unsafe fn conv_int8(
         }
         // Quantised by the previous convolution: rows of `cin` bytes, read in place.
         let pre = io.pre.filter(|_| ldq == cin).map(SharedBytes::from_const);
-        let hand = io.hand;
+        let hands = io.hands;
         return scratch.for_each(t.row_tiles * t.panel_chunks, threads, |item, buf| {
             let (tile, chunk) = (item / t.panel_chunks, item % t.panel_chunks);
             let (row0, row1) = t.row_range(tile);
@@ -631,9 +671,9 @@ unsafe fn conv_int8(
                 let mut r = 0;
                 while r < rows {
                     let n = MR.min(rows - r);
-                    let c = dst.at((row0 + r) * dst.ld + j * NR);
-                    qgemm::strip(kernel, q, j, a.as_ptr().add(r * k4), k4, n, c, dst.ld, ep);
-                    hand_strip(kernel, &hand, q, &dst, row0 + r, n, j, c);
+                    strip_out(kernel, &hands, q, &dst, row0 + r, n, j, |c, ldc| {
+                        qgemm::strip(kernel, q, j, a.as_ptr().add(r * k4), k4, n, c, ldc, ep)
+                    });
                     r += n;
                 }
             }
@@ -660,7 +700,7 @@ unsafe fn conv_int8(
             None => (qin, 4 * shared.len(), false),
         };
         return conv_int8_taps(
-            kernel, conv, q, qin, qin_bytes, quantised, src, dst, ep, t, threads, io.hand,
+            kernel, conv, q, qin, qin_bytes, quantised, src, dst, ep, t, threads, io.hands,
         );
     }
     let per_item = (QUANT_ITEM_BYTES / ldq.max(1)).max(1);
@@ -697,9 +737,9 @@ unsafe fn conv_int8(
             let mut r = 0;
             while r < rows {
                 let n = MR.min(rows - r);
-                let c = dst.at((row0 + r) * dst.ld + j * NR);
-                qgemm::strip(kernel, q, j, a.add(r * k4), k4, n, c, dst.ld, ep);
-                hand_strip(kernel, &io.hand, q, &dst, row0 + r, n, j, c);
+                strip_out(kernel, &io.hands, q, &dst, row0 + r, n, j, |c, ldc| {
+                    qgemm::strip(kernel, q, j, a.add(r * k4), k4, n, c, ldc, ep)
+                });
                 r += n;
             }
         }
@@ -727,7 +767,7 @@ unsafe fn conv_int8_taps(
     ep: Epilogue,
     t: Tiling,
     threads: usize,
-    hand: Option<Handoff>,
+    hands: [Option<Handoff>; MAX_HANDOFFS],
 ) {
     let g = conv.geometry;
     let cin = conv.cin;
@@ -808,9 +848,9 @@ unsafe fn conv_int8_taps(
                         }
                     }
                 }
-                let c = dst.at(r * dst.ld + j * NR);
-                qgemm::strip_taps(kernel, q, j, &rp, n, taps, run, c, dst.ld, ep);
-                hand_strip(kernel, &hand, q, &dst, r, n, j, c);
+                strip_out(kernel, &hands, q, &dst, r, n, j, |c, ldc| {
+                    qgemm::strip_taps(kernel, q, j, &rp, n, taps, run, c, ldc, ep)
+                });
                 r += n;
             }
         }

@@ -225,14 +225,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             plan.threads(),
             100.0 * step_ms / total_ms
         );
-        if plan.int8_convs() > 0 {
-            eprintln!(
-                "int8: {} of {} convolutions; {} take their input quantised by the convolution that wrote it",
-                plan.int8_convs(),
-                plan.conv_count(),
-                plan.handoff_count()
-            );
-        }
         // The thread CPU columns are the calling thread's only: with one thread they are the
         // step's whole cost, undisturbed by other processes taking the core.
         eprintln!(

@@ -439,7 +439,6 @@ impl CpuPlan {
             buffers: b.buffers,
             kernel: MicroKernel::detect(),
             threads: threads.max(1),
-            handoffs: true,
             workspace: Mutex::new(None),
             profiling: AtomicBool::new(false),
             timings: Mutex::new(Vec::new()),

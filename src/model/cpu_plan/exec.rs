@@ -277,56 +277,8 @@ pub unsafe fn conv(
     scratch: &Scratch,
     threads: usize,
 ) {
-    conv_io(
-        kernel,
-        conv,
-        src,
-        dst,
-        ep,
-        t,
-        scratch,
-        threads,
-        Int8Io::default(),
-    )
-}
-
-/// [`conv`], for an int8 convolution exchanging quantised bytes with its neighbours (`io`;
-/// ignored by an f32 one).
-///
-/// # Safety
-/// As [`conv`]; `io.hand` holds its `bytes` for this convolution's output with no other reader
-/// or writer during the call; `io.pre` holds this convolution's input quantised with its input
-/// quantisation, laid out as a [`Handoff`] with this convolution's padding (none for a 1x1) and
-/// `cin` bytes per pixel.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn conv_io(
-    kernel: MicroKernel,
-    conv: &PreparedConv,
-    src: View,
-    dst: View,
-    ep: Epilogue,
-    t: Tiling,
-    scratch: &Scratch,
-    threads: usize,
-    io: Int8Io,
-) {
     if let Some(q) = &conv.int8 {
-        let mut io = io;
-        for hand in io.hands.iter_mut() {
-            if let Some(h) = *hand {
-                let pad = (h.pad_h, h.pad_w);
-                if (h.only && ep.accumulate)
-                    || !h.col0.is_multiple_of(NR)
-                    || h.col0 + h.channels > q.n
-                    || h.bytes < Handoff::bytes_for(dst.n, dst.h, dst.w, h.channels, pad)
-                {
-                    *hand = None; // cannot happen: the plan checks and sizes handoffs alike
-                } else {
-                    h.fill_ring(dst.n, dst.h, dst.w);
-                }
-            }
-        }
-        return conv_int8(kernel, conv, q, src, dst, ep, t, scratch, threads, io);
+        return conv_int8(kernel, conv, q, src, dst, ep, t, scratch, threads);
     }
     if let Some(w) = &conv.winograd {
         return winograd::conv(kernel, w, src, dst, ep, t, scratch, threads);
@@ -408,7 +360,7 @@ const MAX_TAPS: usize = 64;
 /// quantised input (no im2col): its input channels are a multiple of 4 (so each tap's bytes are a
 /// whole number of the kernel's 4-byte groups, in the packed weights' K order) and `kernel` runs
 /// taps ([`qgemm::runs_taps`]).
-pub(super) fn reads_in_place(conv: &PreparedConv, kernel: MicroKernel) -> bool {
+fn reads_in_place(conv: &PreparedConv, kernel: MicroKernel) -> bool {
     !conv.is_pointwise()
         && conv.cin.is_multiple_of(4)
         && conv.kh * conv.kw <= MAX_TAPS
@@ -426,174 +378,10 @@ unsafe impl Send for SharedBytes {}
 unsafe impl Sync for SharedBytes {}
 
 impl SharedBytes {
-    /// Bytes the caller only reads (the previous layer's handoff).
-    fn from_const(p: *const u8) -> Self {
-        Self(p as *mut u8)
-    }
-
     /// # Safety
     /// `i` stays inside the buffer.
     unsafe fn at(&self, i: usize) -> *mut u8 {
         self.0.add(i)
-    }
-}
-
-/// Output columns `col0..col0 + channels` of an int8 convolution handed to a later int8
-/// convolution that reads exactly them, already quantised with that consumer's input
-/// quantisation and in the layout it reads: `channels` bytes per pixel (a multiple of 4), and for
-/// a consumer that reads its taps in place the zero-point padding ring around the image (`pad_h`
-/// lines, `pad_w` pixels; 0 for a 1x1 consumer). The producer quantises each 6x16 output tile in
-/// its epilogue, right after storing it in f32 (still in L1), instead of the consumer reading the
-/// f32 activations back from memory and quantising them in a pass (for a 3x3, a hand-over to the
-/// pool) of its own, as ONNX Runtime's QLinearConv chain keeps uint8 between layers. The bytes are
-/// the ones the consumer's pass would have made ([`qgemm::quantize_tile`]).
-#[derive(Debug, Clone, Copy)]
-pub struct Handoff {
-    pub ptr: *mut u8,
-    /// Writable bytes at `ptr` (checked against the layout before anything is written).
-    pub bytes: usize,
-    pub act: qgemm::ActQuant,
-    /// First producer column handed on: a multiple of [`NR`], so a weight panel is handed on
-    /// whole or not at all.
-    pub col0: usize,
-    pub channels: usize,
-    pub pad_h: usize,
-    pub pad_w: usize,
-    /// Nothing reads these columns in f32 (the consumers take them quantised): the producer
-    /// stores its f32 tile in L1 scratch only, to quantise it from there.
-    pub only: bool,
-}
-
-// SAFETY: as [`View`]: each work item writes the bytes of its own output rows and columns only.
-unsafe impl Send for Handoff {}
-unsafe impl Sync for Handoff {}
-
-impl Handoff {
-    /// Bytes of the quantised input for an `n` x `h` x `w` image of `channels` with that padding.
-    pub fn bytes_for(n: usize, h: usize, w: usize, channels: usize, pad: (usize, usize)) -> usize {
-        n * (h + 2 * pad.0) * (w + 2 * pad.1) * channels
-    }
-
-    /// The bytes of column `col0` of output pixels `p0..p0 + rows` (`rows` <= [`MR`]) of an
-    /// `oh` x `ow` output.
-    ///
-    /// # Safety
-    /// The pixels lie inside the image the handoff was sized for.
-    unsafe fn rows(
-        &self,
-        p0: usize,
-        rows: usize,
-        oh: usize,
-        ow: usize,
-        col0: usize,
-    ) -> [*mut u8; MR] {
-        let mut out = [self.ptr; MR];
-        if self.pad_h == 0 && self.pad_w == 0 {
-            // A 1x1 consumer's rows: pixel after pixel, no divisions.
-            for (r, o) in out.iter_mut().enumerate().take(rows) {
-                *o = self.ptr.add((p0 + r) * self.channels + col0);
-            }
-            return out;
-        }
-        let (hp, wp) = (oh + 2 * self.pad_h, ow + 2 * self.pad_w);
-        let (img, rest) = (p0 / (oh * ow), p0 % (oh * ow));
-        let (mut img, mut y, mut x) = (img, rest / ow, rest % ow);
-        for o in out.iter_mut().take(rows) {
-            *o = self
-                .ptr
-                .add(((img * hp + y + self.pad_h) * wp + x + self.pad_w) * self.channels + col0);
-            x += 1;
-            if x == ow {
-                x = 0;
-                y += 1;
-                if y == oh {
-                    y = 0;
-                    img += 1;
-                }
-            }
-        }
-        out
-    }
-
-    /// Writes the zero point into the padding ring of an `n` x `oh` x `ow` image (the buffer is
-    /// shared by handoffs of other shapes, so the ring is rewritten every time).
-    ///
-    /// # Safety
-    /// `self.bytes` covers the padded image (checked by the caller).
-    unsafe fn fill_ring(&self, n: usize, oh: usize, ow: usize) {
-        if self.pad_h == 0 && self.pad_w == 0 {
-            return;
-        }
-        let (hp, wp, ch) = (oh + 2 * self.pad_h, ow + 2 * self.pad_w, self.channels);
-        let zp = self.act.zero_point;
-        for line in 0..n * hp {
-            let row = std::slice::from_raw_parts_mut(self.ptr.add(line * wp * ch), wp * ch);
-            let y = line % hp;
-            if y < self.pad_h || y >= self.pad_h + oh {
-                row.fill(zp);
-            } else {
-                row[..self.pad_w * ch].fill(zp);
-                row[(self.pad_w + ow) * ch..].fill(zp);
-            }
-        }
-    }
-}
-
-/// Most handoffs one convolution writes (a reduction's entry feeds three branches).
-pub const MAX_HANDOFFS: usize = 4;
-
-/// What an int8 convolution exchanges in bytes with other convolutions: `hands`, parts of its
-/// output quantised for later convolutions (besides the f32 output); `pre`, its own input already
-/// quantised by an earlier one, in the layout of a [`Handoff`] for this convolution.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Int8Io {
-    pub hands: [Option<Handoff>; MAX_HANDOFFS],
-    pub pre: Option<*const u8>,
-}
-
-// SAFETY: as [`Handoff`]; `pre` is only read during the call.
-unsafe impl Send for Int8Io {}
-unsafe impl Sync for Int8Io {}
-
-/// One strip's f32 output tile where nothing reads it in memory (see [`Handoff::only`]).
-#[repr(C, align(32))]
-struct Tile([f32; MR * NR]);
-
-/// Runs one strip, output rows `p0..p0 + rows` of panel `j`: `run(c, ldc)` computes it into `c`
-/// (row stride `ldc`), which is `dst` or, where every reader takes these columns quantised, an
-/// L1 tile; then the tile is quantised into each handoff that takes panel `j`.
-///
-/// # Safety
-/// As [`qgemm::strip`] for the rows and panel given; the handoffs were checked by [`conv_io`]
-/// for `dst`'s output.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn strip_out(
-    kernel: MicroKernel,
-    hands: &[Option<Handoff>; MAX_HANDOFFS],
-    q: &QuantWeights,
-    dst: &View,
-    p0: usize,
-    rows: usize,
-    j: usize,
-    run: impl FnOnce(*mut f32, usize),
-) {
-    let col = j * NR;
-    let takes = |h: &&Handoff| col >= h.col0 && col < h.col0 + h.channels;
-    if hands.iter().flatten().find(takes).is_none() {
-        return run(dst.at(p0 * dst.ld + col), dst.ld);
-    }
-    let mut tile = Tile([0.0; MR * NR]);
-    let (c, ldc) = if hands.iter().flatten().filter(takes).any(|h| h.only) {
-        (tile.0.as_mut_ptr(), NR)
-    } else {
-        (dst.at(p0 * dst.ld + col), dst.ld)
-    };
-    run(c, ldc);
-    for h in hands.iter().flatten().filter(takes) {
-        let cols = (q.n - col).min(NR).min(h.col0 + h.channels - col);
-        let to = h.rows(p0, rows, dst.h, dst.w, col - h.col0);
-        qgemm::quantize_tile(kernel, c, ldc, rows, cols, &to, h.act);
     }
 }
 
@@ -620,7 +408,6 @@ unsafe fn conv_int8(
     t: Tiling,
     scratch: &Scratch,
     threads: usize,
-    io: Int8Io,
 ) {
     let m = dst.rows();
     let (k, k4) = (q.k, q.k4);
@@ -639,9 +426,6 @@ unsafe fn conv_int8(
         if ldq != k4 {
             return; // cannot happen: a 1x1's K is its input channels
         }
-        // Quantised by the previous convolution: rows of `cin` bytes, read in place.
-        let pre = io.pre.filter(|_| ldq == cin).map(SharedBytes::from_const);
-        let hands = io.hands;
         return scratch.for_each(t.row_tiles * t.panel_chunks, threads, |item, buf| {
             let (tile, chunk) = (item / t.panel_chunks, item % t.panel_chunks);
             let (row0, row1) = t.row_range(tile);
@@ -651,12 +435,9 @@ unsafe fn conv_int8(
             }
             // SAFETY: `buf` is this thread's scratch, at least `rows * k4` bytes (checked above).
             let a = std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, rows * k4);
-            let a = if let Some(pre) = pre {
-                std::slice::from_raw_parts(pre.at(row0 * cin) as *const u8, rows * k4)
-            } else if src.ld == cin && ldq == cin {
+            if src.ld == cin && ldq == cin {
                 let from = std::slice::from_raw_parts(src.at(row0 * cin) as *const f32, rows * cin);
                 qgemm::quantize_row(from, a, q.act);
-                &*a
             } else {
                 for (r, to) in a.chunks_exact_mut(ldq).enumerate() {
                     let from =
@@ -664,16 +445,23 @@ unsafe fn conv_int8(
                     qgemm::quantize_row(from, &mut to[..cin], q.act);
                     to[cin..].fill(zp);
                 }
-                &*a
-            };
+            }
             let (panel0, panel1) = t.panel_range(chunk);
             for j in panel0..panel1 {
                 let mut r = 0;
                 while r < rows {
                     let n = MR.min(rows - r);
-                    strip_out(kernel, &hands, q, &dst, row0 + r, n, j, |c, ldc| {
-                        qgemm::strip(kernel, q, j, a.as_ptr().add(r * k4), k4, n, c, ldc, ep)
-                    });
+                    qgemm::strip(
+                        kernel,
+                        q,
+                        j,
+                        a.as_ptr().add(r * k4),
+                        k4,
+                        n,
+                        dst.at((row0 + r) * dst.ld + j * NR),
+                        dst.ld,
+                        ep,
+                    );
                     r += n;
                 }
             }
@@ -689,18 +477,17 @@ unsafe fn conv_int8(
     }
     let qin = SharedBytes(shared.as_mut_slice().as_mut_ptr() as *mut u8);
     if reads_in_place(conv, kernel) {
-        let g = conv.geometry;
-        // Quantised and padded by the previous convolution: phase 1 is already done.
-        let (qin, qin_bytes, quantised) = match io.pre {
-            Some(pre) => (
-                SharedBytes::from_const(pre),
-                Handoff::bytes_for(src.n, src.h, src.w, cin, (g.pad_h, g.pad_w)),
-                true,
-            ),
-            None => (qin, 4 * shared.len(), false),
-        };
         return conv_int8_taps(
-            kernel, conv, q, qin, qin_bytes, quantised, src, dst, ep, t, threads, io.hands,
+            kernel,
+            conv,
+            q,
+            qin,
+            4 * shared.len(),
+            src,
+            dst,
+            ep,
+            t,
+            threads,
         );
     }
     let per_item = (QUANT_ITEM_BYTES / ldq.max(1)).max(1);
@@ -737,9 +524,17 @@ unsafe fn conv_int8(
             let mut r = 0;
             while r < rows {
                 let n = MR.min(rows - r);
-                strip_out(kernel, &io.hands, q, &dst, row0 + r, n, j, |c, ldc| {
-                    qgemm::strip(kernel, q, j, a.add(r * k4), k4, n, c, ldc, ep)
-                });
+                qgemm::strip(
+                    kernel,
+                    q,
+                    j,
+                    a.add(r * k4),
+                    k4,
+                    n,
+                    dst.at((row0 + r) * dst.ld + j * NR),
+                    dst.ld,
+                    ep,
+                );
                 r += n;
             }
         }
@@ -761,13 +556,11 @@ unsafe fn conv_int8_taps(
     q: &QuantWeights,
     qin: SharedBytes,
     qin_bytes: usize,
-    quantised: bool,
     src: View,
     dst: View,
     ep: Epilogue,
     t: Tiling,
     threads: usize,
-    hands: [Option<Handoff>; MAX_HANDOFFS],
 ) {
     let g = conv.geometry;
     let cin = conv.cin;
@@ -778,15 +571,9 @@ unsafe fn conv_int8_taps(
     if qin_bytes < lines * wp * cin || taps_count * cin != q.k4 || taps_count > MAX_TAPS {
         return; // cannot happen: the workspace sizes the buffer from the same shapes
     }
-    // Phase 1: quantise, one padded line of pixels at a time (unless the previous convolution
-    // handed its output on quantised).
+    // Phase 1: quantise, one padded line of pixels at a time.
     let per_item = (QUANT_ITEM_BYTES / (wp * cin).max(1)).max(1);
-    let quant_items = if quantised {
-        0
-    } else {
-        lines.div_ceil(per_item)
-    };
-    for_each_item(quant_items, threads, |item| {
+    for_each_item(lines.div_ceil(per_item), threads, |item| {
         for line in item * per_item..((item + 1) * per_item).min(lines) {
             let to = std::slice::from_raw_parts_mut(qin.at(line * wp * cin), wp * cin);
             let (img, y) = (line / hp, line % hp);
@@ -848,9 +635,18 @@ unsafe fn conv_int8_taps(
                         }
                     }
                 }
-                strip_out(kernel, &hands, q, &dst, r, n, j, |c, ldc| {
-                    qgemm::strip_taps(kernel, q, j, &rp, n, taps, run, c, ldc, ep)
-                });
+                qgemm::strip_taps(
+                    kernel,
+                    q,
+                    j,
+                    &rp,
+                    n,
+                    taps,
+                    run,
+                    dst.at(r * dst.ld + j * NR),
+                    dst.ld,
+                    ep,
+                );
                 r += n;
             }
         }

@@ -20,9 +20,8 @@ use candle_core::{Device, Tensor};
 use super::conv::{ConvKernel, FoldedConv};
 use super::cpu_conv::{cpu_f32, CpuGemmConv};
 pub use build::{ConvQuant, PlanConv};
-use exec::{Handoff, Int8Io, PreparedConv, Scratch, Tiling, View};
+use exec::{PreparedConv, Scratch, Tiling, View};
 use gemm::{AlignedVec, Epilogue, MicroKernel};
-use qgemm::ActQuant;
 
 /// The kernel choice that asks for the plan: the trunk runs through [`CpuPlan`] when the model is
 /// f32 on the CPU, and through [`CpuGemmConv`] layer by layer otherwise (f16, CUDA).
@@ -102,36 +101,6 @@ struct Workspace {
     /// Per step: floating-point operations of one call (multiply-adds count 2).
     flops: Vec<f64>,
     scratch: Scratch,
-    /// Every handoff (see [`CpuPlan::handoff_count`]), in producer order.
-    handoffs: Vec<HandoffPlan>,
-    /// Per step: the handoffs it writes (indices into `handoffs`), and the one it reads.
-    hands_of: Vec<[Option<usize>; exec::MAX_HANDOFFS]>,
-    pre_of: Vec<Option<usize>>,
-    /// Byte buffers the handoffs live in, shared between handoffs whose lifetimes (producer step
-    /// to consumer step) do not overlap.
-    handoff_bufs: Vec<AlignedVec>,
-}
-
-/// One handoff: from step `producer` to step `consumer`, which reads producer columns
-/// `col0..col0 + channels` quantised by `act`, laid out with padding `pad`.
-#[derive(Debug, Clone, Copy)]
-struct HandoffLink {
-    producer: usize,
-    consumer: usize,
-    col0: usize,
-    act: ActQuant,
-    channels: usize,
-    pad: (usize, usize),
-    /// No step reads these columns in f32 (see [`exec::Handoff::only`]).
-    only: bool,
-}
-
-/// A handoff placed for an input shape: its bytes and its buffer.
-#[derive(Debug, Clone, Copy)]
-struct HandoffPlan {
-    link: HandoffLink,
-    bytes: usize,
-    buf: usize,
 }
 
 #[derive(Debug)]
@@ -146,8 +115,6 @@ pub struct CpuPlan {
     output: usize,
     kernel: MicroKernel,
     threads: usize,
-    /// Whether int8 convolutions hand their outputs on quantised (see [`CpuPlan::handoffs`]).
-    handoffs: bool,
     workspace: Mutex<Option<Workspace>>,
     profiling: AtomicBool,
     /// Per step: wall time and the running thread's CPU time, summed over profiled calls.
@@ -216,118 +183,6 @@ impl CpuPlan {
     pub fn with_kernel(mut self, kernel: MicroKernel) -> Self {
         self.kernel = kernel;
         self
-    }
-
-    /// Turns the int8 handoffs off (tests hold the plan with them to the plan without).
-    pub fn with_handoffs(mut self, on: bool) -> Self {
-        self.handoffs = on;
-        self
-    }
-
-    /// Int8 convolutions whose input another int8 convolution hands them already quantised:
-    /// the consumer reads a channel range that the producer, the last step to write any of it,
-    /// wrote whole, starting at one of its weight panels (a block's up-projection and the next
-    /// block's entry, an entry and its branches' first convolutions, the links of a branch
-    /// chain, the stem's chain of 3x3s), and reads a 1x1's rows or its taps in place. The
-    /// producer still writes f32 (the residual stream, calibration's observer and every other
-    /// reader use it). Not handed on: inputs written by several steps (an up-projection's
-    /// concatenated branches, a reduction's output) or by an f32 step (the stem, max-pooling).
-    pub fn handoff_count(&self) -> usize {
-        self.handoff_links().len()
-    }
-
-    /// Every handoff of the plan (see [`CpuPlan::handoff_count`]), in consumer order.
-    fn handoff_links(&self) -> Vec<HandoffLink> {
-        let mut links: Vec<HandoffLink> = Vec::new();
-        if !self.handoffs {
-            return links;
-        }
-        let written = |op: &Op| match *op {
-            Op::Stem { dst, .. } | Op::Conv { dst, .. } | Op::MaxPool { dst, .. } => dst,
-        };
-        for (j, step) in self.steps.iter().enumerate() {
-            let Op::Conv { conv: c, src, .. } = step.op else {
-                continue;
-            };
-            let consumer = &self.convs[c];
-            let Some(q) = &consumer.int8 else { continue };
-            if !consumer.cin.is_multiple_of(4)
-                || !(consumer.is_pointwise() || exec::reads_in_place(consumer, self.kernel))
-            {
-                continue;
-            }
-            // The last step before `j` that wrote any of `src`'s channels.
-            let overlaps = |d: Slot| {
-                d.buf == src.buf
-                    && d.offset < src.offset + src.channels
-                    && src.offset < d.offset + d.channels
-            };
-            let Some(i) = (0..j).rev().find(|&i| overlaps(written(&self.steps[i].op))) else {
-                continue;
-            };
-            let Op::Conv {
-                conv: p,
-                dst,
-                epilogue,
-                ..
-            } = self.steps[i].op
-            else {
-                continue;
-            };
-            if epilogue.accumulate {
-                continue;
-            }
-            let col0 = src.offset - src.offset.min(dst.offset);
-            let inside =
-                src.offset >= dst.offset && src.offset + src.channels <= dst.offset + dst.channels;
-            let whole_panels = col0.is_multiple_of(gemm::NR)
-                && (src.channels.is_multiple_of(gemm::NR)
-                    || src.offset + src.channels == dst.offset + dst.channels);
-            let producing = self.convs[p].int8.is_some()
-                && links.iter().filter(|l| l.producer == i).count() < exec::MAX_HANDOFFS;
-            if inside && whole_panels && producing {
-                let g = consumer.geometry;
-                links.push(HandoffLink {
-                    producer: i,
-                    consumer: j,
-                    col0,
-                    act: q.act,
-                    channels: src.channels,
-                    pad: if consumer.is_pointwise() {
-                        (0, 0)
-                    } else {
-                        (g.pad_h, g.pad_w)
-                    },
-                    only: false,
-                });
-            }
-        }
-        // Columns whose f32 nobody reads after the producer (every later reader of them takes
-        // its input quantised, no residual add reads them, they are not the features) need not
-        // be stored in f32 at all.
-        let consumers: Vec<usize> = links.iter().map(|l| l.consumer).collect();
-        let f32_reads = |k: usize| -> [Option<Slot>; 2] {
-            match self.steps[k].op {
-                Op::Stem { src, .. } | Op::MaxPool { src, .. } => [Some(src), None],
-                Op::Conv {
-                    src, dst, epilogue, ..
-                } => [
-                    (!consumers.contains(&k)).then_some(src),
-                    epilogue.accumulate.then_some(dst),
-                ],
-            }
-        };
-        for l in links.iter_mut() {
-            let Op::Conv { dst, .. } = self.steps[l.producer].op else {
-                continue;
-            };
-            let (lo, hi) = (dst.offset + l.col0, dst.offset + l.col0 + l.channels);
-            let read = |s: Slot| s.buf == dst.buf && s.offset < hi && lo < s.offset + s.channels;
-            l.only = dst.buf != self.output
-                && (l.producer + 1..self.steps.len())
-                    .all(|k| !f32_reads(k).into_iter().flatten().any(read));
-        }
-        links
     }
 
     /// Turns per-step timing on (for `echonet bench --profile`) and clears what was recorded.
@@ -543,28 +398,7 @@ impl CpuPlan {
                         epilogue,
                     } => {
                         let tiling = ws.tilings[i].ok_or_else(|| bad("conv tiling missing"))?;
-                        let mut io = Int8Io::default();
-                        for (hand, h) in io.hands.iter_mut().zip(ws.hands_of[i]) {
-                            let Some(h) = h.and_then(|h| ws.handoffs.get(h).copied()) else {
-                                continue;
-                            };
-                            let buf = ws.handoff_bufs[h.buf].as_mut_slice();
-                            *hand = Some(Handoff {
-                                ptr: buf.as_mut_ptr() as *mut u8,
-                                bytes: h.bytes.min(4 * buf.len()),
-                                act: h.link.act,
-                                col0: h.link.col0,
-                                channels: h.link.channels,
-                                pad_h: h.link.pad.0,
-                                pad_w: h.link.pad.1,
-                                // The observer reads every convolution's f32 input.
-                                only: h.link.only && observe.is_none(),
-                            });
-                        }
-                        if let Some(h) = ws.pre_of[i].and_then(|h| ws.handoffs.get(h)) {
-                            io.pre = Some(ws.handoff_bufs[h.buf].as_slice().as_ptr() as *const u8);
-                        }
-                        exec::conv_io(
+                        exec::conv(
                             self.kernel,
                             &self.convs[conv],
                             view(ws, src),
@@ -573,7 +407,6 @@ impl CpuPlan {
                             tiling,
                             &ws.scratch,
                             self.threads,
-                            io,
                         );
                     }
                     Op::MaxPool { src, dst } => {
@@ -684,40 +517,6 @@ impl CpuPlan {
             }
         }
         last[self.output] = usize::MAX;
-        // Handoff buffers: greedy lifetime sharing, a buffer free once its last consumer has run
-        // (a step never writes the buffer it reads).
-        let mut links = self.handoff_links();
-        links.sort_by_key(|l| l.producer);
-        let mut handoffs: Vec<HandoffPlan> = Vec::new();
-        let mut hands_of = vec![[None; exec::MAX_HANDOFFS]; self.steps.len()];
-        let mut pre_of = vec![None; self.steps.len()];
-        let mut buf_sizes: Vec<usize> = Vec::new();
-        let mut buf_free_after: Vec<usize> = Vec::new();
-        for link in links {
-            let Op::Conv { dst, .. } = self.steps[link.producer].op else {
-                continue;
-            };
-            let Some((oh, ow)) = dims[dst.buf] else {
-                continue;
-            };
-            let Some(slot) = hands_of[link.producer].iter().position(|h| h.is_none()) else {
-                continue;
-            };
-            let bytes = Handoff::bytes_for(n, oh, ow, link.channels, link.pad);
-            let buf = match (0..buf_sizes.len()).find(|&b| buf_free_after[b] < link.producer) {
-                Some(b) => b,
-                None => {
-                    buf_sizes.push(0);
-                    buf_free_after.push(0);
-                    buf_sizes.len() - 1
-                }
-            };
-            buf_sizes[buf] = buf_sizes[buf].max(bytes);
-            buf_free_after[buf] = link.consumer;
-            hands_of[link.producer][slot] = Some(handoffs.len());
-            pre_of[link.consumer] = Some(handoffs.len());
-            handoffs.push(HandoffPlan { link, bytes, buf });
-        }
         // Greedy lifetime sharing, in order of first use.
         let mut order: Vec<usize> = (0..self.buffers.len()).collect();
         order.sort_by_key(|&b| first[b]);
@@ -754,13 +553,6 @@ impl CpuPlan {
             tilings,
             flops,
             scratch: Scratch::new(self.threads, scratch).with_shared(quantised),
-            handoffs,
-            hands_of,
-            pre_of,
-            handoff_bufs: buf_sizes
-                .into_iter()
-                .map(|b| AlignedVec::zeroed(b.div_ceil(4)))
-                .collect(),
         })
     }
 
@@ -772,8 +564,7 @@ impl CpuPlan {
             .and_then(|g| {
                 g.as_ref().map(|ws| {
                     4 * (ws.physical.iter().map(|b| b.len()).sum::<usize>()
-                        + ws.scratch.floats() * (self.threads + 1)
-                        + ws.handoff_bufs.iter().map(|b| b.len()).sum::<usize>())
+                        + ws.scratch.floats() * (self.threads + 1))
                         + ws.scratch.shared_bytes()
                 })
             })

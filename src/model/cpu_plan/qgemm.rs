@@ -91,42 +91,6 @@ pub fn quantize_row(src: &[f32], dst: &mut [u8], act: ActQuant) {
     }
 }
 
-/// Quantises a just-stored output tile for the next convolution (an int8 layer handing its
-/// output on already quantised, see `exec::Handoff`): row `r < rows` of `cols` (at most [`NR`])
-/// floats at `c + r * ldc` into the `cols` bytes at `dst[r]`, with the same arithmetic as
-/// [`quantize_row`] (so the consumer sees the bytes its own quantisation pass would have made).
-/// The tile was written a moment ago and is read back from L1.
-///
-/// # Safety
-/// Rows `0..rows` hold `cols` readable floats at `c + r * ldc`; `dst[r]` holds `cols` writable
-/// bytes no other thread touches during the call.
-#[inline]
-pub unsafe fn quantize_tile(
-    kernel: MicroKernel,
-    c: *const f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    dst: &[*mut u8; MR],
-    act: ActQuant,
-) {
-    let inv = 1.0 / act.scale;
-    let zp = act.zero_point as i32;
-    #[cfg(target_arch = "x86_64")]
-    if cols == NR && matches!(kernel, MicroKernel::Avx2Fma) {
-        // SAFETY: `Avx2Fma` is only chosen on a CPU with AVX2; sizes as stated above.
-        return avx2::quantize_tile(c, ldc, rows, dst, inv, zp);
-    }
-    let _ = kernel;
-    for (r, &to) in dst.iter().enumerate().take(rows) {
-        let from = std::slice::from_raw_parts(c.add(r * ldc), cols);
-        let to = std::slice::from_raw_parts_mut(to, cols);
-        for (d, &s) in to.iter_mut().zip(from) {
-            *d = quantize_one(s, inv, zp);
-        }
-    }
-}
-
 /// Symmetric per-output-channel quantisation of `n` columns of `k` rows (`w(row, col)`): the
 /// int8 values (column-major, `col * k + row`) and each column's scale.
 pub fn quantize_weights(
@@ -425,38 +389,6 @@ mod avx2 {
             i += 32;
         }
         n
-    }
-
-    /// [`super::quantize_tile`] for whole 16-column rows: the ops of [`quantize`] on two vectors.
-    ///
-    /// # Safety
-    /// As [`super::quantize_tile`] with `cols` = 16; AVX2 is present.
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn quantize_tile(
-        c: *const f32,
-        ldc: usize,
-        rows: usize,
-        dst: &[*mut u8; MR],
-        inv: f32,
-        zp: i32,
-    ) {
-        let inv = _mm256_set1_ps(inv);
-        let lo = _mm256_set1_ps(-256.0);
-        let hi = _mm256_set1_ps(512.0);
-        let zp = _mm256_set1_epi32(zp);
-        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-        for (r, &to) in dst.iter().enumerate().take(rows) {
-            let q = |o: usize| {
-                let v = _mm256_mul_ps(_mm256_loadu_ps(c.add(r * ldc + o)), inv);
-                let v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
-                _mm256_add_epi32(_mm256_cvtps_epi32(v), zp)
-            };
-            // Bytes 0-3 | 8-11 | 0 | 0 in the low lane, 4-7 | 12-15 | 0 | 0 in the high one.
-            let p = _mm256_packs_epi32(q(0), q(8));
-            let bytes =
-                _mm256_permutevar8x32_epi32(_mm256_packus_epi16(p, _mm256_setzero_si256()), order);
-            _mm_storeu_si128(to as *mut __m128i, _mm256_castsi256_si128(bytes));
-        }
     }
 
     /// # Safety

@@ -3,6 +3,7 @@
 //! per layer into tiles of output rows and output-column panels so every thread has work on
 //! every layer; each thread im2cols into its own scratch buffer, sized at warm-up.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
@@ -181,7 +182,7 @@ pub fn tiling(conv: &PreparedConv, n: usize, oh: usize, ow: usize, threads: usiz
         scratch: match &conv.int8 {
             // An int8 1x1 convolution quantises a tile of its input into scratch bytes; others
             // unfold a tile of the quantised input there (unless they read their taps in place).
-            Some(q) => (max_rows.min(m.max(1)) * q.k4).div_ceil(4),
+            Some(q) => QUANT_TAG_FLOATS + (max_rows.min(m.max(1)) * q.k4).div_ceil(4),
             None if conv.is_pointwise() => 0,
             None => max_rows.min(m.max(1)) * k,
         },
@@ -385,6 +386,13 @@ impl SharedBytes {
     }
 }
 
+/// Floats at the head of an int8 1x1 work item's scratch that say whose rows it holds (the
+/// layer call and row tile, see [`conv_int8`]); 16, so the rows stay 64-byte aligned.
+const QUANT_TAG_FLOATS: usize = 16;
+
+/// Numbers int8 1x1 layer calls, for the scratch tags (one per call, never reused).
+static QUANT_CALLS: AtomicU64 = AtomicU64::new(1);
+
 /// Pixels quantised per work item of the quantisation phase (a few thousand bytes at least).
 const QUANT_ITEM_BYTES: usize = 64 * 1024;
 
@@ -426,16 +434,26 @@ unsafe fn conv_int8(
         if ldq != k4 {
             return; // cannot happen: a 1x1's K is its input channels
         }
+        // Where the output columns are split between items (the 17x17 and 8x8 layers with
+        // 2 threads: 2 items per thread, all on the same rows), an item whose scratch already
+        // holds its row tile from this call, quantised by the thread's previous item, skips the
+        // quantisation: the scratch's head is tagged with the call and the row tile.
+        let call = QUANT_CALLS.fetch_add(1, Ordering::Relaxed);
         return scratch.for_each(t.row_tiles * t.panel_chunks, threads, |item, buf| {
             let (tile, chunk) = (item / t.panel_chunks, item % t.panel_chunks);
             let (row0, row1) = t.row_range(tile);
             let rows = row1 - row0;
-            if rows == 0 || 4 * buf.len() < rows * k4 {
+            if rows == 0 || 4 * (buf.len().saturating_sub(QUANT_TAG_FLOATS)) < rows * k4 {
                 return; // cannot happen: the workspace sizes scratch from the same tiling
             }
-            // SAFETY: `buf` is this thread's scratch, at least `rows * k4` bytes (checked above).
-            let a = std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, rows * k4);
-            if src.ld == cin && ldq == cin {
+            let (head, body) = buf.split_at_mut(QUANT_TAG_FLOATS);
+            let tag = [call as u32, (call >> 32) as u32, tile as u32];
+            let held = head.iter().zip(tag).all(|(h, t)| h.to_bits() == t);
+            // SAFETY: `body` is this thread's scratch, at least `rows * k4` bytes (checked above).
+            let a = std::slice::from_raw_parts_mut(body.as_mut_ptr() as *mut u8, rows * k4);
+            if held {
+                // Quantised by this thread's previous item of this call.
+            } else if src.ld == cin && ldq == cin {
                 let from = std::slice::from_raw_parts(src.at(row0 * cin) as *const f32, rows * cin);
                 qgemm::quantize_row(from, a, q.act);
             } else {
@@ -445,6 +463,9 @@ unsafe fn conv_int8(
                     qgemm::quantize_row(from, &mut to[..cin], q.act);
                     to[cin..].fill(zp);
                 }
+            }
+            for (h, t) in head.iter_mut().zip(tag) {
+                *h = f32::from_bits(t);
             }
             let (panel0, panel1) = t.panel_range(chunk);
             for j in panel0..panel1 {
@@ -837,6 +858,64 @@ mod tests {
             weights: PackedWeights::pack(kh * cin, cout, |_, _| 0.0, &vec![0.0; cout]),
             winograd: None,
             int8: None,
+        }
+    }
+
+    /// The max-pool against the 3x3 window's maximum taken directly: few and many channels,
+    /// slices of wider buffers, odd and even sizes, 1-3 threads.
+    #[test]
+    fn max_pool_matches_the_window_maximum() {
+        let mut seed = 7u64;
+        for &(n, h, w, c, ld) in &[
+            (1, 7, 9, 3, 3),
+            (2, 9, 8, 64, 64),
+            (1, 11, 11, 70, 96),
+            (1, 17, 17, 130, 130),
+            (1, 3, 3, 1, 1),
+        ] {
+            let mut input: Vec<f32> = (0..n * h * w * ld)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                })
+                .collect();
+            let (oh, ow) = pool_output_size(h, w).unwrap_or((0, 0));
+            for threads in 1..4 {
+                let mut out = vec![f32::NAN; n * oh * ow * ld];
+                let v = |ptr: *mut f32, h, w| View {
+                    ptr,
+                    ld,
+                    channels: c,
+                    n,
+                    h,
+                    w,
+                };
+                // SAFETY: both views cover exactly their vectors.
+                unsafe {
+                    max_pool_3s2(
+                        v(input.as_mut_ptr(), h, w),
+                        v(out.as_mut_ptr(), oh, ow),
+                        threads,
+                    )
+                };
+                for img in 0..n {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            for ch in 0..c {
+                                let mut m = f32::MIN;
+                                for ky in 0..3 {
+                                    for kx in 0..3 {
+                                        let p = (img * h + 2 * oy + ky) * w + 2 * ox + kx;
+                                        m = m.max(input[p * ld + ch]);
+                                    }
+                                }
+                                let got = out[((img * oh + oy) * ow + ox) * ld + ch];
+                                assert_eq!(got, m, "{n}x{h}x{w}x{c} threads {threads}");
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 

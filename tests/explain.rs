@@ -343,6 +343,19 @@ fn saliency_mass_falls_on_the_heart() {
     assert!(ratio > 1.5, "mass ratio {ratio:.2}");
 }
 
+/// The A4C phantom patient of `seed` with a pacemaker lead, and the same patient without one.
+fn paced_and_unpaced(seed: u64) -> (Phantom, Phantom) {
+    let patient = |pacemaker| {
+        Phantom::new(PhantomParams {
+            pacemaker,
+            view: PhantomView::A4c,
+            ..PhantomParams::random(seed)
+        })
+        .unwrap()
+    };
+    (patient(true), patient(false))
+}
+
 /// Issue #13 item 5, as in the paper's figure: SmoothGrad of the bundled model's `pacemaker` head
 /// on phantom frames with a lead puts far more of its mass on the lead (the phantom knows where
 /// it drew it: `lead_mask`, grown by 0.25 cm, about one model-input pixel, for the blur of
@@ -399,15 +412,7 @@ fn smoothgrad_for_pacemaker_lights_up_the_lead() {
     let (mut mass, mut share) = ([0.0f64; 3], [0.0f64; 3]);
     let (mut area, mut n) = (0.0, 0usize);
     for seed in [3, 8, 21] {
-        let patient = |pacemaker| {
-            Phantom::new(PhantomParams {
-                pacemaker,
-                view: PhantomView::A4c,
-                ..PhantomParams::random(seed)
-            })
-            .unwrap()
-        };
-        let (phantom, unpaced) = (patient(true), patient(false));
+        let (phantom, unpaced) = paced_and_unpaced(seed);
         let (w, h) = (phantom.params().width, phantom.params().height);
         let geometry = Arc::new(phantom.geometry());
         let mut pre = Preprocessor::new(PreprocessConfig::default()).unwrap();
@@ -491,15 +496,7 @@ fn pacemaker_head_answers_to_the_lead_itself() {
     let mut mean = [0.0f64; 4];
     let mut n = 0.0;
     for seed in [3u64, 8, 21, 40, 41] {
-        let patient = |pacemaker| {
-            Phantom::new(PhantomParams {
-                pacemaker,
-                view: PhantomView::A4c,
-                ..PhantomParams::random(seed)
-            })
-            .unwrap()
-        };
-        let (phantom, unpaced) = (patient(true), patient(false));
+        let (phantom, unpaced) = paced_and_unpaced(seed);
         let (w, h) = (phantom.params().width, phantom.params().height);
         let geometry = Arc::new(phantom.geometry());
         for index in [0u64, 9] {

@@ -506,6 +506,23 @@ fn batch_tensor(
     Tensor::from_vec(pixels, (n, 1, size, size), device)
 }
 
+/// Puts `tensors` (parameter name, value) into the variable map on `device`, replacing what the
+/// seeded initialiser made: a checkpoint being resumed, or a bundle being fine-tuned.
+fn set_parameters<'a>(
+    varmap: &VarMap,
+    tensors: impl Iterator<Item = (&'a str, &'a Tensor)>,
+    device: &Device,
+) -> Result<(), TrainError> {
+    let mut vars = varmap.data().lock().map_err(|_| TrainError::Parameter {
+        name: "<variable map>".into(),
+        reason: "lock poisoned".into(),
+    })?;
+    for (name, t) in tensors {
+        vars.insert(name.to_string(), Var::from_tensor(&t.to_device(device)?)?);
+    }
+    Ok(())
+}
+
 /// One training run (one learning rate and weight decay) writing into `work_dir`:
 /// `checkpoint.safetensors` (resumable state) and `best.safetensors` (the best validation
 /// network as a bundle).
@@ -566,17 +583,13 @@ pub fn train_run(
                 saved.weight_decay
             )));
         }
-        {
-            let mut vars = varmap.data().lock().map_err(|_| TrainError::Parameter {
-                name: "<variable map>".into(),
-                reason: "lock poisoned".into(),
-            })?;
-            for (name, t) in &tensors {
-                if let Some(p) = name.strip_prefix("param/") {
-                    vars.insert(p.to_string(), Var::from_tensor(&t.to_device(device)?)?);
-                }
-            }
-        }
+        set_parameters(
+            &varmap,
+            tensors
+                .iter()
+                .filter_map(|(name, t)| Some((name.strip_prefix("param/")?, t))),
+            device,
+        )?;
         restored_optimiser = Some((tensors, saved.step as u64));
         state = saved;
         tracing::info!(step = state.step, checkpoint = %checkpoint_path.display(), "resuming");
@@ -585,13 +598,11 @@ pub fn train_run(
     let initialised = match (&control.init, restored_optimiser.is_some()) {
         (Some(init), false) => {
             init.check(cfg)?;
-            let mut vars = varmap.data().lock().map_err(|_| TrainError::Parameter {
-                name: "<variable map>".into(),
-                reason: "lock poisoned".into(),
-            })?;
-            for (name, t) in &init.tensors {
-                vars.insert(name.clone(), Var::from_tensor(&t.to_device(device)?)?);
-            }
+            set_parameters(
+                &varmap,
+                init.tensors.iter().map(|(n, t)| (n.as_str(), t)),
+                device,
+            )?;
             // The heads' scale and offset the weights were trained against.
             state.tasks = init.tasks.clone();
             tracing::info!(init = %init.path.display(), "starting from the bundle's weights");

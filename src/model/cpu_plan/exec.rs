@@ -971,6 +971,39 @@ mod tests {
         }
     }
 
+    /// The item clock adds up the time spent inside work items, per thread, while it is on (and
+    /// only then): 8 items of at least 2 ms on a 2-thread pool give 16 ms or more in the pool's
+    /// slots. Lower bounds only: other tests of this binary may run items at the same time, and
+    /// while the clock is on those add to it too.
+    #[test]
+    fn item_clock_counts_time_inside_items() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let item = |_| std::thread::sleep(Duration::from_millis(2));
+        ITEM_CLOCK.set(false);
+        ITEM_CLOCK.take();
+        pool.install(|| for_each_item(8, 2, item));
+        let off = ITEM_CLOCK.take();
+        ITEM_CLOCK.set(true);
+        pool.install(|| for_each_item(8, 2, item));
+        let on = ITEM_CLOCK.take();
+        for_each_item(3, 1, item);
+        let inline = ITEM_CLOCK.take();
+        ITEM_CLOCK.set(false);
+        assert!(
+            off.iter().all(|d| d.is_zero()),
+            "recorded while off: {off:?}"
+        );
+        assert!(on[0] + on[1] >= Duration::from_millis(16), "{on:?}");
+        // One thread outside any pool: the items run inline, in the last slot.
+        assert!(
+            inline[CLOCK_SLOTS - 1] >= Duration::from_millis(6),
+            "{inline:?}"
+        );
+    }
+
     /// Every output row and panel is covered exactly once, tiles differ by at most one strip,
     /// and with several threads the items divide evenly between them where the shape allows.
     #[test]

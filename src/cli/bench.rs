@@ -246,6 +246,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 work / cpu.max(1e-12) / 1e9
             );
         }
+        if plan.threads() > 1 {
+            // Where a split step's wall time goes: time inside work items (the busiest thread,
+            // and all threads together), the hand-over to the pool and the wait for the last
+            // item (wall - busiest), and the imbalance (busiest - mean). `busy sum` against the
+            // step's wall time at one thread is what running beside another thread costs the
+            // work itself.
+            eprintln!(
+                "{:<44} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                "split (ms/iter)", "wall", "busy sum", "busiest", "hand-over", "imbalance"
+            );
+            let per = |d: std::time::Duration| d.as_secs_f64() * 1000.0 / args.iters as f64;
+            for row in plan.profile() {
+                let (wall, sum, max) = (per(row.wall), per(row.busy_sum), per(row.busy_max));
+                eprintln!(
+                    "{:<44} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>10.3}",
+                    row.label,
+                    wall,
+                    sum,
+                    max,
+                    wall - max,
+                    max - sum / plan.threads() as f64
+                );
+            }
+        }
         plan.set_profiling(false);
     }
     if let Some(p) = profiler.as_ref().filter(|_| plan_profile.is_none()) {

@@ -117,8 +117,19 @@ pub struct CpuPlan {
     threads: usize,
     workspace: Mutex<Option<Workspace>>,
     profiling: AtomicBool,
-    /// Per step: wall time and the running thread's CPU time, summed over profiled calls.
-    timings: Mutex<Vec<(Duration, Duration)>>,
+    /// Per step, summed over profiled calls.
+    timings: Mutex<Vec<StepTime>>,
+}
+
+/// What profiling records of one step, summed over calls.
+#[derive(Debug, Clone, Copy, Default)]
+struct StepTime {
+    wall: Duration,
+    /// CPU time of the thread that ran the step.
+    cpu: Duration,
+    /// Time inside work items: of the busiest thread, and of all threads together.
+    busy_max: Duration,
+    busy_sum: Duration,
 }
 
 /// One row of [`CpuPlan::profile`]: the steps sharing a label.
@@ -134,6 +145,12 @@ pub struct ProfileRow {
     pub thread_cpu: Duration,
     /// Floating-point operations of one forward at the current shape.
     pub flops: f64,
+    /// Time spent inside the steps' work items, summed over calls: by the busiest thread of each
+    /// call, and by all threads. With several threads, `wall - busy_max` is what handing the
+    /// items to the pool and waiting for the last one cost, and `busy_max - busy_sum / threads`
+    /// the imbalance; `busy_sum` against one thread's wall is the work's own slowdown.
+    pub busy_max: Duration,
+    pub busy_sum: Duration,
 }
 
 /// CPU time consumed by the calling thread so far.
@@ -188,9 +205,10 @@ impl CpuPlan {
     /// Turns per-step timing on (for `echonet bench --profile`) and clears what was recorded.
     pub fn set_profiling(&self, on: bool) {
         self.profiling.store(on, Ordering::Relaxed);
+        exec::ITEM_CLOCK.set(on);
         if let Ok(mut t) = self.timings.lock() {
             t.clear();
-            t.resize(self.steps.len(), (Duration::ZERO, Duration::ZERO));
+            t.resize(self.steps.len(), StepTime::default());
         }
     }
 
@@ -205,21 +223,25 @@ impl CpuPlan {
             .and_then(|g| g.as_ref().map(|ws| ws.flops.clone()))
             .unwrap_or_default();
         let mut rows: Vec<ProfileRow> = Vec::new();
-        for (i, (step, (wall, cpu))) in self.steps.iter().zip(times).enumerate() {
+        for (i, (step, t)) in self.steps.iter().zip(times).enumerate() {
             let f = flops.get(i).copied().unwrap_or(0.0);
             match rows.iter_mut().find(|r| r.label == step.label) {
                 Some(r) => {
                     r.steps += 1;
-                    r.wall += wall;
-                    r.thread_cpu += cpu;
+                    r.wall += t.wall;
+                    r.thread_cpu += t.cpu;
                     r.flops += f;
+                    r.busy_max += t.busy_max;
+                    r.busy_sum += t.busy_sum;
                 }
                 None => rows.push(ProfileRow {
                     label: step.label.clone(),
                     steps: 1,
-                    wall,
-                    thread_cpu: cpu,
+                    wall: t.wall,
+                    thread_cpu: t.cpu,
                     flops: f,
+                    busy_max: t.busy_max,
+                    busy_sum: t.busy_sum,
                 }),
             }
         }
@@ -354,7 +376,10 @@ impl CpuPlan {
             );
             exec::nchw_to_nhwc(input, input_view);
             for (i, step) in self.steps.iter().enumerate() {
-                let start = profiling.then(|| (Instant::now(), thread_cpu_time()));
+                let start = profiling.then(|| {
+                    exec::ITEM_CLOCK.take();
+                    (Instant::now(), thread_cpu_time())
+                });
                 if let Some(f) = observe.as_mut() {
                     let seen = match step.op {
                         Op::Stem { src, .. } => Some((self.stem_for(c)?, src, c)),
@@ -414,10 +439,15 @@ impl CpuPlan {
                     }
                 }
                 if let Some((start, cpu)) = start {
+                    let wall = start.elapsed();
+                    let cpu = thread_cpu_time().saturating_sub(cpu);
+                    let busy = exec::ITEM_CLOCK.take();
                     if let Ok(mut t) = self.timings.lock() {
                         if let Some(slot) = t.get_mut(i) {
-                            slot.0 += start.elapsed();
-                            slot.1 += thread_cpu_time().saturating_sub(cpu);
+                            slot.wall += wall;
+                            slot.cpu += cpu;
+                            slot.busy_max += busy.iter().max().copied().unwrap_or_default();
+                            slot.busy_sum += busy.iter().sum::<Duration>();
                         }
                     }
                 }

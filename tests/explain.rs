@@ -387,9 +387,16 @@ fn paced_and_unpaced(seed: u64) -> (Phantom, Phantom) {
 ///   bundle measured here with `PACEMAKER_SALIENCY_MODEL`.
 ///
 /// The spread is the model's own gradient, not SmoothGrad's noise: the same frames with noise 0
-/// (the plain gradient) give 1.77x, with noise 0.05 1.63x. Left to try: a full retrain (the
-/// fine-tunes above start from a trunk that already answers to the whole right heart), or a
-/// wider input than 96 px, where the lead (0.22 cm) is more than about one pixel wide.
+/// (the plain gradient) give 1.77x, with noise 0.05 1.63x.
+///
+/// Session 9, a full retrain with that noise (`make model`'s train command plus
+/// `--augment-noise 0.15`, 2500 steps from a seeded start): 2.75x (10.2 % of the map on the
+/// lead; ring 2.03x, shadow 1.80x), validation EDV / EF / ESV MAE 9.26 / 8.88 / 12.24 against
+/// the bundled model's 7.37 / 8.75 / 11.99; a further 1000-step fine-tune of it with the same
+/// noise (`--init`, lr 3e-4): 2.76x. So noise training lifts the lead's share from 1.7x to
+/// 2.75x and plateaus there. Left to try: a wider input than 96 px, where the lead (0.22 cm)
+/// is more than about one pixel wide, and lead-like bright lines in unpaced patients (hard
+/// negatives) so that only the lead's shape answers.
 ///
 /// `PACEMAKER_SALIENCY_MODEL=FILE` measures another bundle (a candidate) instead of the bundled
 /// one.

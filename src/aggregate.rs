@@ -171,6 +171,10 @@ pub struct RollingWindow {
     /// One frame's inference cost measured at warm-up, when it exceeds the 10 fps budget: a
     /// stretched window is then explained as inference being too slow.
     slow_inference_ms: Option<f64>,
+    /// Inference fell behind while the window filled although one frame fits the budget (the
+    /// rest of the daemon shares the cores, or the machine slowed after warm-up): the running
+    /// cost per frame and the sampled frames the inference queue dropped.
+    inference_backlog: Option<(f64, u64)>,
     /// The bundle's OOD thresholds, when its gate is on.
     ood_threshold: Option<OodThresholds>,
 }
@@ -192,6 +196,16 @@ pub fn slow_inference_cause(ms_per_frame: f64) -> String {
     )
 }
 
+/// The start of a withheld reason when the inference queue dropped sampled frames although one
+/// frame alone fits the budget: the running cost, the drops and what to do (the same prefix as
+/// [`slow_inference_cause`], which the display flags).
+pub fn inference_backlog_cause(ms_per_frame: f64, dropped: u64) -> String {
+    format!(
+        "inference too slow ({ms_per_frame:.0} ms per frame, with the rest of the daemon on the same \
+         cores; {dropped} sampled frames dropped at the inference queue; {SLOW_INFERENCE_ADVICE}): "
+    )
+}
+
 fn mean_and_spread(values: &[f64]) -> (f64, Option<f64>) {
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
@@ -207,6 +221,7 @@ impl RollingWindow {
             config,
             frames: VecDeque::with_capacity(capacity),
             slow_inference_ms: None,
+            inference_backlog: None,
             ood_threshold: None,
         }
     }
@@ -221,6 +236,14 @@ impl RollingWindow {
     /// [`FRAME_BUDGET_MS`] a window withheld for dropped frames names slow inference as the cause.
     pub fn set_inference_cost(&mut self, ms_per_frame: f64) {
         self.slow_inference_ms = (ms_per_frame > FRAME_BUDGET_MS).then_some(ms_per_frame);
+    }
+
+    /// Records, before an estimate, whether the inference queue dropped sampled frames since
+    /// the previous one (`dropped` of them; 0: it kept up) and the running cost of one frame's
+    /// inference, so that a window withheld for dropped frames names slow inference as the cause
+    /// even when the warm-up measurement was within the budget.
+    pub fn set_inference_backlog(&mut self, running_ms_per_frame: f64, dropped: u64) {
+        self.inference_backlog = (dropped > 0).then_some((running_ms_per_frame, dropped));
     }
 
     pub fn config(&self) -> &WindowConfig {
@@ -298,10 +321,11 @@ impl RollingWindow {
         );
         if span > Duration::from_millis(self.config.max_span_ms) {
             estimate.status = Status::Withheld;
-            let cause = self
-                .slow_inference_ms
-                .map(slow_inference_cause)
-                .unwrap_or_default();
+            let cause = match (self.slow_inference_ms, self.inference_backlog) {
+                (Some(ms), _) => slow_inference_cause(ms),
+                (None, Some((ms, dropped))) => inference_backlog_cause(ms, dropped),
+                (None, None) => String::new(),
+            };
             estimate.withheld_reason = Some(format!(
                 "{cause}the window's {} frames span {:.1} s (at most {:.1} s): frames were dropped, so it is not {} frames at 10 fps",
                 self.frames.len(),
@@ -853,6 +877,45 @@ mod tests {
         w.set_inference_cost(40.0);
         let reason = w.estimate(&tasks()).unwrap().withheld_reason.unwrap();
         assert!(reason.starts_with("the window's 20 frames"), "{reason}");
+    }
+
+    /// One frame fitted the budget at warm-up (99 ms), but the inference queue dropped frames
+    /// while the window filled: the stretched window still names slow inference, with the
+    /// running cost and the drops; once the queue keeps up again the plain reason returns.
+    #[test]
+    fn inference_queue_drops_name_slow_inference_even_within_the_warm_up_budget() {
+        let mut w = RollingWindow::new(WindowConfig::default());
+        w.set_inference_cost(99.0);
+        for i in 0..20u64 {
+            let mut f = frame(i, valid(50.0, 30.0, 60.0));
+            f.media_time = Duration::from_millis(i * 140);
+            w.push(f);
+        }
+        w.set_inference_backlog(104.4, 13);
+        let reason = w.estimate(&tasks()).unwrap().withheld_reason.unwrap();
+        assert!(
+            reason.starts_with(
+                "inference too slow (104 ms per frame, with the rest of the daemon on the same \
+                 cores; 13 sampled frames dropped at the inference queue; "
+            ),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("GPU") && reason.contains("int8"),
+            "{reason}"
+        );
+        assert!(reason.contains("span 2.7 s"), "{reason}");
+        w.set_inference_backlog(95.0, 0);
+        let reason = w.estimate(&tasks()).unwrap().withheld_reason.unwrap();
+        assert!(reason.starts_with("the window's 20 frames"), "{reason}");
+        // A warm-up cost over the budget keeps its own wording.
+        w.set_inference_cost(160.0);
+        w.set_inference_backlog(170.0, 4);
+        let reason = w.estimate(&tasks()).unwrap().withheld_reason.unwrap();
+        assert!(
+            reason.starts_with("inference too slow (160 ms per frame, budget 100 ms; "),
+            "{reason}"
+        );
     }
 
     #[test]

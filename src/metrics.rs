@@ -178,6 +178,15 @@ impl PipelineMetrics {
         self.drops.lock().map(|d| d.clone()).unwrap_or_default()
     }
 
+    /// Frames dropped so far for one reason (`DropReason::as_str`), without copying the map.
+    pub fn dropped(&self, reason: &str) -> u64 {
+        self.drops
+            .lock()
+            .ok()
+            .and_then(|d| d.get(reason).copied())
+            .unwrap_or(0)
+    }
+
     pub fn invalid_frames(&self) -> BTreeMap<String, u64> {
         self.invalid_frames
             .lock()

@@ -2,6 +2,7 @@
 //! view gate and the out-of-distribution gate), shared by the live daemon and offline prediction (`crate::offline`), and the
 //! inference thread's body (build and warm the model, then window every sample).
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,7 +10,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use crossbeam_channel::{Receiver, Sender};
 
-use super::queue::{DropOldest, ToInfer, ToPublish};
+use super::queue::{DropOldest, DropReason, ToInfer, ToPublish};
 use super::{BoxError, PipelineError, StageWatch};
 use crate::aggregate::{FramePrediction, RollingWindow, Verdict, WindowConfig};
 use crate::metrics::PipelineMetrics;
@@ -244,6 +245,14 @@ where
     }));
     let mut window = RollingWindow::new(window);
     window.set_inference_cost(inference_cost_ms);
+    // The running cost of one frame (exponential mean over about the last 5 frames, from the
+    // warm-up figure), and the inference queue's drop count as each of the window's frames
+    // arrived: when frames are dropped there while a window fills although warm-up fitted the
+    // budget (other work on the same cores, or a machine that slowed since), a withheld window
+    // still says inference is the cause.
+    let mut running_ms = inference_cost_ms;
+    let queue_drops = || metrics.dropped(DropReason::QueueFullInference.as_str());
+    let mut drops_at_arrival: VecDeque<u64> = VecDeque::with_capacity(window.config().frames + 1);
     let step = InferenceStep::new(&model, view_threshold);
     window.set_ood_threshold(step.ood_threshold());
     if step.ood_threshold().is_none() {
@@ -255,17 +264,24 @@ where
             ToInfer::Gap(reason) => {
                 tracing::info!("window cleared after a break in the stream: {reason}");
                 window.clear();
+                drops_at_arrival.clear();
                 continue;
             }
             ToInfer::Sample(s) => s,
         };
+        drops_at_arrival.push_back(queue_drops());
+        if drops_at_arrival.len() > window.config().frames.max(1) {
+            drops_at_arrival.pop_front();
+        }
         let mut ood_distance = None;
         let verdict = match &sample.prepared.input {
             None => Verdict::Invalid(sample.prepared.reasons.clone()),
             Some(input) => {
                 let t0 = Instant::now();
                 let result = step.infer(&model, &[input.as_ref()], 1);
-                metrics.latency_inference.observe(t0.elapsed());
+                let took = t0.elapsed();
+                metrics.latency_inference.observe(took);
+                running_ms += 0.2 * (took.as_secs_f64() * 1000.0 - running_ms);
                 metrics.frames_inferred.fetch_add(1, Ordering::Relaxed);
                 match result {
                     Ok(mut verdicts) if verdicts.len() == 1 => {
@@ -295,6 +311,8 @@ where
             ood_distance,
         });
         if window.is_full() {
+            let oldest = drops_at_arrival.front().copied().unwrap_or(0);
+            window.set_inference_backlog(running_ms, queue_drops().saturating_sub(oldest));
             if let Some(e) = window.estimate(&manifest.tasks) {
                 if !publish.send(ToPublish::Estimate(Box::new(e)), &metrics, &watch) {
                     break;

@@ -8,6 +8,7 @@
 mod build;
 pub mod exec;
 pub mod gemm;
+mod pool;
 pub mod qgemm;
 pub mod winograd;
 
@@ -205,7 +206,7 @@ impl CpuPlan {
     /// Turns per-step timing on (for `echonet bench --profile`) and clears what was recorded.
     pub fn set_profiling(&self, on: bool) {
         self.profiling.store(on, Ordering::Relaxed);
-        exec::ITEM_CLOCK.set(on);
+        pool::ITEM_CLOCK.set(on);
         if let Ok(mut t) = self.timings.lock() {
             t.clear();
             t.resize(self.steps.len(), StepTime::default());
@@ -377,7 +378,7 @@ impl CpuPlan {
             exec::nchw_to_nhwc(input, input_view);
             for (i, step) in self.steps.iter().enumerate() {
                 let start = profiling.then(|| {
-                    exec::ITEM_CLOCK.take();
+                    pool::ITEM_CLOCK.take();
                     (Instant::now(), thread_cpu_time())
                 });
                 if let Some(f) = observe.as_mut() {
@@ -441,7 +442,7 @@ impl CpuPlan {
                 if let Some((start, cpu)) = start {
                     let wall = start.elapsed();
                     let cpu = thread_cpu_time().saturating_sub(cpu);
-                    let busy = exec::ITEM_CLOCK.take();
+                    let busy = pool::ITEM_CLOCK.take();
                     if let Ok(mut t) = self.timings.lock() {
                         if let Some(slot) = t.get_mut(i) {
                             slot.wall += wall;

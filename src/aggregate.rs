@@ -838,15 +838,21 @@ mod tests {
         assert_eq!(e.quality.reasons["low_signal"], 3);
     }
 
+    /// Fills the window with 20 valid frames `step_ms` apart in media time (more than the
+    /// sampler's 100 ms when sampled frames were lost).
+    fn push_stretched(w: &mut RollingWindow, step_ms: u64) {
+        for i in 0..20u64 {
+            let mut f = frame(i, valid(50.0, 30.0, 60.0));
+            f.media_time = Duration::from_millis(i * step_ms);
+            w.push(f);
+        }
+    }
+
     #[test]
     fn a_window_stretched_by_dropped_frames_is_withheld() {
         let mut w = RollingWindow::new(WindowConfig::default());
-        for i in 0..20u64 {
-            let mut f = frame(i, valid(50.0, 30.0, 60.0));
-            // Every other sampled frame lost: 20 frames over 3.8 s.
-            f.media_time = Duration::from_millis(i * 200);
-            w.push(f);
-        }
+        // Every other sampled frame lost: 20 frames over 3.8 s.
+        push_stretched(&mut w, 200);
         let e = w.estimate(&tasks()).unwrap();
         assert_eq!(e.status, Status::Withheld);
         assert!(e.estimates.is_empty());
@@ -859,11 +865,7 @@ mod tests {
     fn slow_inference_is_named_as_the_cause_of_a_stretched_window() {
         let mut w = RollingWindow::new(WindowConfig::default());
         w.set_inference_cost(160.0);
-        for i in 0..20u64 {
-            let mut f = frame(i, valid(50.0, 30.0, 60.0));
-            f.media_time = Duration::from_millis(i * 200);
-            w.push(f);
-        }
+        push_stretched(&mut w, 200);
         let reason = w.estimate(&tasks()).unwrap().withheld_reason.unwrap();
         assert!(
             reason.starts_with("inference too slow (160 ms per frame, budget 100 ms; "),
@@ -886,11 +888,7 @@ mod tests {
     fn inference_queue_drops_name_slow_inference_even_within_the_warm_up_budget() {
         let mut w = RollingWindow::new(WindowConfig::default());
         w.set_inference_cost(99.0);
-        for i in 0..20u64 {
-            let mut f = frame(i, valid(50.0, 30.0, 60.0));
-            f.media_time = Duration::from_millis(i * 140);
-            w.push(f);
-        }
+        push_stretched(&mut w, 140);
         w.set_inference_backlog(104.4, 13);
         let reason = w.estimate(&tasks()).unwrap().withheld_reason.unwrap();
         assert!(

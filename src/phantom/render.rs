@@ -188,12 +188,12 @@ impl Phantom {
             let (u0, v0) = self.px_to_heart(r.x0 as f64 + 0.5, y as f64 + 0.5);
             let spans = RowSpans::new(e, (u0, v0), (su, sv), &ramp, n);
             let row = &mut level[y * w + r.x0..y * w + r.x1];
-            // u and v advance by the same repeated additions as in `paint_every_pixel`, so an
-            // edge pixel sees exactly the coordinates it would have there.
+            // u and v advance by the same repeated additions as in `paint_every_pixel` (`su` is
+            // its `step * s`), so an edge pixel sees exactly the coordinates it would have there.
             let (mut u, mut v) = (u0, v0);
             for _ in 0..spans.touched.0 {
-                u += step * s;
-                v += step * c;
+                u += su;
+                v += sv;
             }
             for (k, px) in row
                 .iter_mut()
@@ -209,8 +209,8 @@ impl Phantom {
                 if let Some(cover) = cover {
                     *px += (value - *px) * cover;
                 }
-                u += step * s;
-                v += step * c;
+                u += su;
+                v += sv;
             }
         }
     }

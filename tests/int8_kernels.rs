@@ -39,12 +39,9 @@ fn mk(shape: &[usize], seed: u64, lo: f32, hi: f32) -> Tensor {
     Tensor::from_vec(values(count, seed, lo, hi), shape, &Device::Cpu).unwrap()
 }
 
+/// Every kernel this CPU runs (on an AVX-512 VNNI CPU: portable, AVX2 and VNNI).
 fn kernels() -> Vec<MicroKernel> {
-    let mut k = vec![MicroKernel::Portable];
-    if MicroKernel::detect() != MicroKernel::Portable {
-        k.push(MicroKernel::detect());
-    }
-    k
+    MicroKernel::available()
 }
 
 /// The quantised convolution computed directly: quantised input (zero point outside the image),
@@ -194,8 +191,8 @@ proptest! {
 }
 
 /// The int8 kernel the detected micro-kernel runs is the one this CPU can run: `sdot` exactly
-/// when an aarch64 CPU has the dot-product extension, `avx2` exactly when an x86 CPU has AVX2 and
-/// FMA. `ECHONET_EXPECT_INT8_KERNEL` names the kernel a run must get (the qemu checks set it:
+/// when an aarch64 CPU has the dot-product extension; on x86, `avx512-vnni` exactly when the CPU
+/// has AVX-512 F, BW and VNNI beside AVX2 and FMA, else `avx2` exactly when it has AVX2 and FMA. `ECHONET_EXPECT_INT8_KERNEL` names the kernel a run must get (the qemu checks set it:
 /// `sdot` under `-cpu max`, `portable` under `-cpu cortex-a57`), so a run on the wrong path fails
 /// rather than passing the bit-identity test above trivially.
 #[test]
@@ -209,10 +206,21 @@ fn int8_kernel_follows_the_cpu() {
         std::arch::is_aarch64_feature_detected!("dotprod")
     );
     #[cfg(target_arch = "x86_64")]
-    assert_eq!(
-        name == "avx2",
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    );
+    {
+        let avx2 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        let vnni = avx2
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni");
+        assert_eq!(name == "avx512-vnni", vnni);
+        assert_eq!(name == "avx2", avx2 && !vnni);
+        // Where VNNI runs, the AVX2 kernel is still tested beside it (`kernels()`).
+        if vnni {
+            assert_eq!(qgemm::kernel_name(MicroKernel::Avx2Fma), "avx2");
+            assert!(MicroKernel::available().contains(&MicroKernel::Avx2Fma));
+        }
+    }
     if let Ok(want) = std::env::var("ECHONET_EXPECT_INT8_KERNEL") {
         assert_eq!(name, want, "ECHONET_EXPECT_INT8_KERNEL");
     }

@@ -167,6 +167,11 @@ pub enum MicroKernel {
     /// AVX2 + FMA intrinsics, 12 accumulator registers.
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
+    /// AVX-512 (F, BW, VNNI) beside AVX2 + FMA, as on AMD Zen 4 and Intel since Ice Lake: int8
+    /// layers run `vpdpbusd` on 512-bit registers (see `qgemm`); f32 layers run the AVX2 + FMA
+    /// kernel.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
     /// NEON intrinsics: 24 four-lane accumulators of the 32 vector registers.
     #[cfg(target_arch = "aarch64")]
     Neon,
@@ -180,6 +185,12 @@ impl MicroKernel {
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+                {
+                    return Self::Avx512Vnni;
+                }
                 return Self::Avx2Fma;
             }
         }
@@ -192,11 +203,28 @@ impl MicroKernel {
         Self::Portable
     }
 
+    /// Every implementation this CPU can run, the portable one first and [`Self::detect`]'s
+    /// last: what the kernel tests hold against each other.
+    pub fn available() -> Vec<Self> {
+        let best = Self::detect();
+        let mut all = vec![Self::Portable];
+        #[cfg(target_arch = "x86_64")]
+        if best == Self::Avx512Vnni {
+            all.push(Self::Avx2Fma);
+        }
+        if best != Self::Portable {
+            all.push(best);
+        }
+        all
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Portable => "portable",
             #[cfg(target_arch = "x86_64")]
             Self::Avx2Fma => "avx2-fma",
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Vnni => "avx512-vnni",
             #[cfg(target_arch = "aarch64")]
             Self::Neon => "neon",
         }
@@ -227,7 +255,9 @@ pub unsafe fn strip(
     match kernel {
         MicroKernel::Portable => portable_strip(w, j, &rp, rows, cols, c, ldc, pass),
         #[cfg(target_arch = "x86_64")]
-        MicroKernel::Avx2Fma => avx2::strip(w, j, &rp, rows, cols, c, ldc, pass),
+        MicroKernel::Avx2Fma | MicroKernel::Avx512Vnni => {
+            avx2::strip(w, j, &rp, rows, cols, c, ldc, pass)
+        }
         #[cfg(target_arch = "aarch64")]
         MicroKernel::Neon => neon::strip(w, j, &rp, rows, cols, c, ldc, pass),
     }

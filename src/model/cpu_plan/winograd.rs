@@ -387,7 +387,9 @@ pub unsafe fn conv(
             // The transforms are plain loops over channel arrays: compiled for AVX2 here they run
             // 8 lanes per instruction instead of the baseline's 4.
             #[cfg(target_arch = "x86_64")]
-            MicroKernel::Avx2Fma => block_avx2(kernel, w, src, dst, ep, (t0, t1), (th, tw), buf),
+            MicroKernel::Avx2Fma | MicroKernel::Avx512Vnni => {
+                block_avx2(kernel, w, src, dst, ep, (t0, t1), (th, tw), buf)
+            }
             _ => run_block(kernel, w, src, dst, ep, (t0, t1), (th, tw), buf),
         }
     });

@@ -551,6 +551,12 @@ mod vnni {
     ) {
         let mut b = w.panel(j).as_ptr();
         let groups = tap_bytes / 4;
+        if ep.accumulate {
+            // The residual rows (far apart, usually out of L1) arrive while the products run.
+            for r in 0..rows {
+                _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc) as *const i8);
+            }
+        }
         let mut acc = [_mm512_setzero_si512(); MR];
         for &off in taps {
             let a = rp.map(|p| p.add(off));

@@ -52,12 +52,15 @@ fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
         / scale
 }
 
+/// Every kernel this CPU runs (on an AVX-512 CPU: portable, AVX2 and AVX-512).
 fn kernels() -> Vec<MicroKernel> {
-    let mut k = vec![MicroKernel::Portable];
-    if MicroKernel::detect() != MicroKernel::Portable {
-        k.push(MicroKernel::detect());
-    }
-    k
+    MicroKernel::available()
+}
+
+/// The output's bits, for kernels that must agree exactly.
+fn bits(t: &Tensor) -> Vec<u32> {
+    let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 /// candle's convolution of `x`, plus a seeded residual when asked, then ReLU when asked: the
@@ -183,6 +186,44 @@ proptest! {
                 prop_assert!(d <= tol, "{:?} {}x{} F({}): max rel diff {}", kernel, kh, kw, tile, d);
             }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// The AVX-512 f32 kernel sums every output in the AVX2 kernel's order: the same bits for direct (1x1 with several K passes and
+    /// im2col) and Winograd convolutions, partial panels, residual and ReLU, 1-3 threads.
+    #[test]
+    fn avx512_f32_matches_avx2_bit_for_bit(
+        n in 1usize..3, cin in 1usize..600, cout in 1usize..90,
+        h in 3usize..16, w in 3usize..16,
+        shape in prop::sample::select(vec![(1usize, 1usize, None), (3, 3, None), (3, 3, Some(2)), (1, 7, Some(4))]),
+        stride in 1usize..3,
+        relu in any::<bool>(), residual in any::<bool>(), threads in 1usize..4, seed in any::<u64>(),
+    ) {
+        let available = MicroKernel::available();
+        let pair = available.iter().position(|k| k.name() == "avx2-fma").zip(
+            available.iter().position(|k| k.name() == "avx512-vnni"));
+        prop_assume!(pair.is_some());
+        let (kh, kw, winograd) = shape;
+        let stride = if winograd.is_some() { 1 } else { stride };
+        let x = mk(&[n, cin, h, w], seed);
+        let folded = FoldedConv {
+            weight: mk(&[cout, cin, kh, kw], seed.wrapping_add(1)),
+            bias: mk(&[cout], seed.wrapping_add(2)),
+            geometry: Geometry { stride, pad_h: kh / 2, pad_w: kw / 2 },
+            relu: false,
+        };
+        let res_dims = CandleConv.forward(&x, &folded).unwrap();
+        let res = mk(res_dims.dims(), seed.wrapping_add(3));
+        let prepared = PreparedConv::from_folded_with(&folded, winograd).unwrap();
+        let run = |name: &str| {
+            let kernel = *available.iter().find(|k| k.name() == name).unwrap();
+            prepared
+                .forward_nchw(&x, residual.then_some(&res), relu, kernel, threads)
+                .unwrap()
+        };
+        prop_assert_eq!(bits(&run("avx2-fma")), bits(&run("avx512-vnni")));
     }
 }
 

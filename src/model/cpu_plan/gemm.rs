@@ -1,9 +1,10 @@
 //! The CPU plan's GEMM: `C = epilogue(A · B)` where A is a strided f32 row matrix (NHWC pixels or
 //! an im2col tile), B a convolution's weights packed once at load into 16-column panels, and the
 //! epilogue (bias, optional in-place residual, optional ReLU) is applied in registers before the
-//! single store. The 6x16 micro-kernel has an AVX2/FMA version chosen at run time on x86-64 and a
-//! NEON version on aarch64 (the Jetson's Cortex-A78AE cores), and a portable version (plain arrays
-//! the compiler vectorises for the build's baseline), which the tests hold the others to.
+//! single store. The 6x16 micro-kernel has AVX2/FMA and AVX-512 versions chosen at run time on
+//! x86-64, a NEON version on aarch64 (the Jetson's Cortex-A78AE cores), and a portable version
+//! (plain arrays the compiler vectorises for the build's baseline), which the tests hold the
+//! others to.
 
 /// Rows of A per micro-kernel call.
 pub const MR: usize = 6;
@@ -168,8 +169,8 @@ pub enum MicroKernel {
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
     /// AVX-512 (F, BW, VNNI) beside AVX2 + FMA, as on AMD Zen 4 and Intel since Ice Lake: int8
-    /// layers run `vpdpbusd` on 512-bit registers (see `qgemm`); f32 layers run the AVX2 + FMA
-    /// kernel.
+    /// layers run `vpdpbusd` on 512-bit registers (see `qgemm`); f32 layers the 6x16 tile on
+    /// 512-bit registers, bit for bit the AVX2 kernel's results.
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
     /// NEON intrinsics: 24 four-lane accumulators of the 32 vector registers.
@@ -255,9 +256,9 @@ pub unsafe fn strip(
     match kernel {
         MicroKernel::Portable => portable_strip(w, j, &rp, rows, cols, c, ldc, pass),
         #[cfg(target_arch = "x86_64")]
-        MicroKernel::Avx2Fma | MicroKernel::Avx512Vnni => {
-            avx2::strip(w, j, &rp, rows, cols, c, ldc, pass)
-        }
+        MicroKernel::Avx2Fma => avx2::strip(w, j, &rp, rows, cols, c, ldc, pass),
+        #[cfg(target_arch = "x86_64")]
+        MicroKernel::Avx512Vnni => avx512::strip(w, j, &rp, rows, cols, c, ldc, pass),
         #[cfg(target_arch = "aarch64")]
         MicroKernel::Neon => neon::strip(w, j, &rp, rows, cols, c, ldc, pass),
     }
@@ -443,6 +444,74 @@ pub(super) mod avx2 {
                 }
                 *o = v;
             }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{PackedWeights, Pass, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// The 6x16 tile as six 16-lane accumulators: per k one 64-byte panel row and six FMAs, each
+    /// broadcasting its A value from memory (`vfmadd231ps (mem){1to16}`): 7 instructions where
+    /// the AVX2 kernel issues 20 for the same work. Every output is summed in the AVX2 kernel's
+    /// order (k in order, one FMA each, then the bias, then what C holds), so the two give the
+    /// same bits. A 6x32 tile over two adjacent panels (12 accumulators) measured no faster on
+    /// Zen 4 (benches/README.md, session 10); its two 16 KiB weight slices fill the 32 KiB L1.
+    ///
+    /// # Safety
+    /// As [`super::strip`]; the CPU supports AVX-512 F (checked by `MicroKernel::detect`).
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn strip(
+        w: &PackedWeights,
+        j: usize,
+        rp: &[*const f32; MR],
+        rows: usize,
+        cols: usize,
+        c: *mut f32,
+        ldc: usize,
+        pass: Pass,
+    ) {
+        let slice = w.slice(j, pass.k0);
+        let b = slice.as_ptr();
+        // As the AVX2 kernel: the next panel's slice follows this one; the first strip of a
+        // panel prefetches it, a line per k.
+        let next = b.wrapping_add(slice.len());
+        if pass.load_c {
+            for r in 0..rows {
+                _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc) as *const i8);
+            }
+        }
+        let mut acc = [_mm512_setzero_ps(); MR];
+        for p in 0..pass.kc {
+            if pass.prefetch_next {
+                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(p * NR) as *const i8);
+            }
+            let bv = _mm512_load_ps(b.add(p * NR));
+            for (s, &a) in acc.iter_mut().zip(rp) {
+                *s = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(p)), bv, *s);
+            }
+        }
+        // The columns this strip owns (the last panel of a layer may be partly padding).
+        let mask: __mmask16 = if cols >= NR { !0 } else { (1u16 << cols) - 1 };
+        // Added even when zero, as the AVX2 kernel does (-0 + 0 is +0).
+        let bias = if pass.bias {
+            _mm512_load_ps(w.panel_bias(j).as_ptr())
+        } else {
+            _mm512_setzero_ps()
+        };
+        for (r, &sum) in acc.iter().enumerate().take(rows) {
+            let out = c.add(r * ldc);
+            let mut v = _mm512_add_ps(sum, bias);
+            if pass.load_c {
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, out));
+            }
+            if pass.relu {
+                v = _mm512_max_ps(v, _mm512_setzero_ps());
+            }
+            _mm512_mask_storeu_ps(out, mask, v);
         }
     }
 }

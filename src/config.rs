@@ -69,7 +69,8 @@ pub struct SourceConfig {
     /// `auto`, `phantom`, `dicom`, `images` or `v4l2`. Default `auto`.
     #[serde(default = "default_kind")]
     pub kind: SourceKind,
-    /// Replay sources: `real_time` or `as_fast_as_possible`. Default `real_time`.
+    /// Replay sources: `real_time` or `as_fast_as_possible` (the queues then wait for the model
+    /// instead of dropping frames: the whole recording is inferred). Default `real_time`.
     #[serde(default = "default_pacing")]
     pub pacing: crate::capture::Pacing,
     /// Replay sources start over at the end. Default true.

@@ -56,6 +56,14 @@ fn the_library_assembles_and_runs_the_daemon_from_a_config() {
     // 90 phantom frames at 30 fps: 3 s of media time, 30 sampled frames, a full window.
     let summary = run_daemon(&cfg, options(90), cpu_builder()).unwrap();
     assert_eq!(summary.frames_captured, 90);
+    // Replayed as fast as possible, the queues wait for the model instead of dropping: every
+    // sampled frame is inferred (a fast machine once rendered the 90 frames in 86 ms, dropped 33
+    // and never filled a window).
+    assert!(summary.drops.is_empty(), "{summary:?}");
+    assert_eq!(
+        summary.frames_inferred, summary.frames_sampled,
+        "{summary:?}"
+    );
     assert!(summary.stage_failures.is_empty(), "{summary:?}");
     assert!(summary.records_written > 0, "{summary:?}");
     assert_eq!(summary.record_write_failures, 0);

@@ -71,6 +71,10 @@ pub fn decode_image_file(path: &Path) -> Result<Image, String> {
 }
 
 impl FrameSource for ImagesSource {
+    fn pacing(&self) -> Pacing {
+        self.clock.pacing()
+    }
+
     fn info(&self) -> SourceInfo {
         SourceInfo {
             kind: "images",

@@ -53,6 +53,12 @@ pub trait FrameSource: Send {
     /// The next frame; `Ok(None)` at the end of a finite stream. Blocks at most the source's read
     /// timeout (replay sources in real time sleep until the frame is due).
     fn next_frame(&mut self) -> Result<Option<crate::frame::Frame>, SourceError>;
+    /// How frames are released: a live device runs in real time; a replay source as configured.
+    /// With [`Pacing::AsFastAsPossible`] the pipeline waits for room in its queues instead of
+    /// dropping frames, so a recording is replayed whole, as fast as the model takes it.
+    fn pacing(&self) -> Pacing {
+        Pacing::RealTime
+    }
 }
 
 /// How a replay source paces its frames.
@@ -86,6 +92,10 @@ impl ReplayClock {
             start: None,
             skipped: Duration::ZERO,
         }
+    }
+
+    pub fn pacing(&self) -> Pacing {
+        self.pacing
     }
 
     /// Blocks until `media_time` after the first call (real time), or returns at once; never

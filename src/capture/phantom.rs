@@ -37,6 +37,10 @@ impl PhantomSource {
 }
 
 impl FrameSource for PhantomSource {
+    fn pacing(&self) -> Pacing {
+        self.clock.pacing()
+    }
+
     fn info(&self) -> SourceInfo {
         let p = self.phantom.params();
         SourceInfo {

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::WindowConfig;
 use crate::capture::SourceError;
-use crate::capture::{FrameSource, SourceInfo};
+use crate::capture::{FrameSource, Pacing, SourceInfo};
 use crate::metrics::PipelineMetrics;
 use crate::model::{EchoNetModel, ModelError};
 use crate::preprocess::FramePreparer;
@@ -210,10 +210,14 @@ impl Pipeline {
         let (infer_tx, infer_rx) = bounded::<ToInfer>(depth);
         let (pub_tx, pub_rx) = bounded::<ToPublish>(64);
         let (ready_tx, ready_rx) = bounded(1);
+        // A replay released as fast as the model takes it: every queue waits for room, so the
+        // whole recording is inferred and nothing is dropped for speed.
+        let wait = source.pacing() == Pacing::AsFastAsPossible;
         let to_publish = |reason| DropOldest {
             tx: pub_tx.clone(),
             oldest: pub_rx.clone(),
             reason,
+            wait,
         };
 
         let inference_stage = InferenceStage {
@@ -297,6 +301,7 @@ impl Pipeline {
                 tx: infer_tx.clone(),
                 oldest: infer_rx,
                 reason: DropReason::QueueFullInference,
+                wait,
             },
             gaps: infer_tx,
             to_display: to_publish(DropReason::QueueFullDisplay),
@@ -324,6 +329,7 @@ impl Pipeline {
                     tx: prep_tx.clone(),
                     oldest: prep_rx,
                     reason: DropReason::QueueFullPreprocess,
+                    wait,
                 },
                 gaps: &prep_tx,
                 notices: &source_notices,

@@ -84,6 +84,10 @@ pub(super) struct DropOldest<T> {
     pub tx: Sender<T>,
     pub oldest: Receiver<T>,
     pub reason: DropReason,
+    /// Wait for room instead of dropping: set for the frame path of a replay released as fast
+    /// as the consumer takes it ([`crate::capture::Pacing::AsFastAsPossible`]), where a drop
+    /// would lose part of the recording for nothing.
+    pub wait: bool,
 }
 
 impl<T> DropOldest<T> {
@@ -93,6 +97,9 @@ impl<T> DropOldest<T> {
     pub fn send(&self, item: T, metrics: &PipelineMetrics, watch: &StageWatch) -> bool {
         if watch.any_failed() {
             return false;
+        }
+        if self.wait {
+            return send_unless_dead(&self.tx, item, watch);
         }
         match self.tx.try_send(item) {
             Ok(()) => true,

@@ -199,6 +199,10 @@ fn dicom_files_in(folder: &Path) -> Result<Vec<PathBuf>, DicomError> {
 }
 
 impl FrameSource for DicomSource {
+    fn pacing(&self) -> Pacing {
+        self.clock.pacing()
+    }
+
     fn info(&self) -> SourceInfo {
         let latest = self.latest.as_ref();
         SourceInfo {

@@ -25,16 +25,21 @@ test: deps
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	$(CARGO) test --release
 	$(MAKE) --no-print-directory test-aarch64
+	$(MAKE) --no-print-directory test-x86-baseline
 	$(MAKE) cuda
 
 # aarch64 (ARM carts, the Jetson's CPU): cross-built here, tested under qemu (scripts/aarch64.sh).
-.PHONY: deps-cross aarch64 test-aarch64 jetson package
+.PHONY: deps-cross aarch64 test-aarch64 test-x86-baseline jetson package
 deps-cross:
 	@bash scripts/install-deps.sh --cross
 aarch64: deps-cross
 	bash scripts/aarch64.sh build
 test-aarch64: deps-cross
 	bash scripts/aarch64.sh test
+# x86 CPUs without AVX-512 (AVX2 + FMA kernels and their detection), emulated as a Haswell under
+# qemu-x86_64 (scripts/x86-baseline.sh): on an AVX-512 machine the native run takes the AVX-512 path.
+test-x86-baseline: deps-cross
+	bash scripts/x86-baseline.sh
 # The Jetson Orin CUDA binary (aarch64 + sm_87), cross-built without a GPU (scripts/jetson-build.sh).
 jetson: deps-cross
 	bash scripts/jetson-build.sh

@@ -202,9 +202,12 @@ proptest! {
         relu in any::<bool>(), residual in any::<bool>(), threads in 1usize..4, seed in any::<u64>(),
     ) {
         let available = MicroKernel::available();
-        let pair = available.iter().position(|k| k.name() == "avx2-fma").zip(
-            available.iter().position(|k| k.name() == "avx512-vnni"));
-        prop_assume!(pair.is_some());
+        let has = |name: &str| available.iter().any(|k| k.name() == name);
+        if !(has("avx2-fma") && has("avx512-vnni")) {
+            // No AVX-512 on this CPU (or not x86): there is no pair to compare. Rejecting the
+            // case instead would abort the test with "too many global rejects".
+            return Ok(());
+        }
         let (kh, kw, winograd) = shape;
         let stride = if winograd.is_some() { 1 } else { stride };
         let x = mk(&[n, cin, h, w], seed);

@@ -10,7 +10,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use crossbeam_channel::{Receiver, Sender};
 
-use super::queue::{DropOldest, DropReason, ToInfer, ToPublish};
+use super::queue::{BoundedSender, DropReason, ToInfer, ToPublish};
 use super::{BoxError, PipelineError, StageWatch};
 use crate::aggregate::{FramePrediction, RollingWindow, Verdict, WindowConfig};
 use crate::metrics::PipelineMetrics;
@@ -177,7 +177,7 @@ pub(super) struct InferenceStage<M> {
     pub metrics: Arc<PipelineMetrics>,
     pub watch: Arc<StageWatch>,
     pub samples: Receiver<ToInfer>,
-    pub publish: DropOldest<ToPublish>,
+    pub publish: BoundedSender<ToPublish>,
     pub ready: Sender<Result<ModelReady, PipelineError>>,
 }
 

@@ -1,7 +1,9 @@
 //! The live pipeline: source -> sampler + preprocessing -> inference (owns the device and the
 //! model) -> publisher, each stage a named type and thread body in its own file (`source`,
-//! `prepare`, `infer`, `publish`), joined by bounded queues with a drop-oldest policy (`queue`;
-//! every drop counted by reason). The model is built and warmed up on the inference thread
+//! `prepare`, `infer`, `publish`), joined by bounded queues (`queue`): drop-oldest on the live
+//! frame path, a display frame dropped rather than an estimate pushed out of the publisher's
+//! queue, and waiting everywhere for a replay paced as fast as possible; every drop counted by
+//! reason. The model is built and warmed up on the inference thread
 //! before the source starts, so the first frames do not pay for it. Shutdown (stop flag, end of a
 //! finite source, or a run limit) drains every stage in order: the frame in flight finishes and
 //! every sink is flushed. Frames travel one way: preprocess knows nothing of this module.
@@ -38,7 +40,7 @@ pub use watch::StageWatch;
 use infer::{run_inference_stage, InferenceStage};
 use prepare::{run_prepare_stage, PrepareStage};
 use publish::{run_publish_stage, PublishStage};
-use queue::{DropOldest, ToInfer, ToPrep, ToPublish};
+use queue::{BoundedSender, ToInfer, ToPrep, ToPublish, WhenFull};
 
 /// Whatever error the caller's model builder returns (it runs on the inference thread).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -212,12 +214,17 @@ impl Pipeline {
         let (ready_tx, ready_rx) = bounded(1);
         // A replay released as fast as the model takes it: every queue waits for room, so the
         // whole recording is inferred and nothing is dropped for speed.
-        let wait = source.pacing() == Pacing::AsFastAsPossible;
-        let to_publish = |reason| DropOldest {
+        let replay_whole = source.pacing() == Pacing::AsFastAsPossible;
+        let frames_when_full = if replay_whole {
+            WhenFull::Wait
+        } else {
+            WhenFull::DropOldest
+        };
+        let to_publish = |reason, when_full| BoundedSender {
             tx: pub_tx.clone(),
             oldest: pub_rx.clone(),
             reason,
-            wait,
+            when_full,
         };
 
         let inference_stage = InferenceStage {
@@ -228,7 +235,7 @@ impl Pipeline {
             metrics: self.metrics.clone(),
             watch: watch.clone(),
             samples: infer_rx.clone(),
-            publish: to_publish(DropReason::QueueFullPublish),
+            publish: to_publish(DropReason::QueueFullPublish, frames_when_full),
             ready: ready_tx,
         };
         let watch_infer = watch.clone();
@@ -297,14 +304,22 @@ impl Pipeline {
             preparer,
             spec: ready.input,
             frames: prep_rx.clone(),
-            to_infer: DropOldest {
+            to_infer: BoundedSender {
                 tx: infer_tx.clone(),
                 oldest: infer_rx,
                 reason: DropReason::QueueFullInference,
-                wait,
+                when_full: frames_when_full,
             },
             gaps: infer_tx,
-            to_display: to_publish(DropReason::QueueFullDisplay),
+            // A display frame never pushes an estimate out of the shared queue.
+            to_display: to_publish(
+                DropReason::QueueFullDisplay,
+                if replay_whole {
+                    WhenFull::Wait
+                } else {
+                    WhenFull::DropNew
+                },
+            ),
             display_every: Duration::from_millis(self.config.display_interval_ms),
             metrics: self.metrics.clone(),
             watch: watch.clone(),
@@ -325,11 +340,11 @@ impl Pipeline {
         run_source_stage(
             source.as_mut(),
             SourceStage {
-                to_prepare: DropOldest {
+                to_prepare: BoundedSender {
                     tx: prep_tx.clone(),
                     oldest: prep_rx,
                     reason: DropReason::QueueFullPreprocess,
-                    wait,
+                    when_full: frames_when_full,
                 },
                 gaps: &prep_tx,
                 notices: &source_notices,

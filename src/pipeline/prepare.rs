@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::queue::{
-    send_unless_dead, DisplayFrame, DropOldest, DropReason, Sample, ToInfer, ToPrep, ToPublish,
+    send_unless_dead, BoundedSender, DisplayFrame, DropReason, Sample, ToInfer, ToPrep, ToPublish,
 };
 use super::StageWatch;
 use crate::metrics::PipelineMetrics;
@@ -22,10 +22,10 @@ pub(super) struct PrepareStage {
     pub preparer: Box<dyn FramePreparer>,
     pub spec: InputSpec,
     pub frames: Receiver<ToPrep>,
-    pub to_infer: DropOldest<ToInfer>,
+    pub to_infer: BoundedSender<ToInfer>,
     /// The same queue as `to_infer`, for gaps, which must not be dropped.
     pub gaps: Sender<ToInfer>,
-    pub to_display: DropOldest<ToPublish>,
+    pub to_display: BoundedSender<ToPublish>,
     pub display_every: Duration,
     pub metrics: Arc<PipelineMetrics>,
     pub watch: Arc<StageWatch>,

@@ -1,5 +1,6 @@
-//! What travels between the stages, and how it is sent: bounded queues with a drop-oldest policy
-//! (every drop counted by its `DropReason`), and a waiting send for items that must not be lost.
+//! What travels between the stages, and how it is sent: bounded queues whose senders say what a
+//! full queue does (`WhenFull`: drop the oldest, drop the new item, or wait; every drop counted
+//! by its `DropReason`), and a waiting send for items that must not be lost.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -79,27 +80,52 @@ pub(super) enum ToPublish {
     SourceOk,
 }
 
-/// A queue's sending end with its own receiver, used only to drop the oldest item when full.
-pub(super) struct DropOldest<T> {
+/// What a sender does when its queue is full; every item dropped is counted by the sender's
+/// [`DropReason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WhenFull {
+    /// Drop the oldest queued item to make room: the live frame path, where the newest frame is
+    /// the one worth having.
+    DropOldest,
+    /// Drop the item being sent: display frames, which share the publisher's queue with the
+    /// estimates and must never push one out.
+    DropNew,
+    /// Wait for room: a replay released as fast as the consumer takes it
+    /// ([`crate::capture::Pacing::AsFastAsPossible`]), where a drop would lose part of the
+    /// recording for nothing.
+    Wait,
+}
+
+/// A bounded queue's sending end with its own receiver, used only to drop the oldest item when
+/// full ([`WhenFull::DropOldest`]).
+pub(super) struct BoundedSender<T> {
     pub tx: Sender<T>,
     pub oldest: Receiver<T>,
     pub reason: DropReason,
-    /// Wait for room instead of dropping: set for the frame path of a replay released as fast
-    /// as the consumer takes it ([`crate::capture::Pacing::AsFastAsPossible`]), where a drop
-    /// would lose part of the recording for nothing.
-    pub wait: bool,
+    pub when_full: WhenFull,
 }
 
-impl<T> DropOldest<T> {
-    /// Sends with the drop-oldest policy: when the queue is full, the oldest queued item is
-    /// dropped (and counted) to make room. Returns false when the receiving stage has gone, or
-    /// any stage has died (the queue itself never disconnects: this holds a receiver).
+impl<T> BoundedSender<T> {
+    /// Sends; when the queue is full, does what `when_full` says (a drop is counted). Returns
+    /// false when the receiving stage has gone, or any stage has died (the queue itself never
+    /// disconnects: this holds a receiver).
     pub fn send(&self, item: T, metrics: &PipelineMetrics, watch: &StageWatch) -> bool {
         if watch.any_failed() {
             return false;
         }
-        if self.wait {
-            return send_unless_dead(&self.tx, item, watch);
+        match self.when_full {
+            WhenFull::Wait => return send_unless_dead(&self.tx, item, watch),
+            WhenFull::DropNew => {
+                return match self.tx.try_send(item) {
+                    Ok(()) => true,
+                    Err(TrySendError::Disconnected(_)) => false,
+                    Err(TrySendError::Full(_)) => {
+                        metrics.drop_frame(self.reason.as_str());
+                        true
+                    }
+                }
+            }
+            WhenFull::DropOldest => {}
         }
         match self.tx.try_send(item) {
             Ok(()) => true,
@@ -134,5 +160,59 @@ pub(super) fn send_unless_dead<T>(tx: &Sender<T>, mut item: T, watch: &StageWatc
             Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => item = back,
             Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::bounded;
+
+    fn sender(when_full: WhenFull) -> (BoundedSender<u32>, Receiver<u32>) {
+        let (tx, rx) = bounded(2);
+        let sender = BoundedSender {
+            tx,
+            oldest: rx.clone(),
+            reason: DropReason::QueueFullDisplay,
+            when_full,
+        };
+        (sender, rx)
+    }
+
+    /// Three items into a queue of two: drop-oldest keeps the newest two, drop-new keeps what
+    /// was queued (a display frame never pushes an estimate out of the publisher's queue), and
+    /// wait returns once the consumer has taken one, dropping nothing. Every drop is counted.
+    #[test]
+    fn a_full_queue_drops_the_oldest_drops_the_new_or_waits_as_told() {
+        let (metrics, watch) = (PipelineMetrics::default(), StageWatch::default());
+        let drops = || metrics.dropped(DropReason::QueueFullDisplay.as_str());
+
+        let (s, rx) = sender(WhenFull::DropOldest);
+        for i in 1..=3 {
+            assert!(s.send(i, &metrics, &watch));
+        }
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(drops(), 1);
+
+        let (s, rx) = sender(WhenFull::DropNew);
+        for i in 1..=3 {
+            assert!(s.send(i, &metrics, &watch));
+        }
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(drops(), 2);
+
+        let (s, rx) = sender(WhenFull::Wait);
+        std::thread::scope(|scope| {
+            let consumer = scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                rx.recv_timeout(Duration::from_secs(5)).ok()
+            });
+            for i in 1..=3 {
+                assert!(s.send(i, &metrics, &watch));
+            }
+            assert_eq!(consumer.join().unwrap(), Some(1));
+        });
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(drops(), 2);
     }
 }

@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use super::queue::{send_unless_dead, DropOldest, DropReason, ToPrep, ToPublish};
+use super::queue::{send_unless_dead, BoundedSender, DropReason, ToPrep, ToPublish};
 use super::{RunLimits, StageWatch};
 use crate::capture::{FrameSource, SourceError};
 use crate::metrics::PipelineMetrics;
 
 /// What the source loop needs besides the source itself.
 pub(super) struct SourceStage<'a> {
-    pub to_prepare: DropOldest<ToPrep>,
+    pub to_prepare: BoundedSender<ToPrep>,
     /// The same queue as `to_prepare`, for gaps, which must not be dropped.
     pub gaps: &'a Sender<ToPrep>,
     pub notices: &'a Sender<ToPublish>,

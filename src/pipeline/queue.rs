@@ -113,37 +113,28 @@ impl<T> BoundedSender<T> {
         if watch.any_failed() {
             return false;
         }
+        let item = match self.tx.try_send(item) {
+            Ok(()) => return true,
+            Err(TrySendError::Disconnected(_)) => return false,
+            Err(TrySendError::Full(item)) => item,
+        };
         match self.when_full {
             WhenFull::Wait => return send_unless_dead(&self.tx, item, watch),
-            WhenFull::DropNew => {
-                return match self.tx.try_send(item) {
-                    Ok(()) => true,
-                    Err(TrySendError::Disconnected(_)) => false,
-                    Err(TrySendError::Full(_)) => {
-                        metrics.drop_frame(self.reason.as_str());
-                        true
-                    }
-                }
-            }
-            WhenFull::DropOldest => {}
-        }
-        match self.tx.try_send(item) {
-            Ok(()) => true,
-            Err(TrySendError::Disconnected(_)) => false,
-            Err(TrySendError::Full(item)) => {
+            WhenFull::DropNew => {}
+            WhenFull::DropOldest => {
                 if self.oldest.try_recv().is_ok() {
                     metrics.drop_frame(self.reason.as_str());
                 }
                 match self.tx.try_send(item) {
-                    Ok(()) => true,
-                    Err(TrySendError::Disconnected(_)) => false,
-                    Err(TrySendError::Full(_)) => {
-                        metrics.drop_frame(self.reason.as_str());
-                        true
-                    }
+                    Ok(()) => return true,
+                    Err(TrySendError::Disconnected(_)) => return false,
+                    // Refilled by another sender meanwhile: this item goes instead.
+                    Err(TrySendError::Full(_)) => {}
                 }
             }
         }
+        metrics.drop_frame(self.reason.as_str());
+        true
     }
 }
 

@@ -449,7 +449,7 @@ pub(super) mod avx2 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(super) mod avx512 {
     use super::{PackedWeights, Pass, MR, NR};
     use std::arch::x86_64::*;
 
@@ -494,8 +494,6 @@ mod avx512 {
                 *s = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(p)), bv, *s);
             }
         }
-        // The columns this strip owns (the last panel of a layer may be partly padding).
-        let mask: __mmask16 = if cols >= NR { !0 } else { (1u16 << cols) - 1 };
         // Added even when zero, as the AVX2 kernel does (-0 + 0 is +0).
         let bias = if pass.bias {
             _mm512_load_ps(w.panel_bias(j).as_ptr())
@@ -503,16 +501,34 @@ mod avx512 {
             _mm512_setzero_ps()
         };
         for (r, &sum) in acc.iter().enumerate().take(rows) {
-            let out = c.add(r * ldc);
-            let mut v = _mm512_add_ps(sum, bias);
-            if pass.load_c {
-                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, out));
-            }
-            if pass.relu {
-                v = _mm512_max_ps(v, _mm512_setzero_ps());
-            }
-            _mm512_mask_storeu_ps(out, mask, v);
+            let v = _mm512_add_ps(sum, bias);
+            store_row(c.add(r * ldc), v, cols, pass.load_c, pass.relu);
         }
+    }
+
+    /// Stores one tile row's 16 values, the first `cols` of them (the last panel of a layer may
+    /// be partly padding): adds what the row holds first with `accumulate`, then the ReLU.
+    /// Shared with the int8 VNNI kernel's epilogue.
+    ///
+    /// # Safety
+    /// `out` is valid for `cols` (at most 16) floats; AVX-512 F is present.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn store_row(
+        out: *mut f32,
+        mut v: __m512,
+        cols: usize,
+        accumulate: bool,
+        relu: bool,
+    ) {
+        let mask: __mmask16 = if cols >= NR { !0 } else { (1u16 << cols) - 1 };
+        if accumulate {
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, out));
+        }
+        if relu {
+            v = _mm512_max_ps(v, _mm512_setzero_ps());
+        }
+        _mm512_mask_storeu_ps(out, mask, v);
     }
 }
 

@@ -524,6 +524,7 @@ mod avx2 {
 #[cfg(target_arch = "x86_64")]
 mod vnni {
     use super::{QuantWeights, MR, NR};
+    use crate::model::cpu_plan::gemm::avx512::store_row;
     use crate::model::cpu_plan::gemm::Epilogue;
     use std::arch::x86_64::*;
 
@@ -571,18 +572,9 @@ mod vnni {
         }
         let (scale, offset) = (w.scale(j).as_ptr(), w.offset(j).as_ptr());
         let (scale, offset) = (_mm512_loadu_ps(scale), _mm512_loadu_ps(offset));
-        // The columns this strip owns (the last panel of a layer may be partly padding).
-        let mask: __mmask16 = if cols >= NR { !0 } else { (1u16 << cols) - 1 };
         for (r, sum) in acc.iter().enumerate().take(rows) {
-            let out = c.add(r * ldc);
-            let mut v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*sum), scale, offset);
-            if ep.accumulate {
-                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, out));
-            }
-            if ep.relu {
-                v = _mm512_max_ps(v, _mm512_setzero_ps());
-            }
-            _mm512_mask_storeu_ps(out, mask, v);
+            let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*sum), scale, offset);
+            store_row(c.add(r * ldc), v, cols, ep.accumulate, ep.relu);
         }
     }
 }

@@ -16,6 +16,7 @@ use super::exec::PreparedConv;
 use super::gemm::{Epilogue, MicroKernel, PackedWeights};
 use super::qgemm::{ActQuant, QuantWeights};
 use super::winograd::WinogradConv;
+use super::pool::SpinPool;
 use super::{BufferSpec, CpuPlan, Op, Slot, Step};
 use crate::model::conv::FoldedConv;
 use crate::model::network::{Block, Branch, InceptionResnetV1, Join, Stage};
@@ -440,6 +441,7 @@ impl CpuPlan {
             kernel: MicroKernel::detect(),
             threads: threads.max(1),
             workspace: Mutex::new(None),
+            pool: SpinPool::new(threads.max(1)),
             profiling: AtomicBool::new(false),
             timings: Mutex::new(Vec::new()),
         };

@@ -230,7 +230,7 @@ impl Scratch {
 
     fn slot(&self) -> &Mutex<AlignedVec> {
         let last = self.slots.len().saturating_sub(1);
-        let i = rayon::current_thread_index().unwrap_or(last).min(last);
+        let i = super::pool::worker_index().unwrap_or(last).min(last);
         &self.slots[i]
     }
 

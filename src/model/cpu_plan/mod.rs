@@ -117,6 +117,8 @@ pub struct CpuPlan {
     kernel: MicroKernel,
     threads: usize,
     workspace: Mutex<Option<Workspace>>,
+    /// The threads each layer's work items are split across (see [`pool::SpinPool`]).
+    pool: pool::SpinPool,
     profiling: AtomicBool,
     /// Per step, summed over profiled calls.
     timings: Mutex<Vec<StepTime>>,
@@ -327,13 +329,8 @@ impl CpuPlan {
         let Some(ws) = guard.as_mut() else {
             return Err(bad("workspace missing"));
         };
-        if self.threads > 1 && rayon::current_thread_index().is_none() {
-            // One hand-over to the pool per frame rather than one per layer: layers then split
-            // from a worker's own deque (rayon's injector allocates a block per 63 hand-overs).
-            rayon::scope(|_| self.run_steps(ws, input, shape, out, observe))
-        } else {
-            self.run_steps(ws, input, shape, out, observe)
-        }
+        self.pool
+            .install(|| self.run_steps(ws, input, shape, out, observe))
     }
 
     /// Runs every step for a batch whose workspace is ready.

@@ -819,21 +819,32 @@ pub unsafe fn global_mean(src: View, out: &mut [f32]) {
     }
 }
 
-/// NCHW `input` into the NHWC view `dst` (same n, c, h, w).
+/// Pixels per work item of [`nchw_to_nhwc`] (a few tens of KB of each plane).
+const LAYOUT_ITEM_PIXELS: usize = 16 * 1024;
+
+/// NCHW `input` into the NHWC view `dst` (same n, c, h, w), split across `threads`.
 ///
 /// # Safety
 /// `dst` is a valid view with `dst.channels` = c; `input` holds n*c*h*w floats.
-pub unsafe fn nchw_to_nhwc(input: &[f32], dst: View) {
+pub unsafe fn nchw_to_nhwc(input: &[f32], dst: View, threads: usize) {
     let (c, hw) = (dst.channels, dst.h * dst.w);
-    for img in 0..dst.n {
+    let per_image = hw.div_ceil(LAYOUT_ITEM_PIXELS).max(1);
+    for_each_item(dst.n * per_image, threads, |item| {
+        let (img, part) = (item / per_image, item % per_image);
+        let (p0, p1) = (
+            part * LAYOUT_ITEM_PIXELS,
+            ((part + 1) * LAYOUT_ITEM_PIXELS).min(hw),
+        );
         let frame = &input[img * c * hw..(img + 1) * c * hw];
-        for p in 0..hw {
-            let row = std::slice::from_raw_parts_mut(dst.at((img * hw + p) * dst.ld), c);
-            for (ch, v) in row.iter_mut().enumerate() {
-                *v = frame[ch * hw + p];
+        for ch in 0..c {
+            let plane = &frame[ch * hw + p0..ch * hw + p1];
+            let mut to = dst.at((img * hw + p0) * dst.ld + ch);
+            for &v in plane {
+                *to = v;
+                to = to.add(dst.ld);
             }
         }
-    }
+    });
 }
 
 #[cfg(test)]

@@ -372,7 +372,7 @@ impl CpuPlan {
                     channels: c,
                 },
             );
-            exec::nchw_to_nhwc(input, input_view);
+            exec::nchw_to_nhwc(input, input_view, self.threads);
             for (i, step) in self.steps.iter().enumerate() {
                 let start = profiling.then(|| {
                     pool::ITEM_CLOCK.take();

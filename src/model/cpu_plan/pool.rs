@@ -279,7 +279,7 @@ struct Block {
 /// Takes items of the current generation until none is left: thread `own`'s block first, then
 /// what is left of the other threads' blocks (`threads` blocks in use).
 fn take_items(s: &Shared, own: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
-    for k in 0..threads.min(1) {
+    for k in 0..threads {
         let Some(b) = s.blocks.get((own + k) % threads) else {
             return;
         };
@@ -342,6 +342,91 @@ fn worker(s: &Shared, index: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every item of every hand-over runs exactly once, for item counts below, at and above the
+    /// thread count, over many hand-overs in a row (workers polling) and after a pause long
+    /// enough for them to sleep (woken by the next hand-over); each thread of a hand-over has
+    /// its own [`worker_index`] (the per-thread scratch slots depend on it).
+    #[test]
+    fn a_spin_pool_runs_every_item_once_on_distinct_slots() {
+        for threads in [2, 3] {
+            let pool = SpinPool::new(threads);
+            for round in 0..400 {
+                let items = [0, 1, 2, 3, 5, 8, 64][round % 7];
+                let runs: Vec<AtomicUsize> = (0..items).map(|_| AtomicUsize::new(0)).collect();
+                let slots = Mutex::new(std::collections::HashMap::new());
+                if round == 200 {
+                    std::thread::sleep(SPIN * 20);
+                }
+                pool.install(|| {
+                    for_each_item(items, threads, |i| {
+                        runs[i].fetch_add(1, Ordering::Relaxed);
+                        let me = (std::thread::current().id(), worker_index());
+                        slots.lock().unwrap().insert(me.0, me.1);
+                        std::thread::sleep(Duration::from_micros((i % 3) as u64 * 20));
+                    })
+                });
+                assert!(
+                    runs.iter().all(|r| r.load(Ordering::Relaxed) == 1),
+                    "{threads} threads, {items} items, round {round}: {runs:?}"
+                );
+                let slots = slots.into_inner().unwrap();
+                let mut seen: Vec<_> = slots.values().copied().collect();
+                seen.sort();
+                seen.dedup();
+                assert_eq!(seen.len(), slots.len(), "shared slots: {slots:?}");
+                assert!(seen.iter().all(|s| s.is_some_and(|s| s < threads)), "{slots:?}");
+            }
+        }
+    }
+
+    /// An item that panics, on a worker or on the caller, surfaces as the caller's panic after
+    /// every thread has left the hand-over (the items borrow the caller's frame), and the pool
+    /// keeps working.
+    #[test]
+    fn a_panicking_item_reaches_the_caller_and_the_pool_survives() {
+        let pool = SpinPool::new(2);
+        for bad in [0, 3] {
+            let done = AtomicUsize::new(0);
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.install(|| {
+                    for_each_item(4, 2, |i| {
+                        if i == bad {
+                            panic!("item {i} failed");
+                        }
+                        done.fetch_add(1, Ordering::Relaxed);
+                    })
+                })
+            }));
+            let payload = caught.expect_err("the panic must reach the caller");
+            let text = payload.downcast_ref::<String>().cloned().unwrap_or_default();
+            assert_eq!(text, format!("item {bad} failed"));
+            assert!(done.load(Ordering::Relaxed) <= 3);
+        }
+        let sum = AtomicUsize::new(0);
+        pool.install(|| {
+            for_each_item(10, 2, |i| {
+                sum.fetch_add(i, Ordering::Relaxed);
+            })
+        });
+        assert_eq!(sum.load(Ordering::Relaxed), 45);
+    }
+
+    /// Installing is scoped: outside `install` the hand-overs go to rayon again, and a pool of
+    /// one thread has no workers and runs everything on the caller.
+    #[test]
+    fn install_is_scoped_and_one_thread_runs_inline() {
+        let pool = SpinPool::new(1);
+        assert!(pool.workers.is_empty());
+        let caller = std::thread::current().id();
+        pool.install(|| {
+            for_each_item(6, 2, |_| assert_eq!(std::thread::current().id(), caller))
+        });
+        assert!(INSTALLED.with(Cell::get).is_null());
+        let two = SpinPool::new(2);
+        two.install(|| assert!(!INSTALLED.with(Cell::get).is_null()));
+        assert!(INSTALLED.with(Cell::get).is_null());
+    }
 
     /// The item clock adds up the time spent inside work items, per thread, while it is on (and
     /// only then): 8 items of at least 2 ms on a 2-thread pool give 16 ms or more in the pool's

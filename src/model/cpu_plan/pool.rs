@@ -108,6 +108,9 @@ thread_local! {
 /// frames (100 ms apart in the daemon) they sleep, so an idle daemon burns no CPU.
 const SPIN: Duration = Duration::from_micros(300);
 
+/// Polls between a worker's checks of the clock, each followed by a yield of its core.
+const POLLS_PER_YIELD: u32 = 64;
+
 /// The work the caller has handed over: a fat pointer to its item function, valid until every
 /// worker has reported the generation done.
 type ItemFn = *const (dyn Fn(usize) + Sync);
@@ -311,7 +314,15 @@ fn worker(s: &Shared, index: usize) {
         while s.generation.load(Ordering::SeqCst) == seen {
             polls = polls.wrapping_add(1);
             std::hint::spin_loop();
-            if polls.is_multiple_of(256) && polled.elapsed() >= SPIN {
+            if !polls.is_multiple_of(POLLS_PER_YIELD) {
+                continue;
+            }
+            if polled.elapsed() < SPIN {
+                // Lets another runnable thread of this core go first (returns at once when
+                // there is none): with more threads than cores (tests in parallel, the daemon's
+                // capture and display beside inference), polling must not starve them.
+                std::thread::yield_now();
+            } else {
                 let mut g = s.lock.lock().unwrap_or_else(|p| p.into_inner());
                 s.sleepers.fetch_add(1, Ordering::SeqCst);
                 while s.generation.load(Ordering::SeqCst) == seen {

@@ -766,37 +766,76 @@ pub fn pool_output_size(h: usize, w: usize) -> Option<(usize, usize)> {
 /// # Safety
 /// As [`conv`]: valid, non-overlapping views; `dst` is the pooled size with `src.channels`.
 pub unsafe fn max_pool_3s2(src: View, dst: View, threads: usize) {
-    let c = src.channels;
     let lines = dst.n * dst.h;
     let per_item = lines.div_ceil(4 * threads.max(1)).max(1);
+    #[cfg(target_arch = "x86_64")]
+    let wide = std::arch::is_x86_feature_detected!("avx512f");
     for_each_item(lines.div_ceil(per_item), threads, |item| {
         for line in item * per_item..((item + 1) * per_item).min(lines) {
-            let (img, oy) = (line / dst.h, line % dst.h);
-            for ox in 0..dst.w {
-                let out = std::slice::from_raw_parts_mut(
-                    dst.at(((img * dst.h + oy) * dst.w + ox) * dst.ld),
-                    c,
-                );
-                let at = |ky: usize, kx: usize| {
-                    let pix = (img * src.h + 2 * oy + ky) * src.w + 2 * ox + kx;
-                    std::slice::from_raw_parts(src.at(pix * src.ld) as *const f32, c)
-                };
-                out.copy_from_slice(at(0, 0));
-                for ky in 0..3 {
-                    for kx in 0..3 {
-                        if ky + kx > 0 {
-                            for (o, &v) in out.iter_mut().zip(at(ky, kx)) {
-                                // A compare and select is one `maxps`; `f32::max`'s NaN rule
-                                // costs two more instructions per vector (activations are
-                                // finite here).
-                                *o = if v > *o { v } else { *o };
-                            }
-                        }
-                    }
-                }
+            #[cfg(target_arch = "x86_64")]
+            if wide {
+                // SAFETY: AVX-512 F is present (checked above).
+                pool_line_avx512(src, dst, line);
+                continue;
             }
+            pool_line(src, dst, line);
         }
     });
+}
+
+/// Channels a pooled pixel is taken in at a time: one 512-bit register (two 256-bit ones), so
+/// the nine taps' maximum builds in registers and is stored once.
+const POOL_LANES: usize = 16;
+
+/// [`pool_line`] compiled for AVX-512 (the same code, wider registers).
+///
+/// # Safety
+/// As [`pool_line`]; the CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pool_line_avx512(src: View, dst: View, line: usize) {
+    pool_line(src, dst, line)
+}
+
+/// One output line of [`max_pool_3s2`]: per pixel, the maximum of its nine taps, `POOL_LANES`
+/// channels at a time, then the remaining channels one by one.
+///
+/// # Safety
+/// As [`max_pool_3s2`]; `line < dst.n * dst.h`.
+#[inline(always)]
+unsafe fn pool_line(src: View, dst: View, line: usize) {
+    let c = src.channels;
+    let (img, oy) = (line / dst.h, line % dst.h);
+    for ox in 0..dst.w {
+        let out = dst.at(((img * dst.h + oy) * dst.w + ox) * dst.ld);
+        let mut taps = [std::ptr::null::<f32>(); 9];
+        for (t, tap) in taps.iter_mut().enumerate() {
+            let pix = (img * src.h + 2 * oy + t / 3) * src.w + 2 * ox + t % 3;
+            *tap = src.at(pix * src.ld) as *const f32;
+        }
+        let mut ch = 0;
+        while ch + POOL_LANES <= c {
+            let mut m: [f32; POOL_LANES] = std::ptr::read_unaligned(taps[0].add(ch).cast());
+            for tap in &taps[1..] {
+                let v: [f32; POOL_LANES] = std::ptr::read_unaligned(tap.add(ch).cast());
+                for (m, v) in m.iter_mut().zip(v) {
+                    // A compare and select is one `maxps`; `f32::max`'s NaN rule costs two
+                    // more instructions per vector (activations are finite here).
+                    *m = if v > *m { v } else { *m };
+                }
+            }
+            std::ptr::write_unaligned(out.add(ch).cast(), m);
+            ch += POOL_LANES;
+        }
+        for ch in ch..c {
+            let mut m = *taps[0].add(ch);
+            for tap in &taps[1..] {
+                let v = *tap.add(ch);
+                m = if v > m { v } else { m };
+            }
+            *out.add(ch) = m;
+        }
+    }
 }
 
 /// Mean over each image's pixels into `out` (`n` x `channels`).

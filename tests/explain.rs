@@ -344,9 +344,14 @@ fn paced_and_unpaced(seed: u64) -> (Phantom, Phantom) {
 /// lead; ring 2.03x, shadow 1.80x), validation EDV / EF / ESV MAE 9.26 / 8.88 / 12.24 against
 /// the bundled model's 7.37 / 8.75 / 11.99; a further 1000-step fine-tune of it with the same
 /// noise (`--init`, lr 3e-4): 2.76x. So noise training lifts the lead's share from 1.7x to
-/// 2.75x and plateaus there. Left to try: a wider input than 96 px, where the lead (0.22 cm)
-/// is more than about one pixel wide, and lead-like bright lines in unpaced patients (hard
-/// negatives) so that only the lead's shape answers.
+/// 2.75x and plateaus there.
+///
+/// Session 11, the same retrain at 128 px (`--input-size 128`, where the 0.22 cm lead is about
+/// 1.4 input pixels wide instead of 1): 2.23x at step 1750, 2.22x for the run's best (step
+/// 2250; 8.2 % of the map on the lead, ring 1.54x, shadow 1.37x), validation EDV / EF / ESV MAE
+/// 7.31 / 7.76 / 10.56 at step 2500. A wider input does not concentrate the map; it spreads a
+/// little more. Left to try: lead-like bright lines in unpaced patients (hard negatives) so that
+/// only the lead's shape answers.
 ///
 /// `PACEMAKER_SALIENCY_MODEL=FILE` measures another bundle (a candidate) instead of the bundled
 /// one.

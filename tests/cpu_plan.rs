@@ -118,6 +118,66 @@ proptest! {
     }
 }
 
+/// Stem-shaped convolutions (no padding, short kernel rows: RGB and grey 3x3 stride 2, a 7x7
+/// over 4 channels at stride 1) read each window row in place, one accumulating pass per kernel
+/// row, and match candle for every kernel, thread count, residual and ReLU; output rows that are
+/// not whole 6-pixel strips and channels that are not whole panels included. A padded one keeps
+/// the unfolded path.
+#[test]
+fn stem_shaped_convs_read_their_kernel_rows_in_place() {
+    let cases = [
+        (2, 3, 21, 25, 3, 2, 35),
+        (1, 1, 19, 19, 3, 2, 32),
+        (1, 4, 15, 17, 7, 1, 17),
+    ];
+    for (i, &(n, cin, h, w, k, stride, cout)) in cases.iter().enumerate() {
+        let seed = 40 + i as u64;
+        let x = mk(&[n, cin, h, w], seed);
+        let folded = FoldedConv {
+            weight: mk(&[cout, cin, k, k], seed + 1),
+            bias: mk(&[cout], seed + 2),
+            geometry: Geometry {
+                stride,
+                pad_h: 0,
+                pad_w: 0,
+            },
+            relu: false,
+        };
+        let prepared = PreparedConv::from_folded_with(&folded, None).unwrap();
+        assert_eq!(prepared.kernel_rows.len(), k, "case {i}: read in place");
+        for (residual, relu) in [(false, true), (true, false), (true, true)] {
+            let (reference, res) = reference_conv(&x, &folded, residual, relu, seed);
+            for kernel in kernels() {
+                for threads in 1..4 {
+                    let fast = prepared
+                        .forward_nchw(&x, residual.then_some(&res), relu, kernel, threads)
+                        .unwrap();
+                    let d = max_rel_diff(&fast, &reference);
+                    assert!(
+                        d <= KERNEL_REL_TOL,
+                        "case {i} {kernel:?} {threads} threads residual {residual}: {d}"
+                    );
+                }
+            }
+        }
+    }
+    let padded = PreparedConv::from_folded_with(
+        &FoldedConv {
+            weight: mk(&[8, 3, 3, 3], 1),
+            bias: mk(&[8], 2),
+            geometry: Geometry {
+                stride: 1,
+                pad_h: 1,
+                pad_w: 1,
+            },
+            relu: false,
+        },
+        None,
+    )
+    .unwrap();
+    assert!(padded.kernel_rows.is_empty());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     /// 1x1 convolutions with enough input channels for several K passes, whose weights are

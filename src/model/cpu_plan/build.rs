@@ -14,9 +14,9 @@ use std::sync::Mutex;
 
 use super::exec::PreparedConv;
 use super::gemm::{Epilogue, MicroKernel, PackedWeights};
+use super::pool::SpinPool;
 use super::qgemm::{ActQuant, QuantWeights};
 use super::winograd::WinogradConv;
-use super::pool::SpinPool;
 use super::{BufferSpec, CpuPlan, Op, Slot, Step};
 use crate::model::conv::FoldedConv;
 use crate::model::network::{Block, Branch, InceptionResnetV1, Join, Stage};
@@ -139,6 +139,7 @@ pub(super) fn prepare_quant(
             weights: PackedWeights::shape_only(k, cout),
             winograd: None,
             int8: Some(packed),
+            kernel_rows: Vec::new(),
         });
     }
     let g = conv.geometry;
@@ -178,6 +179,30 @@ pub(super) fn prepare_quant(
             &bias,
         )
     };
+    // Short kernel rows without padding read in place, one pass per kernel row (the stem: K = 9
+    // per row instead of an unfolded copy of 27 floats per output pixel).
+    let kernel_rows = if winograd.is_none()
+        && kh > 1
+        && g.pad_h == 0
+        && g.pad_w == 0
+        && kw * cin <= MAX_IN_PLACE_ROW
+    {
+        (0..kh)
+            .map(|ky| {
+                PackedWeights::pack(
+                    kw * cin,
+                    cout,
+                    |row, col| {
+                        let (kx, c) = (row / cin, row % cin);
+                        w[((out_order[col] * cin + in_order[c]) * kh + ky) * kw + kx]
+                    },
+                    &bias,
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(PreparedConv {
         cin,
         kh,
@@ -186,8 +211,13 @@ pub(super) fn prepare_quant(
         weights,
         winograd,
         int8: None,
+        kernel_rows,
     })
 }
+
+/// Longest kernel row (`kw * cin` floats) an f32 convolution without padding reads in place
+/// ([`PreparedConv::kernel_rows`]); longer rows are unfolded per tile as before.
+const MAX_IN_PLACE_ROW: usize = 32;
 
 /// Winograd where it pays (thread CPU time per step, `echonet bench --threads 1 --profile`): by
 /// facenet name for the 3x3s: F(4x4) on conv2d_2b, conv2d_4a and mixed_6a's 35x35 3x3 (1.2x, 2.0x,

@@ -26,6 +26,11 @@ pub struct PreparedConv {
     /// The convolution in int8 (uint8 activations x 7-bit weights), which then runs instead;
     /// `weights` then holds the shape only.
     pub int8: Option<QuantWeights>,
+    /// Per kernel row, its `kw * cin` rows of the weights packed alone, for an f32 convolution
+    /// without padding whose kernel rows are short (the stem: 3 x 3 channels): each output
+    /// pixel's window row is then a run of the input read in place, one accumulating pass per
+    /// kernel row, instead of an unfolded copy ([`conv_rows_in_place`]). Empty otherwise.
+    pub kernel_rows: Vec<PackedWeights>,
 }
 
 impl PreparedConv {
@@ -275,6 +280,9 @@ pub unsafe fn conv(
     if let Some(w) = &conv.winograd {
         return winograd::conv(kernel, w, src, dst, ep, t, scratch, threads);
     }
+    if !conv.kernel_rows.is_empty() && src.ld == conv.cin && dst.rows() == t.rows {
+        return conv_rows_in_place(kernel, conv, src, dst, ep, t, threads);
+    }
     let (oh, ow) = (dst.h, dst.w);
     let m = dst.rows();
     let k = conv.weights.k;
@@ -328,6 +336,66 @@ pub unsafe fn conv(
             }
             im2col(conv, src, oh, ow, row0, rows, &mut col[..rows * k]);
             run(col.as_ptr(), k);
+        }
+    });
+}
+
+/// [`conv`] for a convolution with [`PreparedConv::kernel_rows`] over a dense input (`src.ld ==
+/// cin`): an output pixel's window row `ky` is `kw * cin` consecutive floats of the input, and
+/// the next pixel's starts `stride * cin` further, so a strip of pixels along one output row is
+/// an A block read in place with that row step. Each strip runs one pass per kernel row, the
+/// first adding the bias, the later ones accumulating, the last applying the ReLU.
+///
+/// # Safety
+/// As [`conv`]; the convolution has no padding.
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_rows_in_place(
+    kernel: MicroKernel,
+    conv: &PreparedConv,
+    src: View,
+    dst: View,
+    ep: Epilogue,
+    t: Tiling,
+    threads: usize,
+) {
+    let (s, cin) = (conv.geometry.stride, conv.cin);
+    let (oh, ow) = (dst.h, dst.w);
+    let rows_per_kernel = conv.kernel_rows.len();
+    for_each_item(t.row_tiles * t.panel_chunks, threads, |item| {
+        let (tile, chunk) = (item / t.panel_chunks, item % t.panel_chunks);
+        let (row0, row1) = t.row_range(tile);
+        let (panel0, panel1) = t.panel_range(chunk);
+        let mut r = row0;
+        while r < row1 {
+            let (img, rest) = (r / (oh * ow), r % (oh * ow));
+            let (oy, ox) = (rest / ow, rest % ow);
+            // A strip stays on one output row: the next row's windows start elsewhere.
+            let n = MR.min(row1 - r).min(ow - ox);
+            for j in panel0..panel1 {
+                for (ky, w) in conv.kernel_rows.iter().enumerate() {
+                    let a = src.at(((img * src.h + oy * s + ky) * src.w + ox * s) * cin);
+                    let pass = gemm::Pass {
+                        k0: 0,
+                        kc: w.k,
+                        load_c: ky > 0 || ep.accumulate,
+                        bias: ky == 0,
+                        relu: ky + 1 == rows_per_kernel && ep.relu,
+                        prefetch_next: false,
+                    };
+                    gemm::strip(
+                        kernel,
+                        w,
+                        j,
+                        a,
+                        s * cin,
+                        n,
+                        dst.at(r * dst.ld + j * NR),
+                        dst.ld,
+                        pass,
+                    );
+                }
+            }
+            r += n;
         }
     });
 }
@@ -899,6 +967,7 @@ mod tests {
             weights: PackedWeights::pack(kh * cin, cout, |_, _| 0.0, &vec![0.0; cout]),
             winograd: None,
             int8: None,
+            kernel_rows: Vec::new(),
         }
     }
 

@@ -233,9 +233,7 @@ impl SpinPool {
         }
         // An item that panics here must not unwind past the wait below: the workers may still
         // be running `f`, which borrows the caller's frame.
-        let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            take_items(s, 0, n, f)
-        }));
+        let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| take_items(s, 0, n, f)));
         if own.is_err() {
             stop_items(s);
         }
@@ -386,7 +384,10 @@ mod tests {
                 seen.sort();
                 seen.dedup();
                 assert_eq!(seen.len(), slots.len(), "shared slots: {slots:?}");
-                assert!(seen.iter().all(|s| s.is_some_and(|s| s < threads)), "{slots:?}");
+                assert!(
+                    seen.iter().all(|s| s.is_some_and(|s| s < threads)),
+                    "{slots:?}"
+                );
             }
         }
     }
@@ -410,7 +411,10 @@ mod tests {
                 })
             }));
             let payload = caught.expect_err("the panic must reach the caller");
-            let text = payload.downcast_ref::<String>().cloned().unwrap_or_default();
+            let text = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_default();
             assert_eq!(text, format!("item {bad} failed"));
             assert!(done.load(Ordering::Relaxed) <= 3);
         }
@@ -430,9 +434,7 @@ mod tests {
         let pool = SpinPool::new(1);
         assert!(pool.workers.is_empty());
         let caller = std::thread::current().id();
-        pool.install(|| {
-            for_each_item(6, 2, |_| assert_eq!(std::thread::current().id(), caller))
-        });
+        pool.install(|| for_each_item(6, 2, |_| assert_eq!(std::thread::current().id(), caller)));
         assert!(INSTALLED.with(Cell::get).is_null());
         let two = SpinPool::new(2);
         two.install(|| assert!(!INSTALLED.with(Cell::get).is_null()));

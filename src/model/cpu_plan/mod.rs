@@ -10,6 +10,7 @@ pub mod exec;
 pub mod gemm;
 mod pool;
 pub mod qgemm;
+pub mod steps;
 pub mod winograd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -372,7 +373,7 @@ impl CpuPlan {
                     channels: c,
                 },
             );
-            exec::nchw_to_nhwc(input, input_view, self.threads);
+            steps::nchw_to_nhwc(input, input_view, self.threads);
             for (i, step) in self.steps.iter().enumerate() {
                 let start = profiling.then(|| {
                     pool::ITEM_CLOCK.take();
@@ -433,7 +434,7 @@ impl CpuPlan {
                         );
                     }
                     Op::MaxPool { src, dst } => {
-                        exec::max_pool_3s2(view(ws, src), view(ws, dst), self.threads);
+                        steps::max_pool_3s2(view(ws, src), view(ws, dst), self.threads);
                     }
                 }
                 if let Some((start, cpu)) = start {
@@ -458,7 +459,7 @@ impl CpuPlan {
                     channels: self.feature_channels(),
                 },
             );
-            exec::global_mean(out_view, &mut out[..n * self.feature_channels()]);
+            steps::global_mean(out_view, &mut out[..n * self.feature_channels()]);
         }
         Ok(())
     }
@@ -524,7 +525,7 @@ impl CpuPlan {
                 Op::MaxPool { src, dst } => {
                     let (sh, sw) = dims[src.buf]
                         .ok_or_else(|| bad(format!("{}: input not yet computed", step.label)))?;
-                    let out = exec::pool_output_size(sh, sw).ok_or_else(|| {
+                    let out = steps::pool_output_size(sh, sw).ok_or_else(|| {
                         bad(format!("{}: {sh}x{sw} input is below 3x3", step.label))
                     })?;
                     (src, dst, out)

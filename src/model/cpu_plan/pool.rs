@@ -210,8 +210,18 @@ impl SpinPool {
             (0..items).for_each(f);
             return;
         }
-        // A poisoned lock only means an earlier caller panicked (after its hand-over ended).
-        let _call = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        // One hand-over at a time. A call made while one is under way (from inside an item on
+        // this thread, or from a second thread) runs its items inline rather than waiting for a
+        // hand-over that may be waiting for it. A poisoned lock only means an earlier caller
+        // panicked (after its hand-over ended).
+        let _call = match self.calls.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                (0..items).for_each(f);
+                return;
+            }
+        };
         let s = &*self.shared;
         // SAFETY: every worker has reported the previous generation done (the wait below), so
         // none reads `job` until the generation bump publishes the new one; the pointer's
@@ -425,6 +435,22 @@ mod tests {
             })
         });
         assert_eq!(sum.load(Ordering::Relaxed), 45);
+    }
+
+    /// A hand-over started from inside an item of another (on the installing thread) runs
+    /// inline instead of waiting for the pool it is part of; every inner item runs once.
+    #[test]
+    fn a_nested_hand_over_runs_inline() {
+        let pool = SpinPool::new(2);
+        let inner = AtomicUsize::new(0);
+        pool.install(|| {
+            for_each_item(4, 2, |_| {
+                for_each_item(3, 2, |_| {
+                    inner.fetch_add(1, Ordering::Relaxed);
+                })
+            })
+        });
+        assert_eq!(inner.load(Ordering::Relaxed), 12);
     }
 
     /// Installing is scoped: outside `install` the hand-overs go to rayon again, and a pool of

@@ -119,8 +119,8 @@ struct Shared {
     /// Bumped (SeqCst) for each hand-over; workers wait for it to change.
     generation: AtomicU64,
     job: UnsafeCell<ItemFn>,
-    /// Per thread (workers by index, the caller last): its block of the items, which it takes
-    /// first, in order, so a thread keeps the same rows and weight panels from layer to layer
+    /// Per thread (the caller's first, then worker `i`'s at `i + 1`): its block of the items,
+    /// which it takes first, in order, so a thread keeps the same rows and weight panels from layer to layer
     /// (they stay in its core's cache; handing items to whoever is free measured 6 % more time
     /// inside items). A thread with its own block done takes items left in the others'.
     blocks: Box<[Block]>,
@@ -141,15 +141,15 @@ struct Shared {
 unsafe impl Sync for Shared {}
 unsafe impl Send for Shared {}
 
-/// The plan's own thread pool: `threads - 1` workers that, with the calling thread, take a
-/// layer's work items one at a time. Unlike rayon's, its idle workers poll for [`SPIN`] before
+/// The plan's own thread pool: `threads - 1` workers that, with the calling thread, share a
+/// layer's work items (each its own block first, see `Shared::blocks`). Unlike rayon's, its idle workers poll for [`SPIN`] before
 /// sleeping, so the ~200 hand-overs of a frame cost a store and a poll instead of a wake-up; the
 /// caller works on the items too and waits (polling) for the last one. One hand-over at a time:
 /// the plan's workspace lock already allows one forward at a time.
 pub struct SpinPool {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
-    /// Serialises callers (a second thread installing the same pool waits for the first).
+    /// Held for a hand-over; a hand-over asked for meanwhile runs inline (see `run`).
     calls: Mutex<()>,
 }
 
@@ -230,10 +230,16 @@ impl SpinPool {
         unsafe {
             *s.job.get() = std::mem::transmute::<&(dyn Fn(usize) + Sync), ItemFn>(f);
         }
+        // Blocks past the threads that started (a worker that could not be spawned) stay empty.
         let n = self.workers.len() + 1;
-        for (t, b) in s.blocks.iter().take(n).enumerate() {
-            b.next.store(t * items / n, Ordering::Relaxed);
-            b.end.store((t + 1) * items / n, Ordering::Relaxed);
+        for (t, b) in s.blocks.iter().enumerate() {
+            let (from, to) = if t < n {
+                (t * items / n, (t + 1) * items / n)
+            } else {
+                (0, 0)
+            };
+            b.next.store(from, Ordering::Relaxed);
+            b.end.store(to, Ordering::Relaxed);
         }
         s.pending.store(self.workers.len(), Ordering::Relaxed);
         s.generation.fetch_add(1, Ordering::SeqCst);
@@ -243,7 +249,7 @@ impl SpinPool {
         }
         // An item that panics here must not unwind past the wait below: the workers may still
         // be running `f`, which borrows the caller's frame.
-        let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| take_items(s, 0, n, f)));
+        let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| take_items(s, 0, f)));
         if own.is_err() {
             stop_items(s);
         }
@@ -287,11 +293,12 @@ struct Block {
     end: AtomicUsize,
 }
 
-/// Takes items of the current generation until none is left: thread `own`'s block first, then
-/// what is left of the other threads' blocks (`threads` blocks in use).
-fn take_items(s: &Shared, own: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
-    for k in 0..threads {
-        let Some(b) = s.blocks.get((own + k) % threads) else {
+/// Takes items of the current generation until none is left: block `own` first, then what is
+/// left of the others.
+fn take_items(s: &Shared, own: usize, f: &(dyn Fn(usize) + Sync)) {
+    let blocks = s.blocks.len();
+    for k in 0..blocks {
+        let Some(b) = s.blocks.get((own + k) % blocks) else {
             return;
         };
         let end = b.end.load(Ordering::Relaxed);
@@ -346,9 +353,9 @@ fn worker(s: &Shared, index: usize) {
         }
         // SAFETY: published by the generation just seen; valid until `pending` reaches 0.
         let f = unsafe { &**s.job.get() };
-        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            take_items(s, index + 1, s.blocks.len(), f)
-        })) {
+        if let Err(payload) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| take_items(s, index + 1, f)))
+        {
             // Let the caller stop too: no item is left for anyone.
             stop_items(s);
             let mut p = s.panic.lock().unwrap_or_else(|p| p.into_inner());

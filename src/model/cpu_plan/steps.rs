@@ -17,7 +17,8 @@ pub fn pool_output_size(h: usize, w: usize) -> Option<(usize, usize)> {
 /// 3x3 stride-2 max-pool without padding, channel by channel.
 ///
 /// # Safety
-/// As [`conv`]: valid, non-overlapping views; `dst` is the pooled size with `src.channels`.
+/// As [`super::exec::conv`]: valid, non-overlapping views; `dst` is the pooled size with
+/// `src.channels`.
 pub unsafe fn max_pool_3s2(src: View, dst: View, threads: usize) {
     let lines = dst.n * dst.h;
     let per_item = lines.div_ceil(4 * threads.max(1)).max(1);

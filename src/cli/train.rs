@@ -28,6 +28,11 @@ pub struct Args {
     /// Phantom patients to render.
     #[arg(long, default_value_t = 400)]
     pub phantom_clips: u32,
+    /// Share of the phantom patients (0 to 1) drawn with lead mimics: a moderator band in the
+    /// RV and a Chiari filament in the RA, bright lines that are not a pacemaker lead (hard
+    /// negatives for the `pacemaker` head). Default 0: none.
+    #[arg(long, default_value_t = 0.0, requires = "phantom_seed")]
+    pub phantom_lead_mimics: f64,
     /// The bundle to write (the best validation network).
     #[arg(long)]
     pub out: PathBuf,
@@ -170,7 +175,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (Some(dir), None) => dataset::open(dir)?,
         // 10 fps clips: exactly the frames the 10 fps sampler would take from any frame rate.
         (None, Some(seed)) => {
-            dataset::phantom::in_memory(seed, args.phantom_clips, cfg.frames_per_clip as u32, 10.0)?
+            let mut set = dataset::phantom::in_memory(
+                seed,
+                args.phantom_clips,
+                cfg.frames_per_clip as u32,
+                10.0,
+            )?;
+            if args.phantom_lead_mimics > 0.0 {
+                dataset::phantom::add_lead_mimics(&mut set, args.phantom_lead_mimics)?;
+            }
+            set
         }
         _ => bail!("give --data DIR or --phantom-seed S"),
     };

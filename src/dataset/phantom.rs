@@ -96,6 +96,31 @@ pub fn in_memory(seed: u64, clips: u32, frames: u32, fps: f64) -> Result<Dataset
     })
 }
 
+/// Gives a share of a phantom dataset's patients lead mimics ([`PhantomParams::lead_mimics`]:
+/// a moderator band and a Chiari filament, bright right-heart lines that are not a lead), as
+/// training's hard negatives for the `pacemaker` head; labels are unchanged. Which patients get
+/// them is drawn from each clip's seed, independent of its findings, so paced and unpaced
+/// patients alike have them. `share` must be in 0..=1.
+pub fn add_lead_mimics(dataset: &mut Dataset, share: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&share) {
+        return Err(DatasetError::Invalid {
+            path: dataset.origin.clone().into(),
+            what: format!("lead-mimic share {share}: expected 0 to 1"),
+        });
+    }
+    for clip in &mut dataset.clips {
+        if let ClipSource::Phantom { params, .. } = &mut clip.source {
+            let draw = crate::phantom::unit_draw(params.seed, MIMIC_DRAW_SALT);
+            params.lead_mimics = draw < share;
+        }
+    }
+    dataset.origin.push_str(&format!(",lead_mimics={share}"));
+    Ok(())
+}
+
+/// Salt of the per-clip draw of [`add_lead_mimics`].
+const MIMIC_DRAW_SALT: u64 = 0x4c45_4144_4d49_4d00;
+
 /// Reads a folder written by `echonet phantom`.
 pub fn open_folder(dir: &Path) -> Result<Dataset> {
     let labels_path = dir.join("labels.csv");

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::random::SplitMix64;
 use super::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -68,6 +69,30 @@ pub(super) const APEX_LATERAL_A2C_CM: f64 = -0.4;
 pub(super) const LEAD_CM: f64 = 0.22;
 pub(super) const LEAD_BEYOND_RA_CM: f64 = 2.0;
 pub(super) const LEAD_TIP_OF_RV_HALF: f64 = 0.8;
+
+/// Lead mimics ([`PhantomParams::lead_mimics`]). The moderator band is a muscular bar 0.3-0.5 cm
+/// thick crossing the RV from the septum to the free wall in the cavity's apical half (each end
+/// this fraction of the RV's half-length from its centre toward the apex). The Chiari network
+/// is a thin (1.8 mm) filament across the RA from the inferior vena cava's side toward the
+/// interatrial septum, swaying with the beat.
+pub(super) const MODERATOR_BAND_CM: (f64, f64) = (0.3, 0.5);
+pub(super) const MODERATOR_BAND_SEPTAL_OF_RV_HALF: (f64, f64) = (0.3, 0.55);
+pub(super) const MODERATOR_BAND_FREE_WALL_OF_RV_HALF: (f64, f64) = (0.5, 0.75);
+pub(super) const CHIARI_CM: f64 = 0.18;
+pub(super) const CHIARI_SWAY_OF_RA_HALF_WIDTH: f64 = 0.15;
+/// Salt of the mimics' per-patient draws (their own stream: the patient is otherwise unchanged).
+const MIMIC_SALT: u64 = 0x4d49_4d49_4353_0000;
+
+/// Where a patient's lead mimics lie at one instant, in the heart frame (u, v).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LeadMimics {
+    /// The moderator band's centre line (septal end to free-wall end) and its thickness, cm.
+    pub(super) band: [(f64, f64); 2],
+    pub(super) band_cm: f64,
+    /// The Chiari filament's centre line and its echo level (grey, before gain and offset).
+    pub(super) chiari: [(f64, f64); 4],
+    pub(super) chiari_grey: f32,
+}
 
 /// The LV at one instant, in physical and pixel terms.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -155,6 +180,8 @@ pub(super) struct HeartState {
     /// A pacemaker lead's centre line in the heart frame (u, v), from outside the RA to its tip
     /// in the RV, when the patient has one and the right heart is in the plane.
     pub(super) lead: Option<[(f64, f64); 4]>,
+    /// The lead mimics, when the patient has them and the right heart is in the plane.
+    pub(super) mimics: Option<LeadMimics>,
 }
 
 /// Fraction of the stroke volume in the LV at `phase` (0..1 of the beat): 1 at ED (phase 0),
@@ -291,6 +318,17 @@ impl Phantom {
         mask
     }
 
+    /// The lead mimics' centre lines in pixel coordinates: the moderator band and the Chiari
+    /// filament.
+    pub(super) fn mimics_px(&self, s: &HeartState) -> Option<([(f64, f64); 2], [(f64, f64); 4])> {
+        s.mimics.map(|m| {
+            (
+                m.band.map(|(u, v)| self.heart_to_px(u, v)),
+                m.chiari.map(|(u, v)| self.heart_to_px(u, v)),
+            )
+        })
+    }
+
     /// The lead's centre line in pixel coordinates.
     pub(super) fn lead_px(&self, s: &HeartState) -> Option<[(f64, f64); 4]> {
         s.lead.map(|pts| pts.map(|(u, v)| self.heart_to_px(u, v)))
@@ -395,9 +433,37 @@ impl Phantom {
                 ),
             ]
         });
+        let mimics = (p.lead_mimics && right_heart).then(|| {
+            let mut rng = SplitMix64::new(p.seed ^ MIMIC_SALT);
+            let toward_apex = |f: f64| rv_cavity.cu - f * rv_cavity.a_apex;
+            let septal = toward_apex(rng.uniform(MODERATOR_BAND_SEPTAL_OF_RV_HALF));
+            let free_wall = toward_apex(rng.uniform(MODERATOR_BAND_FREE_WALL_OF_RV_HALF));
+            let band_cm = rng.uniform(MODERATOR_BAND_CM);
+            let grey = rng.uniform((f64::from(LEVEL_VALVE), f64::from(LEVEL_LEAD) - 20.0));
+            let sway = CHIARI_SWAY_OF_RA_HALF_WIDTH
+                * ra_cavity.b
+                * (2.0 * std::f64::consts::PI * phase).sin();
+            let (cu, cv, a, b) = (ra_cavity.cu, ra_cavity.cv, ra_cavity.a_base, ra_cavity.b);
+            LeadMimics {
+                // Ends a little inside the walls, so the bar joins them.
+                band: [
+                    (septal, rv_cv + 1.1 * rv_cavity.b),
+                    (free_wall, rv_cv - 1.1 * rv_cavity.b),
+                ],
+                band_cm,
+                chiari: [
+                    (cu + 0.75 * a, cv + 0.55 * b),
+                    (cu + 0.3 * a, cv + 0.1 * b + sway),
+                    (cu - 0.15 * a, cv - 0.2 * b - sway),
+                    (cu - 0.55 * a, cv - 0.6 * b),
+                ],
+                chiari_grey: grey as f32,
+            }
+        });
         HeartState {
             right_heart,
             lead,
+            mimics,
             volume_ml: volume,
             length_cm: l,
             diameter_cm: d,

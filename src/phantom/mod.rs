@@ -38,6 +38,13 @@ pub use params::{
 };
 
 use geometry::Layout;
+
+/// A uniform draw in [0, 1) from `seed` and `salt` (the phantom's own mixer): for choices made
+/// per patient outside [`PhantomParams::random`], such as which training patients get lead
+/// mimics.
+pub fn unit_draw(seed: u64, salt: u64) -> f64 {
+    (random::mix(seed ^ salt) >> 11) as f64 / (1u64 << 53) as f64
+}
 use heart::*;
 use render::*;
 

@@ -37,6 +37,14 @@ pub struct PhantomParams {
     /// the LV walls are thickened (concentric hypertrophy).
     #[serde(default = "one")]
     pub wall_scale: f64,
+    /// Bright linear echoes of the right heart that are not a lead: a moderator band across the
+    /// RV's apical third and a Chiari network filament in the RA (tissue, not metal: no acoustic
+    /// shadow, dimmer than a lead). Never drawn by [`PhantomParams::random`]; training turns them
+    /// on for a share of its patients (`echonet train --phantom-lead-mimics`) as hard negatives
+    /// for the `pacemaker` head, which then has to find the lead itself, not any bright line in
+    /// the right heart (issue #13 item 5).
+    #[serde(default)]
+    pub lead_mimics: bool,
 }
 
 fn one() -> f64 {
@@ -90,6 +98,7 @@ impl Default for PhantomParams {
             pacemaker: false,
             la_scale: 1.0,
             wall_scale: 1.0,
+            lead_mimics: false,
         }
     }
 }

@@ -108,6 +108,27 @@ impl Phantom {
         for e in [&state.mitral_orifice, &tricuspid].into_iter().flatten() {
             self.paint(&mut level, e, LEVEL_BLOOD, half_edge);
         }
+        if let (Some(m), Some((band, chiari))) = (state.mimics, self.mimics_px(&state)) {
+            let half_px = |cm: f64| 0.5 * cm / self.cm_per_px;
+            let edge_px = 2.0 * half_edge / self.cm_per_px;
+            paint_line(
+                &mut level,
+                (w, h),
+                &band,
+                half_px(m.band_cm),
+                edge_px,
+                LEVEL_MYOCARDIUM,
+            );
+            let grey = m.chiari_grey;
+            paint_line(
+                &mut level,
+                (w, h),
+                &chiari,
+                half_px(CHIARI_CM),
+                edge_px,
+                grey,
+            );
+        }
         if let Some(line) = self.lead_px(&state) {
             self.paint_lead(&mut level, &line, half_edge);
         }
@@ -313,17 +334,7 @@ impl Phantom {
                 }
             }
         }
-        let r = polyline_box(line, half_px + edge_px, w, h);
-        for y in r.y0..r.y1 {
-            for x in r.x0..r.x1 {
-                let d = polyline_distance(line, x as f64 + 0.5, y as f64 + 0.5);
-                let cover = (0.5 - (d - half_px) / edge_px).clamp(0.0, 1.0) as f32;
-                if cover > 0.0 {
-                    let v = &mut level[y * w + x];
-                    *v += (LEVEL_LEAD - *v) * cover;
-                }
-            }
-        }
+        paint_line(level, (w, h), line, half_px, edge_px, LEVEL_LEAD);
     }
 
     /// Per-frame speckle for both grids, from (seed, frame index).
@@ -684,5 +695,28 @@ fn pixel_range(lo: f64, hi: f64, n: usize) -> (usize, usize) {
         (0, 0)
     } else {
         (start as usize, end as usize)
+    }
+}
+
+/// Paints a band `2 half_px` wide around a polyline at echo level `grey`, its edges blurred over
+/// `edge_px` like every tissue edge.
+fn paint_line(
+    level: &mut [f32],
+    (w, h): (usize, usize),
+    line: &[(f64, f64)],
+    half_px: f64,
+    edge_px: f64,
+    grey: f32,
+) {
+    let r = polyline_box(line, half_px + edge_px, w, h);
+    for y in r.y0..r.y1 {
+        for x in r.x0..r.x1 {
+            let d = polyline_distance(line, x as f64 + 0.5, y as f64 + 0.5);
+            let cover = (0.5 - (d - half_px) / edge_px).clamp(0.0, 1.0) as f32;
+            if cover > 0.0 {
+                let v = &mut level[y * w + x];
+                *v += (grey - *v) * cover;
+            }
+        }
     }
 }

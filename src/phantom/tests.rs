@@ -792,3 +792,105 @@ fn paint_by_row_spans_matches_every_pixel_bit_for_bit() {
     // The comparison means something only if the shapes were actually painted.
     assert!(painted_pixels > 1_000_000, "{painted_pixels}");
 }
+
+/// Lead mimics (training's hard negatives for the `pacemaker` head): bright lines inside the RV
+/// (the moderator band) and the RA (the Chiari filament), no lead and no shadow; the rest of the
+/// image, and the patient's labels, as without them. Never drawn for random patients.
+#[test]
+fn lead_mimics_are_bright_lines_in_the_right_heart_without_a_shadow() {
+    for seed in [3u64, 8, 21, 77000] {
+        let plain = PhantomParams {
+            view: PhantomView::A4c,
+            pacemaker: false,
+            ..PhantomParams::random(seed)
+        };
+        assert!(!plain.lead_mimics, "random patients have no mimics");
+        let with = Phantom::new(PhantomParams {
+            lead_mimics: true,
+            ..plain.clone()
+        })
+        .unwrap();
+        let none = Phantom::new(plain).unwrap();
+        let (w, h) = (with.params().width, with.params().height);
+        for k in [0, 7] {
+            let t = with.frame_time(k);
+            assert!(with.lead_mask(t).iter().all(|&m| !m), "no lead");
+            let st = with.heart_state(t);
+            let (band, chiari) = with.mimics_px(&st).unwrap();
+            let m = st.mimics.unwrap();
+            // Each line's middle lies in its chamber's cavity.
+            let mid = |a: (f64, f64), b: (f64, f64)| (0.5 * (a.0 + b.0), 0.5 * (a.1 + b.1));
+            let inside = |(x, y): (f64, f64), e: &Ellipse| {
+                let (u, v) = with.px_to_heart(x, y);
+                e.implicit(u, v).0 < 1.0
+            };
+            assert!(
+                inside(mid(band[0], band[1]), &st.rv_cavity),
+                "band in the RV"
+            );
+            assert!(
+                inside(mid(chiari[1], chiari[2]), &st.ra_cavity),
+                "filament in the RA"
+            );
+            let (a, b) = (with.render(t), none.render(t));
+            let (ga, gb) = (a.to_gray(), b.to_gray());
+            let fan = with.sector().mask(w, h);
+            let near = |line: &[(f64, f64)], i: usize, cm: f64| {
+                let (x, y) = ((i % w) as f64 + 0.5, (i / w) as f64 + 0.5);
+                polyline_distance(line, x, y) * with.cm_per_pixel() <= cm
+            };
+            let on_band: Vec<bool> = (0..w * h)
+                .map(|i| fan[i] && near(&band, i, 0.25 * m.band_cm) && inside_rv(&with, &st, i))
+                .collect();
+            assert!(
+                mean_in(&a, &on_band) > mean_in(&b, &on_band) + 60.0,
+                "seed {seed} frame {k}: band {:.0} vs cavity {:.0}",
+                mean_in(&a, &on_band),
+                mean_in(&b, &on_band)
+            );
+            // Away from both lines nothing changes: no shadow, no other structure.
+            let far = (0..w * h)
+                .filter(|&i| !near(&band, i, 1.0 + m.band_cm) && !near(&chiari, i, 1.0))
+                .all(|i| ga[i] == gb[i]);
+            assert!(
+                far,
+                "seed {seed} frame {k}: pixels changed away from the mimics"
+            );
+        }
+    }
+}
+
+fn inside_rv(p: &Phantom, st: &HeartState, i: usize) -> bool {
+    let w = p.params().width;
+    let (u, v) = p.px_to_heart((i % w) as f64 + 0.5, (i / w) as f64 + 0.5);
+    st.rv_cavity.implicit(u, v).0 < 1.0
+}
+
+#[test]
+fn a_share_of_a_phantom_training_set_gets_lead_mimics() {
+    use crate::dataset::{phantom, ClipSource};
+    let count = |share: f64| {
+        let mut set = phantom::in_memory(5, 400, 2, 10.0).unwrap();
+        let labels: Vec<_> = set.clips.iter().map(|c| c.labels.clone()).collect();
+        phantom::add_lead_mimics(&mut set, share).unwrap();
+        assert!(set.origin.ends_with(&format!(",lead_mimics={share}")));
+        let after: Vec<_> = set.clips.iter().map(|c| c.labels.clone()).collect();
+        assert_eq!(labels, after, "labels unchanged");
+        set.clips
+            .iter()
+            .filter(
+                |c| matches!(&c.source, ClipSource::Phantom { params, .. } if params.lead_mimics),
+            )
+            .count()
+    };
+    assert_eq!(count(0.0), 0);
+    assert_eq!(count(1.0), 400);
+    let half = count(0.5);
+    // 400 draws: the binomial SD is 10.
+    assert!((160..=240).contains(&half), "{half} of 400");
+    let mut set = phantom::in_memory(5, 3, 2, 10.0).unwrap();
+    let err = phantom::add_lead_mimics(&mut set, 1.5)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lead-mimic share 1.5"), "{err}");
+}

@@ -83,6 +83,9 @@ pub(super) const CHIARI_SWAY_OF_RA_HALF_WIDTH: f64 = 0.15;
 /// Salt of the mimics' per-patient draws (their own stream: the patient is otherwise unchanged).
 const MIMIC_SALT: u64 = 0x4d49_4d49_4353_0000;
 
+/// The lead mimics' centre lines in pixels: the moderator band's, the Chiari filament's.
+pub(super) type MimicLines = ([(f64, f64); 2], [(f64, f64); 4]);
+
 /// Where a patient's lead mimics lie at one instant, in the heart frame (u, v).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct LeadMimics {
@@ -320,7 +323,7 @@ impl Phantom {
 
     /// The lead mimics' centre lines in pixel coordinates: the moderator band and the Chiari
     /// filament.
-    pub(super) fn mimics_px(&self, s: &HeartState) -> Option<([(f64, f64); 2], [(f64, f64); 4])> {
+    pub(super) fn mimics_px(&self, s: &HeartState) -> Option<MimicLines> {
         s.mimics.map(|m| {
             (
                 m.band.map(|(u, v)| self.heart_to_px(u, v)),

@@ -73,6 +73,7 @@ model:
 	$(CARGO) build --release
 	./target/release/echonet train --phantom-seed 1 --phantom-clips 1000 --steps 2500 \
 		--eval-every 250 --width 0.125 --input-size 96 --threads 1 \
+		--augment-noise 0.3 --phantom-lead-mimics 0.5 \
 		--tasks ef,esv,edv,lv_volume,pacemaker,la_dilation,lv_wall_normal,view_a4c \
 		--out $(DEMO_MODEL) --work-dir target/demo-model-train
 	./target/release/echonet ood-fit $(DEMO_MODEL) $(DEMO_MODEL) --phantom-seed 1 --phantom-clips 1000 \

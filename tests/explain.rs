@@ -323,8 +323,8 @@ fn paced_and_unpaced(seed: u64) -> (Phantom, Phantom) {
 ///
 /// How it got there (each a full `make model` training from a seeded start unless it says
 /// fine-tune; each bundle measured here with `PACEMAKER_SALIENCY_MODEL`):
-/// - session 8's bundled model (no training noise): 1.69x, the right heart lit as a blur.
-///   Fine-tunes of it: the shadow taken from 16 dB to about 6 dB, 1.77x; SmoothGrad's own noise
+/// - session 7's model (no training noise; measured in session 8): 1.69x, the right heart lit
+///   as a blur. Fine-tunes of it: the shadow taken from 16 dB to about 6 dB, 1.77x; SmoothGrad's own noise
 ///   in training (`--augment-noise 0.15`, Smilkov et al. 2017 section 4.2), 2.22x at best.
 ///   The plain gradient (noise 0) of the same frames gives 1.77x, noise 0.05 1.63x: the spread
 ///   is the model's own gradient, not SmoothGrad's noise.
@@ -433,7 +433,7 @@ fn smoothgrad_for_pacemaker_lights_up_the_lead() {
 /// shows on a real scan. Measured on the bundled model (session 12; 10 frames): +5.10 with the
 /// lead, -8.56 without, -4.83 lead only, -4.29 shadow only. A bright line without a shadow is
 /// what the lead mimics it was trained with look like (`pacemaker_head_is_not_fooled_by_lead_
-/// mimics`), so it reads as unpaced; session 8's model, trained without mimics, read the lead's
+/// mimics`), so it reads as unpaced; session 7's model, trained without mimics, read the lead's
 /// pixels alone as paced (+3.6) and the shadow alone as not (-4.4).
 #[test]
 fn pacemaker_head_answers_to_the_lead_itself() {
@@ -523,7 +523,7 @@ fn pacemaker_head_answers_to_the_lead_itself() {
 /// lead drawn beside them. The logit (raw head output) of each frame, from
 /// [`Explainer::outputs`] on the runtime's preprocessing. Measured on the bundled model (session
 /// 12; 12 frames): mimics only -6.7 to -10.3, mimics and a lead +0.36 (seed 77000's frame 0, a
-/// large heart whose RV lies at the fan's edge) to +7.2. Session 8's model, never shown a mimic,
+/// large heart whose RV lies at the fan's edge) to +7.2. Session 7's model, never shown a mimic,
 /// also read them as unpaced (-3.3 to -7.1): this checks the bundled model, it does not show
 /// what the mimics added (that is the saliency's lead share, above).
 #[test]

@@ -38,7 +38,7 @@ pub struct PhantomParams {
     #[serde(default = "one")]
     pub wall_scale: f64,
     /// Bright linear echoes of the right heart that are not a lead: a moderator band across the
-    /// RV's apical third and a Chiari network filament in the RA (tissue, not metal: no acoustic
+    /// RV's apical half and a Chiari network filament in the RA (tissue, not metal: no acoustic
     /// shadow, dimmer than a lead). Never drawn by [`PhantomParams::random`]; training turns them
     /// on for a share of its patients (`echonet train --phantom-lead-mimics`) as hard negatives
     /// for the `pacemaker` head, which then has to find the lead itself, not any bright line in

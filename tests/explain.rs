@@ -23,7 +23,7 @@ use echonet_edge::phantom::{Phantom, PhantomParams, PhantomView};
 use echonet_edge::preprocess::resize::letterbox;
 use echonet_edge::preprocess::{PreparedInput, PreprocessConfig, Preprocessor, Sector};
 use echonet_edge::train::TrainableIrv1;
-use explain_support::{bundled, phantom_frames, PhantomFrame};
+use explain_support::{bundled, frame_at, phantom_frames, PhantomFrame};
 
 /// Deterministic values uniform in [-1, 1).
 fn uniform(n: usize, seed: u64) -> Vec<f64> {
@@ -534,15 +534,7 @@ fn pacemaker_head_is_not_fooled_by_lead_mimics() {
     let task = ex.task_index("pacemaker").unwrap();
     let logit = |params: PhantomParams, index: u64| -> f64 {
         let phantom = Phantom::new(params).unwrap();
-        let t = phantom.frame_time(index);
-        let frame = Frame {
-            seq: index,
-            media_time: t,
-            captured_at: Instant::now(),
-            captured_wall: SystemTime::now(),
-            image: phantom.render(t),
-            geometry: Arc::new(phantom.geometry()),
-        };
+        let frame = frame_at(&phantom, index, &Arc::new(phantom.geometry()));
         let mut pre = Preprocessor::new(PreprocessConfig::default()).unwrap();
         let input = pre.process(&frame, &spec).unwrap().input.unwrap();
         let x = ex.tensor(&input).unwrap();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use echonet_edge::frame::Frame;
+use echonet_edge::frame::{Frame, SourceGeometry};
 use echonet_edge::model::InputSpec;
 use echonet_edge::phantom::{Phantom, PhantomParams};
 use echonet_edge::preprocess::{PreparedInput, PreprocessConfig, Preprocessor, Sector};
@@ -27,6 +27,19 @@ pub struct PhantomFrame {
     pub t: Duration,
 }
 
+/// Frame `index` of a phantom's stream, as a capture source hands it over.
+pub fn frame_at(phantom: &Phantom, index: u64, geometry: &Arc<SourceGeometry>) -> Frame {
+    let t = phantom.frame_time(index);
+    Frame {
+        seq: index,
+        media_time: t,
+        captured_at: Instant::now(),
+        captured_wall: SystemTime::now(),
+        image: phantom.render(t),
+        geometry: geometry.clone(),
+    }
+}
+
 pub fn phantom_frames(seeds: &[u64], per_clip: usize, spec: &InputSpec) -> Vec<PhantomFrame> {
     let mut out = Vec::new();
     for &seed in seeds {
@@ -36,15 +49,10 @@ pub fn phantom_frames(seeds: &[u64], per_clip: usize, spec: &InputSpec) -> Vec<P
         // 10 fps samples from a 30 fps clip, spread over the beat.
         for k in 0..per_clip as u64 {
             let index = 3 * k;
-            let t = phantom.frame_time(index);
-            let frame = Frame {
-                seq: index,
-                media_time: t,
-                captured_at: Instant::now(),
-                captured_wall: SystemTime::now(),
-                image: phantom.render(t),
-                geometry: geometry.clone(),
-            };
+            let (frame, t) = (
+                frame_at(&phantom, index, &geometry),
+                phantom.frame_time(index),
+            );
             let p = pre.process(&frame, spec).unwrap();
             if let (Some(input), Some(sector)) = (p.input, p.sector) {
                 out.push(PhantomFrame {

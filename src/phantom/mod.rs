@@ -38,6 +38,8 @@ pub use params::{
 };
 
 use geometry::Layout;
+use heart::*;
+use render::*;
 
 /// A uniform draw in [0, 1) from `seed` and `salt` (the phantom's own mixer): for choices made
 /// per patient outside [`PhantomParams::random`], such as which training patients get lead
@@ -45,8 +47,6 @@ use geometry::Layout;
 pub fn unit_draw(seed: u64, salt: u64) -> f64 {
     (random::mix(seed ^ salt) >> 11) as f64 / (1u64 << 53) as f64
 }
-use heart::*;
-use render::*;
 
 /// Why a phantom could not be built from its parameters.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

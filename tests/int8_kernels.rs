@@ -17,9 +17,10 @@ use proptest::prelude::*;
 /// value: both sum the same integers exactly; only the f32 epilogue differs (the kernel folds the
 /// zero point into the bias and uses one fused multiply-add, the reference computes in f64).
 const INT8_EPILOGUE_REL_TOL: f64 = 1e-5;
-/// Relative L2 of one int8 convolution against f32 with min/max input scales: 8-bit
-/// activations (step = range/255) and 7-bit weights (step = max|w|/63) on uniform random data
-/// give about 1% (measured 0.5-1.5%); the bound leaves room for small K.
+/// L2 of one int8 convolution's difference from f32 over the L2 of f32's pre-activation, with
+/// min/max input scales: 8-bit activations (step = range/255) and 7-bit weights (step =
+/// max|w|/63) on uniform random data give about 1% (measured 0.5-1.5%); the bound leaves room
+/// for small K.
 const INT8_CONV_REL_L2_TOL: f64 = 4e-2;
 
 fn values(count: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
@@ -102,10 +103,6 @@ fn reference(
     (out, (oh, ow))
 }
 
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    echonet_edge::model::import::relative_l2(a, b)
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
@@ -174,18 +171,21 @@ proptest! {
             geometry: Geometry { stride: 1, pad_h: pad, pad_w: pad },
             relu: false,
         };
-        let mut want = CandleConv.forward(&x, &folded).unwrap();
-        if relu {
-            want = want.relu().unwrap();
-        }
+        let pre_activation = CandleConv.forward(&x, &folded).unwrap();
+        let want = if relu { pre_activation.relu().unwrap() } else { pre_activation.clone() };
         let q = ConvQuant::from_folded(&folded, ActQuant::from_range(0.0, 1.0)).unwrap();
         let got = PreparedConv::from_folded_int8(&folded, &q)
             .unwrap()
             .forward_nchw(&x, None, relu, MicroKernel::detect(), 2)
             .unwrap();
-        let (a, b) = (got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            want.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-        let err = rel_l2(&a, &b);
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // Relative to the pre-activation's size, the scale the kernel computes at: when ReLU
+        // clips nearly every output (one output channel whose weights sum well below zero:
+        // 2 of 36 outputs positive), the clipped output's own norm is tiny and says nothing
+        // about int8's error. ReLU never increases a difference.
+        let norm = |v: &[f32]| v.iter().map(|&e| f64::from(e).powi(2)).sum::<f64>().sqrt();
+        let diff: Vec<f32> = flat(&got).iter().zip(flat(&want)).map(|(a, b)| a - b).collect();
+        let err = norm(&diff) / norm(&flat(&pre_activation));
         prop_assert!(err <= INT8_CONV_REL_L2_TOL, "rel L2 {}", err);
     }
 }

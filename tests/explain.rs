@@ -293,6 +293,21 @@ fn saliency_mass_falls_on_the_heart() {
     assert!(ratio > 1.5, "mass ratio {ratio:.2}");
 }
 
+/// One task's raw head output (a logit for a binary head) for one prepared frame.
+fn raw_output(ex: &Explainer, input: &PreparedInput, task: usize) -> f64 {
+    let x = ex.tensor(input).unwrap();
+    let o: Vec<f64> = ex
+        .outputs(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    o[task]
+}
+
 /// The A4C phantom patient of `seed` with a pacemaker lead, and the same patient without one.
 fn paced_and_unpaced(seed: u64) -> (Phantom, Phantom) {
     let patient = |pacemaker| {
@@ -474,22 +489,7 @@ fn pacemaker_head_answers_to_the_lead_itself() {
                     geometry: geometry.clone(),
                 };
                 let input = pre.process(&frame, &spec).unwrap().input.unwrap();
-                let x = Tensor::from_vec(
-                    input.data.clone(),
-                    (1, input.channels, input.height, input.width),
-                    &Device::Cpu,
-                )
-                .unwrap();
-                let o: Vec<f64> = ex
-                    .outputs(&x)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_dtype(DType::F64)
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
-                out[k] = o[task];
+                out[k] = raw_output(&ex, &input, task);
             }
             println!(
                 "seed {seed} frame {index}: with the lead {:.2}, without {:.2}, lead only {:.2}, \
@@ -537,17 +537,7 @@ fn pacemaker_head_is_not_fooled_by_lead_mimics() {
         let frame = frame_at(&phantom, index, &Arc::new(phantom.geometry()));
         let mut pre = Preprocessor::new(PreprocessConfig::default()).unwrap();
         let input = pre.process(&frame, &spec).unwrap().input.unwrap();
-        let x = ex.tensor(&input).unwrap();
-        let o: Vec<f32> = ex
-            .outputs(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        f64::from(o[task])
+        raw_output(&ex, &input, task)
     };
     let (mut worst_mimic, mut weakest_lead) = (f64::NEG_INFINITY, f64::INFINITY);
     for seed in [3u64, 8, 21, 40, 41, 77000] {

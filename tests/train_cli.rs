@@ -203,6 +203,21 @@ fn bad_settings_are_refused_by_name() {
 
     let r = train(&["--out", out.to_str().unwrap(), "--batch-size", "1"]);
     assert!(String::from_utf8_lossy(&r.stderr).contains("batch_size 1"));
+
+    for share in ["-0.5", "1.5"] {
+        let r = train(&[
+            "--out",
+            out.to_str().unwrap(),
+            "--phantom-seed",
+            "5",
+            "--phantom-clips",
+            "3",
+            &format!("--phantom-lead-mimics={share}"),
+        ]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success());
+        assert!(err.contains(&format!("lead-mimic share {share}")), "{err}");
+    }
 }
 
 /// With stderr not a terminal (a log file, a service), progress is logged as lines from the

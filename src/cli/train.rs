@@ -181,7 +181,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 cfg.frames_per_clip as u32,
                 10.0,
             )?;
-            if args.phantom_lead_mimics > 0.0 {
+            // Zero (the default) leaves the set as it is; anything else is checked (a negative
+            // or NaN share is refused, not ignored).
+            if args.phantom_lead_mimics != 0.0 {
                 dataset::phantom::add_lead_mimics(&mut set, args.phantom_lead_mimics)?;
             }
             set
